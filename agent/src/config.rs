@@ -1,0 +1,291 @@
+//! The agent's settings: parsed from flags or environment variables ([`Args`]), then checked
+//! and turned into typed values ([`AgentConfig`]) in a separate step whose errors name the
+//! setting that is wrong. Nothing here touches libvirt or the network.
+
+use std::fmt;
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use tonic::metadata::{Ascii, MetadataValue};
+use vmm_shared::HostId;
+
+/// Per-host agent of the VM manager: owns this host's libvirt connection, carries out the
+/// coordinator's commands and reports every domain's state.
+#[derive(Debug, Parser)]
+#[command(name = "agent", version)]
+pub struct Args {
+    /// URL of the coordinator's agent endpoint.
+    #[arg(
+        long,
+        env = "COORDINATOR_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub coordinator: String,
+
+    /// libvirt connection URI.
+    #[arg(long, env = "LIBVIRT_URI", default_value = "test:///default")]
+    pub libvirt_uri: String,
+
+    /// This host's ID as the coordinator knows it [default: the machine's hostname].
+    #[arg(long, env = "HOST_ID")]
+    pub host_id: Option<String>,
+
+    /// Directory for the agent's own files; the storage pool's images live in `images/`.
+    #[arg(long, env = "AGENT_DATA_DIR", default_value = "./agent-data")]
+    pub data_dir: PathBuf,
+
+    /// Shared credential the coordinator expects from agents (required).
+    #[arg(long, env = "AGENT_TOKEN", hide_env_values = true)]
+    pub agent_token: Option<String>,
+
+    /// Name of the libvirt storage pool the agent owns (defined if missing).
+    #[arg(long, env = "STORAGE_POOL", default_value = "vmm")]
+    pub storage_pool: String,
+
+    /// How long `stop` waits for the guest to power off before destroying it.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 60)]
+    pub shutdown_timeout_secs: u64,
+
+    /// How often every domain's state is polled.
+    #[arg(long, env = "POLL_INTERVAL_MS", default_value_t = 2000)]
+    pub poll_interval_ms: u64,
+
+    /// How often a heartbeat is sent (more often if the coordinator asks for it).
+    #[arg(long, env = "HEARTBEAT_INTERVAL_MS", default_value_t = 2000)]
+    pub heartbeat_interval_ms: u64,
+
+    /// Log line format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The agent token. Its `Debug` never shows the secret, so it cannot leak into logs.
+#[derive(Clone)]
+pub struct AgentToken(String);
+
+impl AgentToken {
+    /// The value of the `authorization` metadata sent when opening the session.
+    pub fn bearer_header(&self) -> MetadataValue<Ascii> {
+        // Checked to be a valid header value when the config was built.
+        MetadataValue::try_from(format!("Bearer {}", self.0))
+            .unwrap_or_else(|_| MetadataValue::from_static(""))
+    }
+}
+
+#[cfg(test)]
+impl AgentToken {
+    pub fn for_tests(token: &str) -> Self {
+        Self(token.to_owned())
+    }
+}
+
+impl fmt::Debug for AgentToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AgentToken(<redacted>)")
+    }
+}
+
+/// A setting that cannot be used, named by its environment variable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("AGENT_TOKEN (--agent-token) is required: set it to the coordinator's agent token")]
+    MissingToken,
+    #[error("AGENT_TOKEN (--agent-token) must be printable ASCII without spaces")]
+    UnusableToken,
+    #[error("HOST_ID (--host-id) {value:?} is invalid: {reason}")]
+    InvalidHostId { value: String, reason: String },
+    #[error("HOST_ID (--host-id) is not set and the machine's hostname cannot be read")]
+    NoHostname(#[source] std::io::Error),
+    #[error("COORDINATOR_URL (--coordinator) {0:?} must be an http:// or https:// URL")]
+    InvalidCoordinatorUrl(String),
+    #[error("{setting} must be greater than zero")]
+    ZeroDuration { setting: &'static str },
+    #[error(
+        "STORAGE_POOL (--storage-pool) {0:?} is invalid: use letters, digits, '-', '_' and '.'"
+    )]
+    InvalidStoragePool(String),
+    #[error("AGENT_DATA_DIR (--data-dir) {path} cannot be prepared")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Checked settings.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub coordinator_url: String,
+    pub libvirt_uri: String,
+    pub host_id: HostId,
+    pub data_dir: PathBuf,
+    pub agent_token: AgentToken,
+    pub storage_pool: String,
+    pub shutdown_timeout: Duration,
+    pub poll_interval: Duration,
+    pub heartbeat_interval: Duration,
+    pub log_format: LogFormat,
+}
+
+impl AgentConfig {
+    /// Checks the parsed arguments. Does not touch the file system.
+    pub fn from_args(args: Args) -> Result<Self, ConfigError> {
+        let agent_token = match args.agent_token {
+            Some(token) if !token.trim().is_empty() => token,
+            _ => return Err(ConfigError::MissingToken),
+        };
+        if !agent_token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ConfigError::UnusableToken);
+        }
+
+        let host_id_text = match args.host_id {
+            Some(host_id) => host_id,
+            None => hostname::get()
+                .map_err(ConfigError::NoHostname)?
+                .to_string_lossy()
+                .into_owned(),
+        };
+        let host_id =
+            host_id_text
+                .parse::<HostId>()
+                .map_err(|error| ConfigError::InvalidHostId {
+                    value: host_id_text.clone(),
+                    reason: error.to_string(),
+                })?;
+
+        let url = args.coordinator.trim().to_owned();
+        if !(url.starts_with("http://") || url.starts_with("https://"))
+            || tonic::transport::Endpoint::from_shared(url.clone()).is_err()
+        {
+            return Err(ConfigError::InvalidCoordinatorUrl(args.coordinator));
+        }
+
+        if args.storage_pool.parse::<HostId>().is_err() {
+            return Err(ConfigError::InvalidStoragePool(args.storage_pool));
+        }
+
+        Ok(Self {
+            coordinator_url: url,
+            libvirt_uri: args.libvirt_uri,
+            host_id,
+            data_dir: args.data_dir,
+            agent_token: AgentToken(agent_token),
+            storage_pool: args.storage_pool,
+            shutdown_timeout: Duration::from_secs(args.shutdown_timeout_secs),
+            poll_interval: positive_millis(
+                args.poll_interval_ms,
+                "POLL_INTERVAL_MS (--poll-interval-ms)",
+            )?,
+            heartbeat_interval: positive_millis(
+                args.heartbeat_interval_ms,
+                "HEARTBEAT_INTERVAL_MS (--heartbeat-interval-ms)",
+            )?,
+            log_format: args.log_format,
+        })
+    }
+
+    /// Creates the data directory and its `images/` subdirectory (the storage pool's target)
+    /// and returns the absolute path of `images/`.
+    ///
+    /// QEMU runs as another user and must reach the disks, so the data directory is made
+    /// traversable by others and `images/` readable.
+    pub fn prepare_data_dir(&self) -> Result<PathBuf, ConfigError> {
+        let data_dir_error = |source| ConfigError::DataDir {
+            path: self.data_dir.clone(),
+            source,
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(&self.data_dir)
+            .map_err(data_dir_error)?;
+        let data_dir = fs::canonicalize(&self.data_dir).map_err(data_dir_error)?;
+        add_permissions(&data_dir, 0o711).map_err(data_dir_error)?;
+        let images_dir = data_dir.join("images");
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&images_dir)
+            .map_err(data_dir_error)?;
+        add_permissions(&images_dir, 0o755).map_err(data_dir_error)?;
+        Ok(images_dir)
+    }
+}
+
+/// Adds `bits` to a directory's mode, keeping any it already has.
+fn add_permissions(path: &Path, bits: u32) -> std::io::Result<()> {
+    let mut permissions = fs::metadata(path)?.permissions();
+    let mode = permissions.mode();
+    if mode & bits != bits {
+        permissions.set_mode(mode | bits);
+        fs::set_permissions(path, permissions)?;
+    }
+    Ok(())
+}
+
+fn positive_millis(millis: u64, setting: &'static str) -> Result<Duration, ConfigError> {
+    if millis == 0 {
+        Err(ConfigError::ZeroDuration { setting })
+    } else {
+        Ok(Duration::from_millis(millis))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut argv = vec!["agent"];
+        if !extra.contains(&"--host-id") {
+            argv.extend(["--host-id", "host-1"]);
+        }
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv).expect("arguments parse")
+    }
+
+    #[test]
+    fn a_missing_token_is_named() {
+        // Relies on AGENT_TOKEN not being set in the test environment.
+        if std::env::var_os("AGENT_TOKEN").is_some() {
+            return;
+        }
+        let error = AgentConfig::from_args(args(&[])).unwrap_err();
+        assert!(error.to_string().contains("AGENT_TOKEN"));
+        let error = AgentConfig::from_args(args(&["--agent-token", "  "])).unwrap_err();
+        assert!(error.to_string().contains("AGENT_TOKEN"));
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let error =
+            AgentConfig::from_args(args(&["--agent-token", "t", "--host-id", "a b"])).unwrap_err();
+        assert!(error.to_string().contains("HOST_ID"));
+        let error = AgentConfig::from_args(args(&["--agent-token", "t", "--coordinator", "nope"]))
+            .unwrap_err();
+        assert!(error.to_string().contains("COORDINATOR_URL"));
+        let error =
+            AgentConfig::from_args(args(&["--agent-token", "t", "--poll-interval-ms", "0"]))
+                .unwrap_err();
+        assert!(error.to_string().contains("POLL_INTERVAL_MS"));
+    }
+
+    #[test]
+    fn the_token_never_shows_in_debug_output() {
+        let config = AgentConfig::from_args(args(&["--agent-token", "s3cret-value"])).unwrap();
+        assert!(!format!("{config:?}").contains("s3cret-value"));
+        assert_eq!(
+            config.agent_token.bearer_header().to_str().unwrap(),
+            "Bearer s3cret-value"
+        );
+    }
+}

@@ -1,0 +1,340 @@
+//! The XML documents the agent hands to libvirt (domains, volumes, the storage pool) and the
+//! few facts it reads back out of libvirt's XML (guest capabilities, our instance metadata,
+//! MAC addresses in use).
+//!
+//! Every document is built from typed values, and every interpolated string goes through
+//! [`escape`], even values that were validated before: escaping is what makes markup in a
+//! value harmless, validation is only a second line of defence. Nothing here talks to
+//! libvirt, so all of it is unit-testable.
+
+use std::fmt::Write as _;
+
+use vmm_shared::VmId;
+
+/// The XML namespace of the metadata element the agent puts into every domain it creates.
+/// A domain carrying it is managed by the product; its `vm-id` names the coordinator's VM.
+pub const INSTANCE_METADATA_NAMESPACE: &str = "https://vmm.dev/xmlns/instance/1";
+
+/// Bytes in one GiB; disk sizes on the wire are GB and the agent allocates them as GiB.
+pub const BYTES_PER_GIB: u64 = 1_073_741_824;
+
+/// Escapes a string for use in XML text and in attribute values (quoted with `'` or `"`).
+pub fn escape(raw: &str) -> String {
+    let mut escaped = String::with_capacity(raw.len());
+    for c in raw.chars() {
+        match c {
+            '&' => escaped.push_str("&amp;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '"' => escaped.push_str("&quot;"),
+            '\'' => escaped.push_str("&apos;"),
+            other => escaped.push(other),
+        }
+    }
+    escaped
+}
+
+/// The libvirt domain name of a product VM. Users' names are never libvirt identifiers.
+pub fn domain_name(vm_id: VmId) -> String {
+    format!("vmm-{vm_id}")
+}
+
+/// The storage volume holding a product VM's disk.
+pub fn volume_name(vm_id: VmId) -> String {
+    format!("vmm-{vm_id}.qcow2")
+}
+
+/// Everything needed to write the domain XML of one product VM.
+#[derive(Debug, Clone)]
+pub struct DomainDefinition<'a> {
+    pub vm_id: VmId,
+    /// The user's name for the VM: shown as the domain title and kept in the metadata.
+    pub display_name: &'a str,
+    /// libvirt domain type: `kvm`, `qemu`, or whatever the driver offers (`test`).
+    pub domain_type: &'a str,
+    pub arch: &'a str,
+    pub cpu: u32,
+    pub memory_mib: u64,
+    pub disk_path: &'a str,
+    pub mac_address: &'a str,
+}
+
+impl DomainDefinition<'_> {
+    pub fn to_xml(&self) -> String {
+        let vm_id = escape(&self.vm_id.to_string());
+        let name = escape(&domain_name(self.vm_id));
+        let display_name = escape(self.display_name);
+        let domain_type = escape(self.domain_type);
+        let arch = escape(self.arch);
+        let disk_path = escape(self.disk_path);
+        let mac = escape(self.mac_address);
+        let namespace = escape(INSTANCE_METADATA_NAMESPACE);
+        let (cpu, memory) = (self.cpu, self.memory_mib);
+        format!(
+            "<domain type='{domain_type}'>
+  <name>{name}</name>
+  <uuid>{vm_id}</uuid>
+  <title>{display_name}</title>
+  <metadata>
+    <vmm:instance xmlns:vmm='{namespace}'>
+      <vmm:vm-id>{vm_id}</vmm:vm-id>
+      <vmm:name>{display_name}</vmm:name>
+    </vmm:instance>
+  </metadata>
+  <memory unit='MiB'>{memory}</memory>
+  <currentMemory unit='MiB'>{memory}</currentMemory>
+  <vcpu>{cpu}</vcpu>
+  <os>
+    <type arch='{arch}'>hvm</type>
+    <boot dev='hd'/>
+  </os>
+  <features>
+    <acpi/>
+    <apic/>
+  </features>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='{disk_path}'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <interface type='user'>
+      <mac address='{mac}'/>
+      <model type='virtio'/>
+    </interface>
+    <graphics type='vnc' autoport='yes' listen='127.0.0.1'>
+      <listen type='address' address='127.0.0.1'/>
+    </graphics>
+    <serial type='pty'>
+      <target port='0'/>
+    </serial>
+    <console type='pty'>
+      <target type='serial' port='0'/>
+    </console>
+  </devices>
+</domain>
+"
+        )
+    }
+}
+
+/// A transient, device-less domain used once at start to find out whether KVM really works.
+pub fn kvm_probe_xml(name: &str, arch: &str) -> String {
+    format!(
+        "<domain type='kvm'>
+  <name>{}</name>
+  <memory unit='MiB'>16</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='{}'>hvm</type>
+  </os>
+</domain>
+",
+        escape(name),
+        escape(arch)
+    )
+}
+
+/// A qcow2 volume of `capacity_bytes`.
+pub fn volume_xml(name: &str, capacity_bytes: u64) -> String {
+    format!(
+        "<volume>
+  <name>{}</name>
+  <capacity unit='bytes'>{capacity_bytes}</capacity>
+  <target>
+    <format type='qcow2'/>
+  </target>
+</volume>
+",
+        escape(name)
+    )
+}
+
+/// A directory storage pool rooted at `target_path`.
+pub fn dir_pool_xml(name: &str, target_path: &str) -> String {
+    format!(
+        "<pool type='dir'>
+  <name>{}</name>
+  <target>
+    <path>{}</path>
+  </target>
+</pool>
+",
+        escape(name),
+        escape(target_path)
+    )
+}
+
+/// The hardware-virtualised guest a host offers, read from its capabilities XML.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestCapability {
+    pub arch: String,
+    /// Domain types offered for that arch, in the order libvirt lists them.
+    pub domain_types: Vec<String>,
+}
+
+/// Finds the `<guest>` with `<os_type>hvm</os_type>` for the host's own arch (the
+/// `<host><cpu><arch>` of a capabilities document), or else the first hvm guest. QEMU lists
+/// `i686` before `x86_64`, so taking the first one would give 32-bit guests.
+///
+/// String scanning is enough here: the document comes from libvirt itself and the agent
+/// only needs one arch name and a list of domain types.
+pub fn parse_hvm_guest(capabilities_xml: &str) -> Option<GuestCapability> {
+    let hvm_guests: Vec<GuestCapability> = capabilities_xml
+        .split("<guest>")
+        .skip(1)
+        .map(|rest| rest.split("</guest>").next().unwrap_or(rest))
+        .filter(|guest| guest.contains("<os_type>hvm</os_type>"))
+        .filter_map(|guest| {
+            let arch_element = guest.split("<arch ").nth(1)?;
+            let arch = attribute_value(arch_element, "name")?;
+            let domain_types = arch_element
+                .split("<domain ")
+                .skip(1)
+                .filter_map(|domain| attribute_value(domain, "type"))
+                .collect();
+            Some(GuestCapability { arch, domain_types })
+        })
+        .collect();
+    let host_arch = capabilities_xml
+        .split("<host>")
+        .nth(1)
+        .and_then(|host| host.split("<arch>").nth(1))
+        .and_then(|arch| arch.split('<').next())
+        .map(str::trim);
+    let preferred =
+        host_arch.and_then(|host_arch| hvm_guests.iter().position(|guest| guest.arch == host_arch));
+    let index = preferred.unwrap_or(0);
+    hvm_guests.into_iter().nth(index)
+}
+
+/// The value of `attribute='…'` or `attribute="…"` in the start of `element`, up to its `>`.
+fn attribute_value(element: &str, attribute: &str) -> Option<String> {
+    let tag = element.split('>').next()?;
+    let after_name = tag.split(&format!("{attribute}=")).nth(1)?;
+    let quote = after_name
+        .chars()
+        .next()
+        .filter(|c| *c == '\'' || *c == '"')?;
+    let value = after_name[1..].split(quote).next()?;
+    Some(value.to_owned())
+}
+
+/// Reads the VM ID out of the instance metadata element the agent wrote (as libvirt returns
+/// it, with whatever namespace prefix it chose). `None` if there is none or it is not a UUID.
+pub fn parse_instance_vm_id(metadata_xml: &str) -> Option<VmId> {
+    let after_open = metadata_xml.split("vm-id>").nth(1)?;
+    let value = after_open.split('<').next()?;
+    value.trim().parse().ok()
+}
+
+/// All MAC addresses mentioned in a domain's XML, lowercased.
+pub fn mac_addresses(domain_xml: &str) -> Vec<String> {
+    domain_xml
+        .split("<mac ")
+        .skip(1)
+        .filter_map(|element| attribute_value(element, "address"))
+        .map(|mac| mac.to_ascii_lowercase())
+        .collect()
+}
+
+/// A locally administered MAC in QEMU's `52:54:00` range from three random bytes.
+pub fn qemu_mac_address(random: [u8; 3]) -> String {
+    let mut mac = String::from("52:54:00");
+    for byte in random {
+        // Writing to a String cannot fail.
+        let _ = write!(mac, ":{byte:02x}");
+    }
+    mac
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn definition(display_name: &str) -> String {
+        DomainDefinition {
+            vm_id: "6f1c2a4e-8d7b-4c1e-9f3a-2b5d7e9a1c3f".parse().unwrap(),
+            display_name,
+            domain_type: "qemu",
+            arch: "x86_64",
+            cpu: 2,
+            memory_mib: 512,
+            disk_path: "/var/lib/vmm/images/vmm-x.qcow2",
+            mac_address: "52:54:00:12:34:56",
+        }
+        .to_xml()
+    }
+
+    #[test]
+    fn escape_replaces_every_markup_character() {
+        assert_eq!(escape(r#"a'><x/>&"b"#), "a&apos;&gt;&lt;x/&gt;&amp;&quot;b");
+        assert_eq!(escape("plain-name_1.0"), "plain-name_1.0");
+    }
+
+    #[test]
+    fn a_hostile_name_cannot_break_out_of_the_domain_xml() {
+        let xml = definition("a'><x/>&");
+        assert!(!xml.contains("<x/>"), "raw markup leaked into:\n{xml}");
+        assert!(!xml.contains("a'>"));
+        assert!(xml.contains("<title>a&apos;&gt;&lt;x/&gt;&amp;</title>"));
+        assert!(xml.contains("<vmm:name>a&apos;&gt;&lt;x/&gt;&amp;</vmm:name>"));
+    }
+
+    #[test]
+    fn domain_xml_names_the_vm_by_its_id_and_carries_the_metadata() {
+        let xml = definition("web-01");
+        assert!(xml.contains("<name>vmm-6f1c2a4e-8d7b-4c1e-9f3a-2b5d7e9a1c3f</name>"));
+        assert!(xml.contains("<uuid>6f1c2a4e-8d7b-4c1e-9f3a-2b5d7e9a1c3f</uuid>"));
+        assert!(xml.contains("<memory unit='MiB'>512</memory>"));
+        assert!(xml.contains("<vcpu>2</vcpu>"));
+        assert_eq!(
+            parse_instance_vm_id(&xml)
+                .map(|id| id.to_string())
+                .as_deref(),
+            Some("6f1c2a4e-8d7b-4c1e-9f3a-2b5d7e9a1c3f")
+        );
+        assert_eq!(mac_addresses(&xml), vec!["52:54:00:12:34:56".to_owned()]);
+    }
+
+    #[test]
+    fn hvm_guest_is_found_in_capabilities() {
+        let caps = "<capabilities><guest><os_type>xen</os_type><arch name='x86_64'>\
+            <domain type='xen'/></arch></guest>\
+            <guest><os_type>hvm</os_type><arch name='x86_64'><wordsize>64</wordsize>\
+            <domain type='qemu'/><domain type='kvm'>\n</domain></arch></guest></capabilities>";
+        assert_eq!(
+            parse_hvm_guest(caps),
+            Some(GuestCapability {
+                arch: "x86_64".into(),
+                domain_types: vec!["qemu".into(), "kvm".into()],
+            })
+        );
+        assert_eq!(parse_hvm_guest("<capabilities/>"), None);
+    }
+
+    #[test]
+    fn the_hosts_own_arch_is_preferred() {
+        let caps = "<capabilities><host><cpu><arch>x86_64</arch></cpu></host>\
+            <guest><os_type>hvm</os_type><arch name='i686'><domain type='qemu'/></arch></guest>\
+            <guest><os_type>hvm</os_type><arch name='x86_64'><domain type='qemu'/>\
+            <domain type='kvm'/></arch></guest></capabilities>";
+        let guest = parse_hvm_guest(caps).unwrap();
+        assert_eq!(guest.arch, "x86_64");
+        assert_eq!(guest.domain_types, ["qemu", "kvm"]);
+    }
+
+    #[test]
+    fn instance_metadata_without_a_uuid_is_unmanaged() {
+        assert_eq!(parse_instance_vm_id("<vmm:vm-id>nope</vmm:vm-id>"), None);
+        assert_eq!(parse_instance_vm_id(""), None);
+    }
+
+    #[test]
+    fn qemu_macs_are_well_formed() {
+        assert_eq!(qemu_mac_address([0, 0xab, 0x0f]), "52:54:00:00:ab:0f");
+    }
+}

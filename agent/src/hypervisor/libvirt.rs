@@ -1,0 +1,938 @@
+//! The real [`Hypervisor`]: one libvirt connection (`qemu:///system` in production,
+//! `test:///default` anywhere else), the storage pool the agent owns, and the product's
+//! naming of domains (`vmm-<vm_id>`) and disk volumes (`vmm-<vm_id>.qcow2`).
+//!
+//! At open it decides once how VMs are run: the host's hvm guest arch, and `kvm` only when a
+//! throw-away probe domain of that type really starts (a `/dev/kvm` that exists is not
+//! proof); otherwise `qemu` (TCG), or whatever domain type the driver offers.
+//!
+//! Never touch a domain the product did not create except to read its state.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Display;
+use std::path::PathBuf;
+
+use virt::connect::Connect;
+use virt::domain::{Domain, DomainState, DomainStateReason};
+use virt::enumutil::Enum;
+use virt::error::{Error as LibvirtError, ErrorNumber};
+use virt::storage_pool::StoragePool;
+use virt::storage_vol::StorageVol;
+use vmm_proto::PowerState;
+use vmm_shared::VmId;
+
+use super::domain_xml::{
+    self, BYTES_PER_GIB, DomainDefinition, INSTANCE_METADATA_NAMESPACE, domain_name, volume_name,
+};
+use super::{FailureKind, HostFacts, Hypervisor, HypervisorError, ObservedDomain, VmSpec};
+
+/// Where and how the agent uses libvirt.
+#[derive(Debug, Clone)]
+pub struct LibvirtSettings {
+    pub uri: String,
+    /// Name of the storage pool that holds the VMs' disks.
+    pub storage_pool: String,
+    /// Absolute directory used as the pool's target if the agent has to define the pool.
+    pub images_dir: PathBuf,
+}
+
+/// How new VMs are run on this host, decided once at open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct GuestPlacement {
+    domain_type: String,
+    arch: String,
+    kvm_usable: bool,
+}
+
+/// The agent's libvirt connection and what it learned about the host at open.
+pub struct LibvirtHost {
+    connection: Connect,
+    settings: LibvirtSettings,
+    guest: GuestPlacement,
+    /// VM ID (or none, for unmanaged domains) per domain UUID, so each domain's metadata is
+    /// read once rather than on every poll.
+    vm_id_by_uuid: HashMap<String, Option<VmId>>,
+}
+
+impl LibvirtHost {
+    /// Opens the connection, decides the guest placement and makes sure the storage pool
+    /// exists and is active.
+    pub fn open(settings: LibvirtSettings) -> Result<Self, HypervisorError> {
+        let connection = Connect::open(Some(&settings.uri)).map_err(|error| {
+            HypervisorError::new(
+                FailureKind::Unavailable,
+                format!(
+                    "cannot connect to libvirt at {}: {}",
+                    settings.uri,
+                    error.message()
+                ),
+            )
+        })?;
+        let guest = choose_guest_placement(&connection)?;
+        tracing::info!(
+            uri = %settings.uri,
+            domain_type = %guest.domain_type,
+            arch = %guest.arch,
+            kvm_usable = guest.kvm_usable,
+            "connected to libvirt"
+        );
+        ensure_storage_pool(&connection, &settings)?;
+        Ok(Self {
+            connection,
+            settings,
+            guest,
+            vm_id_by_uuid: HashMap::new(),
+        })
+    }
+
+    fn storage_pool(&self) -> Result<StoragePool, HypervisorError> {
+        self.connection
+            .lookup_storage_pool_by_name(&self.settings.storage_pool)
+            .map_err(failed(format!(
+                "looking up storage pool {}",
+                self.settings.storage_pool
+            )))
+    }
+
+    fn lookup_domain(&self, vm_id: VmId) -> Result<Option<Domain>, HypervisorError> {
+        match self
+            .connection
+            .lookup_domain_by_uuid_string(&vm_id.to_string())
+        {
+            Ok(domain) => Ok(Some(domain)),
+            Err(error) if has_code(&error, ErrorNumber::NoDomain) => Ok(None),
+            Err(error) => Err(failed(format!("looking up domain {}", domain_name(vm_id)))(
+                error,
+            )),
+        }
+    }
+
+    fn require_domain(&self, vm_id: VmId) -> Result<Domain, HypervisorError> {
+        self.lookup_domain(vm_id)?.ok_or_else(|| {
+            HypervisorError::new(
+                FailureKind::NotFound,
+                format!("domain {} does not exist", domain_name(vm_id)),
+            )
+        })
+    }
+
+    /// The domain, if it is active (`want_active`) or inactive (`!want_active`); otherwise
+    /// a conflict. Drivers disagree on the error for e.g. starting a running domain, so the
+    /// agent checks itself.
+    fn require_domain_in(&self, vm_id: VmId, want_active: bool) -> Result<Domain, HypervisorError> {
+        let domain = self.require_domain(vm_id)?;
+        let active = domain
+            .is_active()
+            .map_err(failed(format!("reading domain {}", domain_name(vm_id))))?;
+        match (want_active, active) {
+            (true, false) => Err(HypervisorError::new(
+                FailureKind::Conflict,
+                format!("domain {} is not running", domain_name(vm_id)),
+            )),
+            (false, true) => Err(HypervisorError::new(
+                FailureKind::Conflict,
+                format!("domain {} is already running", domain_name(vm_id)),
+            )),
+            _ => Ok(domain),
+        }
+    }
+
+    fn observe(&mut self, domain: &Domain) -> Result<ObservedDomain, LibvirtError> {
+        let uuid = domain.uuid_string()?;
+        let name = domain.name()?;
+        let (state, reason) = domain.state()?;
+        let info = domain.info()?;
+        let vm_id = match self.vm_id_by_uuid.get(&uuid) {
+            Some(cached) => *cached,
+            None => {
+                let vm_id = read_instance_vm_id(domain);
+                self.vm_id_by_uuid.insert(uuid.clone(), vm_id);
+                vm_id
+            }
+        };
+        let detail = match reason {
+            Enum::Known(DomainStateReason::Crashed(crash)) => format!("crashed: {crash}"),
+            _ => String::new(),
+        };
+        Ok(ObservedDomain {
+            uuid,
+            name,
+            vm_id,
+            state: power_state(state),
+            cpu: info.nr_virt_cpu,
+            memory_mib: info.max_mem / 1024,
+            detail,
+        })
+    }
+
+    /// A `52:54:00:…` MAC that no domain on this host uses yet.
+    fn unused_mac_address(&self) -> Result<String, HypervisorError> {
+        let domains = self
+            .connection
+            .list_all_domains(0)
+            .map_err(failed("listing domains"))?;
+        let in_use: HashSet<String> = domains
+            .iter()
+            .filter_map(|domain| domain.xml_desc(0).ok())
+            .flat_map(|xml| domain_xml::mac_addresses(&xml))
+            .collect();
+        std::iter::repeat_with(|| domain_xml::qemu_mac_address(rand::random()))
+            .take(64)
+            .find(|mac| !in_use.contains(mac))
+            .ok_or_else(|| {
+                HypervisorError::new(FailureKind::Unavailable, "no unused MAC address found")
+            })
+    }
+
+    fn define_and_maybe_start(
+        &mut self,
+        vm_id: VmId,
+        spec: &VmSpec,
+        volume: &StorageVol,
+    ) -> Result<ObservedDomain, HypervisorError> {
+        let disk_path = volume
+            .path()
+            .map_err(failed("reading the disk volume's path"))?;
+        let mac_address = self.unused_mac_address()?;
+        let xml = DomainDefinition {
+            vm_id,
+            display_name: &spec.display_name,
+            domain_type: &self.guest.domain_type,
+            arch: &self.guest.arch,
+            cpu: spec.cpu,
+            memory_mib: spec.memory_mib,
+            disk_path: &disk_path,
+            mac_address: &mac_address,
+        }
+        .to_xml();
+        let domain = self
+            .connection
+            .define_domain_xml(&xml)
+            .map_err(failed(format!("defining domain {}", domain_name(vm_id))))?;
+        if spec.start {
+            domain
+                .create()
+                .map_err(failed(format!("starting domain {}", domain_name(vm_id))))?;
+        }
+        self.observe(&domain)
+            .map_err(failed(format!("reading domain {}", domain_name(vm_id))))
+    }
+
+    /// Removes whatever a failed create left: the domain (if it got defined) and the volume.
+    fn undo_create(&mut self, vm_id: VmId, volume: &StorageVol) {
+        match self.lookup_domain(vm_id) {
+            Ok(Some(domain)) => {
+                if let Err(error) = destroy_and_undefine(&domain) {
+                    tracing::warn!(%vm_id, %error, "cannot remove the domain of a failed create");
+                }
+            }
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%vm_id, %error, "cannot look up a failed create"),
+        }
+        if let Err(error) = volume.delete(0) {
+            tracing::warn!(%vm_id, error = error.message(), "cannot delete the disk of a failed create");
+        }
+        self.vm_id_by_uuid.remove(&vm_id.to_string());
+    }
+
+    /// Reopens the connection if libvirtd went away (e.g. was restarted).
+    fn reconnect_if_dead(&mut self) {
+        if self.connection.is_alive().unwrap_or(false) {
+            return;
+        }
+        match Connect::open(Some(&self.settings.uri)) {
+            Ok(connection) => {
+                tracing::info!(uri = %self.settings.uri, "reconnected to libvirt");
+                self.connection = connection;
+            }
+            Err(error) => {
+                tracing::warn!(uri = %self.settings.uri, error = error.message(), "libvirt is unreachable");
+            }
+        }
+    }
+}
+
+impl Hypervisor for LibvirtHost {
+    fn host_facts(&mut self) -> Result<HostFacts, HypervisorError> {
+        let node = self
+            .connection
+            .node_info()
+            .map_err(failed("reading node info"))?;
+        let pool_info = self
+            .storage_pool()?
+            .info()
+            .map_err(failed("reading storage pool info"))?;
+        let library = self
+            .connection
+            .lib_version()
+            .map_err(failed("reading libvirt version"))?;
+        let driver = self
+            .connection
+            .driver_type()
+            .map_err(failed("reading driver type"))?;
+        let hypervisor_version = self
+            .connection
+            .hyp_version()
+            .map_err(failed("reading hypervisor version"))?;
+        Ok(HostFacts {
+            cpus: node.cpus,
+            memory_mib: node.memory / 1024,
+            disk_gb: pool_info.capacity / BYTES_PER_GIB,
+            libvirt_version: format_libvirt_version(library),
+            hypervisor: format!("{driver} {}", format_libvirt_version(hypervisor_version)),
+            kvm_usable: self.guest.kvm_usable,
+        })
+    }
+
+    fn list_domains(&mut self) -> Result<Vec<ObservedDomain>, HypervisorError> {
+        self.reconnect_if_dead();
+        let domains = self
+            .connection
+            .list_all_domains(0)
+            .map_err(failed("listing domains"))?;
+        let mut observed = Vec::with_capacity(domains.len());
+        for domain in &domains {
+            match self.observe(domain) {
+                Ok(one) => observed.push(one),
+                // Gone between the listing and the query: the next poll reports it absent.
+                Err(error) if has_code(&error, ErrorNumber::NoDomain) => {}
+                Err(error) => return Err(failed("reading a domain's state")(error)),
+            }
+        }
+        let present: HashSet<&str> = observed.iter().map(|domain| domain.uuid.as_str()).collect();
+        self.vm_id_by_uuid
+            .retain(|uuid, _| present.contains(uuid.as_str()));
+        Ok(observed)
+    }
+
+    fn find_vm(&mut self, vm_id: VmId) -> Result<Option<ObservedDomain>, HypervisorError> {
+        let Some(domain) = self.lookup_domain(vm_id)? else {
+            return Ok(None);
+        };
+        match self.observe(&domain) {
+            Ok(observed) => Ok(Some(observed)),
+            Err(error) if has_code(&error, ErrorNumber::NoDomain) => Ok(None),
+            Err(error) => Err(failed(format!("reading domain {}", domain_name(vm_id)))(
+                error,
+            )),
+        }
+    }
+
+    fn create_vm(&mut self, vm_id: VmId, spec: &VmSpec) -> Result<ObservedDomain, HypervisorError> {
+        let pool = self.storage_pool()?;
+        let volume_name = volume_name(vm_id);
+        // The caller made sure no domain has this UUID, so a volume of that name is the
+        // leftover of an earlier attempt at this same VM that died half-way.
+        if let Ok(leftover) = pool.lookup_storage_vol_by_name(&volume_name) {
+            tracing::warn!(%vm_id, volume = %volume_name, "deleting a leftover disk volume");
+            leftover
+                .delete(0)
+                .map_err(failed(format!("deleting leftover volume {volume_name}")))?;
+        }
+        let capacity_bytes = spec.disk_gb.checked_mul(BYTES_PER_GIB).ok_or_else(|| {
+            HypervisorError::new(
+                FailureKind::Invalid,
+                format!("disk of {} GB is too large", spec.disk_gb),
+            )
+        })?;
+        let volume = StorageVol::create_xml(
+            &pool,
+            &domain_xml::volume_xml(&volume_name, capacity_bytes),
+            0,
+        )
+        .map_err(failed(format!("creating disk volume {volume_name}")))?;
+        match self.define_and_maybe_start(vm_id, spec, &volume) {
+            Ok(observed) => Ok(observed),
+            Err(error) => {
+                self.undo_create(vm_id, &volume);
+                Err(error)
+            }
+        }
+    }
+
+    fn start_vm(&mut self, vm_id: VmId) -> Result<(), HypervisorError> {
+        self.require_domain_in(vm_id, false)?
+            .create()
+            .map_err(failed(format!("starting domain {}", domain_name(vm_id))))
+    }
+
+    fn request_shutdown(&mut self, vm_id: VmId) -> Result<(), HypervisorError> {
+        let domain = self.require_domain_in(vm_id, true)?;
+        let action = format!("shutting down domain {}", domain_name(vm_id));
+        match domain.shutdown_flags(virt::sys::VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN) {
+            Ok(()) => Ok(()),
+            // Some drivers (the test driver) refuse to be told how; let them choose.
+            Err(error) if is_unsupported(&error) => domain.shutdown().map_err(failed(action)),
+            Err(error) => Err(failed(action)(error)),
+        }
+    }
+
+    fn force_stop(&mut self, vm_id: VmId) -> Result<(), HypervisorError> {
+        self.require_domain_in(vm_id, true)?
+            .destroy()
+            .map_err(failed(format!("destroying domain {}", domain_name(vm_id))))
+    }
+
+    fn reboot_vm(&mut self, vm_id: VmId) -> Result<(), HypervisorError> {
+        let domain = self.require_domain_in(vm_id, true)?;
+        let action = format!("rebooting domain {}", domain_name(vm_id));
+        let error = match domain.reboot(virt::sys::VIR_DOMAIN_REBOOT_DEFAULT) {
+            Ok(()) => return Ok(()),
+            Err(error) if is_unsupported(&error) => error,
+            Err(error) => return Err(failed(action)(error)),
+        };
+        tracing::debug!(%vm_id, error = error.message(), "reboot unsupported; resetting instead");
+        match domain.reset() {
+            Ok(()) => Ok(()),
+            Err(error) if is_unsupported(&error) => {
+                domain.destroy().map_err(failed(action.clone()))?;
+                domain.create().map_err(failed(action))
+            }
+            Err(error) => Err(failed(action)(error)),
+        }
+    }
+
+    fn delete_vm(&mut self, vm_id: VmId) -> Result<(), HypervisorError> {
+        if let Some(domain) = self.lookup_domain(vm_id)? {
+            destroy_and_undefine(&domain)
+                .map_err(failed(format!("deleting domain {}", domain_name(vm_id))))?;
+        }
+        self.vm_id_by_uuid.remove(&vm_id.to_string());
+        let volume_name = volume_name(vm_id);
+        let pool = self.storage_pool()?;
+        match pool.lookup_storage_vol_by_name(&volume_name) {
+            Ok(volume) => volume
+                .delete(0)
+                .map_err(failed(format!("deleting disk volume {volume_name}"))),
+            Err(error) if has_code(&error, ErrorNumber::NoStorageVolume) => Ok(()),
+            Err(error) => Err(failed(format!("looking up disk volume {volume_name}"))(
+                error,
+            )),
+        }
+    }
+}
+
+/// The product's view of a libvirt domain state. `Shutdown` means "shutting down": the guest
+/// still runs until it reaches `Shutoff`.
+pub fn power_state(state: Enum<DomainState, virt::sys::virDomainState>) -> PowerState {
+    match state {
+        Enum::Known(DomainState::Running | DomainState::Blocked | DomainState::Shutdown) => {
+            PowerState::Running
+        }
+        Enum::Known(DomainState::Paused | DomainState::PMSuspended) => PowerState::Paused,
+        Enum::Known(DomainState::Shutoff | DomainState::NoState) => PowerState::Stopped,
+        Enum::Known(DomainState::Crashed) => PowerState::Crashed,
+        Enum::Unknown(_) => PowerState::Unspecified,
+    }
+}
+
+/// `major * 1_000_000 + minor * 1_000 + release` → `major.minor.release`.
+pub fn format_libvirt_version(encoded: u32) -> String {
+    format!(
+        "{}.{}.{}",
+        encoded / 1_000_000,
+        encoded / 1_000 % 1_000,
+        encoded % 1_000
+    )
+}
+
+fn read_instance_vm_id(domain: &Domain) -> Option<VmId> {
+    domain
+        .metadata(
+            virt::sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+            Some(INSTANCE_METADATA_NAMESPACE),
+            0,
+        )
+        .ok()
+        .and_then(|xml| domain_xml::parse_instance_vm_id(&xml))
+}
+
+fn destroy_and_undefine(domain: &Domain) -> Result<(), LibvirtError> {
+    if domain.is_active()? {
+        match domain.destroy() {
+            Ok(()) => {}
+            // Stopped on its own meanwhile.
+            Err(error) if has_code(&error, ErrorNumber::OperationInvalid) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    // A transient domain is gone once destroyed.
+    if !domain.is_persistent().unwrap_or(true) {
+        return Ok(());
+    }
+    let flags =
+        virt::sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA | virt::sys::VIR_DOMAIN_UNDEFINE_NVRAM;
+    match domain.undefine_flags(flags) {
+        Ok(()) => Ok(()),
+        Err(error) if is_unsupported(&error) => domain.undefine(),
+        Err(error) => Err(error),
+    }
+}
+
+fn choose_guest_placement(connection: &Connect) -> Result<GuestPlacement, HypervisorError> {
+    let capabilities = connection
+        .capabilities()
+        .map_err(failed("reading host capabilities"))?;
+    let guest = domain_xml::parse_hvm_guest(&capabilities).ok_or_else(|| {
+        HypervisorError::new(
+            FailureKind::Unavailable,
+            "libvirt offers no hvm guest on this host",
+        )
+    })?;
+    let offers = |domain_type: &str| {
+        guest
+            .domain_types
+            .iter()
+            .any(|offered| offered == domain_type)
+    };
+    let (domain_type, kvm_usable) = if offers("kvm") && kvm_works(connection, &guest.arch) {
+        ("kvm".to_owned(), true)
+    } else if offers("kvm") || offers("qemu") {
+        ("qemu".to_owned(), false)
+    } else {
+        let first = guest.domain_types.first().cloned().ok_or_else(|| {
+            HypervisorError::new(
+                FailureKind::Unavailable,
+                "libvirt offers no domain type for hvm guests",
+            )
+        })?;
+        (first, false)
+    };
+    Ok(GuestPlacement {
+        domain_type,
+        arch: guest.arch,
+        kvm_usable,
+    })
+}
+
+/// How long the KVM probe domain must keep running to count as working.
+const KVM_PROBE_SETTLE_TIME: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// Starts and destroys a tiny transient KVM domain: the only reliable test that KVM works.
+/// The probe must still be running a moment after it started, because a vCPU that KVM
+/// cannot run stops the guest only once it is scheduled.
+fn kvm_works(connection: &Connect, arch: &str) -> bool {
+    let name = format!("vmm-kvm-probe-{:08x}", rand::random::<u32>());
+    let probe = match connection.create_domain_xml(&domain_xml::kvm_probe_xml(&name, arch), 0) {
+        Ok(probe) => probe,
+        Err(error) => {
+            tracing::info!(
+                error = error.message(),
+                "KVM is not usable; VMs run as type 'qemu'"
+            );
+            return false;
+        }
+    };
+    std::thread::sleep(KVM_PROBE_SETTLE_TIME);
+    let still_running =
+        matches!(probe.state(), Ok((state, _)) if power_state(state) == PowerState::Running);
+    if let Err(error) = probe.destroy() {
+        tracing::warn!(%name, error = error.message(), "cannot destroy the KVM probe domain");
+    }
+    if !still_running {
+        tracing::info!("the KVM probe domain stopped by itself; VMs run as type 'qemu'");
+    }
+    still_running
+}
+
+fn ensure_storage_pool(
+    connection: &Connect,
+    settings: &LibvirtSettings,
+) -> Result<(), HypervisorError> {
+    let name = &settings.storage_pool;
+    let pool = match connection.lookup_storage_pool_by_name(name) {
+        Ok(pool) => pool,
+        Err(error) if has_code(&error, ErrorNumber::NoStoragePool) => {
+            define_dir_pool(connection, settings)?
+        }
+        Err(error) if has_code(&error, ErrorNumber::NoSupport) => {
+            return Err(HypervisorError::new(
+                FailureKind::Unavailable,
+                format!(
+                    "libvirt at {} has no storage driver (install libvirt-daemon-driver-storage \
+                     and restart libvirtd): {}",
+                    settings.uri,
+                    error.message()
+                ),
+            ));
+        }
+        Err(error) => return Err(failed(format!("looking up storage pool {name}"))(error)),
+    };
+    if !pool
+        .is_active()
+        .map_err(failed(format!("reading storage pool {name}")))?
+    {
+        tracing::info!(pool = %name, "starting storage pool");
+        pool.create(0)
+            .map_err(failed(format!("starting storage pool {name}")))?;
+    }
+    pool.refresh(0)
+        .map_err(failed(format!("refreshing storage pool {name}")))
+}
+
+fn define_dir_pool(
+    connection: &Connect,
+    settings: &LibvirtSettings,
+) -> Result<StoragePool, HypervisorError> {
+    let name = &settings.storage_pool;
+    let target = settings.images_dir.to_str().ok_or_else(|| {
+        HypervisorError::new(
+            FailureKind::Invalid,
+            format!(
+                "the images directory {} is not valid UTF-8",
+                settings.images_dir.display()
+            ),
+        )
+    })?;
+    tracing::info!(pool = %name, %target, "defining directory storage pool");
+    let pool = connection
+        .define_storage_pool_xml(&domain_xml::dir_pool_xml(name, target), 0)
+        .map_err(failed(format!("defining storage pool {name}")))?;
+    let made_ready = pool
+        .build(0)
+        .and_then(|()| pool.set_autostart(true).map(drop))
+        .map_err(failed(format!("building storage pool {name}")));
+    if let Err(error) = made_ready {
+        let _ = pool.undefine();
+        return Err(error);
+    }
+    Ok(pool)
+}
+
+fn has_code(error: &LibvirtError, code: ErrorNumber) -> bool {
+    error.code() == Enum::Known(code)
+}
+
+/// The driver does not implement the call, or not with these flags.
+fn is_unsupported(error: &LibvirtError) -> bool {
+    matches!(
+        error.code(),
+        Enum::Known(
+            ErrorNumber::NoSupport
+                | ErrorNumber::ArgumentUnsupported
+                | ErrorNumber::OperationUnsupported
+                | ErrorNumber::InvalidArg
+        )
+    )
+}
+
+fn failure_kind(error: &LibvirtError) -> FailureKind {
+    match error.code() {
+        Enum::Known(code) => match code {
+            ErrorNumber::NoDomain | ErrorNumber::NoStoragePool | ErrorNumber::NoStorageVolume => {
+                FailureKind::NotFound
+            }
+            ErrorNumber::OperationInvalid
+            | ErrorNumber::DomExist
+            | ErrorNumber::StorageVolExist
+            | ErrorNumber::ResourceBusy => FailureKind::Conflict,
+            ErrorNumber::XmlError
+            | ErrorNumber::XmlDetail
+            | ErrorNumber::XmlInvalidSchema
+            | ErrorNumber::InvalidArg
+            | ErrorNumber::NoSupport
+            | ErrorNumber::ArgumentUnsupported
+            | ErrorNumber::OperationUnsupported
+            | ErrorNumber::ConfigUnsupported => FailureKind::Invalid,
+            ErrorNumber::NoConnect
+            | ErrorNumber::InvalidConn
+            | ErrorNumber::Rpc
+            | ErrorNumber::SystemError
+            | ErrorNumber::NoMemory
+            | ErrorNumber::NoStorage
+            | ErrorNumber::OperationTimeout
+            | ErrorNumber::OperationDenied
+            | ErrorNumber::AuthFailed
+            | ErrorNumber::AccessDenied => FailureKind::Unavailable,
+            _ => FailureKind::Internal,
+        },
+        Enum::Unknown(_) => FailureKind::Internal,
+    }
+}
+
+/// Turns a libvirt error into a [`HypervisorError`] that says what was being done.
+fn failed(action: impl Display) -> impl FnOnce(LibvirtError) -> HypervisorError {
+    move |error| {
+        HypervisorError::new(
+            failure_kind(&error),
+            format!("{action}: {}", error.message()),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libvirt_states_map_to_power_states() {
+        let cases = [
+            (DomainState::Running, PowerState::Running),
+            (DomainState::Blocked, PowerState::Running),
+            (DomainState::Shutdown, PowerState::Running),
+            (DomainState::Paused, PowerState::Paused),
+            (DomainState::PMSuspended, PowerState::Paused),
+            (DomainState::Shutoff, PowerState::Stopped),
+            (DomainState::NoState, PowerState::Stopped),
+            (DomainState::Crashed, PowerState::Crashed),
+        ];
+        for (libvirt_state, expected) in cases {
+            assert_eq!(
+                power_state(Enum::Known(libvirt_state)),
+                expected,
+                "{libvirt_state:?}"
+            );
+        }
+        assert_eq!(power_state(Enum::Unknown(99)), PowerState::Unspecified);
+    }
+
+    #[test]
+    fn libvirt_versions_are_decoded() {
+        assert_eq!(format_libvirt_version(11_003_000), "11.3.0");
+        assert_eq!(format_libvirt_version(10_000_002), "10.0.2");
+        assert_eq!(format_libvirt_version(2), "0.0.2");
+    }
+}
+
+/// Against libvirt's built-in test driver: real libvirt code, no daemon, a fresh in-memory
+/// host per connection.
+#[cfg(test)]
+pub(crate) mod test_driver_tests {
+    use super::*;
+
+    pub(crate) fn open_test_host() -> LibvirtHost {
+        virt::error::clear_error_callback();
+        let images_dir =
+            std::env::temp_dir().join(format!("vmm-agent-test-{}", uuid::Uuid::new_v4()));
+        LibvirtHost::open(LibvirtSettings {
+            uri: "test:///default".into(),
+            storage_pool: "vmm-test".into(),
+            images_dir,
+        })
+        .expect("open test:///default")
+    }
+
+    fn spec(start: bool) -> VmSpec {
+        VmSpec {
+            // Not a valid name for the coordinator, but this layer must still keep it inert.
+            display_name: "a'><x/>&".into(),
+            cpu: 2,
+            memory_mib: 256,
+            disk_gb: 1,
+            start,
+        }
+    }
+
+    fn state_of(host: &mut LibvirtHost, vm_id: VmId) -> PowerState {
+        host.find_vm(vm_id).unwrap().expect("domain exists").state
+    }
+
+    fn volume_exists(host: &LibvirtHost, vm_id: VmId) -> bool {
+        host.storage_pool()
+            .unwrap()
+            .lookup_storage_vol_by_name(&volume_name(vm_id))
+            .is_ok()
+    }
+
+    #[test]
+    fn host_facts_describe_the_test_driver() {
+        let mut host = open_test_host();
+        assert_eq!(host.guest.domain_type, "test");
+        assert_eq!(host.guest.arch, "i686");
+        let facts = host.host_facts().unwrap();
+        assert!(facts.cpus > 0 && facts.memory_mib > 0);
+        assert!(!facts.kvm_usable);
+        assert!(
+            facts.hypervisor.to_ascii_lowercase().starts_with("test "),
+            "{}",
+            facts.hypervisor
+        );
+        assert_eq!(facts.libvirt_version.split('.').count(), 3);
+    }
+
+    #[test]
+    fn a_vm_goes_through_its_whole_life() {
+        let mut host = open_test_host();
+        let vm_id = VmId::new_random();
+
+        let created = host.create_vm(vm_id, &spec(true)).unwrap();
+        assert_eq!(created.state, PowerState::Running);
+        assert_eq!(created.vm_id, Some(vm_id));
+        assert_eq!(created.name, domain_name(vm_id));
+        assert_eq!((created.cpu, created.memory_mib), (2, 256));
+        assert!(volume_exists(&host, vm_id));
+        let listed = host.list_domains().unwrap();
+        assert!(listed.iter().any(|domain| domain.vm_id == Some(vm_id)));
+        // The driver's own sample domain is listed too, as unmanaged.
+        assert!(
+            listed
+                .iter()
+                .any(|domain| domain.name == "test" && domain.vm_id.is_none())
+        );
+
+        host.request_shutdown(vm_id).unwrap();
+        assert_eq!(state_of(&mut host, vm_id), PowerState::Stopped);
+        host.start_vm(vm_id).unwrap();
+        assert_eq!(state_of(&mut host, vm_id), PowerState::Running);
+        host.reboot_vm(vm_id).unwrap();
+        assert_eq!(state_of(&mut host, vm_id), PowerState::Running);
+        host.force_stop(vm_id).unwrap();
+        assert_eq!(state_of(&mut host, vm_id), PowerState::Stopped);
+        host.start_vm(vm_id).unwrap();
+
+        host.delete_vm(vm_id).unwrap();
+        assert_eq!(host.find_vm(vm_id).unwrap(), None);
+        assert!(!volume_exists(&host, vm_id));
+        // Deleting again is fine.
+        host.delete_vm(vm_id).unwrap();
+    }
+
+    #[test]
+    fn refused_operations_say_why() {
+        let mut host = open_test_host();
+        let vm_id = VmId::new_random();
+        assert_eq!(
+            host.start_vm(vm_id).unwrap_err().kind,
+            FailureKind::NotFound
+        );
+        host.create_vm(vm_id, &spec(false)).unwrap();
+        assert_eq!(state_of(&mut host, vm_id), PowerState::Stopped);
+        assert_eq!(
+            host.force_stop(vm_id).unwrap_err().kind,
+            FailureKind::Conflict
+        );
+        assert_eq!(
+            host.reboot_vm(vm_id).unwrap_err().kind,
+            FailureKind::Conflict
+        );
+        assert_eq!(
+            host.request_shutdown(vm_id).unwrap_err().kind,
+            FailureKind::Conflict
+        );
+        host.start_vm(vm_id).unwrap();
+        assert_eq!(
+            host.start_vm(vm_id).unwrap_err().kind,
+            FailureKind::Conflict
+        );
+    }
+
+    #[test]
+    fn a_failed_create_leaves_nothing_behind() {
+        let mut host = open_test_host();
+        let vm_id = VmId::new_random();
+        // libvirt refuses a domain without vCPUs after the volume was made.
+        let bad = VmSpec {
+            cpu: 0,
+            ..spec(true)
+        };
+        let error = host.create_vm(vm_id, &bad).unwrap_err();
+        assert!(error.message.contains(&domain_name(vm_id)), "{error}");
+        assert_eq!(host.find_vm(vm_id).unwrap(), None);
+        assert!(!volume_exists(&host, vm_id));
+    }
+
+    #[test]
+    fn macs_are_not_reused() {
+        let mut host = open_test_host();
+        let first = VmId::new_random();
+        host.create_vm(first, &spec(false)).unwrap();
+        let first_xml = host
+            .lookup_domain(first)
+            .unwrap()
+            .unwrap()
+            .xml_desc(0)
+            .unwrap();
+        let first_macs = domain_xml::mac_addresses(&first_xml);
+        assert_eq!(first_macs.len(), 1);
+        assert!(first_macs[0].starts_with("52:54:00:"));
+        let second = VmId::new_random();
+        host.create_vm(second, &spec(false)).unwrap();
+        let second_xml = host
+            .lookup_domain(second)
+            .unwrap()
+            .unwrap()
+            .xml_desc(0)
+            .unwrap();
+        assert_ne!(domain_xml::mac_addresses(&second_xml), first_macs);
+    }
+}
+
+/// Against real QEMU: `cargo test -p vmm-agent -- --ignored real_qemu` on a host with
+/// libvirtd (storage driver included). Leaves nothing behind: no domain, no volume, no pool.
+#[cfg(test)]
+mod real_qemu_tests {
+    use super::*;
+
+    #[test]
+    #[ignore = "needs libvirtd with QEMU at qemu:///system"]
+    fn real_qemu_runs_and_deletes_a_vm() {
+        virt::error::clear_error_callback();
+        let images_dir =
+            std::env::temp_dir().join(format!("vmm-agent-qemu-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&images_dir).unwrap();
+        let pool_name = format!("vmm-smoke-{}", rand::random::<u16>());
+        let mut host = LibvirtHost::open(LibvirtSettings {
+            uri: "qemu:///system".into(),
+            storage_pool: pool_name,
+            images_dir: images_dir.clone(),
+        })
+        .expect("open qemu:///system");
+        println!("placement: {:?}", host.guest);
+        println!("facts: {:?}", host.host_facts().unwrap());
+
+        // The detected placement, then software emulation (what hosts without KVM use).
+        let detected = host.guest.domain_type.clone();
+        let mut outcomes = Vec::new();
+        for domain_type in [detected, "qemu".to_owned()] {
+            host.guest.domain_type = domain_type.clone();
+            outcomes.push((domain_type, run_lifecycle(&mut host, &images_dir)));
+        }
+
+        let pool = host.storage_pool().unwrap();
+        let _ = pool.destroy();
+        let _ = pool.undefine();
+        let leftovers: Vec<_> = std::fs::read_dir(&images_dir).unwrap().collect();
+        let _ = std::fs::remove_dir_all(&images_dir);
+
+        for (domain_type, outcome) in outcomes {
+            outcome.unwrap_or_else(|error| panic!("type {domain_type}: {error}"));
+        }
+        assert!(leftovers.is_empty(), "left in the pool dir: {leftovers:?}");
+    }
+
+    /// Create (started), check it runs and has its disk file, reboot, stop, delete.
+    fn run_lifecycle(host: &mut LibvirtHost, images_dir: &std::path::Path) -> Result<(), String> {
+        let vm_id = VmId::new_random();
+        let spec = VmSpec {
+            display_name: "smoke".into(),
+            cpu: 1,
+            memory_mib: 64,
+            disk_gb: 1,
+            start: true,
+        };
+        let steps = (|| -> Result<(), String> {
+            let created = host.create_vm(vm_id, &spec).map_err(|e| e.to_string())?;
+            println!("created: {created:?}");
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            let state = host
+                .find_vm(vm_id)
+                .map_err(|e| e.to_string())?
+                .map(|d| d.state);
+            if state != Some(PowerState::Running) {
+                return Err(format!("not running a second after start: {state:?}"));
+            }
+            if !images_dir.join(volume_name(vm_id)).exists() {
+                return Err("no disk file in the pool directory".into());
+            }
+            host.reboot_vm(vm_id).map_err(|e| e.to_string())?;
+            host.force_stop(vm_id).map_err(|e| e.to_string())?;
+            Ok(())
+        })();
+        let deleted = host.delete_vm(vm_id).map_err(|e| e.to_string());
+        steps.and(deleted)?;
+        if images_dir.join(volume_name(vm_id)).exists() {
+            return Err("the disk file survived delete".into());
+        }
+        Ok(())
+    }
+}

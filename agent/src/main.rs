@@ -1,0 +1,126 @@
+//! `agent`: the per-host half of the VM manager. It owns the host's libvirt connection,
+//! carries out the coordinator's commands, and reports the state of every domain.
+//!
+//! Modules:
+//! - [`config`]: flags and environment variables, checked into typed settings.
+//! - [`hypervisor`]: the `Hypervisor` trait, its libvirt implementation, the XML it writes,
+//!   and the one thread all libvirt calls run on.
+//! - [`state`]: generations and the last state reported per domain.
+//! - [`poller`]: the periodic look at every domain.
+//! - [`commands`]: executing the coordinator's commands.
+//! - [`stream`]: the session with the coordinator.
+//!
+//! The agent never stops a VM on its own: not when the coordinator is away, not on exit.
+#![forbid(unsafe_code)]
+
+mod commands;
+mod config;
+mod hypervisor;
+mod poller;
+mod state;
+mod stream;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use crate::commands::CommandExecutor;
+use crate::config::{AgentConfig, Args, LogFormat};
+use crate::hypervisor::HypervisorHandle;
+use crate::hypervisor::libvirt::{LibvirtHost, LibvirtSettings};
+use crate::poller::StatePoller;
+use crate::state::StateTracker;
+use crate::stream::{CoordinatorLink, SessionSettings};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = match AgentConfig::from_args(Args::parse()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("agent: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(config.log_format);
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("agent stopped: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(config: AgentConfig) -> anyhow::Result<()> {
+    let images_dir = config.prepare_data_dir()?;
+    // libvirt's default error handler prints every error to stderr; the agent reports
+    // errors itself.
+    virt::error::clear_error_callback();
+
+    let libvirt_settings = LibvirtSettings {
+        uri: config.libvirt_uri.clone(),
+        storage_pool: config.storage_pool.clone(),
+        images_dir,
+    };
+    let hypervisor = HypervisorHandle::spawn(move || LibvirtHost::open(libvirt_settings)).await?;
+
+    let tracker = Arc::new(StateTracker::new());
+    let poller = Arc::new(StatePoller::new(hypervisor.clone(), Arc::clone(&tracker)));
+    poller.poll_once().await?;
+    tracing::info!(
+        host_id = %config.host_id,
+        domains = tracker.reports().len(),
+        "agent started"
+    );
+
+    let executor = Arc::new(CommandExecutor::new(
+        hypervisor.clone(),
+        tracker,
+        config.shutdown_timeout,
+    ));
+    let link = CoordinatorLink::new(
+        SessionSettings {
+            coordinator_url: config.coordinator_url.clone(),
+            host_id: config.host_id.clone(),
+            agent_token: config.agent_token.clone(),
+            heartbeat_interval: config.heartbeat_interval,
+        },
+        hypervisor,
+        Arc::clone(&poller),
+        executor,
+    );
+
+    let poll_interval = config.poll_interval;
+    tokio::select! {
+        () = async move { poller.run(poll_interval).await } => {}
+        () = link.run() => {}
+        signal = shutdown_signal() => {
+            signal?;
+            tracing::info!("shutting down; VMs keep running");
+        }
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    Ok(())
+}

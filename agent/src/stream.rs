@@ -1,0 +1,464 @@
+//! The agent's side of the coordinator session: dial, register with a full inventory, then
+//! heartbeat, forward state changes and answer commands on one bidirectional stream, and
+//! start over (with exponential backoff) whenever the stream ends.
+//!
+//! The coordinator being away changes nothing on the host: VMs keep running, polling goes
+//! on, and the next registration's inventory tells the coordinator the truth.
+
+use std::error::Error as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+use tonic::{Code, Request, Status};
+use vmm_proto::agent_control_client::AgentControlClient;
+use vmm_proto::agent_message::Body as AgentBody;
+use vmm_proto::coordinator_message::Body as CoordinatorBody;
+use vmm_proto::{AgentMessage, Heartbeat, HostCapacity, Register, VmStateChanged};
+use vmm_shared::HostId;
+
+use crate::commands::CommandExecutor;
+use crate::config::AgentToken;
+use crate::hypervisor::{HypervisorError, HypervisorHandle};
+use crate::poller::StatePoller;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the coordinator may take to answer `Register`.
+const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(30);
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(500);
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+const OUTGOING_QUEUE: usize = 256;
+
+/// Who the agent is and how it reaches the coordinator.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    pub coordinator_url: String,
+    pub host_id: HostId,
+    pub agent_token: AgentToken,
+    pub heartbeat_interval: Duration,
+}
+
+/// Keeps a session with the coordinator open for as long as the agent runs.
+pub struct CoordinatorLink {
+    settings: SessionSettings,
+    hypervisor: HypervisorHandle,
+    poller: Arc<StatePoller>,
+    executor: Arc<CommandExecutor>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("cannot reach the coordinator")]
+    Dial(#[source] tonic::transport::Error),
+    #[error("the coordinator refused the agent's credential: check AGENT_TOKEN ({0})")]
+    Unauthenticated(String),
+    #[error("the stream failed: {}: {}", .0.code(), .0.message())]
+    Rpc(Status),
+    #[error("the coordinator broke the protocol: {0}")]
+    Protocol(&'static str),
+    #[error("the coordinator closed the stream")]
+    Closed,
+    #[error("cannot read the host's state")]
+    Hypervisor(#[source] HypervisorError),
+}
+
+impl From<Status> for SessionError {
+    fn from(status: Status) -> Self {
+        if status.code() == Code::Unauthenticated {
+            Self::Unauthenticated(status.message().to_owned())
+        } else {
+            Self::Rpc(status)
+        }
+    }
+}
+
+impl From<HypervisorError> for SessionError {
+    fn from(error: HypervisorError) -> Self {
+        Self::Hypervisor(error)
+    }
+}
+
+impl CoordinatorLink {
+    pub fn new(
+        settings: SessionSettings,
+        hypervisor: HypervisorHandle,
+        poller: Arc<StatePoller>,
+        executor: Arc<CommandExecutor>,
+    ) -> Self {
+        Self {
+            settings,
+            hypervisor,
+            poller,
+            executor,
+        }
+    }
+
+    /// Runs sessions one after another, forever.
+    pub async fn run(&self) {
+        let mut retry_delay = FIRST_RETRY_DELAY;
+        loop {
+            let mut registered = false;
+            let outcome = self.run_session(&mut registered).await;
+            if registered {
+                retry_delay = FIRST_RETRY_DELAY;
+            }
+            match outcome {
+                Err(error @ SessionError::Unauthenticated(_)) => {
+                    tracing::error!(error = %error_chain(&error), "coordinator session refused");
+                    retry_delay = MAX_RETRY_DELAY;
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        coordinator = %self.settings.coordinator_url,
+                        error = %error_chain(&error),
+                        retry_in = ?retry_delay,
+                        "coordinator session ended"
+                    );
+                }
+                Ok(()) => {}
+            }
+            tokio::time::sleep(retry_delay.mul_f64(rand::random_range(0.8..1.2))).await;
+            retry_delay = (retry_delay * 2).min(MAX_RETRY_DELAY);
+        }
+    }
+
+    /// One session, from dialling to the end of the stream. Sets `registered` once the
+    /// coordinator accepted the registration.
+    async fn run_session(&self, registered: &mut bool) -> Result<(), SessionError> {
+        let channel = Endpoint::from_shared(self.settings.coordinator_url.clone())
+            .map_err(SessionError::Dial)?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .connect()
+            .await
+            .map_err(SessionError::Dial)?;
+        let mut client = AgentControlClient::new(channel);
+
+        // Subscribe before the inventory poll, so no change can fall between the two.
+        let mut changes = self.poller.subscribe();
+        let register = self.registration().await?;
+
+        let (outgoing, outgoing_queue) = mpsc::channel(OUTGOING_QUEUE);
+        send(&outgoing, AgentBody::Register(register)).await?;
+        let mut request = Request::new(ReceiverStream::new(outgoing_queue));
+        request
+            .metadata_mut()
+            .insert("authorization", self.settings.agent_token.bearer_header());
+        let mut inbound = client.session(request).await?.into_inner();
+
+        let registered_reply = tokio::time::timeout(REGISTRATION_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| SessionError::Protocol("no answer to Register in time"))??;
+        let heartbeat_interval = match registered_reply.and_then(|message| message.body) {
+            Some(CoordinatorBody::Registered(registered)) => {
+                self.heartbeat_interval(registered.heartbeat_interval_ms)
+            }
+            Some(CoordinatorBody::Command(_)) => {
+                return Err(SessionError::Protocol("a command came before Registered"));
+            }
+            None => return Err(SessionError::Closed),
+        };
+        *registered = true;
+        tracing::info!(
+            coordinator = %self.settings.coordinator_url,
+            host_id = %self.settings.host_id,
+            heartbeat = ?heartbeat_interval,
+            "registered with the coordinator"
+        );
+
+        let mut heartbeat = tokio::time::interval(heartbeat_interval);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = heartbeat.tick() => {
+                    let libvirt_connected = self.poller.libvirt_connected();
+                    send(&outgoing, AgentBody::Heartbeat(Heartbeat { libvirt_connected })).await?;
+                }
+                change = changes.recv() => match change {
+                    Ok(domain) => {
+                        let changed = VmStateChanged { domain: Some(domain) };
+                        send(&outgoing, AgentBody::VmStateChanged(changed)).await?;
+                    }
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "state changes piled up; resending every domain's state");
+                        for domain in self.poller.tracker().reports() {
+                            let changed = VmStateChanged { domain: Some(domain) };
+                            send(&outgoing, AgentBody::VmStateChanged(changed)).await?;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return Err(SessionError::Closed),
+                },
+                message = inbound.message() => match message?.map(|message| message.body) {
+                    Some(Some(CoordinatorBody::Command(command))) => {
+                        let executor = Arc::clone(&self.executor);
+                        let outgoing = outgoing.clone();
+                        // Runs to the end even if the session drops meanwhile: its result is
+                        // remembered and answers the coordinator's re-send.
+                        tokio::spawn(async move {
+                            let result = executor.execute(command).await;
+                            let _ = send(&outgoing, AgentBody::CommandResult(result)).await;
+                        });
+                    }
+                    Some(Some(CoordinatorBody::Registered(_))) => {
+                        tracing::debug!("ignoring a repeated Registered");
+                    }
+                    Some(None) => tracing::debug!("ignoring an empty coordinator message"),
+                    None => return Err(SessionError::Closed),
+                },
+            }
+        }
+    }
+
+    async fn registration(&self) -> Result<Register, SessionError> {
+        self.poller.poll_once().await?;
+        let facts = self.hypervisor.call(|hv| hv.host_facts()).await?;
+        Ok(Register {
+            host_id: self.settings.host_id.to_string(),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            capacity: Some(HostCapacity {
+                cpus: facts.cpus,
+                memory_mib: facts.memory_mib,
+                disk_gb: facts.disk_gb,
+            }),
+            libvirt_version: facts.libvirt_version,
+            hypervisor: facts.hypervisor,
+            kvm_usable: facts.kvm_usable,
+            inventory: self.poller.tracker().reports(),
+        })
+    }
+
+    /// The configured interval, or the coordinator's if it wants heartbeats more often.
+    fn heartbeat_interval(&self, coordinator_expects_ms: u32) -> Duration {
+        let configured = self.settings.heartbeat_interval;
+        if coordinator_expects_ms == 0 {
+            return configured;
+        }
+        let expected = Duration::from_millis(u64::from(coordinator_expects_ms))
+            .max(Duration::from_millis(100));
+        configured.min(expected)
+    }
+}
+
+async fn send(outgoing: &mpsc::Sender<AgentMessage>, body: AgentBody) -> Result<(), SessionError> {
+    outgoing
+        .send(AgentMessage { body: Some(body) })
+        .await
+        .map_err(|_| SessionError::Closed)
+}
+
+/// An error and its causes on one line.
+fn error_chain(error: &SessionError) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Sessions against an in-process fake coordinator (the real generated gRPC server trait)
+/// and the libvirt test driver.
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+
+    use futures::{Stream, StreamExt};
+    use tokio::net::TcpListener;
+    use tokio_stream::wrappers::TcpListenerStream;
+    use tonic::{Response, Streaming};
+    use vmm_proto::agent_control_server::{AgentControl, AgentControlServer};
+    use vmm_proto::command::Action;
+    use vmm_proto::{
+        Command, CoordinatorMessage, CreateVm, PowerState, Registered, command_result,
+    };
+
+    use super::*;
+    use crate::hypervisor::libvirt::test_driver_tests::open_test_host;
+    use crate::state::StateTracker;
+
+    const TOKEN: &str = "test-token";
+
+    /// Accepts sessions with [`TOKEN`], answers Register, passes every agent message to the
+    /// test and sends the test's commands down.
+    struct FakeCoordinator {
+        from_agent: mpsc::UnboundedSender<AgentMessage>,
+        to_agent: tokio::sync::Mutex<Option<mpsc::UnboundedReceiver<Command>>>,
+    }
+
+    type Outbound = Pin<Box<dyn Stream<Item = Result<CoordinatorMessage, Status>> + Send>>;
+
+    #[tonic::async_trait]
+    impl AgentControl for FakeCoordinator {
+        type SessionStream = Outbound;
+
+        async fn session(
+            &self,
+            request: Request<Streaming<AgentMessage>>,
+        ) -> Result<Response<Outbound>, Status> {
+            let authorization = request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok());
+            if authorization != Some(&format!("Bearer {TOKEN}")) {
+                return Err(Status::unauthenticated("unknown agent token"));
+            }
+            let mut inbound = request.into_inner();
+            let from_agent = self.from_agent.clone();
+            let commands = self.to_agent.lock().await.take().expect("one session");
+            let (replies, replies_rx) = mpsc::unbounded_channel();
+            tokio::spawn(async move {
+                while let Some(Ok(message)) = inbound.next().await {
+                    if matches!(message.body, Some(AgentBody::Register(_))) {
+                        let registered = Registered {
+                            heartbeat_interval_ms: 100,
+                        };
+                        let _ = replies.send(CoordinatorBody::Registered(registered));
+                    }
+                    let _ = from_agent.send(message);
+                }
+            });
+            let replies = tokio_stream::wrappers::UnboundedReceiverStream::new(replies_rx);
+            let commands = tokio_stream::wrappers::UnboundedReceiverStream::new(commands)
+                .map(CoordinatorBody::Command);
+            let outbound = futures::stream::select(replies, commands)
+                .map(|body| Ok(CoordinatorMessage { body: Some(body) }));
+            Ok(Response::new(Box::pin(outbound)))
+        }
+    }
+
+    async fn start_fake_coordinator() -> (
+        String,
+        mpsc::UnboundedReceiver<AgentMessage>,
+        mpsc::UnboundedSender<Command>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (from_agent, from_agent_rx) = mpsc::unbounded_channel();
+        let (to_agent, to_agent_rx) = mpsc::unbounded_channel();
+        let fake = FakeCoordinator {
+            from_agent,
+            to_agent: tokio::sync::Mutex::new(Some(to_agent_rx)),
+        };
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(AgentControlServer::new(fake))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        (url, from_agent_rx, to_agent)
+    }
+
+    async fn agent_link(url: String, token: &str) -> CoordinatorLink {
+        let hypervisor = HypervisorHandle::spawn(|| Ok(open_test_host()))
+            .await
+            .unwrap();
+        let tracker = Arc::new(StateTracker::new());
+        let poller = Arc::new(StatePoller::new(hypervisor.clone(), Arc::clone(&tracker)));
+        let executor = Arc::new(CommandExecutor::new(
+            hypervisor.clone(),
+            tracker,
+            Duration::from_secs(5),
+        ));
+        let settings = SessionSettings {
+            coordinator_url: url,
+            host_id: "host-1".parse().unwrap(),
+            agent_token: crate::config::AgentToken::for_tests(token),
+            heartbeat_interval: Duration::from_secs(2),
+        };
+        CoordinatorLink::new(settings, hypervisor, poller, executor)
+    }
+
+    async fn next_message(from_agent: &mut mpsc::UnboundedReceiver<AgentMessage>) -> AgentBody {
+        tokio::time::timeout(Duration::from_secs(10), from_agent.recv())
+            .await
+            .expect("the agent sent something in time")
+            .and_then(|message| message.body)
+            .expect("a message with a body")
+    }
+
+    #[tokio::test]
+    async fn the_agent_registers_heartbeats_and_answers_commands() {
+        let (url, mut from_agent, to_agent) = start_fake_coordinator().await;
+        let link = agent_link(url, TOKEN).await;
+        let agent = tokio::spawn(async move { link.run().await });
+
+        let AgentBody::Register(register) = next_message(&mut from_agent).await else {
+            panic!("the first message must be Register");
+        };
+        assert_eq!(register.host_id, "host-1");
+        assert!(register.capacity.is_some_and(|capacity| capacity.cpus > 0));
+        assert!(
+            register
+                .inventory
+                .iter()
+                .any(|domain| domain.domain_name == "test")
+        );
+        assert!(
+            register
+                .inventory
+                .iter()
+                .all(|domain| domain.generation > 0)
+        );
+
+        let vm_id = vmm_shared::VmId::new_random();
+        let create = CreateVm {
+            name: "web".into(),
+            cpu: 1,
+            memory_mib: 128,
+            disk_gb: 1,
+            start: true,
+        };
+        to_agent
+            .send(Command {
+                operation_id: "op-1".into(),
+                vm_id: vm_id.to_string(),
+                action: Some(Action::Create(create)),
+            })
+            .unwrap();
+
+        let mut heartbeats = 0;
+        let result = loop {
+            match next_message(&mut from_agent).await {
+                AgentBody::Heartbeat(heartbeat) => {
+                    assert!(heartbeat.libvirt_connected);
+                    heartbeats += 1;
+                }
+                AgentBody::CommandResult(result) => break result,
+                _ => {}
+            }
+        };
+        assert_eq!(result.operation_id, "op-1");
+        let Some(command_result::Outcome::Domain(domain)) = result.outcome else {
+            panic!("create failed: {result:?}");
+        };
+        assert_eq!(domain.vm_id, vm_id.to_string());
+        assert_eq!(domain.state(), PowerState::Running);
+        while heartbeats < 2 {
+            if let AgentBody::Heartbeat(_) = next_message(&mut from_agent).await {
+                heartbeats += 1;
+            }
+        }
+        agent.abort();
+    }
+
+    #[tokio::test]
+    async fn a_refused_token_ends_the_session_as_unauthenticated() {
+        let (url, _from_agent, _to_agent) = start_fake_coordinator().await;
+        let link = agent_link(url, "wrong-token").await;
+        let mut registered = false;
+        let outcome = link.run_session(&mut registered).await;
+        assert!(
+            matches!(outcome, Err(SessionError::Unauthenticated(_))),
+            "{outcome:?}"
+        );
+        assert!(!registered);
+        assert!(error_chain(&outcome.unwrap_err()).contains("AGENT_TOKEN"));
+    }
+}

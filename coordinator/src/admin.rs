@@ -1,0 +1,146 @@
+//! User administration, for administrators only: `GET /api/admin/users` (with each user's
+//! quota usage), `PUT /api/admin/users/{id}/role` and `DELETE /api/admin/users/{id}`.
+//!
+//! Guard rails: a user who still owns VMs cannot be deleted (409), and the last
+//! administrator can neither be demoted nor deleted, so the system always keeps one.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use vmm_shared::UserId;
+
+use crate::app::AppState;
+use crate::auth::CurrentUser;
+use crate::db;
+use crate::error::ApiError;
+use crate::http::ApiJson;
+use crate::quotas::QuotaUsage;
+use crate::quotas::store as quota_store;
+use crate::users::{self, Role};
+
+#[derive(Debug, Serialize)]
+pub struct AdminUserView {
+    id: UserId,
+    username: String,
+    role: Role,
+    created_at: String,
+    usage: QuotaUsage,
+}
+
+pub async fn list_users(
+    State(app): State<AppState>,
+    user: CurrentUser,
+) -> Result<Json<Vec<AdminUserView>>, ApiError> {
+    user.require_admin()?;
+    let mut conn = app.db.acquire().await?;
+    let rows = sqlx::query("SELECT id FROM users ORDER BY created_at, username")
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut views = Vec::with_capacity(rows.len());
+    for row in rows {
+        let id: String = row.try_get("id")?;
+        let id: UserId = id.parse().map_err(ApiError::internal)?;
+        let Some(account) = users::store::find_by_id(&app.db, id).await? else {
+            continue;
+        };
+        let usage = quota_store::usage(&mut conn, id).await?;
+        views.push(AdminUserView {
+            id,
+            username: account.username,
+            role: account.role,
+            created_at: account.created_at,
+            usage,
+        });
+    }
+    Ok(Json(views))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleChange {
+    role: Role,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RoleView {
+    id: UserId,
+    username: String,
+    role: Role,
+}
+
+async fn target_user(app: &AppState, id: &str) -> Result<users::User, ApiError> {
+    let not_found = || ApiError::NotFound(format!("no user with ID {id}"));
+    let id: UserId = id.parse().map_err(|_| not_found())?;
+    users::store::find_by_id(&app.db, id)
+        .await?
+        .ok_or_else(not_found)
+}
+
+async fn admin_count(tx: &mut db::DbTransaction) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = 'admin'")
+        .fetch_one(&mut **tx)
+        .await
+}
+
+pub async fn set_role(
+    State(app): State<AppState>,
+    user: CurrentUser,
+    Path(id): Path<String>,
+    ApiJson(change): ApiJson<RoleChange>,
+) -> Result<Json<RoleView>, ApiError> {
+    user.require_admin()?;
+    let target = target_user(&app, &id).await?;
+    let mut tx = db::begin_write(&app.db).await?;
+    if target.role == Role::Admin && change.role != Role::Admin && admin_count(&mut tx).await? <= 1
+    {
+        return Err(ApiError::Conflict(
+            "cannot demote the last administrator".into(),
+        ));
+    }
+    sqlx::query("UPDATE users SET role = ? WHERE id = ?")
+        .bind(change.role.as_str())
+        .bind(target.id.to_string())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    tracing::info!(admin = %user.id, user_id = %target.id, role = change.role.as_str(), "role changed");
+    Ok(Json(RoleView {
+        id: target.id,
+        username: target.username,
+        role: change.role,
+    }))
+}
+
+pub async fn delete_user(
+    State(app): State<AppState>,
+    user: CurrentUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    user.require_admin()?;
+    let target = target_user(&app, &id).await?;
+    let mut tx = db::begin_write(&app.db).await?;
+    let owned: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM vms WHERE owner_id = ?")
+        .bind(target.id.to_string())
+        .fetch_one(&mut *tx)
+        .await?;
+    if owned > 0 {
+        return Err(ApiError::Conflict(format!(
+            "user {:?} still owns {owned} VM(s); delete them first",
+            target.username
+        )));
+    }
+    if target.role == Role::Admin && admin_count(&mut tx).await? <= 1 {
+        return Err(ApiError::Conflict(
+            "cannot delete the last administrator".into(),
+        ));
+    }
+    sqlx::query("DELETE FROM users WHERE id = ?")
+        .bind(target.id.to_string())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    tracing::info!(admin = %user.id, user_id = %target.id, "user deleted");
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,274 @@
+//! The coordinator's side of the agent stream (`AgentControl.Session`).
+//!
+//! An agent proves itself with the shared agent token, then registers: the host is
+//! recorded as connected, its inventory settles every VM recorded on it, and a session
+//! loop applies what it sends afterwards. A host that stays silent for `HOST_DEAD_AFTER`,
+//! or whose stream ends, becomes unreachable and its VMs `unknown`.
+//!
+//! An agent can only speak about its own host: reports and results are applied only to VMs
+//! recorded on the host that registered on this stream.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use vmm_proto::agent_control_server::AgentControl;
+use vmm_proto::{
+    AgentMessage, CoordinatorMessage, Register, Registered, agent_message, coordinator_message,
+};
+use vmm_shared::{HostId, VmId};
+
+use crate::app::AppState;
+use crate::hosts::registry::SessionId;
+use crate::hosts::store::{self as host_store, HostRegistration};
+use crate::vms::reports::{self, ReportSource};
+
+/// How long a freshly connected agent has to send its `Register`.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Upper bounds for what a host may claim, against absurd or hostile registrations.
+const MAX_HOST_CPUS: u64 = 65_536;
+const MAX_HOST_MEMORY_MIB: u64 = 1 << 40;
+const MAX_HOST_DISK_GB: u64 = 1 << 40;
+
+pub struct AgentControlService {
+    app: AppState,
+}
+
+impl AgentControlService {
+    pub fn new(app: AppState) -> Self {
+        Self { app }
+    }
+}
+
+type OutboundStream = Pin<Box<dyn Stream<Item = Result<CoordinatorMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentControl for AgentControlService {
+    type SessionStream = OutboundStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        authenticate(&request, &self.app.settings.agent_token)?;
+        let peer = request.remote_addr();
+        let mut inbound = request.into_inner();
+
+        let register = match tokio::time::timeout(REGISTER_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(AgentMessage {
+                body: Some(agent_message::Body::Register(register)),
+            }))) => register,
+            Ok(Ok(Some(_))) => {
+                return Err(Status::invalid_argument(
+                    "the first message must be Register",
+                ));
+            }
+            Ok(Ok(None)) => return Err(Status::cancelled("stream closed before Register")),
+            Ok(Err(status)) => return Err(status),
+            Err(_) => return Err(Status::deadline_exceeded("no Register within 10 s")),
+        };
+        let registration = validate_registration(&register)?;
+        let host = registration.id.clone();
+
+        host_store::upsert_connected(&self.app.db, &registration)
+            .await
+            .map_err(internal)?;
+        let (sender, receiver) = mpsc::channel(256);
+        let session = self.app.registry.attach(host.clone(), sender.clone());
+        reports::reconcile_inventory(&self.app.db, &host, &register.inventory)
+            .await
+            .map_err(internal)?;
+        tracing::info!(host = %host, ?peer, session, cpus = registration.cpus, memory_mib = registration.memory_mib,
+            disk_gb = registration.disk_gb, hypervisor = %registration.hypervisor, kvm = registration.kvm_usable,
+            domains = register.inventory.len(), "agent registered");
+
+        let registered = CoordinatorMessage {
+            body: Some(coordinator_message::Body::Registered(Registered {
+                heartbeat_interval_ms: heartbeat_interval_ms(self.app.settings.host_dead_after),
+            })),
+        };
+        sender
+            .send(Ok(registered))
+            .await
+            .map_err(|_| Status::cancelled("agent went away"))?;
+
+        tokio::spawn(run_session(self.app.clone(), host, session, inbound));
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+}
+
+/// Agents are asked to beat several times within the dead-host bound.
+fn heartbeat_interval_ms(dead_after: Duration) -> u32 {
+    u32::try_from((dead_after / 4).as_millis())
+        .unwrap_or(u32::MAX)
+        .max(100)
+}
+
+fn internal(err: sqlx::Error) -> Status {
+    tracing::error!(error = %err, "database error on the agent stream");
+    Status::internal("internal error")
+}
+
+fn authenticate<T>(request: &Request<T>, expected: &str) -> Result<(), Status> {
+    let presented = request
+        .metadata()
+        .get("authorization")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .ok_or_else(|| Status::unauthenticated("missing agent token"))?;
+    if constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
+        Ok(())
+    } else {
+        tracing::warn!(peer = ?request.remote_addr(), "agent presented a wrong token");
+        Err(Status::unauthenticated("wrong agent token"))
+    }
+}
+
+/// Compares without an early exit, so the time taken does not reveal how much matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn validate_registration(register: &Register) -> Result<HostRegistration, Status> {
+    let id: HostId = register.host_id.parse().map_err(|err| {
+        Status::invalid_argument(format!("host_id {:?}: {err}", register.host_id))
+    })?;
+    let capacity = register
+        .capacity
+        .ok_or_else(|| Status::invalid_argument("Register has no capacity"))?;
+    let (cpus, memory_mib, disk_gb) = (
+        u64::from(capacity.cpus),
+        capacity.memory_mib,
+        capacity.disk_gb,
+    );
+    if cpus == 0
+        || cpus > MAX_HOST_CPUS
+        || memory_mib > MAX_HOST_MEMORY_MIB
+        || disk_gb > MAX_HOST_DISK_GB
+    {
+        return Err(Status::invalid_argument(format!(
+            "implausible capacity: {cpus} CPUs, {memory_mib} MiB, {disk_gb} GB"
+        )));
+    }
+    let text = |s: &str| s.chars().take(128).collect::<String>();
+    Ok(HostRegistration {
+        id,
+        cpus,
+        memory_mib,
+        disk_gb,
+        libvirt_version: text(&register.libvirt_version),
+        hypervisor: text(&register.hypervisor),
+        kvm_usable: register.kvm_usable,
+        agent_version: text(&register.agent_version),
+    })
+}
+
+async fn run_session(
+    app: AppState,
+    host: HostId,
+    session: SessionId,
+    mut inbound: Streaming<AgentMessage>,
+) {
+    let dead_after = app.settings.host_dead_after;
+    let end = loop {
+        let message = match tokio::time::timeout(dead_after, inbound.message()).await {
+            Ok(Ok(Some(message))) => message,
+            Ok(Ok(None)) => break "the agent closed its stream".to_owned(),
+            Ok(Err(status)) => break format!("the stream failed: {}", status.message()),
+            Err(_) => break format!("no message for {dead_after:?}"),
+        };
+        if !app.registry.is_current(&host, session) {
+            return; // A newer session of the same host took over.
+        }
+        if let Err(err) = handle_message(&app, &host, message).await {
+            tracing::error!(host = %host, error = %err, "cannot apply an agent message");
+        }
+    };
+    if app.registry.detach(&host, session) {
+        tracing::warn!(host = %host, reason = %end, "host is unreachable");
+        if let Err(err) = host_store::mark_unreachable(&app.db, &host).await {
+            tracing::error!(host = %host, error = %err, "cannot record the host as unreachable");
+        }
+    }
+}
+
+async fn handle_message(
+    app: &AppState,
+    host: &HostId,
+    message: AgentMessage,
+) -> Result<(), sqlx::Error> {
+    match message.body {
+        Some(agent_message::Body::Heartbeat(beat)) => {
+            host_store::record_heartbeat(&app.db, host, beat.libvirt_connected).await?;
+        }
+        Some(agent_message::Body::VmStateChanged(change)) => {
+            let Some(report) = change.domain else {
+                tracing::warn!(host = %host, "state change without a domain ignored");
+                return Ok(());
+            };
+            if report.vm_id.is_empty() {
+                return Ok(()); // A hand-made domain: not the product's business.
+            }
+            match report.vm_id.parse::<VmId>() {
+                Ok(vm) => {
+                    // Applies only to a VM recorded on this very host (the query checks it).
+                    reports::apply(&app.db, host, vm, &report, ReportSource::Change).await?;
+                }
+                Err(_) => {
+                    tracing::warn!(host = %host, vm_id = %report.vm_id, "state change with a malformed VM ID ignored")
+                }
+            }
+        }
+        Some(agent_message::Body::CommandResult(result)) => app.registry.complete(host, result),
+        Some(agent_message::Body::Register(_)) => {
+            tracing::warn!(host = %host, "second Register on one stream ignored");
+        }
+        None => tracing::warn!(host = %host, "empty agent message ignored"),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+
+    #[test]
+    fn registrations_with_absurd_values_are_refused() {
+        let good = Register {
+            host_id: "kvm-1".into(),
+            capacity: Some(vmm_proto::HostCapacity {
+                cpus: 8,
+                memory_mib: 32768,
+                disk_gb: 500,
+            }),
+            ..Default::default()
+        };
+        assert!(validate_registration(&good).is_ok());
+        let mut bad = good.clone();
+        bad.host_id = "<script>".into();
+        assert!(validate_registration(&bad).is_err());
+        let mut bad = good.clone();
+        bad.capacity = Some(vmm_proto::HostCapacity {
+            cpus: 0,
+            memory_mib: 1,
+            disk_gb: 1,
+        });
+        assert!(validate_registration(&bad).is_err());
+        let mut bad = good;
+        bad.capacity = None;
+        assert!(validate_registration(&bad).is_err());
+    }
+}

@@ -1,0 +1,223 @@
+//! Assembly: the shared application state, the REST router, the gRPC server for agents,
+//! and the start-up sequence (database, restart recovery, secrets, admin account,
+//! listeners) up to a graceful shutdown on SIGTERM or Ctrl-C.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::Request;
+use axum::routing::{delete, get, post, put};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tower_http::request_id::{
+    MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+use vmm_proto::agent_control_server::AgentControlServer;
+
+use crate::agents::AgentControlService;
+use crate::auth::{PasswordHasher, TokenIssuer, load_or_create_jwt_secret};
+use crate::config::{Config, Placement};
+use crate::db::{self, Db};
+use crate::hosts::{self, AgentRegistry};
+use crate::quotas::QuotaLimits;
+use crate::ratelimit::{self, RateLimits};
+use crate::{admin, health, http, operations, quotas, telemetry, users, vms};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+/// Largest request body the REST API reads.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Settings the request handlers and the agent stream need, fixed at start.
+#[derive(Debug)]
+pub struct Settings {
+    pub agent_token: String,
+    pub operation_timeout: Duration,
+    pub host_dead_after: Duration,
+    pub placement: Placement,
+    pub cpu_allocation_ratio: f64,
+    pub default_quota: QuotaLimits,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub registry: Arc<AgentRegistry>,
+    pub tokens: Arc<TokenIssuer>,
+    pub passwords: PasswordHasher,
+    pub rate_limits: Arc<RateLimits>,
+    pub metrics: PrometheusHandle,
+    pub settings: Arc<Settings>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/health", get(health::health))
+        .route("/api/metrics", get(telemetry::scrape))
+        .route("/api/auth/register", post(users::routes::register))
+        .route("/api/auth/login", post(users::routes::login))
+        .route("/api/vms", get(vms::routes::list_vms).post(vms::routes::create_vm))
+        .route("/api/vms/{id}", get(vms::routes::get_vm).delete(vms::routes::delete_vm))
+        .route("/api/vms/{id}/action", post(vms::routes::vm_action))
+        .route("/api/operations/{id}", get(operations::get_operation))
+        .route("/api/hosts", get(hosts::routes::list_hosts))
+        .route("/api/quota", get(quotas::routes::my_quota))
+        .route(
+            "/api/quota/{user_id}",
+            get(quotas::routes::user_quota).put(quotas::routes::set_user_quota),
+        )
+        .route("/api/admin/users", get(admin::list_users))
+        .route("/api/admin/users/{id}", delete(admin::delete_user))
+        .route("/api/admin/users/{id}/role", put(admin::set_role))
+        .fallback(http::route_not_found)
+        .method_not_allowed_fallback(http::method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), ratelimit::limit_requests))
+        .layer(axum::middleware::from_fn(telemetry::track_http))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request<_>| {
+                    let request_id = request
+                        .extensions()
+                        .get::<RequestId>()
+                        .and_then(|id| id.header_value().to_str().ok())
+                        .unwrap_or("-");
+                    tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id)
+                })
+                .on_request(())
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(state)
+}
+
+/// Runs the coordinator until SIGTERM or Ctrl-C.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    config.validate()?;
+    create_private_dir(&config.data_dir)?;
+
+    let db = db::connect(&config.database_url()).await?;
+    hosts::store::mark_all_unreachable(&db).await?;
+    vms::store::settle_after_restart(&db).await?;
+
+    let secret = load_or_create_jwt_secret(config.jwt_secret.as_deref(), &config.data_dir)?;
+    let passwords = PasswordHasher::new(config.bcrypt_cost).await?;
+    if let Some(admin) = config.admin_bootstrap() {
+        let hash = passwords.hash(&admin.password).await?;
+        users::store::upsert_admin(&db, &admin.username, &hash).await?;
+        tracing::info!(username = %admin.username, "admin account ensured");
+    }
+
+    let state = AppState {
+        db,
+        registry: Arc::new(AgentRegistry::default()),
+        tokens: Arc::new(TokenIssuer::new(&secret, config.jwt_ttl_secs)),
+        passwords,
+        rate_limits: Arc::new(RateLimits::new(config.rate_limits())),
+        metrics: telemetry::install()?,
+        settings: Arc::new(Settings {
+            agent_token: config.agent_token.clone().unwrap_or_default(),
+            operation_timeout: config.operation_timeout(),
+            host_dead_after: config.host_dead_after(),
+            placement: config.placement,
+            cpu_allocation_ratio: config.cpu_allocation_ratio,
+            default_quota: config.default_quota(),
+        }),
+    };
+
+    let http_listener = TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on HTTP_ADDR {}", config.http_addr))?;
+    let grpc_listener = TcpListener::bind(config.grpc_addr)
+        .await
+        .with_context(|| format!("cannot listen on GRPC_ADDR {}", config.grpc_addr))?;
+    tracing::info!(http = %http_listener.local_addr()?, grpc = %grpc_listener.local_addr()?, "coordinator listening");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(forget_idle_rate_limit_keys(
+        state.rate_limits.clone(),
+        stop_rx.clone(),
+    ));
+    let http_server = {
+        let stop = stopped(stop_rx.clone());
+        let service = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        tokio::spawn(async move {
+            axum::serve(http_listener, service)
+                .with_graceful_shutdown(stop)
+                .await
+        })
+    };
+    let grpc_server = {
+        let stop = stopped(stop_rx);
+        let service = AgentControlServer::new(AgentControlService::new(state.clone()));
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(Duration::from_secs(10)))
+                .add_service(service)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), stop),
+        )
+    };
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    // Agent streams never end by themselves; give in-flight requests a bounded grace.
+    let drained = tokio::time::timeout(Duration::from_secs(10), async {
+        let _ = http_server.await;
+        let _ = grpc_server.await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("in-flight requests did not finish within 10 s; exiting anyway");
+    }
+    state.db.close().await;
+    Ok(())
+}
+
+/// Keys whose budget has refilled are indistinguishable from new ones; dropping them keeps
+/// the limiter's memory proportional to the clients active in the last minute or so.
+async fn forget_idle_rate_limit_keys(limits: Arc<RateLimits>, mut stop: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = every.tick() => limits.forget_idle(),
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot listen for SIGTERM");
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn create_private_dir(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .with_context(|| format!("cannot create DATA_DIR {}", path.display()))
+}

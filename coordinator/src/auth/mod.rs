@@ -1,0 +1,14 @@
+//! Authentication: bcrypt password hashes, signed login tokens (JWT, HS256), the signing
+//! secret, and the `CurrentUser` extractor every protected route takes.
+//!
+//! Never logged or returned: passwords, password hashes, the signing secret.
+
+mod current_user;
+mod password;
+mod secret;
+mod tokens;
+
+pub use current_user::CurrentUser;
+pub use password::PasswordHasher;
+pub use secret::load_or_create_jwt_secret;
+pub use tokens::{IssuedToken, TokenIssuer};

@@ -1,0 +1,62 @@
+//! The coordinator's database: opening it and running the versioned migrations in
+//! `coordinator/migrations/` at start. SQLite in the data directory is the embedded default.
+//!
+//! Writers that read-then-write (placement, starting an operation) open their transaction
+//! with `BEGIN IMMEDIATE`, which takes SQLite's write lock up front, so two of them can never
+//! interleave between the read and the write.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+pub type Db = sqlx::SqlitePool;
+pub type DbTransaction = sqlx::Transaction<'static, sqlx::Sqlite>;
+
+/// The `DATABASE_URL` used when none is configured: `coordinator.db` in the data dir.
+pub fn default_url(data_dir: &Path) -> String {
+    format!("sqlite://{}", data_dir.join("coordinator.db").display())
+}
+
+pub async fn connect(url: &str) -> anyhow::Result<Db> {
+    if !url.starts_with("sqlite:") {
+        anyhow::bail!(
+            "DATABASE_URL {url:?} is not supported: this build stores its data in SQLite \
+             (use a sqlite:// URL or leave DATABASE_URL unset)"
+        );
+    }
+    let options = SqliteConnectOptions::from_str(url)
+        .with_context(|| format!("DATABASE_URL {url:?} is not a valid SQLite URL"))?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_secs(10));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(8)
+        .connect_with(options)
+        .await
+        .with_context(|| format!("cannot open the database at {url}"))?;
+    sqlx::migrate!("./migrations")
+        .run(&pool)
+        .await
+        .context("cannot apply the database migrations")?;
+    Ok(pool)
+}
+
+/// Opens a transaction that holds SQLite's write lock from its first statement.
+pub async fn begin_write(db: &Db) -> Result<DbTransaction, sqlx::Error> {
+    db.begin_with("BEGIN IMMEDIATE").await
+}
+
+/// True when `err` is a violation of a UNIQUE constraint or index.
+pub fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+/// The current time as stored in the database.
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}

@@ -1,0 +1,168 @@
+//! The coordinator's one error type. Every handler returns it; it maps once to an HTTP
+//! status with a JSON body `{"code", "message"}` and once to a `tonic::Status` for the
+//! agent stream. Internal causes are logged, never sent to clients.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request cannot be parsed (malformed JSON, bad headers).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The request parses but its values are not acceptable.
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// The request conflicts with the current state (name taken, action invalid in the
+    /// VM's state, another operation in flight).
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// A host's agent carried out the command and failed.
+    #[error("{0}")]
+    HostFailed(String),
+    /// Nothing can serve the request now (no host has room, the host is not connected).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The host did not answer in time; the operation's outcome is not known yet.
+    #[error("{0}")]
+    Timeout(String),
+    /// The client or user spent their request budget.
+    #[error("{message}")]
+    TooManyRequests {
+        message: String,
+        retry_after_secs: u64,
+    },
+    /// The request would take the user past a quota limit.
+    #[error(transparent)]
+    QuotaExceeded(#[from] crate::quotas::QuotaExceeded),
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) | ApiError::QuotaExceeded(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::HostFailed(_) => StatusCode::BAD_GATEWAY,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn internal(err: impl Into<anyhow::Error>) -> Self {
+        ApiError::Internal(err.into())
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        ApiError::Internal(anyhow::Error::new(err).context("database error"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let ApiError::Internal(cause) = &self {
+            tracing::error!(
+                error = format!("{cause:#}"),
+                "request failed with an internal error"
+            );
+        }
+        let mut body = json!({ "code": status.as_u16(), "message": self.to_string() });
+        if let ApiError::QuotaExceeded(exceeded) = &self {
+            body["resource"] = json!(exceeded.resource);
+            body["current"] = json!(exceeded.current);
+            body["limit"] = json!(exceeded.limit);
+            body["requested"] = json!(exceeded.requested);
+        }
+        let mut response = (status, Json(body)).into_response();
+        if let ApiError::TooManyRequests {
+            retry_after_secs, ..
+        } = &self
+        {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(*retry_after_secs),
+            );
+        }
+        response
+    }
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(err: ApiError) -> Self {
+        let message = err.to_string();
+        match err {
+            ApiError::BadRequest(_) | ApiError::Unprocessable(_) => {
+                tonic::Status::invalid_argument(message)
+            }
+            ApiError::QuotaExceeded(_) | ApiError::TooManyRequests { .. } => {
+                tonic::Status::resource_exhausted(message)
+            }
+            ApiError::Unauthorized(_) => tonic::Status::unauthenticated(message),
+            ApiError::Forbidden(_) => tonic::Status::permission_denied(message),
+            ApiError::NotFound(_) => tonic::Status::not_found(message),
+            ApiError::Conflict(_) => tonic::Status::failed_precondition(message),
+            ApiError::PayloadTooLarge(_) => tonic::Status::resource_exhausted(message),
+            ApiError::MethodNotAllowed(_) | ApiError::UnsupportedMediaType(_) => {
+                tonic::Status::unimplemented(message)
+            }
+            ApiError::Unavailable(_) | ApiError::HostFailed(_) => {
+                tonic::Status::unavailable(message)
+            }
+            ApiError::Timeout(_) => tonic::Status::deadline_exceeded(message),
+            ApiError::Internal(cause) => {
+                tracing::error!(error = format!("{cause:#}"), "agent stream internal error");
+                tonic::Status::internal("internal error")
+            }
+        }
+    }
+}
+
+impl From<crate::hosts::DispatchError> for ApiError {
+    fn from(err: crate::hosts::DispatchError) -> Self {
+        use crate::hosts::DispatchError;
+        use vmm_proto::ErrorKind;
+        match err {
+            DispatchError::NotConnected(_) | DispatchError::Disconnected(_) => {
+                ApiError::Unavailable(err.to_string())
+            }
+            DispatchError::TimedOut { .. } => ApiError::Timeout(format!(
+                "{err}; the operation may still complete, see GET /api/operations/{{id}}"
+            )),
+            DispatchError::Failed { kind, message } => match kind {
+                ErrorKind::Conflict => ApiError::Conflict(message),
+                ErrorKind::Invalid => ApiError::Unprocessable(message),
+                ErrorKind::Unavailable => ApiError::Unavailable(message),
+                ErrorKind::NotFound | ErrorKind::Internal | ErrorKind::Unspecified => {
+                    ApiError::HostFailed(format!("the host failed: {message}"))
+                }
+            },
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! `GET /api/hosts`: every host with its capacity, allocation and connection state.
+//! Administrators only.
+
+use axum::Json;
+use axum::extract::State;
+
+use super::store::{self, HostView};
+use crate::app::AppState;
+use crate::auth::CurrentUser;
+use crate::error::ApiError;
+
+pub async fn list_hosts(
+    State(app): State<AppState>,
+    user: CurrentUser,
+) -> Result<Json<Vec<HostView>>, ApiError> {
+    user.require_admin()?;
+    Ok(Json(store::list(&app.db).await?))
+}

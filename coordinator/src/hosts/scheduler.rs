@@ -1,0 +1,143 @@
+//! Placement: which connected host gets a new VM. Pure functions over a snapshot of host
+//! capacity and allocation that the caller reads inside the same write transaction that
+//! records the VM, so two concurrent creates never both take the last room on a host.
+//!
+//! A host fits a VM when, after adding it, allocated vCPUs stay within
+//! `cpus × cpu_allocation_ratio`, allocated memory within the host's memory (memory is
+//! never overcommitted) and allocated disk within its storage pool's capacity.
+//! Among the hosts that fit, `spread` takes the one with the most free memory, `pack` the
+//! one with the least; ties go to the host with fewer VMs, then to the smaller host ID.
+
+use vmm_shared::{HostId, VmSize};
+
+use crate::config::Placement;
+
+#[derive(Clone, Debug)]
+pub struct HostLoad {
+    pub id: HostId,
+    pub cpus: u64,
+    pub memory_mib: u64,
+    pub disk_gb: u64,
+    pub allocated_cpu: u64,
+    pub allocated_memory_mib: u64,
+    pub allocated_disk_gb: u64,
+    pub vm_count: u64,
+}
+
+impl HostLoad {
+    pub fn fits(&self, size: &VmSize, cpu_allocation_ratio: f64) -> bool {
+        let cpu_capacity = (self.cpus as f64 * cpu_allocation_ratio).floor() as u64;
+        self.allocated_cpu + u64::from(size.cpu) <= cpu_capacity
+            && self.allocated_memory_mib + size.memory_mib <= self.memory_mib
+            && self.allocated_disk_gb + size.disk_gb <= self.disk_gb
+    }
+
+    fn free_memory_mib(&self) -> u64 {
+        self.memory_mib.saturating_sub(self.allocated_memory_mib)
+    }
+}
+
+pub fn choose_host<'a>(
+    hosts: &'a [HostLoad],
+    size: &VmSize,
+    placement: Placement,
+    cpu_allocation_ratio: f64,
+) -> Option<&'a HostLoad> {
+    let fitting = hosts
+        .iter()
+        .filter(|host| host.fits(size, cpu_allocation_ratio));
+    let key = |host: &&HostLoad| {
+        (
+            host.free_memory_mib(),
+            std::cmp::Reverse(host.vm_count),
+            std::cmp::Reverse(host.id.clone()),
+        )
+    };
+    match placement {
+        Placement::Spread => fitting.max_by_key(key),
+        Placement::Pack => {
+            fitting.min_by_key(|host| (host.free_memory_mib(), host.vm_count, host.id.clone()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(id: &str, memory_mib: u64, allocated_memory_mib: u64) -> HostLoad {
+        HostLoad {
+            id: id.parse().unwrap(),
+            cpus: 4,
+            memory_mib,
+            disk_gb: 100,
+            allocated_cpu: 0,
+            allocated_memory_mib,
+            allocated_disk_gb: 0,
+            vm_count: 0,
+        }
+    }
+
+    const SMALL: VmSize = VmSize {
+        cpu: 1,
+        memory_mib: 1024,
+        disk_gb: 10,
+    };
+
+    #[test]
+    fn spread_prefers_the_emptiest_host_and_pack_the_fullest() {
+        let hosts = [
+            host("a", 4096, 2048),
+            host("b", 4096, 0),
+            host("c", 4096, 3072),
+        ];
+        assert_eq!(
+            choose_host(&hosts, &SMALL, Placement::Spread, 4.0)
+                .unwrap()
+                .id
+                .as_str(),
+            "b"
+        );
+        assert_eq!(
+            choose_host(&hosts, &SMALL, Placement::Pack, 4.0)
+                .unwrap()
+                .id
+                .as_str(),
+            "c"
+        );
+    }
+
+    #[test]
+    fn never_places_on_a_host_without_room() {
+        let hosts = [host("a", 4096, 3500)];
+        assert!(choose_host(&hosts, &SMALL, Placement::Spread, 4.0).is_none());
+        let mut busy = host("b", 65536, 0);
+        busy.allocated_cpu = 16;
+        assert!(choose_host(&[busy.clone()], &SMALL, Placement::Pack, 4.0).is_none());
+        assert!(choose_host(&[busy], &SMALL, Placement::Pack, 4.5).is_some());
+        let mut full_disk = host("c", 65536, 0);
+        full_disk.allocated_disk_gb = 95;
+        assert!(choose_host(&[full_disk], &SMALL, Placement::Spread, 4.0).is_none());
+    }
+
+    #[test]
+    fn ties_go_to_fewer_vms_then_lower_id() {
+        let mut a = host("a", 4096, 0);
+        let b = host("b", 4096, 0);
+        assert_eq!(
+            choose_host(&[a.clone(), b.clone()], &SMALL, Placement::Spread, 4.0)
+                .unwrap()
+                .id
+                .as_str(),
+            "a"
+        );
+        a.vm_count = 1;
+        assert_eq!(
+            choose_host(&[a, b], &SMALL, Placement::Spread, 4.0)
+                .unwrap()
+                .id
+                .as_str(),
+            "b"
+        );
+    }
+}

@@ -1,0 +1,18 @@
+//! HTTP plumbing shared by every route: the JSON extractor that turns body problems into
+//! our error type, and the fallbacks for unknown routes and methods.
+
+mod json;
+
+pub use json::ApiJson;
+
+use axum::http::{Method, Uri};
+
+use crate::error::ApiError;
+
+pub async fn route_not_found(uri: Uri) -> ApiError {
+    ApiError::NotFound(format!("no such endpoint: {}", uri.path()))
+}
+
+pub async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{} is not allowed on {}", method, uri.path()))
+}

@@ -1,0 +1,43 @@
+//! The coordinator: users and login, the public REST API, the record of hosts, VMs and
+//! operations, scheduling, and the gRPC endpoint every host's agent connects to. It never
+//! talks to libvirt itself; every change on a host goes through that host's agent.
+//!
+//! Layout by domain:
+//! - [`app`]: start-up, router, servers, shutdown
+//! - [`config`]: flags and environment variables
+//! - [`db`]: the database and its migrations
+//! - [`error`]: the one error type and its HTTP and gRPC mappings
+//! - [`auth`]: passwords, tokens, the `CurrentUser` extractor
+//! - [`users`]: register and login
+//! - [`vms`]: VM routes, records, lifecycle rules, host reports
+//! - [`hosts`]: connected agents, host records, the scheduler
+//! - [`agents`]: the agent stream
+//! - [`operations`]: operation records
+//! - [`quotas`]: per-user limits and usage
+//! - [`admin`]: user administration
+//! - [`telemetry`]: Prometheus metrics
+//! - [`ratelimit`]: request budgets per client, user and login
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod agents;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod health;
+pub mod hosts;
+pub mod http;
+pub mod operations;
+pub mod quotas;
+pub mod ratelimit;
+pub mod telemetry;
+pub mod users;
+pub mod vms;
+
+#[cfg(test)]
+mod test_support;
+
+pub use app::run;
+pub use config::Config;

@@ -1,0 +1,162 @@
+//! Per-user quotas: limits on VMs, vCPUs, memory (MiB), disk (GB) and snapshots.
+//!
+//! Usage is summed from the resources that exist (every VM, running or not, holds its
+//! resources), inside the same write transaction that records a new resource, so the check
+//! and the claim cannot be separated by a concurrent request. Releasing is deleting the
+//! resource's row: doing it twice changes nothing, and usage cannot drift from reality.
+//!
+//! Only administrators change limits. Lowering a limit below current usage is allowed and
+//! blocks only new claims.
+
+pub mod routes;
+pub mod store;
+
+use serde::{Deserialize, Serialize};
+
+/// A user's limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaLimits {
+    pub max_vms: u64,
+    pub max_cpu: u64,
+    /// MiB.
+    pub max_memory: u64,
+    pub max_disk_gb: u64,
+    pub max_snapshots: u64,
+}
+
+/// What a user's resources take now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct QuotaUsage {
+    pub vms: u64,
+    pub cpu: u64,
+    /// MiB.
+    pub memory: u64,
+    pub disk_gb: u64,
+    pub snapshots: u64,
+}
+
+/// A claim that would take a user past one of their limits.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "quota exceeded for {resource}: {current} {unit} in use of a limit of {limit}, {requested} more requested"
+)]
+pub struct QuotaExceeded {
+    pub resource: &'static str,
+    pub unit: &'static str,
+    pub current: u64,
+    pub limit: u64,
+    pub requested: u64,
+}
+
+/// What a new resource would add to a user's usage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Claim {
+    pub vms: u64,
+    pub cpu: u64,
+    pub memory: u64,
+    pub disk_gb: u64,
+    pub snapshots: u64,
+}
+
+/// Checks a claim against the limits, naming the first resource it would exceed.
+pub fn check_claim(
+    limits: &QuotaLimits,
+    usage: &QuotaUsage,
+    claim: &Claim,
+) -> Result<(), QuotaExceeded> {
+    let checks = [
+        ("vms", "VMs", usage.vms, limits.max_vms, claim.vms),
+        ("cpu", "vCPUs", usage.cpu, limits.max_cpu, claim.cpu),
+        (
+            "memory",
+            "MiB",
+            usage.memory,
+            limits.max_memory,
+            claim.memory,
+        ),
+        (
+            "disk_gb",
+            "GB",
+            usage.disk_gb,
+            limits.max_disk_gb,
+            claim.disk_gb,
+        ),
+        (
+            "snapshots",
+            "snapshots",
+            usage.snapshots,
+            limits.max_snapshots,
+            claim.snapshots,
+        ),
+    ];
+    for (resource, unit, current, limit, requested) in checks {
+        if requested > 0 && current.saturating_add(requested) > limit {
+            return Err(QuotaExceeded {
+                resource,
+                unit,
+                current,
+                limit,
+                requested,
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: QuotaLimits = QuotaLimits {
+        max_vms: 10,
+        max_cpu: 8,
+        max_memory: 16384,
+        max_disk_gb: 100,
+        max_snapshots: 5,
+    };
+
+    #[test]
+    fn names_the_first_exceeded_resource() {
+        let usage = QuotaUsage {
+            vms: 2,
+            cpu: 6,
+            memory: 2048,
+            disk_gb: 20,
+            snapshots: 0,
+        };
+        let claim = Claim {
+            vms: 1,
+            cpu: 4,
+            memory: 1024,
+            disk_gb: 10,
+            snapshots: 0,
+        };
+        let err = check_claim(&LIMITS, &usage, &claim).unwrap_err();
+        assert_eq!(
+            (err.resource, err.current, err.limit, err.requested),
+            ("cpu", 6, 8, 4)
+        );
+        let fits = Claim { cpu: 2, ..claim };
+        assert!(check_claim(&LIMITS, &usage, &fits).is_ok());
+    }
+
+    #[test]
+    fn usage_above_a_lowered_limit_blocks_only_new_claims() {
+        let usage = QuotaUsage {
+            vms: 12,
+            ..Default::default()
+        };
+        assert!(check_claim(&LIMITS, &usage, &Claim::default()).is_ok());
+        assert!(
+            check_claim(
+                &LIMITS,
+                &usage,
+                &Claim {
+                    vms: 1,
+                    ..Default::default()
+                }
+            )
+            .is_err()
+        );
+    }
+}

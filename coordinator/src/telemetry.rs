@@ -1,0 +1,156 @@
+//! Prometheus metrics of the coordinator, through the `metrics` facade, served at
+//! `GET /api/metrics` (no token).
+//!
+//! Counters and histograms are recorded where things happen. Gauges that describe what
+//! exists (VMs by status, users, hosts, allocation) are computed from the database at each
+//! scrape, so they are right from the first scrape after a restart.
+//!
+//! Names kept from the system this project replaces: `http_requests_total`,
+//! `http_request_duration_seconds`, `vm_total`, `vm_cpu_cores`, `vm_memory_mb`,
+//! `vm_create_total`, `vm_delete_total`, `vm_snapshot_total`, `vm_snapshot_restore_total`,
+//! `user_total`, `user_login_total`, `libvirt_connection_status`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use sqlx::Row;
+use vmm_shared::VmStatus;
+
+use crate::app::AppState;
+use crate::db::Db;
+use crate::error::ApiError;
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+/// Installs the process-wide recorder. Call once, at start.
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+        .context("invalid histogram buckets")?
+        .install_recorder()
+        .context("cannot install the metrics recorder")
+}
+
+/// `GET /api/metrics`.
+pub async fn scrape(State(app): State<AppState>) -> Result<Response, ApiError> {
+    refresh_gauges(&app).await?;
+    let body = app.metrics.render();
+    Ok((
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        body,
+    )
+        .into_response())
+}
+
+async fn refresh_gauges(app: &AppState) -> Result<(), sqlx::Error> {
+    refresh_vm_gauges(&app.db).await?;
+    let users: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
+        .fetch_one(&app.db)
+        .await?;
+    gauge!("user_total").set(users as f64);
+    gauge!("agents_connected").set(app.registry.connected_count() as f64);
+    gauge!("rate_limit_tracked_keys").set(app.rate_limits.tracked_keys() as f64);
+
+    for host in crate::hosts::store::list(&app.db).await? {
+        let id = host.id.clone();
+        let connected = host.status == "connected";
+        gauge!("host_connected", "host" => id.clone()).set(f64::from(u8::from(connected)));
+        gauge!("libvirt_connection_status", "host" => id.clone())
+            .set(f64::from(u8::from(connected && host.libvirt_connected)));
+        gauge!("host_cpus", "host" => id.clone()).set(host.cpus as f64);
+        gauge!("host_memory_mib", "host" => id.clone()).set(host.memory_mib as f64);
+        gauge!("host_disk_gb", "host" => id.clone()).set(host.disk_gb as f64);
+        gauge!("host_allocated_cpu", "host" => id.clone()).set(host.allocated.cpu as f64);
+        gauge!("host_allocated_memory_mib", "host" => id.clone())
+            .set(host.allocated.memory_mib as f64);
+        gauge!("host_allocated_disk_gb", "host" => id.clone()).set(host.allocated.disk_gb as f64);
+        gauge!("host_vms", "host" => id).set(host.vms as f64);
+    }
+    Ok(())
+}
+
+async fn refresh_vm_gauges(db: &Db) -> Result<(), sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT status, COUNT(*) AS vms, COALESCE(SUM(cpu), 0) AS cpu, COALESCE(SUM(memory_mib), 0) AS memory
+         FROM vms GROUP BY status",
+    )
+    .fetch_all(db)
+    .await?;
+    // Every status is set, so a status that no VM has any more reads 0, not its last value.
+    for status in VmStatus::ALL {
+        let row = rows.iter().find(|row| {
+            row.try_get::<String, _>("status").ok().as_deref() == Some(status.as_str())
+        });
+        let value = |column: &str| {
+            row.and_then(|row| row.try_get::<i64, _>(column).ok())
+                .unwrap_or(0) as f64
+        };
+        gauge!("vm_total", "status" => status.as_str()).set(value("vms"));
+        gauge!("vm_cpu_cores", "status" => status.as_str()).set(value("cpu"));
+        gauge!("vm_memory_mb", "status" => status.as_str()).set(value("memory"));
+    }
+    Ok(())
+}
+
+/// Middleware: counts and times every request by method, route template (never the raw
+/// path, which would carry IDs) and status.
+pub async fn track_http(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let endpoint = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    let labels = [
+        ("method", method),
+        ("endpoint", endpoint),
+        ("status", status),
+    ];
+    counter!("http_requests_total", &labels).increment(1);
+    histogram!("http_request_duration_seconds", &labels[..2])
+        .record(started.elapsed().as_secs_f64());
+    if response.status() == StatusCode::TOO_MANY_REQUESTS {
+        counter!("rate_limited_requests_total", &labels[1..2]).increment(1);
+    }
+    response
+}
+
+/// Records one finished operation: its kind, whether it succeeded, and how long it took.
+pub fn record_operation(kind: &'static str, succeeded: bool, elapsed: Duration) {
+    let outcome = if succeeded { "success" } else { "failure" };
+    counter!("operations_total", "kind" => kind, "outcome" => outcome).increment(1);
+    histogram!("operation_duration_seconds", "kind" => kind).record(elapsed.as_secs_f64());
+    if succeeded {
+        match kind {
+            "create" => counter!("vm_create_total").increment(1),
+            "delete" => counter!("vm_delete_total").increment(1),
+            "snapshot_create" => counter!("vm_snapshot_total").increment(1),
+            "snapshot_restore" => counter!("vm_snapshot_restore_total").increment(1),
+            _ => {}
+        }
+    }
+}
+
+pub fn record_quota_rejection(resource: &'static str) {
+    counter!("quota_rejections_total", "resource" => resource).increment(1);
+}
+
+pub fn record_login(succeeded: bool) {
+    if succeeded {
+        counter!("user_login_total").increment(1);
+    } else {
+        counter!("user_login_failures_total").increment(1);
+    }
+}

@@ -1,0 +1,102 @@
+//! Helpers for unit tests that need a real (temporary) SQLite database with a user and a
+//! connected host in it.
+
+use vmm_proto::{DomainReport, PowerState};
+use vmm_shared::{HostId, UserId, VmId, VmSize, VmStatus};
+
+use crate::db::{self, Db};
+use crate::hosts::store::{self as host_store, HostRegistration};
+use crate::users::{Role, store as user_store};
+use crate::vms::store as vm_store;
+
+pub struct TestDb {
+    pub db: Db,
+    pub host: HostId,
+    pub user: UserId,
+    _dir: tempfile::TempDir,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        Self::with_host_memory(65536).await
+    }
+
+    pub async fn with_host_memory(memory_mib: u64) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db::connect(&db::default_url(dir.path())).await.unwrap();
+        let host: HostId = "host-1".parse().unwrap();
+        host_store::upsert_connected(
+            &db,
+            &HostRegistration {
+                id: host.clone(),
+                cpus: 64,
+                memory_mib,
+                disk_gb: 10_000,
+                libvirt_version: "11.3.0".into(),
+                hypervisor: "Test".into(),
+                kvm_usable: false,
+                agent_version: "test".into(),
+            },
+        )
+        .await
+        .unwrap();
+        let user = user_store::insert(&db, "tester", "not-a-real-hash", Role::User)
+            .await
+            .unwrap()
+            .id;
+        Self {
+            db,
+            host,
+            user,
+            _dir: dir,
+        }
+    }
+
+    pub async fn vm_with_status(&self, status: VmStatus, generation: i64) -> VmId {
+        let id = VmId::new_random();
+        sqlx::query(
+            "INSERT INTO vms (id, owner_id, name, host_id, cpu, memory_mib, disk_gb, status, generation, created_at)
+             VALUES (?, ?, ?, ?, 1, 128, 1, ?, ?, ?)",
+        )
+        .bind(id.to_string())
+        .bind(self.user.to_string())
+        .bind(format!("vm-{id}"))
+        .bind(self.host.as_str())
+        .bind(status.as_str())
+        .bind(generation)
+        .bind(db::now())
+        .execute(&self.db)
+        .await
+        .unwrap();
+        id
+    }
+
+    pub async fn status(&self, vm: VmId) -> VmStatus {
+        vm_store::find(&self.db, vm).await.unwrap().unwrap().status
+    }
+
+    pub async fn count_vms(&self) -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM vms")
+            .fetch_one(&self.db)
+            .await
+            .unwrap()
+    }
+}
+
+pub fn sample_report(vm: VmId, state: PowerState, generation: u64) -> DomainReport {
+    DomainReport {
+        vm_id: vm.to_string(),
+        domain_name: format!("vmm-{vm}"),
+        state: state as i32,
+        generation,
+        cpu: 1,
+        memory_mib: 128,
+        detail: String::new(),
+    }
+}
+
+pub const SMALL_VM: VmSize = VmSize {
+    cpu: 1,
+    memory_mib: 1024,
+    disk_gb: 1,
+};

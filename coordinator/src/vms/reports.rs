@@ -1,0 +1,244 @@
+//! How what a host reports about its domains changes the VMs' recorded status.
+//!
+//! Every report carries a generation that grows for each change the agent observes. A
+//! report is applied only when its generation is newer than the stored one
+//! (`UPDATE … WHERE generation < ?`); a stale or duplicate report matches no row and changes
+//! nothing, which is not an error. Two exceptions, both about the coordinator having lost
+//! track rather than the host changing its mind:
+//! - the full inventory an agent sends when it (re)connects settles `unknown` and `error`
+//!   VMs even at an equal generation;
+//! - `creating` and `deleting` belong to the operation in flight: only that operation's
+//!   own result moves the VM out of them.
+
+use std::collections::HashMap;
+
+use vmm_proto::{DomainReport, PowerState};
+use vmm_shared::{HostId, VmId, VmStatus};
+
+use crate::db::Db;
+use crate::vms::store;
+
+/// What a report means for the VM's status, or `None` for a report without a state.
+pub fn status_from_report(report: &DomainReport) -> Option<(VmStatus, Option<String>)> {
+    let state = PowerState::try_from(report.state).ok()?;
+    Some(match state {
+        PowerState::Running => (VmStatus::Running, None),
+        PowerState::Paused => (VmStatus::Paused, None),
+        PowerState::Stopped => (VmStatus::Stopped, None),
+        PowerState::Crashed => (
+            VmStatus::Error,
+            Some(format!(
+                "the guest crashed{}",
+                detail_suffix(&report.detail)
+            )),
+        ),
+        PowerState::Absent => (
+            VmStatus::Error,
+            Some("the VM's domain no longer exists on its host".into()),
+        ),
+        PowerState::Unspecified => return None,
+    })
+}
+
+fn detail_suffix(detail: &str) -> String {
+    if detail.is_empty() {
+        String::new()
+    } else {
+        format!(": {detail}")
+    }
+}
+
+/// Where a report came from, which decides how it may override the stored status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReportSource {
+    /// A change the agent observed while connected.
+    Change,
+    /// The agent's full inventory at (re)connect.
+    Inventory,
+    /// The result of an operation on this VM.
+    OperationResult,
+}
+
+/// Applies one report about `vm` on `host`. Returns whether the record changed.
+pub async fn apply(
+    db: &Db,
+    host: &HostId,
+    vm: VmId,
+    report: &DomainReport,
+    source: ReportSource,
+) -> Result<bool, sqlx::Error> {
+    let Some((status, reason)) = status_from_report(report) else {
+        tracing::warn!(host = %host, vm_id = %vm, state = report.state, "report without a valid state ignored");
+        return Ok(false);
+    };
+    let generation = i64::try_from(report.generation).unwrap_or(i64::MAX);
+    let condition = match source {
+        ReportSource::Change => "generation < ?5 AND status NOT IN ('creating', 'deleting')",
+        ReportSource::Inventory => {
+            "(generation < ?5 OR status IN ('unknown', 'error')) AND status NOT IN ('creating', 'deleting')"
+        }
+        ReportSource::OperationResult => "generation < ?5",
+    };
+    let query = format!(
+        "UPDATE vms SET status = ?1, status_reason = ?2, generation = MAX(generation, ?5)
+         WHERE id = ?3 AND host_id = ?4 AND {condition}"
+    );
+    let done = sqlx::query(sqlx::AssertSqlSafe(query))
+        .bind(status.as_str())
+        .bind(reason)
+        .bind(vm.to_string())
+        .bind(host.as_str())
+        .bind(generation)
+        .execute(db)
+        .await?;
+    let changed = done.rows_affected() > 0;
+    if changed {
+        tracing::info!(host = %host, vm_id = %vm, status = %status, generation, ?source, "VM status updated from host report");
+    }
+    Ok(changed)
+}
+
+/// Settles every VM recorded on `host` against the inventory its agent just sent.
+/// Domains that carry no VM ID (made by hand) are never adopted; domains whose VM ID the
+/// coordinator does not know on this host are logged and left alone.
+pub async fn reconcile_inventory(
+    db: &Db,
+    host: &HostId,
+    inventory: &[DomainReport],
+) -> Result<(), sqlx::Error> {
+    let mut reported: HashMap<VmId, &DomainReport> = HashMap::new();
+    for report in inventory {
+        if report.vm_id.is_empty() {
+            tracing::debug!(host = %host, domain = %report.domain_name, "unmanaged domain on host ignored");
+            continue;
+        }
+        match report.vm_id.parse::<VmId>() {
+            Ok(id) => {
+                reported.insert(id, report);
+            }
+            Err(_) => {
+                tracing::warn!(host = %host, domain = %report.domain_name, "domain with a malformed VM ID ignored")
+            }
+        }
+    }
+    for vm in store::list_on_host(db, host).await? {
+        match reported.remove(&vm.id) {
+            Some(report) => {
+                apply(db, host, vm.id, report, ReportSource::Inventory).await?;
+            }
+            None if !vm.status.is_transitional() => {
+                let reason = format!("the VM's domain was not found on host {host}");
+                if vm.status != VmStatus::Error
+                    || vm.status_reason.as_deref() != Some(reason.as_str())
+                {
+                    tracing::warn!(host = %host, vm_id = %vm.id, "recorded VM missing from its host's inventory");
+                    store::set_status(db, vm.id, VmStatus::Error, Some(&reason)).await?;
+                }
+            }
+            None => {}
+        }
+    }
+    for (vm_id, report) in reported {
+        tracing::warn!(host = %host, %vm_id, domain = %report.domain_name,
+            "host reports a product domain the coordinator has no record of on this host; left untouched");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::{TestDb, sample_report};
+
+    #[tokio::test]
+    async fn only_newer_generations_apply() {
+        let t = TestDb::new().await;
+        let vm = t.vm_with_status(VmStatus::Running, 10).await;
+        let host = t.host.clone();
+
+        let stale = sample_report(vm, PowerState::Stopped, 9);
+        assert!(
+            !apply(&t.db, &host, vm, &stale, ReportSource::Change)
+                .await
+                .unwrap()
+        );
+        let duplicate = sample_report(vm, PowerState::Stopped, 10);
+        assert!(
+            !apply(&t.db, &host, vm, &duplicate, ReportSource::Change)
+                .await
+                .unwrap()
+        );
+        assert_eq!(t.status(vm).await, VmStatus::Running);
+
+        let newer = sample_report(vm, PowerState::Stopped, 11);
+        assert!(
+            apply(&t.db, &host, vm, &newer, ReportSource::Change)
+                .await
+                .unwrap()
+        );
+        assert_eq!(t.status(vm).await, VmStatus::Stopped);
+        // Applying the same report again changes nothing and is not an error.
+        assert!(
+            !apply(&t.db, &host, vm, &newer, ReportSource::Change)
+                .await
+                .unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn reports_from_another_host_change_nothing() {
+        let t = TestDb::new().await;
+        let vm = t.vm_with_status(VmStatus::Running, 1).await;
+        let intruder: HostId = "other-host".parse().unwrap();
+        let report = sample_report(vm, PowerState::Stopped, 99);
+        assert!(
+            !apply(&t.db, &intruder, vm, &report, ReportSource::Change)
+                .await
+                .unwrap()
+        );
+        assert_eq!(t.status(vm).await, VmStatus::Running);
+    }
+
+    #[tokio::test]
+    async fn operations_in_flight_own_their_status() {
+        let t = TestDb::new().await;
+        let vm = t.vm_with_status(VmStatus::Creating, 0).await;
+        let report = sample_report(vm, PowerState::Stopped, 5);
+        assert!(
+            !apply(&t.db, &t.host, vm, &report, ReportSource::Change)
+                .await
+                .unwrap()
+        );
+        assert_eq!(t.status(vm).await, VmStatus::Creating);
+        let result = sample_report(vm, PowerState::Running, 6);
+        assert!(
+            apply(&t.db, &t.host, vm, &result, ReportSource::OperationResult)
+                .await
+                .unwrap()
+        );
+        assert_eq!(t.status(vm).await, VmStatus::Running);
+    }
+
+    #[tokio::test]
+    async fn inventory_settles_unknown_and_flags_missing_domains() {
+        let t = TestDb::new().await;
+        let present = t.vm_with_status(VmStatus::Unknown, 7).await;
+        let missing = t.vm_with_status(VmStatus::Running, 3).await;
+        let hand_made = DomainReport {
+            vm_id: String::new(),
+            domain_name: "by-hand".into(),
+            ..Default::default()
+        };
+        let inventory = vec![sample_report(present, PowerState::Stopped, 7), hand_made];
+        reconcile_inventory(&t.db, &t.host, &inventory)
+            .await
+            .unwrap();
+        assert_eq!(t.status(present).await, VmStatus::Stopped);
+        assert_eq!(t.status(missing).await, VmStatus::Error);
+        assert_eq!(
+            t.count_vms().await,
+            2,
+            "hand-made domains are never adopted"
+        );
+    }
+}

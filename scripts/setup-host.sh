@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Installs and starts everything the project needs on a fresh Debian 12 machine:
+# libvirt + QEMU (from bookworm-backports, see HOST-SETUP facts in docs), protoc,
+# pkg-config. Idempotent: safe to run again. Needs root.
+set -euo pipefail
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "setup-host.sh: run as root (it installs packages and starts libvirtd)" >&2
+    exit 1
+fi
+
+# The image ships qemu-utils from bookworm-backports; qemu-system-x86 must come from the
+# same suite or apt refuses the mix. Add the suite once.
+sources=/etc/apt/sources.list.d/debian.sources
+if [[ -f $sources ]] && ! grep -q 'bookworm-backports' "$sources"; then
+    sed -i 's/^Suites: bookworm bookworm-updates$/& bookworm-backports/' "$sources"
+fi
+
+need_install=0
+for bin in virsh libvirtd qemu-system-x86_64 protoc pkg-config qemu-io; do
+    command -v "$bin" >/dev/null 2>&1 || need_install=1
+done
+[[ -f /usr/include/libvirt/libvirt.h ]] || need_install=1
+# The agent keeps VM disks in a libvirt storage pool: the storage driver is a package of its own.
+[[ -f /usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_storage.so ]] || need_install=1
+
+if [[ $need_install -eq 1 ]]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends -t bookworm-backports \
+        libvirt-dev libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu \
+        libvirt-daemon-driver-storage \
+        qemu-system-x86 qemu-utils pkg-config
+    apt-get install -y -q --no-install-recommends protobuf-compiler procps
+fi
+
+# Without these owner/mode bits libvirt re-probes QEMU on every define (about 52 s each).
+if [[ -e /dev/kvm ]]; then
+    getent group kvm >/dev/null || groupadd --system kvm
+    chown root:kvm /dev/kvm
+    chmod 0660 /dev/kvm
+fi
+
+# A libvirtd started before the storage driver was installed answers, but has no pools:
+# restart it so it loads the driver.
+if virsh -c qemu:///system version >/dev/null 2>&1 \
+    && ! virsh -c qemu:///system pool-list --all >/dev/null 2>&1; then
+    echo "setup-host.sh: restarting libvirtd to load the storage driver" >&2
+    pkill -x libvirtd || true
+    for _ in $(seq 1 50); do pgrep -x libvirtd >/dev/null || break; sleep 0.1; done
+fi
+
+# There is no systemd as PID 1 on these machines: start the daemons by hand when they are
+# not already answering.
+if ! virsh -c qemu:///system version >/dev/null 2>&1; then
+    pgrep -x virtlogd >/dev/null || virtlogd -d
+    pgrep -x libvirtd >/dev/null || libvirtd -d
+    for _ in $(seq 1 50); do
+        virsh -c qemu:///system version >/dev/null 2>&1 && break
+        sleep 0.2
+    done
+fi
+virsh -c qemu:///system version
+virsh -c qemu:///system pool-list --all >/dev/null

@@ -1,0 +1,120 @@
+//! Typed identifiers. A `VmId` can never be passed where a `UserId` is expected, and every
+//! ID prints and parses as the same lowercase hyphenated UUID everywhere (database, JSON,
+//! libvirt metadata, logs).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+macro_rules! uuid_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(Uuid);
+
+        impl $name {
+            /// A new random ID.
+            pub fn new_random() -> Self {
+                Self(Uuid::new_v4())
+            }
+
+            pub fn as_uuid(&self) -> Uuid {
+                self.0
+            }
+        }
+
+        impl From<Uuid> for $name {
+            fn from(uuid: Uuid) -> Self {
+                Self(uuid)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.hyphenated().fmt(f)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = uuid::Error;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Uuid::parse_str(s).map(Self)
+            }
+        }
+    };
+}
+
+uuid_id!(
+    /// A VM, chosen by the coordinator. Also the libvirt domain's UUID on its host.
+    VmId
+);
+uuid_id!(
+    /// A user account.
+    UserId
+);
+uuid_id!(
+    /// One state-changing operation, from the API request to the agent's answer.
+    OperationId
+);
+
+/// A hypervisor host, named by its agent (by default the machine's hostname).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct HostId(String);
+
+/// Why a string is not a valid host ID.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a host ID is 1-253 characters of letters, digits, '-', '_' and '.'")]
+pub struct InvalidHostId;
+
+impl HostId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for HostId {
+    type Err = InvalidHostId;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let valid = !s.is_empty()
+            && s.len() <= 253
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if valid {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(InvalidHostId)
+        }
+    }
+}
+
+impl fmt::Display for HostId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_through_strings() {
+        let id = VmId::new_random();
+        assert_eq!(id.to_string().parse::<VmId>().unwrap(), id);
+        assert!("not-a-uuid".parse::<VmId>().is_err());
+    }
+
+    #[test]
+    fn host_ids_refuse_markup_and_empty_names() {
+        assert!("kvm-01.rack4".parse::<HostId>().is_ok());
+        assert!("".parse::<HostId>().is_err());
+        assert!("a<b>".parse::<HostId>().is_err());
+        assert!("a b".parse::<HostId>().is_err());
+    }
+}

@@ -1,0 +1,15 @@
+//! End-to-end tests: every test starts the real `coordinator` and `agent` binaries (built by
+//! `cargo build --bins`) as processes, on ephemeral loopback ports and in a temporary
+//! directory, and drives them through the REST API as a user would.
+//!
+//! One binary with a module per topic, so that the harness is compiled once.
+//!
+//! Each test keeps its cluster alive while it checks the outcome of its body (`run(..).await
+//! .unwrap()` inside the test function): a failure then panics while the processes still
+//! exist, and the cluster prints the end of their logs.
+
+mod auth;
+mod bad_input;
+mod lifecycle;
+mod qemu;
+mod scheduling;

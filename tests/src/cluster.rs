@@ -1,0 +1,442 @@
+//! A test cluster: one coordinator and N agents, each a real process of the built binaries,
+//! on ephemeral loopback ports, with every file under one temporary directory.
+//!
+//! Dropping the cluster kills every process; when the drop happens during a panic (a failed
+//! assertion), the end of each process's log is printed first, so the failure explains
+//! itself. Set `VMM_E2E_KEEP=1` to keep the temporary directory (logs, databases, disks).
+
+use std::ffi::OsString;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tempfile::TempDir;
+
+use crate::api::Api;
+use crate::process::{ChildProcess, binary_path};
+use crate::wait::wait_until;
+
+/// How long the coordinator may take to answer its health check after start.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Test passwords are short-lived; a low bcrypt cost keeps registration and login fast.
+const BCRYPT_COST: &str = "4";
+/// The password [`TestCluster::user`] gives every user it creates.
+pub const USER_PASSWORD: &str = "correct-horse-battery";
+
+/// libvirt's built-in test driver: every connection is a fresh in-memory host with 16 CPUs,
+/// 3072 MiB of memory and one unmanaged running domain called `test`.
+pub const TEST_DRIVER_URI: &str = "test:///default";
+/// The system QEMU driver under libvirtd.
+pub const QEMU_SYSTEM_URI: &str = "qemu:///system";
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub agents: Vec<AgentOptions>,
+    /// `spread` or `pack`; `None` leaves the coordinator's default.
+    pub placement: Option<String>,
+    pub jwt_ttl_secs: Option<u64>,
+    pub host_dead_after_secs: Option<u64>,
+    pub operation_timeout_secs: Option<u64>,
+    /// Off by default: a test sends requests faster than a person would, and only a test of
+    /// rate limiting itself wants the coordinator to slow it down.
+    pub rate_limit: bool,
+    /// Further coordinator settings, as environment variables (e.g. `DEFAULT_QUOTA_CPU`).
+    pub coordinator_env: Vec<(String, String)>,
+}
+
+impl Default for ClusterOptions {
+    /// One agent, `host-a`, on the test driver.
+    fn default() -> Self {
+        Self::with_agents(vec![AgentOptions::test_driver("host-a")])
+    }
+}
+
+impl ClusterOptions {
+    pub fn with_agents(agents: Vec<AgentOptions>) -> Self {
+        Self {
+            agents,
+            placement: None,
+            jwt_ttl_secs: None,
+            host_dead_after_secs: None,
+            operation_timeout_secs: None,
+            rate_limit: false,
+            coordinator_env: Vec::new(),
+        }
+    }
+
+    pub fn placement(mut self, placement: &str) -> Self {
+        self.placement = Some(placement.to_owned());
+        self
+    }
+
+    /// Sets one more coordinator environment variable.
+    pub fn coordinator_env(mut self, key: &str, value: &str) -> Self {
+        self.coordinator_env
+            .push((key.to_owned(), value.to_owned()));
+        self
+    }
+}
+
+/// One agent process.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    pub host_id: String,
+    pub libvirt_uri: String,
+    /// The libvirt storage pool the agent creates. Pool names are global on
+    /// `qemu:///system`, so every agent there needs its own.
+    pub storage_pool: String,
+    /// A BIOS-only test guest ignores ACPI; a short wait keeps `stop` fast.
+    pub shutdown_timeout_secs: u64,
+    pub poll_interval_ms: u64,
+}
+
+impl AgentOptions {
+    /// An agent on libvirt's in-memory test driver.
+    pub fn test_driver(host_id: &str) -> Self {
+        Self {
+            host_id: host_id.to_owned(),
+            libvirt_uri: TEST_DRIVER_URI.to_owned(),
+            storage_pool: "vmm".to_owned(),
+            shutdown_timeout_secs: 2,
+            poll_interval_ms: 300,
+        }
+    }
+
+    /// An agent on real QEMU under libvirtd, with a storage pool name of its own.
+    pub fn qemu(host_id: &str) -> Self {
+        Self {
+            libvirt_uri: QEMU_SYSTEM_URI.to_owned(),
+            storage_pool: format!(
+                "vmm-e2e-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..12]
+            ),
+            ..Self::test_driver(host_id)
+        }
+    }
+}
+
+/// A running agent.
+#[derive(Debug)]
+pub struct AgentHandle {
+    pub options: AgentOptions,
+    pub data_dir: PathBuf,
+    process: ChildProcess,
+}
+
+impl AgentHandle {
+    pub fn host_id(&self) -> &str {
+        &self.options.host_id
+    }
+
+    /// Where the agent keeps a VM's disk: `<data-dir>/images/vmm-<vm_id>.qcow2`.
+    pub fn disk_path(&self, vm_id: &str) -> PathBuf {
+        self.data_dir
+            .join("images")
+            .join(format!("vmm-{vm_id}.qcow2"))
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.process.log_tail(lines)
+    }
+}
+
+/// The libvirt domain name of a VM on its host.
+pub fn domain_name(vm_id: &str) -> String {
+    format!("vmm-{vm_id}")
+}
+
+/// A coordinator plus agents. Fields drop in order: processes first, the directory last.
+#[derive(Debug)]
+pub struct TestCluster {
+    agents: Vec<AgentHandle>,
+    coordinator: ChildProcess,
+    http_url: String,
+    grpc_url: String,
+    admin_user: String,
+    admin_password: String,
+    jwt_secret: String,
+    agent_token: String,
+    dir: Option<TempDir>,
+}
+
+impl TestCluster {
+    /// Starts the coordinator, waits for its health check, starts every agent and waits until
+    /// the coordinator counts them all as connected.
+    pub async fn start(options: ClusterOptions) -> Result<Self> {
+        let coordinator_bin = binary_path("coordinator")?;
+        let agent_bin = binary_path("agent")?;
+
+        let dir = tempfile::Builder::new().prefix("vmm-e2e-").tempdir()?;
+        // The qemu user of libvirtd must be able to reach disks under agents' data dirs.
+        make_traversable(dir.path())?;
+
+        let (http_addr, grpc_addr) = free_port_pair()?;
+        let http_url = format!("http://{http_addr}");
+        let grpc_url = format!("http://{grpc_addr}");
+        let admin_user = "admin".to_owned();
+        let admin_password = random_secret();
+        let jwt_secret = random_secret();
+        let agent_token = random_secret();
+
+        let data_dir = dir.path().join("coordinator");
+        std::fs::create_dir(&data_dir)?;
+        let mut env: Vec<(String, OsString)> = vec![
+            ("HTTP_ADDR".into(), http_addr.to_string().into()),
+            ("GRPC_ADDR".into(), grpc_addr.to_string().into()),
+            ("DATA_DIR".into(), data_dir.clone().into()),
+            ("JWT_SECRET".into(), jwt_secret.clone().into()),
+            ("ADMIN_USER".into(), admin_user.clone().into()),
+            ("ADMIN_PASSWORD".into(), admin_password.clone().into()),
+            ("AGENT_TOKEN".into(), agent_token.clone().into()),
+            ("BCRYPT_COST".into(), BCRYPT_COST.into()),
+        ];
+        let optional = [
+            ("PLACEMENT", options.placement.clone()),
+            ("JWT_TTL_SECS", options.jwt_ttl_secs.map(|v| v.to_string())),
+            (
+                "HOST_DEAD_AFTER",
+                options.host_dead_after_secs.map(|v| v.to_string()),
+            ),
+            (
+                "OPERATION_TIMEOUT_SECS",
+                options.operation_timeout_secs.map(|v| v.to_string()),
+            ),
+        ];
+        for (key, value) in optional {
+            if let Some(value) = value {
+                env.push((key.into(), value.into()));
+            }
+        }
+        if !options.rate_limit {
+            env.push(("RATE_LIMIT_ENABLED".into(), "false".into()));
+        }
+        env.extend(
+            options
+                .coordinator_env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.into())),
+        );
+        let mut coordinator = ChildProcess::spawn(
+            "coordinator",
+            &coordinator_bin,
+            &[],
+            &env,
+            dir.path().join("coordinator.log"),
+        )?;
+
+        let api = Api::new(&http_url);
+        wait_until("the coordinator's health check", START_TIMEOUT, || {
+            let api = api.clone();
+            let exited = coordinator.ensure_running();
+            async move {
+                if let Err(err) = exited {
+                    // Not retryable: surface it at once instead of after the timeout.
+                    return Ok(Some(Err(err)));
+                }
+                let health = api.health().await?;
+                Ok((health.status == "ok").then_some(Ok(())))
+            }
+        })
+        .await
+        .map_err(|err| err.context(format!("log tail:\n{}", coordinator.log_tail(40))))??;
+
+        let mut cluster = Self {
+            agents: Vec::new(),
+            coordinator,
+            http_url,
+            grpc_url,
+            admin_user,
+            admin_password,
+            jwt_secret,
+            agent_token,
+            dir: Some(dir),
+        };
+        for agent in options.agents {
+            cluster.start_agent_process(&agent_bin, agent)?;
+        }
+        cluster
+            .wait_for_connected_agents(cluster.agents.len())
+            .await?;
+        Ok(cluster)
+    }
+
+    fn start_agent_process(&mut self, agent_bin: &Path, options: AgentOptions) -> Result<()> {
+        let root = self
+            .dir
+            .as_ref()
+            .context("cluster directory already gone")?
+            .path();
+        let data_dir = root.join(format!("agent-{}", options.host_id));
+        std::fs::create_dir(&data_dir)?;
+        make_traversable(&data_dir)?;
+        let env: Vec<(String, OsString)> = vec![
+            ("COORDINATOR_URL".into(), self.grpc_url.clone().into()),
+            ("LIBVIRT_URI".into(), options.libvirt_uri.clone().into()),
+            ("HOST_ID".into(), options.host_id.clone().into()),
+            ("AGENT_DATA_DIR".into(), data_dir.clone().into()),
+            ("AGENT_TOKEN".into(), self.agent_token.clone().into()),
+            ("STORAGE_POOL".into(), options.storage_pool.clone().into()),
+            (
+                "SHUTDOWN_TIMEOUT_SECS".into(),
+                options.shutdown_timeout_secs.to_string().into(),
+            ),
+            (
+                "POLL_INTERVAL_MS".into(),
+                options.poll_interval_ms.to_string().into(),
+            ),
+        ];
+        let process = ChildProcess::spawn(
+            &format!("agent {}", options.host_id),
+            agent_bin,
+            &[],
+            &env,
+            root.join(format!("agent-{}.log", options.host_id)),
+        )?;
+        self.agents.push(AgentHandle {
+            options,
+            data_dir,
+            process,
+        });
+        Ok(())
+    }
+
+    /// Waits until `/api/health` reports `count` connected agents, failing early with the
+    /// log of any process that died.
+    pub async fn wait_for_connected_agents(&mut self, count: usize) -> Result<()> {
+        let api = self.api();
+        let result = wait_until(
+            &format!("{count} agent(s) connected"),
+            START_TIMEOUT,
+            || {
+                let api = api.clone();
+                let died = self.first_dead_process();
+                async move {
+                    if let Some(err) = died {
+                        return Ok(Some(Err(err)));
+                    }
+                    let health = api.health().await?;
+                    Ok((health.agents_connected == count as u64).then_some(Ok(())))
+                }
+            },
+        )
+        .await;
+        match result {
+            Ok(inner) => inner,
+            Err(err) => Err(err.context(self.all_log_tails(40))),
+        }
+    }
+
+    fn first_dead_process(&mut self) -> Option<anyhow::Error> {
+        if let Err(err) = self.coordinator.ensure_running() {
+            return Some(err);
+        }
+        self.agents
+            .iter_mut()
+            .find_map(|agent| agent.process.ensure_running().err())
+    }
+
+    /// An API client without a token.
+    pub fn api(&self) -> Api {
+        Api::new(&self.http_url)
+    }
+
+    pub fn http_url(&self) -> &str {
+        &self.http_url
+    }
+
+    /// The coordinator's JWT secret, for tests that craft tokens.
+    pub fn jwt_secret(&self) -> &str {
+        &self.jwt_secret
+    }
+
+    /// An API client logged in as the admin account created from `ADMIN_USER`/`ADMIN_PASSWORD`.
+    pub async fn admin(&self) -> Result<Api> {
+        self.api()
+            .login(&self.admin_user, &self.admin_password)
+            .await
+            .context("logging in as the admin from ADMIN_USER/ADMIN_PASSWORD")
+    }
+
+    /// Registers `username` with [`USER_PASSWORD`] and returns a client logged in as it.
+    pub async fn user(&self, username: &str) -> Result<Api> {
+        let api = self.api();
+        api.register(username, USER_PASSWORD).await?;
+        api.login(username, USER_PASSWORD).await
+    }
+
+    /// The agent with this host ID.
+    pub fn agent(&self, host_id: &str) -> &AgentHandle {
+        self.agents
+            .iter()
+            .find(|agent| agent.host_id() == host_id)
+            .unwrap_or_else(|| panic!("no agent with host ID {host_id:?} in this cluster"))
+    }
+
+    pub fn agents(&self) -> &[AgentHandle] {
+        &self.agents
+    }
+
+    /// The last `lines` lines of every process's log, labelled.
+    pub fn all_log_tails(&self, lines: usize) -> String {
+        let mut out = format!(
+            "---- {} ({}) ----\n{}\n",
+            self.coordinator.name(),
+            self.coordinator.log_path().display(),
+            self.coordinator.log_tail(lines)
+        );
+        for agent in &self.agents {
+            out.push_str(&format!(
+                "---- {} ({}) ----\n{}\n",
+                agent.process.name(),
+                agent.process.log_path().display(),
+                agent.log_tail(lines)
+            ));
+        }
+        out
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "\n==== end of the cluster's logs ====\n{}",
+                self.all_log_tails(60)
+            );
+        }
+        for agent in &mut self.agents {
+            agent.process.kill();
+        }
+        self.coordinator.kill();
+        if std::env::var_os("VMM_E2E_KEEP").is_some()
+            && let Some(dir) = self.dir.take()
+        {
+            eprintln!("VMM_E2E_KEEP is set: keeping {}", dir.keep().display());
+        }
+    }
+}
+
+/// Two distinct free loopback ports. Both listeners are held until both ports are chosen, so
+/// the two cannot be the same; the coordinator binds them moments later.
+fn free_port_pair() -> Result<(SocketAddr, SocketAddr)> {
+    let first = TcpListener::bind("127.0.0.1:0")?;
+    let second = TcpListener::bind("127.0.0.1:0")?;
+    Ok((first.local_addr()?, second.local_addr()?))
+}
+
+/// A random alphanumeric secret (two v4 UUIDs: 244 random bits).
+pub fn random_secret() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+fn make_traversable(path: &Path) -> Result<()> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("cannot chmod 0755 {}", path.display()))
+}

@@ -1,0 +1,125 @@
+//! Looking at the real host through `virsh -c qemu:///system`, the way an operator would:
+//! to check that what the API says is true on the host, and to change the host behind the
+//! product's back (`virsh destroy`). Also cleans up what a failed QEMU test left behind.
+
+use std::process::{Command, Output};
+
+use anyhow::{Context, Result, bail};
+
+use crate::cluster::QEMU_SYSTEM_URI;
+
+/// Runs `virsh -c qemu:///system <args>` and returns its output, whatever its exit status.
+pub async fn virsh(args: &[&str]) -> Result<Output> {
+    tokio::process::Command::new("virsh")
+        .arg("-c")
+        .arg(QEMU_SYSTEM_URI)
+        .args(args)
+        .output()
+        .await
+        .context("cannot run virsh (is libvirt-clients installed? run scripts/setup-host.sh)")
+}
+
+/// Runs virsh and returns its stdout, failing (with stderr) when it fails.
+pub async fn virsh_ok(args: &[&str]) -> Result<String> {
+    let output = virsh(args).await?;
+    if !output.status.success() {
+        bail!(
+            "virsh {} failed ({}): {}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Panics, naming the fix, unless libvirtd with the QEMU driver answers. Real-QEMU tests
+/// are never silently skipped.
+pub async fn require_qemu_system() {
+    let answer = virsh(&["version"]).await;
+    match answer {
+        Ok(output) if output.status.success() => {}
+        Ok(output) => panic!(
+            "`virsh -c {QEMU_SYSTEM_URI} version` failed: {}\n\
+             libvirtd with the QEMU driver is required for this test: run scripts/setup-host.sh \
+             as root (it installs libvirt and QEMU and starts libvirtd)",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ),
+        Err(err) => panic!(
+            "{err:#}\nlibvirtd with the QEMU driver is required for this test: run \
+             scripts/setup-host.sh as root"
+        ),
+    }
+}
+
+/// Panics, naming the fix, unless libvirtd has its storage driver: the agent keeps VM disks
+/// in a libvirt storage pool.
+pub async fn require_storage_driver() {
+    let output = virsh(&["pool-list", "--all"]).await.expect("virsh runs");
+    assert!(
+        output.status.success(),
+        "`virsh -c {QEMU_SYSTEM_URI} pool-list` failed: {}\n\
+         libvirtd needs its storage driver (Debian package libvirt-daemon-driver-storage), \
+         loaded: run scripts/setup-host.sh as root, and restart libvirtd if it was already running",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+}
+
+/// `virsh domstate <domain>`, e.g. `running` or `shut off`.
+pub async fn domstate(domain: &str) -> Result<String> {
+    Ok(virsh_ok(&["domstate", domain]).await?.trim().to_owned())
+}
+
+/// Whether libvirt knows a domain of this name (`virsh dominfo` succeeds).
+pub async fn domain_exists(domain: &str) -> Result<bool> {
+    Ok(virsh(&["dominfo", domain]).await?.status.success())
+}
+
+/// `virsh dumpxml <domain>`.
+pub async fn dumpxml(domain: &str) -> Result<String> {
+    virsh_ok(&["dumpxml", domain]).await
+}
+
+/// `virsh destroy <domain>`: a hard power-off that the product did not ask for.
+pub async fn destroy(domain: &str) -> Result<()> {
+    virsh_ok(&["destroy", domain]).await.map(drop)
+}
+
+/// Removes, on drop, the domains and the storage pool a QEMU test may have left on the host
+/// when it failed half-way. Each step is allowed to fail (usually: the thing is already gone).
+#[derive(Debug)]
+pub struct QemuLeftovers {
+    pool: String,
+    domains: Vec<String>,
+}
+
+impl QemuLeftovers {
+    pub fn new(pool: &str) -> Self {
+        Self {
+            pool: pool.to_owned(),
+            domains: Vec::new(),
+        }
+    }
+
+    pub fn add_domain(&mut self, domain: &str) {
+        self.domains.push(domain.to_owned());
+    }
+}
+
+impl Drop for QemuLeftovers {
+    fn drop(&mut self) {
+        let run = |args: &[&str]| {
+            let _ = Command::new("virsh")
+                .arg("-c")
+                .arg(QEMU_SYSTEM_URI)
+                .args(args)
+                .output();
+        };
+        for domain in &self.domains {
+            run(&["destroy", domain]);
+            run(&["undefine", domain, "--remove-all-storage"]);
+        }
+        run(&["pool-destroy", &self.pool]);
+        run(&["pool-undefine", &self.pool]);
+    }
+}

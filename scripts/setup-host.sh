@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs and starts everything the project needs on a fresh Debian 12 machine:
 # libvirt + QEMU (from bookworm-backports, see HOST-SETUP facts in docs), protoc,
-# pkg-config. Idempotent: safe to run again. Needs root.
+# pkg-config, Prometheus (promtool and the server, for the metrics tests). Idempotent:
+# safe to run again. Needs root.
 set -euo pipefail
 
 if [[ $(id -u) -ne 0 ]]; then
@@ -17,7 +18,7 @@ if [[ -f $sources ]] && ! grep -q 'bookworm-backports' "$sources"; then
 fi
 
 need_install=0
-for bin in virsh libvirtd qemu-system-x86_64 protoc pkg-config qemu-io; do
+for bin in virsh libvirtd qemu-system-x86_64 protoc pkg-config qemu-io prometheus promtool; do
     command -v "$bin" >/dev/null 2>&1 || need_install=1
 done
 [[ -f /usr/include/libvirt/libvirt.h ]] || need_install=1
@@ -31,7 +32,8 @@ if [[ $need_install -eq 1 ]]; then
         libvirt-dev libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu \
         libvirt-daemon-driver-storage \
         qemu-system-x86 qemu-utils pkg-config
-    apt-get install -y -q --no-install-recommends protobuf-compiler procps
+    # prometheus: the metrics tests run promtool and a real Prometheus server.
+    apt-get install -y -q --no-install-recommends protobuf-compiler procps prometheus
 fi
 
 # Without these owner/mode bits libvirt re-probes QEMU on every define (about 52 s each).

@@ -7,6 +7,10 @@
 //!   finished operations is bounded and lives only as long as the process.
 //! - Only domains the product created (carrying our metadata) are ever changed.
 //! - Failures are mapped to the protocol's `ErrorKind` here, in one place.
+//!
+//! Snapshot commands live in [`snapshots`] and follow the same rules.
+
+mod snapshots;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -16,7 +20,7 @@ use tokio::time::Instant;
 use vmm_proto::command::Action;
 use vmm_proto::{
     Command, CommandError, CommandResult, CreateVm, DomainReport, ErrorKind, PowerState,
-    command_result,
+    SnapshotReport, command_result,
 };
 use vmm_shared::{VmId, VmSize, validate_resource_name};
 
@@ -87,9 +91,9 @@ impl CommandExecutor {
                 tracing::info!(%operation_id, %vm_id, action = action_name, "executing command");
                 let outcome = self.run(vm_id, action).await;
                 match &outcome {
-                    Ok(report) => tracing::info!(
+                    Ok(done) => tracing::info!(
                         %operation_id, %vm_id, action = action_name,
-                        state = ?report.state(), "command done"
+                        state = ?done.domain.state(), "command done"
                     ),
                     Err(failure) => tracing::warn!(
                         %operation_id, %vm_id, action = action_name,
@@ -97,9 +101,10 @@ impl CommandExecutor {
                     ),
                 }
                 let result = match outcome {
-                    Ok(report) => CommandResult {
+                    Ok(done) => CommandResult {
                         operation_id: operation_id.clone(),
-                        outcome: Some(command_result::Outcome::Domain(report)),
+                        outcome: Some(command_result::Outcome::Domain(done.domain)),
+                        snapshot: done.snapshot,
                     },
                     Err(failure) => failure_result(operation_id.clone(), &failure),
                 };
@@ -113,8 +118,8 @@ impl CommandExecutor {
         result
     }
 
-    async fn run(&self, vm_id: VmId, action: Action) -> Result<DomainReport, CommandFailure> {
-        match action {
+    async fn run(&self, vm_id: VmId, action: Action) -> Result<Done, CommandFailure> {
+        let domain = match action {
             Action::Create(create) => self.create(vm_id, create).await,
             Action::Start(_) => {
                 self.require_state(
@@ -142,7 +147,20 @@ impl CommandExecutor {
                 self.report(vm_id).await
             }
             Action::Delete(_) => self.delete(vm_id).await,
-        }
+            Action::CreateSnapshot(create) => {
+                return self.create_snapshot(vm_id, &create.snapshot_id).await;
+            }
+            Action::RestoreSnapshot(restore) => {
+                self.restore_snapshot(vm_id, &restore.snapshot_id).await
+            }
+            Action::DeleteSnapshot(delete) => {
+                self.delete_snapshot(vm_id, &delete.snapshot_id).await
+            }
+        }?;
+        Ok(Done {
+            domain,
+            snapshot: None,
+        })
     }
 
     async fn create(&self, vm_id: VmId, create: CreateVm) -> Result<DomainReport, CommandFailure> {
@@ -316,7 +334,19 @@ fn action_name(action: &Action) -> &'static str {
         Action::ForceStop(_) => "force_stop",
         Action::Reboot(_) => "reboot",
         Action::Delete(_) => "delete",
+        Action::CreateSnapshot(_) => "create_snapshot",
+        Action::RestoreSnapshot(_) => "restore_snapshot",
+        Action::DeleteSnapshot(_) => "delete_snapshot",
     }
+}
+
+/// What a successful command produced.
+#[derive(Debug)]
+struct Done {
+    /// The domain as the command left it.
+    domain: DomainReport,
+    /// The snapshot a `CreateSnapshot` made.
+    snapshot: Option<SnapshotReport>,
 }
 
 /// Results of the last [`REMEMBERED_OPERATIONS`] operations, by operation ID.
@@ -387,6 +417,7 @@ fn failure_result(operation_id: String, failure: &CommandFailure) -> CommandResu
             kind: failure.kind.into(),
             message: failure.message.clone(),
         })),
+        snapshot: None,
     }
 }
 
@@ -397,7 +428,7 @@ mod tests {
     use super::*;
     use crate::hypervisor::libvirt::test_driver_tests::open_test_host;
 
-    async fn test_driver_executor() -> CommandExecutor {
+    pub(super) async fn test_driver_executor() -> CommandExecutor {
         let hypervisor = HypervisorHandle::spawn(|| Ok(open_test_host()))
             .await
             .unwrap();
@@ -408,7 +439,7 @@ mod tests {
         )
     }
 
-    fn command(operation_id: &str, vm_id: VmId, action: Action) -> Command {
+    pub(super) fn command(operation_id: &str, vm_id: VmId, action: Action) -> Command {
         Command {
             operation_id: operation_id.into(),
             vm_id: vm_id.to_string(),
@@ -416,7 +447,7 @@ mod tests {
         }
     }
 
-    fn create(name: &str) -> Action {
+    pub(super) fn create(name: &str) -> Action {
         Action::Create(CreateVm {
             name: name.into(),
             cpu: 1,
@@ -426,14 +457,14 @@ mod tests {
         })
     }
 
-    fn domain_of(result: &CommandResult) -> &DomainReport {
+    pub(super) fn domain_of(result: &CommandResult) -> &DomainReport {
         match &result.outcome {
             Some(command_result::Outcome::Domain(domain)) => domain,
             other => panic!("expected a domain, got {other:?}"),
         }
     }
 
-    fn error_kind_of(result: &CommandResult) -> ErrorKind {
+    pub(super) fn error_kind_of(result: &CommandResult) -> ErrorKind {
         match &result.outcome {
             Some(command_result::Outcome::Error(error)) => error.kind(),
             other => panic!("expected an error, got {other:?}"),
@@ -576,6 +607,7 @@ mod tests {
                 CommandResult {
                     operation_id: format!("op-{n}"),
                     outcome: None,
+                    snapshot: None,
                 },
             );
         }

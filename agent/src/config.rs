@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::fs;
+use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -60,6 +61,16 @@ pub struct Args {
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Address of the Prometheus endpoint (`GET /metrics`). Loopback by default: bind a
+    /// reachable address only where the network is trusted.
+    #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:9177")]
+    pub metrics_addr: SocketAddr,
+
+    /// How often libvirt statistics are collected for `/metrics` while someone scrapes;
+    /// 0 collects during every scrape instead.
+    #[arg(long, env = "METRICS_SAMPLE_INTERVAL_MS", default_value_t = 5000)]
+    pub metrics_sample_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -134,6 +145,7 @@ pub struct AgentConfig {
     pub poll_interval: Duration,
     pub heartbeat_interval: Duration,
     pub log_format: LogFormat,
+    pub metrics: crate::metrics::MetricsSettings,
 }
 
 impl AgentConfig {
@@ -190,6 +202,10 @@ impl AgentConfig {
                 "HEARTBEAT_INTERVAL_MS (--heartbeat-interval-ms)",
             )?,
             log_format: args.log_format,
+            metrics: crate::metrics::MetricsSettings {
+                addr: args.metrics_addr,
+                sample_interval: Duration::from_millis(args.metrics_sample_interval_ms),
+            },
         })
     }
 
@@ -287,5 +303,25 @@ mod tests {
             config.agent_token.bearer_header().to_str().unwrap(),
             "Bearer s3cret-value"
         );
+    }
+
+    #[test]
+    fn metrics_listen_on_loopback_unless_told_otherwise() {
+        let config = AgentConfig::from_args(args(&["--agent-token", "t"])).unwrap();
+        assert_eq!(config.metrics.addr, "127.0.0.1:9177".parse().unwrap());
+        assert_eq!(config.metrics.sample_interval, Duration::from_secs(5));
+        let config = AgentConfig::from_args(args(&[
+            "--agent-token",
+            "t",
+            "--metrics-addr",
+            "[::1]:9999",
+            "--metrics-sample-interval-ms",
+            "0",
+        ]))
+        .unwrap();
+        assert_eq!(config.metrics.addr, "[::1]:9999".parse().unwrap());
+        assert!(config.metrics.sample_interval.is_zero());
+        let refused = Args::try_parse_from(["agent", "--metrics-addr", "nowhere"]).unwrap_err();
+        assert!(refused.to_string().contains("--metrics-addr"), "{refused}");
     }
 }

@@ -9,6 +9,7 @@
 //! - [`poller`]: the periodic look at every domain.
 //! - [`commands`]: executing the coordinator's commands.
 //! - [`stream`]: the session with the coordinator.
+//! - [`metrics`]: the Prometheus endpoint (per-domain statistics, host, agent health).
 //!
 //! The agent never stops a VM on its own: not when the coordinator is away, not on exit.
 #![forbid(unsafe_code)]
@@ -16,6 +17,7 @@
 mod commands;
 mod config;
 mod hypervisor;
+mod metrics;
 mod poller;
 mod state;
 mod stream;
@@ -23,6 +25,7 @@ mod stream;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -30,6 +33,7 @@ use crate::commands::CommandExecutor;
 use crate::config::{AgentConfig, Args, LogFormat};
 use crate::hypervisor::HypervisorHandle;
 use crate::hypervisor::libvirt::{LibvirtHost, LibvirtSettings};
+use crate::metrics::MetricsService;
 use crate::poller::StatePoller;
 use crate::state::StateTracker;
 use crate::stream::{CoordinatorLink, SessionSettings};
@@ -64,6 +68,11 @@ fn init_tracing(format: LogFormat) {
 
 async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let images_dir = config.prepare_data_dir()?;
+    let recorder = metrics::agent::install().context("cannot set up the agent's metrics")?;
+    let metrics_addr = config.metrics.addr;
+    let metrics_listener = tokio::net::TcpListener::bind(metrics_addr)
+        .await
+        .with_context(|| format!("METRICS_ADDR (--metrics-addr) {metrics_addr} cannot be bound"))?;
     // libvirt's default error handler prints every error to stderr; the agent reports
     // errors itself.
     virt::error::clear_error_callback();
@@ -74,6 +83,13 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
         images_dir,
     };
     let hypervisor = HypervisorHandle::spawn(move || LibvirtHost::open(libvirt_settings)).await?;
+
+    let metrics_service = MetricsService::new(
+        hypervisor.clone(),
+        config.metrics.sample_interval,
+        Some(recorder),
+    );
+    tracing::info!(addr = %metrics_addr, "serving metrics at /metrics");
 
     let tracker = Arc::new(StateTracker::new());
     let poller = Arc::new(StatePoller::new(hypervisor.clone(), Arc::clone(&tracker)));
@@ -105,6 +121,10 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
     tokio::select! {
         () = async move { poller.run(poll_interval).await } => {}
         () = link.run() => {}
+        served = metrics::serve(metrics_listener, Arc::clone(&metrics_service)) => {
+            served.context("the metrics endpoint stopped")?;
+        }
+        () = metrics_service.run_collector() => {}
         signal = shutdown_signal() => {
             signal?;
             tracing::info!("shutting down; VMs keep running");

@@ -5,15 +5,17 @@
 //!
 //! Polling only reads; it never changes a domain.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::broadcast;
 use vmm_proto::DomainReport;
+use vmm_shared::VmId;
 
-use crate::hypervisor::{HypervisorError, HypervisorHandle};
-use crate::state::StateTracker;
+use crate::hypervisor::{FailureKind, HypervisorError, HypervisorHandle};
+use crate::state::{StateTracker, snapshot_report};
 
 /// How many unsent changes a slow session may fall behind before it resends everything.
 const CHANGE_BUFFER: usize = 1024;
@@ -62,6 +64,44 @@ impl StatePoller {
             let _ = self.changes.send(change);
         }
         Ok(())
+    }
+
+    /// Every domain's latest report, after a fresh poll, with the snapshots of every product
+    /// VM: what a registration sends. Fails rather than leave snapshots out, because the
+    /// coordinator reconciles its snapshot records against this list.
+    pub async fn inventory(&self) -> Result<Vec<DomainReport>, HypervisorError> {
+        self.poll_once().await?;
+        let mut reports = self.tracker.reports();
+        let vm_ids: Vec<VmId> = reports
+            .iter()
+            .filter_map(|report| report.vm_id.parse().ok())
+            .collect();
+        let mut snapshots = self
+            .hypervisor
+            .call(move |hv| {
+                let mut by_vm = HashMap::with_capacity(vm_ids.len());
+                for vm_id in vm_ids {
+                    match hv.list_snapshots(vm_id) {
+                        Ok(snapshots) => {
+                            by_vm.insert(vm_id, snapshots);
+                        }
+                        // Deleted since the poll; the next poll reports it absent.
+                        Err(error) if error.kind == FailureKind::NotFound => {}
+                        Err(error) => return Err(error),
+                    }
+                }
+                Ok(by_vm)
+            })
+            .await?;
+        for report in &mut reports {
+            let Ok(vm_id) = report.vm_id.parse::<VmId>() else {
+                continue;
+            };
+            if let Some(observed) = snapshots.remove(&vm_id) {
+                report.snapshots = observed.iter().map(snapshot_report).collect();
+            }
+        }
+        Ok(reports)
     }
 
     /// Polls forever, every `interval`.

@@ -15,9 +15,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use vmm_proto::{DomainReport, PowerState};
+use vmm_proto::{DomainReport, PowerState, SnapshotReport};
 
-use crate::hypervisor::ObservedDomain;
+use crate::hypervisor::{ObservedDomain, ObservedSnapshot};
 
 /// Issues generations: strictly increasing, and never below the wall clock in microseconds.
 #[derive(Debug)]
@@ -178,6 +178,17 @@ fn report_of(domain: &ObservedDomain, generation: u64) -> DomainReport {
         cpu: domain.cpu,
         memory_mib: domain.memory_mib,
         detail: domain.detail.clone(),
+        // Only inventories carry snapshots (see `StatePoller::inventory`).
+        snapshots: Vec::new(),
+    }
+}
+
+/// How a snapshot is described to the coordinator.
+pub fn snapshot_report(snapshot: &ObservedSnapshot) -> SnapshotReport {
+    SnapshotReport {
+        snapshot_id: snapshot.snapshot_id.to_string(),
+        taken_in_state: snapshot.taken_in_state.into(),
+        created_at_unix: snapshot.created_at_unix,
     }
 }
 

@@ -22,6 +22,7 @@ use vmm_shared::HostId;
 use crate::commands::CommandExecutor;
 use crate::config::AgentToken;
 use crate::hypervisor::{HypervisorError, HypervisorHandle};
+use crate::metrics::agent as agent_metrics;
 use crate::poller::StatePoller;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -105,6 +106,7 @@ impl CoordinatorLink {
             let outcome = self.run_session(&mut registered).await;
             if registered {
                 retry_delay = FIRST_RETRY_DELAY;
+                agent_metrics::session_ended();
             }
             match outcome {
                 Err(error @ SessionError::Unauthenticated(_)) => {
@@ -165,6 +167,7 @@ impl CoordinatorLink {
             None => return Err(SessionError::Closed),
         };
         *registered = true;
+        agent_metrics::session_registered();
         tracing::info!(
             coordinator = %self.settings.coordinator_url,
             host_id = %self.settings.host_id,
@@ -201,7 +204,10 @@ impl CoordinatorLink {
                         // Runs to the end even if the session drops meanwhile: its result is
                         // remembered and answers the coordinator's re-send.
                         tokio::spawn(async move {
+                            let kind = agent_metrics::command_kind(&command);
+                            let started = std::time::Instant::now();
                             let result = executor.execute(command).await;
+                            agent_metrics::command_finished(kind, &result, started.elapsed());
                             let _ = send(&outgoing, AgentBody::CommandResult(result)).await;
                         });
                     }
@@ -216,7 +222,7 @@ impl CoordinatorLink {
     }
 
     async fn registration(&self) -> Result<Register, SessionError> {
-        self.poller.poll_once().await?;
+        let inventory = self.poller.inventory().await?;
         let facts = self.hypervisor.call(|hv| hv.host_facts()).await?;
         Ok(Register {
             host_id: self.settings.host_id.to_string(),
@@ -229,7 +235,7 @@ impl CoordinatorLink {
             libvirt_version: facts.libvirt_version,
             hypervisor: facts.hypervisor,
             kvm_usable: facts.kvm_usable,
-            inventory: self.poller.tracker().reports(),
+            inventory,
         })
     }
 

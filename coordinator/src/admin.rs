@@ -12,12 +12,11 @@ use sqlx::Row;
 use vmm_shared::UserId;
 
 use crate::app::AppState;
-use crate::auth::CurrentUser;
+use crate::auth::AdminUser;
 use crate::db;
 use crate::error::ApiError;
 use crate::http::ApiJson;
 use crate::quotas::QuotaUsage;
-use crate::quotas::store as quota_store;
 use crate::users::{self, Role};
 
 #[derive(Debug, Serialize)]
@@ -31,27 +30,40 @@ pub struct AdminUserView {
 
 pub async fn list_users(
     State(app): State<AppState>,
-    user: CurrentUser,
+    AdminUser(_admin): AdminUser,
 ) -> Result<Json<Vec<AdminUserView>>, ApiError> {
-    user.require_admin()?;
-    let mut conn = app.db.acquire().await?;
-    let rows = sqlx::query("SELECT id FROM users ORDER BY created_at, username")
-        .fetch_all(&mut *conn)
-        .await?;
+    // One query, one connection: usage is summed alongside each user.
+    let rows = sqlx::query(
+        "SELECT u.id, u.username, u.role, u.created_at,
+                (SELECT COUNT(*) FROM vms v WHERE v.owner_id = u.id) AS vms,
+                (SELECT COALESCE(SUM(cpu), 0) FROM vms v WHERE v.owner_id = u.id) AS cpu,
+                (SELECT COALESCE(SUM(memory_mib), 0) FROM vms v WHERE v.owner_id = u.id) AS memory,
+                (SELECT COALESCE(SUM(disk_gb), 0) FROM vms v WHERE v.owner_id = u.id) AS disk_gb,
+                (SELECT COUNT(*) FROM snapshots s WHERE s.owner_id = u.id) AS snapshots
+         FROM users u ORDER BY u.created_at, u.username",
+    )
+    .fetch_all(&app.db)
+    .await?;
+    let count = |row: &sqlx::sqlite::SqliteRow, column: &str| -> Result<u64, sqlx::Error> {
+        Ok(row.try_get::<i64, _>(column)?.max(0) as u64)
+    };
     let mut views = Vec::with_capacity(rows.len());
-    for row in rows {
+    for row in &rows {
         let id: String = row.try_get("id")?;
-        let id: UserId = id.parse().map_err(ApiError::internal)?;
-        let Some(account) = users::store::find_by_id(&app.db, id).await? else {
-            continue;
-        };
-        let usage = quota_store::usage(&mut conn, id).await?;
+        let role: String = row.try_get("role")?;
         views.push(AdminUserView {
-            id,
-            username: account.username,
-            role: account.role,
-            created_at: account.created_at,
-            usage,
+            id: id.parse().map_err(ApiError::internal)?,
+            username: row.try_get("username")?,
+            role: Role::parse(&role)
+                .ok_or_else(|| ApiError::internal(anyhow::anyhow!("bad role {role:?}")))?,
+            created_at: row.try_get("created_at")?,
+            usage: QuotaUsage {
+                vms: count(row, "vms")?,
+                cpu: count(row, "cpu")?,
+                memory: count(row, "memory")?,
+                disk_gb: count(row, "disk_gb")?,
+                snapshots: count(row, "snapshots")?,
+            },
         });
     }
     Ok(Json(views))
@@ -86,11 +98,10 @@ async fn admin_count(tx: &mut db::DbTransaction) -> Result<i64, sqlx::Error> {
 
 pub async fn set_role(
     State(app): State<AppState>,
-    user: CurrentUser,
+    AdminUser(user): AdminUser,
     Path(id): Path<String>,
     ApiJson(change): ApiJson<RoleChange>,
 ) -> Result<Json<RoleView>, ApiError> {
-    user.require_admin()?;
     let target = target_user(&app, &id).await?;
     let mut tx = db::begin_write(&app.db).await?;
     if target.role == Role::Admin && change.role != Role::Admin && admin_count(&mut tx).await? <= 1
@@ -115,10 +126,9 @@ pub async fn set_role(
 
 pub async fn delete_user(
     State(app): State<AppState>,
-    user: CurrentUser,
+    AdminUser(user): AdminUser,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    user.require_admin()?;
     let target = target_user(&app, &id).await?;
     let mut tx = db::begin_write(&app.db).await?;
     let owned: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM vms WHERE owner_id = ?")

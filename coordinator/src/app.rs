@@ -17,8 +17,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tower_http::request_id::{
     MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
-use tracing::Level;
+use tower_http::trace::TraceLayer;
 use vmm_proto::agent_control_server::AgentControlServer;
 
 use crate::agents::AgentControlService;
@@ -28,7 +27,7 @@ use crate::db::{self, Db};
 use crate::hosts::{self, AgentRegistry};
 use crate::quotas::QuotaLimits;
 use crate::ratelimit::{self, RateLimits};
-use crate::{admin, health, http, operations, quotas, telemetry, users, vms};
+use crate::{admin, health, http, operations, quotas, snapshots, telemetry, users, vms};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 /// Largest request body the REST API reads.
@@ -62,9 +61,27 @@ pub fn router(state: AppState) -> Router {
         .route("/api/metrics", get(telemetry::scrape))
         .route("/api/auth/register", post(users::routes::register))
         .route("/api/auth/login", post(users::routes::login))
-        .route("/api/vms", get(vms::routes::list_vms).post(vms::routes::create_vm))
-        .route("/api/vms/{id}", get(vms::routes::get_vm).delete(vms::routes::delete_vm))
+        .route(
+            "/api/vms",
+            get(vms::routes::list_vms).post(vms::routes::create_vm),
+        )
+        .route(
+            "/api/vms/{id}",
+            get(vms::routes::get_vm).delete(vms::routes::delete_vm),
+        )
         .route("/api/vms/{id}/action", post(vms::routes::vm_action))
+        .route(
+            "/api/vms/{id}/snapshots",
+            get(snapshots::routes::list_snapshots).post(snapshots::routes::create_snapshot),
+        )
+        .route(
+            "/api/snapshots/{id}/restore",
+            post(snapshots::routes::restore_snapshot),
+        )
+        .route(
+            "/api/snapshots/{id}",
+            delete(snapshots::routes::delete_snapshot),
+        )
         .route("/api/operations/{id}", get(operations::get_operation))
         .route("/api/hosts", get(hosts::routes::list_hosts))
         .route("/api/quota", get(quotas::routes::my_quota))
@@ -78,9 +95,14 @@ pub fn router(state: AppState) -> Router {
         .fallback(http::route_not_found)
         .method_not_allowed_fallback(http::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), ratelimit::limit_requests))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ratelimit::limit_requests,
+        ))
         .layer(axum::middleware::from_fn(telemetry::track_http))
         .layer(
+            // One line per request, carrying its request ID and, for a state-changing
+            // request, its operation ID.
             TraceLayer::new_for_http()
                 .make_span_with(|request: &Request<_>| {
                     let request_id = request
@@ -88,10 +110,34 @@ pub fn router(state: AppState) -> Router {
                         .get::<RequestId>()
                         .and_then(|id| id.header_value().to_str().ok())
                         .unwrap_or("-");
-                    tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id)
+                    tracing::info_span!(
+                        "request",
+                        method = %request.method(),
+                        path = %request.uri().path(),
+                        request_id,
+                        operation_id = tracing::field::Empty,
+                    )
                 })
                 .on_request(())
-                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+                .on_response(
+                    |response: &axum::http::Response<_>,
+                     latency: Duration,
+                     span: &tracing::Span| {
+                        if let Some(operation) = response
+                            .headers()
+                            .get(vms::routes::OPERATION_ID_HEADER)
+                            .and_then(|value| value.to_str().ok())
+                        {
+                            span.record("operation_id", operation);
+                        }
+                        tracing::info!(
+                            status = response.status().as_u16(),
+                            latency_ms = latency.as_millis() as u64,
+                            "request finished"
+                        );
+                    },
+                )
+                .on_failure(()),
         )
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
@@ -141,10 +187,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(http = %http_listener.local_addr()?, grpc = %grpc_listener.local_addr()?, "coordinator listening");
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(forget_idle_rate_limit_keys(
-        state.rate_limits.clone(),
-        stop_rx.clone(),
-    ));
+    tokio::spawn(upkeep(state.clone(), stop_rx.clone()));
     let http_server = {
         let stop = stopped(stop_rx.clone());
         let service = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
@@ -181,13 +224,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Keys whose budget has refilled are indistinguishable from new ones; dropping them keeps
-/// the limiter's memory proportional to the clients active in the last minute or so.
-async fn forget_idle_rate_limit_keys(limits: Arc<RateLimits>, mut stop: watch::Receiver<bool>) {
+/// Periodic housekeeping. Rate-limit keys whose budget has refilled are indistinguishable
+/// from new ones: dropping them keeps the limiter's memory proportional to the clients active
+/// in the last minute or so. Idempotency keys past their retention are forgotten.
+async fn upkeep(state: AppState, mut stop: watch::Receiver<bool>) {
     let mut every = tokio::time::interval(Duration::from_secs(30));
     loop {
         tokio::select! {
-            _ = every.tick() => limits.forget_idle(),
+            _ = every.tick() => {
+                state.rate_limits.forget_idle();
+                if let Err(err) = crate::idempotency::forget_expired(&state.db).await {
+                    tracing::warn!(error = %err, "cannot forget expired idempotency keys");
+                }
+            }
             _ = stop.changed() => return,
         }
     }

@@ -73,6 +73,19 @@ impl ApiError {
         }
     }
 
+    /// The JSON body clients get: `{"code", "message"}`, plus the quota fields for a
+    /// quota refusal.
+    pub fn body(&self) -> serde_json::Value {
+        let mut body = json!({ "code": self.status().as_u16(), "message": self.to_string() });
+        if let ApiError::QuotaExceeded(exceeded) = self {
+            body["resource"] = json!(exceeded.resource);
+            body["current"] = json!(exceeded.current);
+            body["limit"] = json!(exceeded.limit);
+            body["requested"] = json!(exceeded.requested);
+        }
+        body
+    }
+
     pub fn internal(err: impl Into<anyhow::Error>) -> Self {
         ApiError::Internal(err.into())
     }
@@ -93,14 +106,7 @@ impl IntoResponse for ApiError {
                 "request failed with an internal error"
             );
         }
-        let mut body = json!({ "code": status.as_u16(), "message": self.to_string() });
-        if let ApiError::QuotaExceeded(exceeded) = &self {
-            body["resource"] = json!(exceeded.resource);
-            body["current"] = json!(exceeded.current);
-            body["limit"] = json!(exceeded.limit);
-            body["requested"] = json!(exceeded.requested);
-        }
-        let mut response = (status, Json(body)).into_response();
+        let mut response = (status, Json(self.body())).into_response();
         if let ApiError::TooManyRequests {
             retry_after_secs, ..
         } = &self

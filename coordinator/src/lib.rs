@@ -10,9 +10,11 @@
 //! - [`auth`]: passwords, tokens, the `CurrentUser` extractor
 //! - [`users`]: register and login
 //! - [`vms`]: VM routes, records, lifecycle rules, host reports
+//! - [`snapshots`]: VM snapshots
 //! - [`hosts`]: connected agents, host records, the scheduler
 //! - [`agents`]: the agent stream
 //! - [`operations`]: operation records
+//! - [`idempotency`]: `Idempotency-Key` for client retries
 //! - [`quotas`]: per-user limits and usage
 //! - [`admin`]: user administration
 //! - [`telemetry`]: Prometheus metrics
@@ -29,9 +31,11 @@ pub mod error;
 pub mod health;
 pub mod hosts;
 pub mod http;
+pub mod idempotency;
 pub mod operations;
 pub mod quotas;
 pub mod ratelimit;
+pub mod snapshots;
 pub mod telemetry;
 pub mod users;
 pub mod vms;

@@ -21,6 +21,9 @@ pub enum OperationKind {
     ForceStop,
     Reboot,
     Delete,
+    SnapshotCreate,
+    SnapshotRestore,
+    SnapshotDelete,
 }
 
 impl OperationKind {
@@ -32,6 +35,9 @@ impl OperationKind {
             OperationKind::ForceStop => "force_stop",
             OperationKind::Reboot => "reboot",
             OperationKind::Delete => "delete",
+            OperationKind::SnapshotCreate => "snapshot_create",
+            OperationKind::SnapshotRestore => "snapshot_restore",
+            OperationKind::SnapshotDelete => "snapshot_delete",
         }
     }
 }
@@ -111,6 +117,17 @@ pub async fn fail_all_pending(tx: &mut DbTransaction, reason: &str) -> Result<u6
         .execute(&mut **tx)
         .await?;
     Ok(done.rows_affected())
+}
+
+/// Whether the VM's create was ever acknowledged by its host.
+pub async fn create_succeeded(db: &Db, vm: VmId) -> Result<bool, sqlx::Error> {
+    let succeeded: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM operations WHERE vm_id = ? AND kind = 'create' AND status = 'succeeded'",
+    )
+    .bind(vm.to_string())
+    .fetch_one(db)
+    .await?;
+    Ok(succeeded > 0)
 }
 
 #[derive(Debug, Serialize)]

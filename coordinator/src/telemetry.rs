@@ -18,7 +18,9 @@ use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use metrics::{counter, gauge, histogram};
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sqlx::Row;
 use vmm_shared::VmStatus;
@@ -31,13 +33,96 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
-/// Installs the process-wide recorder. Call once, at start.
+/// Installs the process-wide recorder and describes every metric. Call once, at start.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
-    PrometheusBuilder::new()
+    let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
         .context("invalid histogram buckets")?
         .install_recorder()
-        .context("cannot install the metrics recorder")
+        .context("cannot install the metrics recorder")?;
+    describe();
+    Ok(handle)
+}
+
+/// The HELP text of every metric the coordinator exposes.
+fn describe() {
+    describe_counter!(
+        "http_requests_total",
+        "HTTP requests, by method, route template and status."
+    );
+    describe_histogram!(
+        "http_request_duration_seconds",
+        Unit::Seconds,
+        "HTTP request latency."
+    );
+    describe_counter!(
+        "rate_limited_requests_total",
+        "Requests refused with 429, by route template."
+    );
+    describe_gauge!("vm_total", "VMs that exist, by status.");
+    describe_gauge!("vm_cpu_cores", "vCPUs of the VMs that exist, by status.");
+    describe_gauge!(
+        "vm_memory_mb",
+        "Memory (MiB) of the VMs that exist, by status."
+    );
+    describe_counter!("vm_create_total", "VMs created successfully.");
+    describe_counter!("vm_delete_total", "VMs deleted successfully.");
+    describe_counter!("vm_snapshot_total", "Snapshots taken successfully.");
+    describe_counter!(
+        "vm_snapshot_restore_total",
+        "Snapshots restored successfully."
+    );
+    describe_gauge!("user_total", "User accounts.");
+    describe_counter!("user_login_total", "Successful logins.");
+    describe_counter!(
+        "user_login_failures_total",
+        "Refused logins (wrong user name or password)."
+    );
+    describe_gauge!(
+        "agents_connected",
+        "Agents with an open stream to this coordinator."
+    );
+    describe_gauge!(
+        "rate_limit_tracked_keys",
+        "Clients, users and user names the rate limiter tracks now."
+    );
+    describe_gauge!(
+        "host_connected",
+        "1 while the host's agent is connected, else 0."
+    );
+    describe_gauge!(
+        "libvirt_connection_status",
+        "1 while the host's agent reports a working libvirt connection, else 0."
+    );
+    describe_gauge!("host_cpus", "Physical CPUs of the host.");
+    describe_gauge!("host_memory_mib", "Memory of the host, MiB.");
+    describe_gauge!(
+        "host_disk_gb",
+        "Capacity of the host's VM storage pool, GB."
+    );
+    describe_gauge!("host_allocated_cpu", "vCPUs allocated to VMs on the host.");
+    describe_gauge!(
+        "host_allocated_memory_mib",
+        "Memory allocated to VMs on the host, MiB."
+    );
+    describe_gauge!(
+        "host_allocated_disk_gb",
+        "Disk allocated to VMs on the host, GB."
+    );
+    describe_gauge!("host_vms", "VMs recorded on the host.");
+    describe_counter!(
+        "operations_total",
+        "Finished operations, by kind and outcome."
+    );
+    describe_histogram!(
+        "operation_duration_seconds",
+        Unit::Seconds,
+        "Operation latency, from request to the host's answer, by kind."
+    );
+    describe_counter!(
+        "quota_rejections_total",
+        "Creates refused for quota, by the resource that was exceeded."
+    );
 }
 
 /// `GET /api/metrics`.

@@ -92,6 +92,7 @@ pub fn sample_report(vm: VmId, state: PowerState, generation: u64) -> DomainRepo
         cpu: 1,
         memory_mib: 128,
         detail: String::new(),
+        snapshots: Vec::new(),
     }
 }
 

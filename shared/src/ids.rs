@@ -57,6 +57,10 @@ uuid_id!(
     UserId
 );
 uuid_id!(
+    /// A VM snapshot, chosen by the coordinator. Also the snapshot's name in libvirt.
+    SnapshotId
+);
+uuid_id!(
     /// One state-changing operation, from the API request to the agent's answer.
     OperationId
 );

@@ -7,6 +7,6 @@ pub mod ids;
 pub mod limits;
 pub mod status;
 
-pub use ids::{HostId, OperationId, UserId, VmId};
+pub use ids::{HostId, OperationId, SnapshotId, UserId, VmId};
 pub use limits::{VmSize, VmSizeError, validate_resource_name};
 pub use status::VmStatus;

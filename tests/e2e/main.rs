@@ -8,8 +8,14 @@
 //! .unwrap()` inside the test function): a failure then panics while the processes still
 //! exist, and the cluster prints the end of their logs.
 
+mod admin;
 mod auth;
 mod bad_input;
 mod lifecycle;
+mod metrics;
 mod qemu;
+mod quotas;
+mod rate_limit;
+mod reliability;
 mod scheduling;
+mod snapshots;

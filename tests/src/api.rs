@@ -83,6 +83,33 @@ pub struct Allocated {
     pub disk_gb: u64,
 }
 
+/// A user's limits, as `GET /api/quota` shows them (`max_memory` in MiB).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub struct QuotaLimits {
+    pub max_vms: u64,
+    pub max_cpu: u64,
+    pub max_memory: u64,
+    pub max_disk_gb: u64,
+    pub max_snapshots: u64,
+}
+
+/// What a user's resources take (`memory` in MiB).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+pub struct QuotaUsage {
+    pub vms: u64,
+    pub cpu: u64,
+    pub memory: u64,
+    pub disk_gb: u64,
+    pub snapshots: u64,
+}
+
+/// `GET /api/quota`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub struct QuotaView {
+    pub quota: QuotaLimits,
+    pub usage: QuotaUsage,
+}
+
 /// Any answer: status, headers, and the body parsed as JSON (`Value::Null` when empty,
 /// `Value::String` with the raw text when it is not JSON).
 #[derive(Debug, Clone)]
@@ -215,10 +242,41 @@ impl Api {
         authorization: Option<&str>,
         body: Option<Vec<u8>>,
     ) -> Result<Response> {
+        self.send_raw_with_headers(method, path, authorization, body, &[])
+            .await
+    }
+
+    /// Sends a request with this client's token (if any), an optional JSON body and extra
+    /// headers (e.g. `X-Forwarded-For`).
+    pub async fn send_with_headers(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Result<Response> {
+        let authorization = self.token.as_ref().map(|token| format!("Bearer {token}"));
+        let bytes = body.map(|body| serde_json::to_vec(body).expect("a Value always serializes"));
+        self.send_raw_with_headers(method, path, authorization.as_deref(), bytes, headers)
+            .await
+    }
+
+    /// As [`Api::send_raw`], with extra headers.
+    pub async fn send_raw_with_headers(
+        &self,
+        method: Method,
+        path: &str,
+        authorization: Option<&str>,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Result<Response> {
         let url = format!("{}{path}", self.base);
         let mut request = self.http.request(method.clone(), &url);
         if let Some(authorization) = authorization {
             request = request.header(AUTHORIZATION, authorization);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         if let Some(body) = body {
             request = request.header(CONTENT_TYPE, "application/json").body(body);
@@ -255,6 +313,31 @@ impl Api {
 
     pub async fn delete(&self, path: &str) -> Result<Response> {
         self.send(Method::DELETE, path, None).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> Result<Response> {
+        self.send(Method::PUT, path, Some(body)).await
+    }
+
+    /// `GET <path>` and the body as text, whatever its type (e.g. Prometheus metrics);
+    /// fails unless the answer is 200.
+    pub async fn get_text(&self, path: &str) -> Result<String> {
+        let url = format!("{}{path}", self.base);
+        let response = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .with_context(|| format!("reading GET {url}"))?;
+        if !status.is_success() {
+            bail!("GET {url} answered {status}: {text}");
+        }
+        Ok(text)
     }
 
     // ---- typed happy paths ---------------------------------------------------------------
@@ -368,5 +451,29 @@ impl Api {
     /// `GET /api/hosts` (admin only).
     pub async fn hosts(&self) -> Result<Vec<Host>> {
         self.get("/api/hosts").await?.expect_status(200)?.json()
+    }
+
+    /// `GET /api/quota`: the caller's quota and usage.
+    pub async fn quota(&self) -> Result<QuotaView> {
+        self.get("/api/quota").await?.expect_status(200)?.json()
+    }
+
+    /// `GET /api/quota/{user_id}` (admin only).
+    pub async fn quota_of(&self, user_id: &str) -> Result<QuotaView> {
+        self.get(&format!("/api/quota/{user_id}"))
+            .await?
+            .expect_status(200)
+            .with_context(|| format!("getting the quota of user {user_id}"))?
+            .json()
+    }
+
+    /// `PUT /api/quota/{user_id}` with any subset of the limits (admin only); expects 200
+    /// and returns the new limits.
+    pub async fn set_quota(&self, user_id: &str, changes: &Value) -> Result<QuotaLimits> {
+        self.put(&format!("/api/quota/{user_id}"), changes)
+            .await?
+            .expect_status(200)
+            .with_context(|| format!("setting the quota of user {user_id} to {changes}"))?
+            .json()
     }
 }

@@ -123,12 +123,20 @@ impl AgentOptions {
 pub struct AgentHandle {
     pub options: AgentOptions,
     pub data_dir: PathBuf,
+    /// Where the agent serves Prometheus metrics (`METRICS_ADDR`): a free loopback port of
+    /// its own, so agents of tests running side by side never compete for the default 9177.
+    pub metrics_addr: SocketAddr,
     process: ChildProcess,
 }
 
 impl AgentHandle {
     pub fn host_id(&self) -> &str {
         &self.options.host_id
+    }
+
+    /// `http://<metrics_addr>/metrics`.
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}/metrics", self.metrics_addr)
     }
 
     /// Where the agent keeps a VM's disk: `<data-dir>/images/vmm-<vm_id>.qcow2`.
@@ -140,6 +148,18 @@ impl AgentHandle {
 
     pub fn log_tail(&self, lines: usize) -> String {
         self.process.log_tail(lines)
+    }
+
+    /// Sends `signal` (e.g. `"STOP"`, `"CONT"`, `"KILL"`) to the agent process.
+    pub async fn signal(&self, signal: &str) -> Result<()> {
+        let pid = self.process.pid();
+        let status = tokio::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .await?;
+        anyhow::ensure!(status.success(), "kill -{signal} {pid} failed");
+        Ok(())
     }
 }
 
@@ -153,6 +173,10 @@ pub fn domain_name(vm_id: &str) -> String {
 pub struct TestCluster {
     agents: Vec<AgentHandle>,
     coordinator: ChildProcess,
+    /// What the coordinator was started with, to start it again on the same data.
+    coordinator_bin: PathBuf,
+    coordinator_env: Vec<(String, OsString)>,
+    coordinator_restarts: u32,
     http_url: String,
     grpc_url: String,
     admin_user: String,
@@ -227,25 +251,14 @@ impl TestCluster {
             dir.path().join("coordinator.log"),
         )?;
 
-        let api = Api::new(&http_url);
-        wait_until("the coordinator's health check", START_TIMEOUT, || {
-            let api = api.clone();
-            let exited = coordinator.ensure_running();
-            async move {
-                if let Err(err) = exited {
-                    // Not retryable: surface it at once instead of after the timeout.
-                    return Ok(Some(Err(err)));
-                }
-                let health = api.health().await?;
-                Ok((health.status == "ok").then_some(Ok(())))
-            }
-        })
-        .await
-        .map_err(|err| err.context(format!("log tail:\n{}", coordinator.log_tail(40))))??;
+        wait_for_health(&mut coordinator, &Api::new(&http_url)).await?;
 
         let mut cluster = Self {
             agents: Vec::new(),
             coordinator,
+            coordinator_bin,
+            coordinator_env: env,
+            coordinator_restarts: 0,
             http_url,
             grpc_url,
             admin_user,
@@ -272,7 +285,9 @@ impl TestCluster {
         let data_dir = root.join(format!("agent-{}", options.host_id));
         std::fs::create_dir(&data_dir)?;
         make_traversable(&data_dir)?;
+        let metrics_addr = free_port()?;
         let env: Vec<(String, OsString)> = vec![
+            ("METRICS_ADDR".into(), metrics_addr.to_string().into()),
             ("COORDINATOR_URL".into(), self.grpc_url.clone().into()),
             ("LIBVIRT_URI".into(), options.libvirt_uri.clone().into()),
             ("HOST_ID".into(), options.host_id.clone().into()),
@@ -298,9 +313,38 @@ impl TestCluster {
         self.agents.push(AgentHandle {
             options,
             data_dir,
+            metrics_addr,
             process,
         });
         Ok(())
+    }
+
+    /// Kills the coordinator (SIGKILL: nothing is flushed or said goodbye to) and starts it
+    /// again with the same settings, addresses and data directory, then waits for its health
+    /// check only: the agents reconnect on their own, see
+    /// [`TestCluster::wait_for_connected_agents`]. The new process logs to
+    /// `coordinator.restart-<n>.log`.
+    pub async fn restart_coordinator(&mut self) -> Result<()> {
+        self.coordinator.kill();
+        self.coordinator_restarts += 1;
+        let log_path = self
+            .dir
+            .as_ref()
+            .context("cluster directory already gone")?
+            .path()
+            .join(format!(
+                "coordinator.restart-{}.log",
+                self.coordinator_restarts
+            ));
+        self.coordinator = ChildProcess::spawn(
+            "coordinator",
+            &self.coordinator_bin,
+            &[],
+            &self.coordinator_env,
+            log_path,
+        )?;
+        let api = self.api();
+        wait_for_health(&mut self.coordinator, &api).await
     }
 
     /// Waits until `/api/health` reports `count` connected agents, failing early with the
@@ -417,6 +461,30 @@ impl Drop for TestCluster {
             eprintln!("VMM_E2E_KEEP is set: keeping {}", dir.keep().display());
         }
     }
+}
+
+/// Waits until the coordinator's health check says `ok`, failing at once (with the end of its
+/// log) when the process exits.
+async fn wait_for_health(coordinator: &mut ChildProcess, api: &Api) -> Result<()> {
+    wait_until("the coordinator's health check", START_TIMEOUT, || {
+        let api = api.clone();
+        let exited = coordinator.ensure_running();
+        async move {
+            if let Err(err) = exited {
+                // Not retryable: surface it at once instead of after the timeout.
+                return Ok(Some(Err(err)));
+            }
+            let health = api.health().await?;
+            Ok((health.status == "ok").then_some(Ok(())))
+        }
+    })
+    .await
+    .map_err(|err| err.context(format!("log tail:\n{}", coordinator.log_tail(40))))?
+}
+
+/// A free loopback address (`127.0.0.1:<port>`) for a process the test starts moments later.
+pub fn free_port() -> Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
 /// Two distinct free loopback ports. Both listeners are held until both ports are chosen, so

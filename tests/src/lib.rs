@@ -23,6 +23,7 @@ pub mod api;
 pub mod cluster;
 pub mod jwt;
 pub mod process;
+pub mod prometheus;
 pub mod virsh;
 pub mod wait;
 

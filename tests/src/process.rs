@@ -90,6 +90,11 @@ impl ChildProcess {
         })
     }
 
+    /// The process ID (for sending signals in fault tests).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

@@ -19,12 +19,16 @@ use virt::error::{Error as LibvirtError, ErrorNumber};
 use virt::storage_pool::StoragePool;
 use virt::storage_vol::StorageVol;
 use vmm_proto::PowerState;
-use vmm_shared::VmId;
+use vmm_shared::{SnapshotId, VmId};
 
 use super::domain_xml::{
     self, BYTES_PER_GIB, DomainDefinition, INSTANCE_METADATA_NAMESPACE, domain_name, volume_name,
 };
-use super::{FailureKind, HostFacts, Hypervisor, HypervisorError, ObservedDomain, VmSpec};
+use super::{
+    FailureKind, HostFacts, Hypervisor, HypervisorError, ObservedDomain, ObservedSnapshot, VmSpec,
+};
+
+mod snapshots;
 
 /// Where and how the agent uses libvirt.
 #[derive(Debug, Clone)]
@@ -52,6 +56,8 @@ pub struct LibvirtHost {
     /// VM ID (or none, for unmanaged domains) per domain UUID, so each domain's metadata is
     /// read once rather than on every poll.
     vm_id_by_uuid: HashMap<String, Option<VmId>>,
+    /// What the metrics' statistics remember between collections.
+    stats_cache: super::stats::StatsCache,
 }
 
 impl LibvirtHost {
@@ -82,6 +88,7 @@ impl LibvirtHost {
             settings,
             guest,
             vm_id_by_uuid: HashMap::new(),
+            stats_cache: super::stats::StatsCache::default(),
         })
     }
 
@@ -253,6 +260,15 @@ impl LibvirtHost {
 }
 
 impl Hypervisor for LibvirtHost {
+    fn stats_sample(&mut self) -> Result<super::stats::StatsSample, HypervisorError> {
+        self.reconnect_if_dead();
+        super::stats::collect(
+            &self.connection,
+            &self.settings.storage_pool,
+            &mut self.stats_cache,
+        )
+    }
+
     fn host_facts(&mut self) -> Result<HostFacts, HypervisorError> {
         let node = self
             .connection
@@ -410,6 +426,42 @@ impl Hypervisor for LibvirtHost {
             )),
         }
     }
+
+    fn list_snapshots(&mut self, vm_id: VmId) -> Result<Vec<ObservedSnapshot>, HypervisorError> {
+        self.snapshots_of(vm_id)
+    }
+
+    fn find_snapshot(
+        &mut self,
+        vm_id: VmId,
+        snapshot_id: SnapshotId,
+    ) -> Result<Option<ObservedSnapshot>, HypervisorError> {
+        self.snapshot_by_id(vm_id, snapshot_id)
+    }
+
+    fn create_snapshot(
+        &mut self,
+        vm_id: VmId,
+        snapshot_id: SnapshotId,
+    ) -> Result<ObservedSnapshot, HypervisorError> {
+        self.take_snapshot(vm_id, snapshot_id)
+    }
+
+    fn restore_snapshot(
+        &mut self,
+        vm_id: VmId,
+        snapshot_id: SnapshotId,
+    ) -> Result<(), HypervisorError> {
+        self.revert_to_snapshot(vm_id, snapshot_id)
+    }
+
+    fn delete_snapshot(
+        &mut self,
+        vm_id: VmId,
+        snapshot_id: SnapshotId,
+    ) -> Result<(), HypervisorError> {
+        self.remove_snapshot(vm_id, snapshot_id)
+    }
 }
 
 /// The product's view of a libvirt domain state. `Shutdown` means "shutting down": the guest
@@ -460,11 +512,17 @@ fn destroy_and_undefine(domain: &Domain) -> Result<(), LibvirtError> {
     if !domain.is_persistent().unwrap_or(true) {
         return Ok(());
     }
-    let flags =
-        virt::sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA | virt::sys::VIR_DOMAIN_UNDEFINE_NVRAM;
-    match domain.undefine_flags(flags) {
+    // Snapshot metadata must go too, or libvirt refuses to undefine a domain that has
+    // snapshots; their data lives in the disk image, which the caller deletes. Drivers that
+    // know no NVRAM (the test driver) refuse that flag, so it is dropped before the other.
+    let snapshots = virt::sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA;
+    match domain.undefine_flags(snapshots | virt::sys::VIR_DOMAIN_UNDEFINE_NVRAM) {
         Ok(()) => Ok(()),
-        Err(error) if is_unsupported(&error) => domain.undefine(),
+        Err(error) if is_unsupported(&error) => match domain.undefine_flags(snapshots) {
+            Ok(()) => Ok(()),
+            Err(error) if is_unsupported(&error) => domain.undefine(),
+            Err(error) => Err(error),
+        },
         Err(error) => Err(error),
     }
 }
@@ -619,10 +677,12 @@ fn is_unsupported(error: &LibvirtError) -> bool {
 fn failure_kind(error: &LibvirtError) -> FailureKind {
     match error.code() {
         Enum::Known(code) => match code {
-            ErrorNumber::NoDomain | ErrorNumber::NoStoragePool | ErrorNumber::NoStorageVolume => {
-                FailureKind::NotFound
-            }
+            ErrorNumber::NoDomain
+            | ErrorNumber::NoStoragePool
+            | ErrorNumber::NoStorageVolume
+            | ErrorNumber::NoDomainSnapshot => FailureKind::NotFound,
             ErrorNumber::OperationInvalid
+            | ErrorNumber::SnapshotRevertRisky
             | ErrorNumber::DomExist
             | ErrorNumber::StorageVolExist
             | ErrorNumber::ResourceBusy => FailureKind::Conflict,
@@ -702,11 +762,14 @@ pub(crate) mod test_driver_tests {
 
     pub(crate) fn open_test_host() -> LibvirtHost {
         virt::error::clear_error_callback();
-        let images_dir =
-            std::env::temp_dir().join(format!("vmm-agent-test-{}", uuid::Uuid::new_v4()));
+        let unique = uuid::Uuid::new_v4();
+        let images_dir = std::env::temp_dir().join(format!("vmm-agent-test-{unique}"));
         LibvirtHost::open(LibvirtSettings {
             uri: "test:///default".into(),
-            storage_pool: "vmm-test".into(),
+            // Connections to test:///default opened while another one is still open share
+            // one in-memory host, so tests running in parallel must not both define the
+            // same pool.
+            storage_pool: format!("vmm-test-{unique}"),
             images_dir,
         })
         .expect("open test:///default")

@@ -11,10 +11,12 @@
 
 pub mod domain_xml;
 pub mod libvirt;
+pub mod snapshot_xml;
+pub mod stats;
 pub mod worker;
 
 use vmm_proto::PowerState;
-use vmm_shared::VmId;
+use vmm_shared::{SnapshotId, VmId};
 
 pub use worker::HypervisorHandle;
 
@@ -45,6 +47,17 @@ pub struct ObservedDomain {
     pub memory_mib: u64,
     /// Why the domain is in its state, where that matters (e.g. the crash reason).
     pub detail: String,
+}
+
+/// One snapshot of a product VM, as the hypervisor shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedSnapshot {
+    pub snapshot_id: SnapshotId,
+    /// `Running` (a full system checkpoint) or `Stopped` (disks only) for the agent's own
+    /// snapshots; whatever libvirt recorded for others.
+    pub taken_in_state: PowerState,
+    /// Unix seconds, as libvirt recorded them.
+    pub created_at_unix: i64,
 }
 
 /// What to create for a new VM.
@@ -119,5 +132,51 @@ pub trait Hypervisor {
     fn reboot_vm(&mut self, vm_id: VmId) -> Result<(), HypervisorError>;
 
     /// Destroys and undefines the domain and deletes its disk. Parts already gone are fine.
+    /// The disk holds the VM's snapshots, so their data goes with it.
     fn delete_vm(&mut self, vm_id: VmId) -> Result<(), HypervisorError>;
+
+    /// The snapshots of the VM's domain, oldest first. Snapshots whose name is not a
+    /// snapshot ID (made by hand) are left out.
+    fn list_snapshots(&mut self, vm_id: VmId) -> Result<Vec<ObservedSnapshot>, HypervisorError>;
+
+    /// The snapshot of that ID, if the VM's domain has one.
+    fn find_snapshot(
+        &mut self,
+        vm_id: VmId,
+        snapshot_id: SnapshotId,
+    ) -> Result<Option<ObservedSnapshot>, HypervisorError>;
+
+    /// Takes an internal snapshot inside the VM's disk image: disks and memory of a running
+    /// domain, disks only of a stopped one; any other state is a conflict. On failure no
+    /// snapshot of that ID is left behind.
+    fn create_snapshot(
+        &mut self,
+        vm_id: VmId,
+        snapshot_id: SnapshotId,
+    ) -> Result<ObservedSnapshot, HypervisorError>;
+
+    /// Reverts the domain to the snapshot and leaves it running if the snapshot was taken
+    /// running, stopped if it was taken stopped. An unknown snapshot is `NotFound`.
+    fn restore_snapshot(
+        &mut self,
+        vm_id: VmId,
+        snapshot_id: SnapshotId,
+    ) -> Result<(), HypervisorError>;
+
+    /// Deletes the snapshot, its data included, from the disk image. A snapshot that does
+    /// not exist is fine.
+    fn delete_snapshot(
+        &mut self,
+        vm_id: VmId,
+        snapshot_id: SnapshotId,
+    ) -> Result<(), HypervisorError>;
+
+    /// Statistics of every domain, from one bulk call, and the host's capacity, for the
+    /// metrics endpoint. Only reads.
+    fn stats_sample(&mut self) -> Result<stats::StatsSample, HypervisorError> {
+        Err(HypervisorError::new(
+            FailureKind::Unavailable,
+            "this hypervisor has no statistics",
+        ))
+    }
 }

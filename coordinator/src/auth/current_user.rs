@@ -68,3 +68,21 @@ impl FromRequestParts<AppState> for CurrentUser {
         })
     }
 }
+
+/// A `CurrentUser` who is an administrator. As an extractor it refuses anyone else with
+/// 403 before the request body is even read.
+#[derive(Clone, Debug)]
+pub struct AdminUser(pub CurrentUser);
+
+impl FromRequestParts<AppState> for AdminUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let user = CurrentUser::from_request_parts(parts, state).await?;
+        user.require_admin()?;
+        Ok(AdminUser(user))
+    }
+}

@@ -8,7 +8,7 @@ mod password;
 mod secret;
 mod tokens;
 
-pub use current_user::CurrentUser;
+pub use current_user::{AdminUser, CurrentUser};
 pub use password::PasswordHasher;
 pub use secret::load_or_create_jwt_secret;
 pub use tokens::{IssuedToken, TokenIssuer};

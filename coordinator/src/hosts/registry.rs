@@ -35,6 +35,15 @@ pub struct AgentRegistry {
     pending: Mutex<HashMap<OperationId, PendingCommand>>,
 }
 
+/// What a host answered to a command it carried out.
+#[derive(Debug)]
+pub struct CommandSuccess {
+    /// The domain as it is after the command.
+    pub domain: vmm_proto::DomainReport,
+    /// The snapshot made, for a snapshot create.
+    pub snapshot: Option<vmm_proto::SnapshotReport>,
+}
+
 /// Why a command did not produce a result from the host.
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
@@ -105,7 +114,7 @@ impl AgentRegistry {
         host: &HostId,
         command: Command,
         timeout: Duration,
-    ) -> Result<vmm_proto::DomainReport, DispatchError> {
+    ) -> Result<CommandSuccess, DispatchError> {
         let operation_id: OperationId = command
             .operation_id
             .parse()
@@ -145,7 +154,10 @@ impl AgentRegistry {
             }
         };
         match result.outcome {
-            Some(command_result::Outcome::Domain(report)) => Ok(report),
+            Some(command_result::Outcome::Domain(domain)) => Ok(CommandSuccess {
+                domain,
+                snapshot: result.snapshot,
+            }),
             Some(command_result::Outcome::Error(error)) => Err(DispatchError::Failed {
                 kind: ErrorKind::try_from(error.kind).unwrap_or(ErrorKind::Internal),
                 message: error.message,

@@ -10,7 +10,7 @@ use vmm_shared::UserId;
 use super::store::{self, LimitOverrides};
 use super::{QuotaLimits, QuotaUsage};
 use crate::app::AppState;
-use crate::auth::CurrentUser;
+use crate::auth::{AdminUser, CurrentUser};
 use crate::error::ApiError;
 use crate::http::ApiJson;
 use crate::users;
@@ -56,15 +56,10 @@ pub async fn user_quota(
 
 pub async fn set_user_quota(
     State(app): State<AppState>,
-    user: CurrentUser,
+    AdminUser(user): AdminUser,
     Path(id): Path<String>,
     ApiJson(changes): ApiJson<LimitOverrides>,
 ) -> Result<Json<QuotaLimits>, ApiError> {
-    if !user.is_admin() {
-        return Err(ApiError::Forbidden(
-            "only an administrator can change quotas".into(),
-        ));
-    }
     let target = existing_user(&app, &id).await?;
     if changes == LimitOverrides::default() {
         return Err(ApiError::Unprocessable(

@@ -53,12 +53,16 @@ pub async fn usage(conn: &mut SqliteConnection, user: UserId) -> Result<QuotaUsa
     .await?;
     let get =
         |name: &str| -> Result<u64, sqlx::Error> { Ok(row.try_get::<i64, _>(name)?.max(0) as u64) };
+    let snapshots: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM snapshots WHERE owner_id = ?")
+        .bind(user.to_string())
+        .fetch_one(&mut *conn)
+        .await?;
     Ok(QuotaUsage {
         vms: get("vms")?,
         cpu: get("cpu")?,
         memory: get("memory")?,
         disk_gb: get("disk_gb")?,
-        snapshots: 0,
+        snapshots: snapshots.max(0) as u64,
     })
 }
 

@@ -13,9 +13,11 @@
 use std::collections::HashMap;
 
 use vmm_proto::{DomainReport, PowerState};
-use vmm_shared::{HostId, VmId, VmStatus};
+use vmm_shared::{HostId, SnapshotId, VmId, VmStatus};
 
 use crate::db::Db;
+use crate::operations;
+use crate::snapshots::store as snapshot_store;
 use crate::vms::store;
 
 /// What a report means for the VM's status, or `None` for a report without a state.
@@ -125,6 +127,21 @@ pub async fn reconcile_inventory(
         match reported.remove(&vm.id) {
             Some(report) => {
                 apply(db, host, vm.id, report, ReportSource::Inventory).await?;
+                let present: Vec<SnapshotId> = report
+                    .snapshots
+                    .iter()
+                    .filter_map(|s| s.snapshot_id.parse().ok())
+                    .collect();
+                snapshot_store::reconcile(db, vm.id, &present).await?;
+            }
+            None if vm.status == VmStatus::Error
+                && !operations::create_succeeded(db, vm.id).await? =>
+            {
+                // The create was never acknowledged (the host went away mid-create) and the
+                // host has no such domain: the VM never came to be. Dropping the record also
+                // releases its quota.
+                tracing::warn!(host = %host, vm_id = %vm.id, "unacknowledged create left nothing on the host; record removed");
+                store::delete(db, vm.id).await?;
             }
             None if !vm.status.is_transitional() => {
                 let reason = format!("the VM's domain was not found on host {host}");
@@ -240,5 +257,31 @@ mod tests {
             2,
             "hand-made domains are never adopted"
         );
+    }
+
+    #[tokio::test]
+    async fn an_unacknowledged_create_missing_on_the_host_is_dropped() {
+        let t = TestDb::new().await;
+        // Left `error` by a create whose outcome was never known (no succeeded create).
+        t.vm_with_status(VmStatus::Error, 0).await;
+        // An acknowledged VM that went missing stays, flagged, for its owner to see.
+        let acknowledged = t.vm_with_status(VmStatus::Running, 3).await;
+        sqlx::query(
+            "INSERT INTO operations (id, kind, vm_id, host_id, user_id, status, created_at)
+             VALUES ('op-1', 'create', ?, ?, ?, 'succeeded', '2026-01-01T00:00:00Z')",
+        )
+        .bind(acknowledged.to_string())
+        .bind(t.host.as_str())
+        .bind(t.user.to_string())
+        .execute(&t.db)
+        .await
+        .unwrap();
+        reconcile_inventory(&t.db, &t.host, &[]).await.unwrap();
+        assert_eq!(
+            t.count_vms().await,
+            1,
+            "only the VM that never came to be is removed"
+        );
+        assert_eq!(t.status(acknowledged).await, VmStatus::Error);
     }
 }

@@ -11,24 +11,26 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use vmm_proto::{Command, command};
 use vmm_shared::{VmId, VmSize, VmStatus, validate_resource_name};
 
 use super::lifecycle::{self, VmAction};
 use super::reports::{self, ReportSource};
-use super::store::{self, NewVm};
+use super::store::{self, NewVm, Recorded};
 use super::{Vm, VmView};
 use crate::app::AppState;
 use crate::auth::CurrentUser;
 use crate::error::ApiError;
 use crate::hosts::DispatchError;
+use crate::hosts::registry::CommandSuccess;
 use crate::http::ApiJson;
+use crate::idempotency::{self, IdempotentRequest};
 use crate::operations::{self, Operation, OperationKind};
 
 pub const OPERATION_ID_HEADER: HeaderName = HeaderName::from_static("operation-id");
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateVmRequest {
     name: String,
@@ -44,7 +46,11 @@ pub struct ActionRequest {
     action: VmAction,
 }
 
-fn with_operation(status: StatusCode, operation: Operation, body: impl IntoResponse) -> Response {
+pub(crate) fn with_operation(
+    status: StatusCode,
+    operation: Operation,
+    body: impl IntoResponse,
+) -> Response {
     let mut headers = HeaderMap::new();
     if let Ok(value) = HeaderValue::from_str(&operation.id.to_string()) {
         headers.insert(OPERATION_ID_HEADER, value);
@@ -53,7 +59,11 @@ fn with_operation(status: StatusCode, operation: Operation, body: impl IntoRespo
 }
 
 /// The VM with this ID when the user may see it; otherwise 404.
-async fn load_visible(app: &AppState, user: &CurrentUser, id: &str) -> Result<Vm, ApiError> {
+pub(crate) async fn load_visible(
+    app: &AppState,
+    user: &CurrentUser,
+    id: &str,
+) -> Result<Vm, ApiError> {
     let not_found = || ApiError::NotFound(format!("no VM with ID {id}"));
     let id: VmId = id.parse().map_err(|_| not_found())?;
     let vm = store::find(&app.db, id).await?.ok_or_else(not_found)?;
@@ -64,13 +74,13 @@ async fn load_visible(app: &AppState, user: &CurrentUser, id: &str) -> Result<Vm
     }
 }
 
-async fn reload(app: &AppState, id: VmId) -> Result<Vm, ApiError> {
+pub(crate) async fn reload(app: &AppState, id: VmId) -> Result<Vm, ApiError> {
     store::find(&app.db, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("VM {id} was deleted in the meantime")))
 }
 
-fn ensure_host_connected(app: &AppState, vm: &Vm) -> Result<(), ApiError> {
+pub(crate) fn ensure_host_connected(app: &AppState, vm: &Vm) -> Result<(), ApiError> {
     if app.registry.is_connected(&vm.host_id) {
         Ok(())
     } else {
@@ -82,7 +92,7 @@ fn ensure_host_connected(app: &AppState, vm: &Vm) -> Result<(), ApiError> {
 }
 
 /// Runs `work` to completion even if the request that started it is dropped.
-async fn run_detached<T: Send + 'static>(
+pub(crate) async fn run_detached<T: Send + 'static>(
     work: impl Future<Output = Result<T, ApiError>> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::spawn(work).await.map_err(ApiError::internal)?
@@ -91,8 +101,12 @@ async fn run_detached<T: Send + 'static>(
 pub async fn create_vm(
     State(app): State<AppState>,
     user: CurrentUser,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<CreateVmRequest>,
 ) -> Result<Response, ApiError> {
+    let request_json = serde_json::to_value(&body).map_err(ApiError::internal)?;
+    let idempotency =
+        IdempotentRequest::from_headers(&headers, user.id, "POST", "/api/vms", &request_json)?;
     validate_resource_name(&body.name).map_err(ApiError::Unprocessable)?;
     let size = VmSize {
         cpu: body.cpu,
@@ -109,23 +123,53 @@ pub async fn create_vm(
         name: body.name,
         size,
     };
-    let vm = store::place_and_record(
+    let recorded = store::place_and_record(
         &app.db,
         &new,
         operation.id,
         app.settings.placement,
         app.settings.cpu_allocation_ratio,
         &app.settings.default_quota,
+        idempotency.as_ref(),
     )
     .await?;
+    let vm = match (recorded, &idempotency) {
+        (Recorded::New(vm), _) => vm,
+        (Recorded::Repeat, Some(request)) => {
+            tracing::info!(key = %request.key, "repeated create answered from its Idempotency-Key");
+            return idempotency::replay(&app.db, request, replay_patience(&app)).await;
+        }
+        (Recorded::Repeat, None) => {
+            return Err(ApiError::internal(anyhow::anyhow!("repeat without a key")));
+        }
+    };
     tracing::info!(operation = %operation.id, vm_id = %vm.id, host = %vm.host_id, "creating VM");
 
-    let vm = run_detached(create_on_host(app, vm, operation)).await?;
+    let vm = run_detached(async move {
+        let result = create_on_host(app.clone(), vm, operation).await;
+        if let Some(request) = &idempotency {
+            let (status, body) = match &result {
+                Ok(vm) => (
+                    StatusCode::CREATED,
+                    serde_json::to_value(VmView::from(vm.clone())).unwrap_or_default(),
+                ),
+                Err(err) => (err.status(), err.body()),
+            };
+            idempotency::record_response(&app.db, request, status, &body).await?;
+        }
+        result
+    })
+    .await?;
     Ok(with_operation(
         StatusCode::CREATED,
         operation,
         Json(VmView::from(vm)),
     ))
+}
+
+/// How long a repeated request waits for the first one's answer.
+pub(crate) fn replay_patience(app: &AppState) -> std::time::Duration {
+    app.settings.operation_timeout + std::time::Duration::from_secs(5)
 }
 
 async fn create_on_host(app: AppState, vm: Vm, operation: Operation) -> Result<Vm, ApiError> {
@@ -145,7 +189,7 @@ async fn create_on_host(app: AppState, vm: Vm, operation: Operation) -> Result<V
         .dispatch(&vm.host_id, command, app.settings.operation_timeout)
         .await
     {
-        Ok(report) => {
+        Ok(CommandSuccess { domain: report, .. }) => {
             reports::apply(
                 &app.db,
                 &vm.host_id,
@@ -239,7 +283,7 @@ pub async fn vm_action(
             .dispatch(&vm.host_id, command, app.settings.operation_timeout)
             .await
         {
-            Ok(report) => {
+            Ok(CommandSuccess { domain: report, .. }) => {
                 reports::apply(
                     &app.db,
                     &vm.host_id,

@@ -9,6 +9,7 @@ use crate::config::Placement;
 use crate::db::{self, Db};
 use crate::error::ApiError;
 use crate::hosts::{scheduler, store as host_store};
+use crate::idempotency::{self, IdempotentRequest};
 use crate::operations::{self, OperationKind};
 use crate::quotas::{self, Claim, QuotaLimits, store as quota_store};
 
@@ -75,6 +76,16 @@ pub async fn list_on_host(db: &Db, host: &HostId) -> Result<Vec<Vm>, sqlx::Error
     rows.iter().map(from_row).collect()
 }
 
+/// What recording a create came to.
+#[derive(Debug)]
+pub enum Recorded<T> {
+    /// Recorded now; the caller carries the create out.
+    New(T),
+    /// An earlier request with the same idempotency key recorded it; the caller answers
+    /// with that request's answer.
+    Repeat,
+}
+
 /// What a user asked to create.
 #[derive(Clone, Debug)]
 pub struct NewVm {
@@ -94,8 +105,12 @@ pub async fn place_and_record(
     placement: Placement,
     cpu_allocation_ratio: f64,
     default_quota: &QuotaLimits,
-) -> Result<Vm, ApiError> {
+    idempotency: Option<&IdempotentRequest>,
+) -> Result<Recorded<Vm>, ApiError> {
     let mut tx = db::begin_write(db).await?;
+    if idempotency::is_repeat(&mut tx, idempotency).await? {
+        return Ok(Recorded::Repeat);
+    }
     let limits = quota_store::limits(&mut tx, new.owner_id, default_quota).await?;
     let usage = quota_store::usage(&mut tx, new.owner_id).await?;
     let claim = Claim {
@@ -164,7 +179,7 @@ pub async fn place_and_record(
     )
     .await?;
     tx.commit().await?;
-    Ok(vm)
+    Ok(Recorded::New(vm))
 }
 
 /// Starts `kind` on an existing VM: records the pending operation (refused with 409 when
@@ -285,6 +300,7 @@ mod tests {
                     Placement::Spread,
                     4.0,
                     &UNLIMITED,
+                    None,
                 )
                 .await
             }));
@@ -329,6 +345,7 @@ mod tests {
                     Placement::Spread,
                     4.0,
                     &quota,
+                    None,
                 )
                 .await
             }));
@@ -382,6 +399,48 @@ mod tests {
         assert!(matches!(second, Err(ApiError::Conflict(_))), "{second:?}");
     }
 
+    /// Twenty concurrent creates with one idempotency key: one records, nineteen repeat.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn one_idempotency_key_records_once() {
+        let t = TestDb::new().await;
+        let request = IdempotentRequest {
+            user: t.user,
+            key: "retry-1".into(),
+            fingerprint: "POST /api/vms {}".into(),
+        };
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let (db, request) = (t.db.clone(), request.clone());
+            let new = NewVm {
+                id: VmId::new_random(),
+                owner_id: t.user,
+                name: "once".into(),
+                size: SMALL_VM,
+            };
+            tasks.push(tokio::spawn(async move {
+                let op = OperationId::new_random();
+                place_and_record(
+                    &db,
+                    &new,
+                    op,
+                    Placement::Spread,
+                    4.0,
+                    &UNLIMITED,
+                    Some(&request),
+                )
+                .await
+            }));
+        }
+        let mut new = 0;
+        for task in tasks {
+            if let Recorded::New(_) = task.await.unwrap().unwrap() {
+                new += 1;
+            }
+        }
+        assert_eq!(new, 1);
+        assert_eq!(t.count_vms().await, 1);
+    }
+
     #[tokio::test]
     async fn a_users_vm_names_are_unique() {
         let t = TestDb::new().await;
@@ -398,6 +457,7 @@ mod tests {
             Placement::Spread,
             4.0,
             &UNLIMITED,
+            None,
         )
         .await
         .unwrap();
@@ -412,6 +472,7 @@ mod tests {
             Placement::Spread,
             4.0,
             &UNLIMITED,
+            None,
         )
         .await
         .unwrap_err();

@@ -1,0 +1,180 @@
+//! `Idempotency-Key`: a client that retries a create (after a timeout or a dropped
+//! connection) sends the same key, and gets the first request's answer instead of a second
+//! VM or snapshot.
+//!
+//! The key is claimed inside the very transaction that records the new resource, so of
+//! any number of concurrent requests with one key exactly one creates; the others wait for
+//! its answer and return it. A request that fails before recording anything (bad input,
+//! over quota, no host) leaves no key behind, so its retry is carried out afresh. Reusing a
+//! key for a different request is refused with 422. Keys are kept for 24 hours.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+use sqlx::{Row, SqliteConnection};
+use vmm_shared::UserId;
+
+use crate::db::{self, Db};
+use crate::error::ApiError;
+
+pub const HEADER: &str = "idempotency-key";
+const MAX_KEY_LEN: usize = 255;
+/// How long keys are remembered.
+pub const RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// A request's idempotency key and what the request was, for one user.
+#[derive(Clone, Debug)]
+pub struct IdempotentRequest {
+    pub user: UserId,
+    pub key: String,
+    /// Method, path and body of the request, so a reused key for something else is caught.
+    pub fingerprint: String,
+}
+
+impl IdempotentRequest {
+    /// The key from the request headers, if the client sent one.
+    pub fn from_headers(
+        headers: &HeaderMap,
+        user: UserId,
+        method: &str,
+        path: &str,
+        body: &Value,
+    ) -> Result<Option<Self>, ApiError> {
+        let Some(value) = headers.get(HEADER) else {
+            return Ok(None);
+        };
+        let key = value
+            .to_str()
+            .ok()
+            .filter(|key| {
+                !key.is_empty()
+                    && key.len() <= MAX_KEY_LEN
+                    && key.bytes().all(|b| b.is_ascii_graphic())
+            })
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "the Idempotency-Key header must be 1-{MAX_KEY_LEN} visible ASCII characters"
+                ))
+            })?;
+        Ok(Some(Self {
+            user,
+            key: key.to_owned(),
+            fingerprint: format!("{method} {path} {body}"),
+        }))
+    }
+}
+
+/// Whether this request is the first with its key.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Claim {
+    First,
+    Repeat,
+}
+
+/// Claims the key in the caller's transaction (the one that records the resource).
+pub async fn claim(
+    conn: &mut SqliteConnection,
+    request: &IdempotentRequest,
+) -> Result<Claim, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO idempotency_keys (user_id, key, request_digest, created_at) VALUES (?, ?, ?, ?)
+         ON CONFLICT (user_id, key) DO NOTHING",
+    )
+    .bind(request.user.to_string())
+    .bind(&request.key)
+    .bind(&request.fingerprint)
+    .bind(db::now())
+    .execute(&mut *conn)
+    .await?;
+    Ok(if done.rows_affected() == 1 {
+        Claim::First
+    } else {
+        Claim::Repeat
+    })
+}
+
+/// Claims the key, when there is one; true when an earlier request holds it.
+pub async fn is_repeat(
+    conn: &mut SqliteConnection,
+    request: Option<&IdempotentRequest>,
+) -> Result<bool, sqlx::Error> {
+    match request {
+        Some(request) => Ok(claim(conn, request).await? == Claim::Repeat),
+        None => Ok(false),
+    }
+}
+
+/// Stores the first request's answer for its repeats.
+pub async fn record_response(
+    db: &Db,
+    request: &IdempotentRequest,
+    status: StatusCode,
+    body: &Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE idempotency_keys SET response_status = ?, response_body = ? WHERE user_id = ? AND key = ?")
+        .bind(i64::from(status.as_u16()))
+        .bind(body.to_string())
+        .bind(request.user.to_string())
+        .bind(&request.key)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Answers a repeat with the first request's answer, waiting (up to `patience`) for that
+/// answer when the first request is still being carried out.
+pub async fn replay(
+    db: &Db,
+    request: &IdempotentRequest,
+    patience: Duration,
+) -> Result<Response, ApiError> {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let row = sqlx::query(
+            "SELECT request_digest, response_status, response_body FROM idempotency_keys WHERE user_id = ? AND key = ?",
+        )
+        .bind(request.user.to_string())
+        .bind(&request.key)
+        .fetch_optional(db)
+        .await?
+        .ok_or_else(|| ApiError::Conflict("the Idempotency-Key expired meanwhile; send the request again".into()))?;
+        let digest: String = row.try_get("request_digest")?;
+        if digest != request.fingerprint {
+            return Err(ApiError::Unprocessable(
+                "this Idempotency-Key was already used for a different request; use a new key"
+                    .into(),
+            ));
+        }
+        let status: Option<i64> = row.try_get("response_status")?;
+        let body: Option<String> = row.try_get("response_body")?;
+        if let (Some(status), Some(body)) = (status, body) {
+            let status = u16::try_from(status)
+                .ok()
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let body: Value = serde_json::from_str(&body).map_err(ApiError::internal)?;
+            return Ok((status, Json(body)).into_response());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::Conflict(
+                "a request with this Idempotency-Key is still being carried out; retry later"
+                    .into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Forgets keys older than [`RETENTION`].
+pub async fn forget_expired(db: &Db) -> Result<u64, sqlx::Error> {
+    let cutoff = chrono::Utc::now() - chrono::Duration::from_std(RETENTION).unwrap_or_default();
+    let cutoff = cutoff.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?")
+        .bind(cutoff)
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected())
+}

@@ -1,0 +1,87 @@
+//! VM snapshots: `POST /api/vms/{id}/snapshots`, `GET /api/vms/{id}/snapshots`,
+//! `POST /api/snapshots/{snapshot_id}/restore` and `DELETE /api/snapshots/{snapshot_id}`.
+//!
+//! A snapshot's data lives inside its VM's disk image on the host (an internal qcow2
+//! snapshot named by the snapshot's ID); the row here is its record. Only the VM's owner
+//! (and an admin) sees or touches a VM's snapshots; anyone else gets 404, as for a snapshot
+//! that does not exist. Snapshot operations are operations on their VM, so they are
+//! serialised with every other operation on it (a second one in flight answers 409).
+//!
+//! ```text
+//!   creating ──ok──▶ ready ──delete──▶ deleting ──ok──▶ (gone)
+//!      │                                  │
+//!      └── failed: gone      outcome unknown: error (delete again)
+//! ```
+
+pub mod routes;
+pub mod store;
+
+use serde::Serialize;
+use vmm_shared::{SnapshotId, UserId, VmId};
+
+/// Status of a snapshot record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotStatus {
+    Creating,
+    Ready,
+    Deleting,
+    Error,
+}
+
+impl SnapshotStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotStatus::Creating => "creating",
+            SnapshotStatus::Ready => "ready",
+            SnapshotStatus::Deleting => "deleting",
+            SnapshotStatus::Error => "error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Creating, Self::Ready, Self::Deleting, Self::Error]
+            .into_iter()
+            .find(|status| status.as_str() == s)
+    }
+}
+
+/// A snapshot as recorded.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub id: SnapshotId,
+    pub vm_id: VmId,
+    pub owner_id: UserId,
+    pub name: String,
+    pub description: String,
+    /// `running` or `stopped`: the VM's state when the snapshot was taken.
+    pub vm_status: String,
+    pub status: SnapshotStatus,
+    pub created_at: String,
+}
+
+/// The JSON shape of a snapshot.
+#[derive(Debug, Serialize)]
+pub struct SnapshotView {
+    pub id: SnapshotId,
+    pub vm_id: VmId,
+    pub name: String,
+    pub description: String,
+    pub vm_status: String,
+    pub status: SnapshotStatus,
+    pub created_at: String,
+}
+
+impl From<Snapshot> for SnapshotView {
+    fn from(s: Snapshot) -> Self {
+        SnapshotView {
+            id: s.id,
+            vm_id: s.vm_id,
+            name: s.name,
+            description: s.description,
+            vm_status: s.vm_status,
+            status: s.status,
+            created_at: s.created_at,
+        }
+    }
+}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs and starts everything the project needs on a fresh Debian 12 machine:
 # libvirt + QEMU (from bookworm-backports, see HOST-SETUP facts in docs), protoc,
-# pkg-config, Prometheus (promtool and the server, for the metrics tests). Idempotent:
+# pkg-config, Prometheus (promtool and the server, for the metrics tests), systemd's tools
+# (systemd-analyze verifies the units in deploy/systemd/; systemd does not run). Idempotent:
 # safe to run again. Needs root.
 set -euo pipefail
 
@@ -18,7 +19,8 @@ if [[ -f $sources ]] && ! grep -q 'bookworm-backports' "$sources"; then
 fi
 
 need_install=0
-for bin in virsh libvirtd qemu-system-x86_64 protoc pkg-config qemu-io prometheus promtool; do
+for bin in virsh libvirtd qemu-system-x86_64 protoc pkg-config qemu-io prometheus promtool \
+    systemd-analyze; do
     command -v "$bin" >/dev/null 2>&1 || need_install=1
 done
 [[ -f /usr/include/libvirt/libvirt.h ]] || need_install=1
@@ -28,10 +30,13 @@ done
 if [[ $need_install -eq 1 ]]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q
+    # systemd: only for `systemd-analyze verify` of the units. From the same suite as
+    # libvirt, which pulls in that suite's libsystemd0.
     apt-get install -y -q --no-install-recommends -t bookworm-backports \
         libvirt-dev libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu \
         libvirt-daemon-driver-storage \
-        qemu-system-x86 qemu-utils pkg-config
+        qemu-system-x86 qemu-utils pkg-config \
+        systemd
     # prometheus: the metrics tests run promtool and a real Prometheus server.
     apt-get install -y -q --no-install-recommends protobuf-compiler procps prometheus
 fi

@@ -2,17 +2,37 @@
 //! `CommandResult`.
 //!
 //! - Operations on one VM run one at a time (a lock per VM); different VMs run concurrently.
-//! - An operation ID that was already carried out is answered with the stored result, without
-//!   doing anything again (the coordinator re-sends commands after reconnects). The memory of
-//!   finished operations is bounded and lives only as long as the process.
+//! - Every command with an operation ID is recorded in the [`Journal`] before anything is
+//!   done, and its result once it is done. An operation ID that was already carried out is
+//!   answered with the stored result, without doing anything again, also after a restart of
+//!   the agent (the coordinator may re-send commands after reconnects). An operation ID
+//!   reused for a different command is refused.
+//! - An operation the journal shows as accepted without a result was interrupted by the
+//!   agent's death. A repeat of it *resumes* rather than blindly redoes it:
+//!   - create: the domain has the VM's UUID, so libvirt can never hold two; an existing
+//!     domain is reported as the result, a missing one is created (a leftover disk of the
+//!     interrupted attempt is replaced);
+//!   - start / stop / force stop: a VM already in the wanted state is reported as done
+//!     instead of being refused as a conflict;
+//!   - reboot: rebooted again when running (at least once; a second reboot doubles nothing);
+//!   - delete, delete snapshot: idempotent, whatever is left is removed;
+//!   - create snapshot: a snapshot of that ID that exists is reported, not taken twice;
+//!   - restore snapshot: reverted again, which leaves the VM as the snapshot has it, the
+//!     state the command asked for.
 //! - Only domains the product created (carrying our metadata) are ever changed.
 //! - Failures are mapped to the protocol's `ErrorKind` here, in one place.
 //!
 //! Snapshot commands live in [`snapshots`] and follow the same rules.
 
+mod settling;
 mod snapshots;
 
-use std::collections::{HashMap, VecDeque};
+#[cfg(test)]
+mod journal_tests;
+#[cfg(test)]
+mod props;
+
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,10 +46,8 @@ use vmm_shared::{VmId, VmSize, validate_resource_name};
 
 use crate::hypervisor::domain_xml::domain_name;
 use crate::hypervisor::{FailureKind, HypervisorError, HypervisorHandle, ObservedDomain, VmSpec};
+use crate::journal::{Journal, JournalEntry, JournalError};
 use crate::state::StateTracker;
-
-/// How many finished operations are remembered for answering repeats.
-const REMEMBERED_OPERATIONS: usize = 1024;
 
 /// How often `stop` looks whether the guest has powered off.
 const SHUTDOWN_POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -40,7 +58,24 @@ pub struct CommandExecutor {
     tracker: Arc<StateTracker>,
     shutdown_timeout: Duration,
     vm_locks: Mutex<HashMap<VmId, Arc<tokio::sync::Mutex<()>>>>,
-    finished: Mutex<FinishedOperations>,
+    journal: Journal,
+    existence_changes: settling::ExistenceChanges,
+}
+
+/// What the journal says about a command about to run.
+enum Consulted {
+    /// Done before: answer with this.
+    Done(CommandResult),
+    /// Accepted before without a result: resume it.
+    Interrupted,
+    /// Never seen.
+    New,
+}
+
+/// What `execute` does once it holds the VM's lock.
+enum Next {
+    Answer(CommandResult),
+    Run { resume: bool },
 }
 
 impl CommandExecutor {
@@ -48,23 +83,21 @@ impl CommandExecutor {
         hypervisor: HypervisorHandle,
         tracker: Arc<StateTracker>,
         shutdown_timeout: Duration,
+        journal: Journal,
     ) -> Self {
         Self {
             hypervisor,
             tracker,
             shutdown_timeout,
             vm_locks: Mutex::new(HashMap::new()),
-            finished: Mutex::new(FinishedOperations::default()),
+            journal,
+            existence_changes: settling::ExistenceChanges::default(),
         }
     }
 
     /// Carries out one command (or recalls its earlier result) and says how it went.
     pub async fn execute(&self, command: Command) -> CommandResult {
         let operation_id = command.operation_id.clone();
-        if let Some(result) = self.recall(&operation_id) {
-            tracing::info!(%operation_id, "repeated operation; answering with its stored result");
-            return result;
-        }
         let vm_id = match command.vm_id.parse::<VmId>() {
             Ok(vm_id) => vm_id,
             Err(_) => {
@@ -80,16 +113,38 @@ impl CommandExecutor {
                 &CommandFailure::invalid("the command names no action"),
             );
         };
+        let action_name = action_name(&action);
+        // Counted from here, before the journal or the VM's lock is waited for: a
+        // registration's inventory must include what this command makes or removes.
+        let _existence_change = changes_existence(&action).then(|| self.existence_changes.begin());
+        // A repeat of a finished operation is answered without waiting for the VM's lock.
+        match self.consult(&operation_id, vm_id, action_name).await {
+            Ok(Consulted::Done(result)) => return result,
+            Ok(Consulted::Interrupted | Consulted::New) => {}
+            Err(failure) => return failure_result(operation_id, &failure),
+        }
 
         let vm_lock = self.vm_lock(vm_id);
         let guard = vm_lock.lock().await;
         // A repeat may have waited for the lock while the first delivery ran.
-        let result = match self.recall(&operation_id) {
-            Some(result) => result,
-            None => {
-                let action_name = action_name(&action);
-                tracing::info!(%operation_id, %vm_id, action = action_name, "executing command");
-                let outcome = self.run(vm_id, action).await;
+        let next = match self.consult(&operation_id, vm_id, action_name).await {
+            Ok(Consulted::New) => match self.accept(&operation_id, vm_id, action_name).await {
+                Ok(()) => Next::Run { resume: false },
+                Err(failure) => Next::Answer(failure_result(operation_id.clone(), &failure)),
+            },
+            Ok(Consulted::Interrupted) => {
+                tracing::warn!(%operation_id, %vm_id, action = action_name,
+                    "this operation was interrupted by an earlier stop of the agent; resuming it");
+                Next::Run { resume: true }
+            }
+            Ok(Consulted::Done(result)) => Next::Answer(result),
+            Err(failure) => Next::Answer(failure_result(operation_id.clone(), &failure)),
+        };
+        let result = match next {
+            Next::Answer(result) => result,
+            Next::Run { resume } => {
+                tracing::info!(%operation_id, %vm_id, action = action_name, resume, "executing command");
+                let outcome = self.run(vm_id, action, resume).await;
                 match &outcome {
                     Ok(done) => tracing::info!(
                         %operation_id, %vm_id, action = action_name,
@@ -108,7 +163,7 @@ impl CommandExecutor {
                     },
                     Err(failure) => failure_result(operation_id.clone(), &failure),
                 };
-                self.remember(&operation_id, &result);
+                self.record_result(&operation_id, &result).await;
                 result
             }
         };
@@ -118,10 +173,15 @@ impl CommandExecutor {
         result
     }
 
-    async fn run(&self, vm_id: VmId, action: Action) -> Result<Done, CommandFailure> {
+    /// Carries the action out. `resume` is set for an operation an earlier run of the agent
+    /// accepted but never finished (see the module docs).
+    async fn run(&self, vm_id: VmId, action: Action, resume: bool) -> Result<Done, CommandFailure> {
         let domain = match action {
             Action::Create(create) => self.create(vm_id, create).await,
             Action::Start(_) => {
+                if resume && self.already_in(vm_id, PowerState::Running).await? {
+                    return self.report(vm_id).await.map(Done::domain);
+                }
                 self.require_state(
                     vm_id,
                     |state| state != PowerState::Running,
@@ -132,11 +192,17 @@ impl CommandExecutor {
                 self.report(vm_id).await
             }
             Action::Stop(_) => {
+                if resume && self.already_in(vm_id, PowerState::Stopped).await? {
+                    return self.report(vm_id).await.map(Done::domain);
+                }
                 self.require_running(vm_id).await?;
                 self.stop(vm_id).await?;
                 self.report(vm_id).await
             }
             Action::ForceStop(_) => {
+                if resume && self.already_in(vm_id, PowerState::Stopped).await? {
+                    return self.report(vm_id).await.map(Done::domain);
+                }
                 self.require_running(vm_id).await?;
                 self.hypervisor.call(move |hv| hv.force_stop(vm_id)).await?;
                 self.report(vm_id).await
@@ -262,6 +328,15 @@ impl CommandExecutor {
         }
     }
 
+    /// Whether the product VM is in `state` already (an interrupted operation got there).
+    async fn already_in(&self, vm_id: VmId, state: PowerState) -> Result<bool, CommandFailure> {
+        let already = self.managed_domain(vm_id).await?.state == state;
+        if already {
+            tracing::info!(%vm_id, ?state, "the interrupted operation had already got the VM there");
+        }
+        Ok(already)
+    }
+
     async fn require_running(&self, vm_id: VmId) -> Result<(), CommandFailure> {
         self.require_state(
             vm_id,
@@ -294,25 +369,95 @@ impl CommandExecutor {
         locks.retain(|_, lock| Arc::strong_count(lock) > 1);
     }
 
-    fn recall(&self, operation_id: &str) -> Option<CommandResult> {
-        let finished = self
-            .finished
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        finished.get(operation_id)
+    /// What the journal knows of this operation. An operation ID that the journal holds for
+    /// another VM or another kind of command is refused: a coordinator never reuses one, so
+    /// the command is corrupt or hostile. Without an ID there is nothing to recognise a
+    /// repeat by: such a command is always new.
+    async fn consult(
+        &self,
+        operation_id: &str,
+        vm_id: VmId,
+        kind: &str,
+    ) -> Result<Consulted, CommandFailure> {
+        if operation_id.is_empty() {
+            return Ok(Consulted::New);
+        }
+        let entry = self
+            .journal
+            .lookup(operation_id)
+            .await
+            .map_err(journal_failure)?;
+        let Some(entry) = entry else {
+            return Ok(Consulted::New);
+        };
+        let same_vm = entry.vm_id().parse::<VmId>().is_ok_and(|id| id == vm_id);
+        if !same_vm || entry.kind() != kind {
+            tracing::warn!(%operation_id, %vm_id, kind, journaled_vm = entry.vm_id(),
+                journaled_kind = entry.kind(), "operation ID reused for another command; refused");
+            return Err(CommandFailure::invalid(format!(
+                "operation ID {operation_id} was already used for a {} of VM {}",
+                entry.kind(),
+                entry.vm_id()
+            )));
+        }
+        Ok(match entry {
+            JournalEntry::Done { result, .. } => {
+                tracing::info!(%operation_id, "repeated operation; answering with its stored result");
+                Consulted::Done(result)
+            }
+            JournalEntry::Accepted { .. } => Consulted::Interrupted,
+        })
     }
 
-    fn remember(&self, operation_id: &str, result: &CommandResult) {
-        // Without an ID there is nothing to recognise a repeat by.
+    /// Journals the operation as accepted; until that is durable nothing is done.
+    async fn accept(
+        &self,
+        operation_id: &str,
+        vm_id: VmId,
+        kind: &str,
+    ) -> Result<(), CommandFailure> {
+        if operation_id.is_empty() {
+            return Ok(());
+        }
+        self.journal
+            .accept(operation_id, &vm_id.to_string(), kind)
+            .await
+            .map_err(journal_failure)
+    }
+
+    /// Journals the result. A failure here is logged: the result is still sent, and a repeat
+    /// would resume the operation, which every kind allows (see the module docs).
+    async fn record_result(&self, operation_id: &str, result: &CommandResult) {
         if operation_id.is_empty() {
             return;
         }
-        let mut finished = self
-            .finished
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        finished.insert(operation_id.to_owned(), result.clone());
+        if let Err(error) = self.journal.finish(operation_id, result).await {
+            tracing::error!(%operation_id, error = %error_chain(&error), "cannot journal an operation's result");
+        }
     }
+}
+
+fn journal_failure(error: JournalError) -> CommandFailure {
+    tracing::error!(error = %error_chain(&error), "the operation journal failed; command refused");
+    CommandFailure::new(
+        ErrorKind::Unavailable,
+        format!(
+            "the agent cannot use its operation journal ({}); nothing was done",
+            error_chain(&error)
+        ),
+    )
+}
+
+/// An error and its causes on one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn ensure_managed(vm_id: VmId, domain: &ObservedDomain) -> Result<(), CommandFailure> {
@@ -324,6 +469,17 @@ fn ensure_managed(vm_id: VmId, domain: &ObservedDomain) -> Result<(), CommandFai
             domain.name
         )))
     }
+}
+
+/// Whether the action makes or removes a VM or a snapshot (see [`settling`]).
+fn changes_existence(action: &Action) -> bool {
+    matches!(
+        action,
+        Action::Create(_)
+            | Action::Delete(_)
+            | Action::CreateSnapshot(_)
+            | Action::DeleteSnapshot(_)
+    )
 }
 
 fn action_name(action: &Action) -> &'static str {
@@ -349,26 +505,11 @@ struct Done {
     snapshot: Option<SnapshotReport>,
 }
 
-/// Results of the last [`REMEMBERED_OPERATIONS`] operations, by operation ID.
-#[derive(Default)]
-struct FinishedOperations {
-    results: HashMap<String, CommandResult>,
-    order: VecDeque<String>,
-}
-
-impl FinishedOperations {
-    fn get(&self, operation_id: &str) -> Option<CommandResult> {
-        self.results.get(operation_id).cloned()
-    }
-
-    fn insert(&mut self, operation_id: String, result: CommandResult) {
-        if self.results.insert(operation_id.clone(), result).is_none() {
-            self.order.push_back(operation_id);
-        }
-        while self.order.len() > REMEMBERED_OPERATIONS {
-            if let Some(oldest) = self.order.pop_front() {
-                self.results.remove(&oldest);
-            }
+impl Done {
+    fn domain(domain: DomainReport) -> Self {
+        Self {
+            domain,
+            snapshot: None,
         }
     }
 }
@@ -436,6 +577,7 @@ mod tests {
             hypervisor,
             Arc::new(StateTracker::new()),
             Duration::from_secs(5),
+            Journal::in_memory().unwrap(),
         )
     }
 
@@ -596,28 +738,5 @@ mod tests {
             let result = executor.execute(command(op, foreign_uuid, action)).await;
             assert_eq!(error_kind_of(&result), ErrorKind::Conflict);
         }
-    }
-
-    #[test]
-    fn finished_operations_forget_the_oldest_beyond_the_bound() {
-        let mut finished = FinishedOperations::default();
-        for n in 0..=REMEMBERED_OPERATIONS {
-            finished.insert(
-                format!("op-{n}"),
-                CommandResult {
-                    operation_id: format!("op-{n}"),
-                    outcome: None,
-                    snapshot: None,
-                },
-            );
-        }
-        assert!(finished.get("op-0").is_none());
-        assert!(finished.get("op-1").is_some());
-        assert!(
-            finished
-                .get(&format!("op-{REMEMBERED_OPERATIONS}"))
-                .is_some()
-        );
-        assert_eq!(finished.results.len(), REMEMBERED_OPERATIONS);
     }
 }

@@ -1,6 +1,8 @@
-//! The agent's settings: parsed from flags or environment variables ([`Args`]), then checked
-//! and turned into typed values ([`AgentConfig`]) in a separate step whose errors name the
-//! setting that is wrong. Nothing here touches libvirt or the network.
+//! The agent's settings: parsed from flags, environment variables and the TOML file given
+//! with `--config`, in that order of precedence ([`Args`], the one definition; see
+//! `vmm_shared::settings`), then checked and turned into typed values ([`AgentConfig`]) in a
+//! separate step whose errors name the setting that is wrong. That step reads the secret
+//! file (`AGENT_TOKEN_FILE`) if there is one; nothing here touches libvirt or the network.
 
 use std::fmt;
 use std::fs;
@@ -16,8 +18,19 @@ use vmm_shared::HostId;
 /// Per-host agent of the VM manager: owns this host's libvirt connection, carries out the
 /// coordinator's commands and reports every domain's state.
 #[derive(Debug, Parser)]
-#[command(name = "agent", version)]
+#[command(name = "agent", version, after_help = vmm_shared::settings::PRECEDENCE_HELP)]
 pub struct Args {
+    /// TOML file of settings; keys are the long flags' names with `_` for `-` (e.g.
+    /// `libvirt_uri = "qemu:///system"`). Flags and environment variables override it
+    /// [default: none].
+    #[arg(long, env = "CONFIG_FILE", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Check the settings (and read the secret file), print the outcome and exit, without
+    /// starting. Command line only.
+    #[arg(long)]
+    pub check_config: bool,
+
     /// URL of the coordinator's agent endpoint.
     #[arg(
         long,
@@ -38,9 +51,15 @@ pub struct Args {
     #[arg(long, env = "AGENT_DATA_DIR", default_value = "./agent-data")]
     pub data_dir: PathBuf,
 
-    /// Shared credential the coordinator expects from agents (required).
+    /// Shared credential the coordinator expects from agents. Required: this or
+    /// AGENT_TOKEN_FILE.
     #[arg(long, env = "AGENT_TOKEN", hide_env_values = true)]
     pub agent_token: Option<String>,
+
+    /// File holding AGENT_TOKEN (a trailing line break is ignored); instead of AGENT_TOKEN
+    /// [default: none].
+    #[arg(long, env = "AGENT_TOKEN_FILE", value_name = "PATH")]
+    pub agent_token_file: Option<PathBuf>,
 
     /// Name of the libvirt storage pool the agent owns (defined if missing).
     #[arg(long, env = "STORAGE_POOL", default_value = "vmm")]
@@ -105,11 +124,20 @@ impl fmt::Debug for AgentToken {
     }
 }
 
+/// Arguments a config file may not set.
+pub const COMMAND_LINE_ONLY: &[&str] = &["check_config"];
+
 /// A setting that cannot be used, named by its environment variable.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("AGENT_TOKEN (--agent-token) is required: set it to the coordinator's agent token")]
+    #[error(
+        "AGENT_TOKEN (--agent-token) is required: set it, or AGENT_TOKEN_FILE, to the \
+         coordinator's agent token"
+    )]
     MissingToken,
+    /// `AGENT_TOKEN_FILE` is unreadable or empty, or set together with `AGENT_TOKEN`.
+    #[error(transparent)]
+    TokenFile(#[from] vmm_shared::settings::SecretError),
     #[error("AGENT_TOKEN (--agent-token) must be printable ASCII without spaces")]
     UnusableToken,
     #[error("HOST_ID (--host-id) {value:?} is invalid: {reason}")]
@@ -149,9 +177,16 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
-    /// Checks the parsed arguments. Does not touch the file system.
+    /// Checks the parsed arguments. Reads `AGENT_TOKEN_FILE` when it is set, and touches
+    /// nothing else.
     pub fn from_args(args: Args) -> Result<Self, ConfigError> {
-        let agent_token = match args.agent_token {
+        let agent_token = vmm_shared::settings::resolve_secret(
+            "AGENT_TOKEN",
+            args.agent_token,
+            "AGENT_TOKEN_FILE",
+            args.agent_token_file.as_deref(),
+        )?;
+        let agent_token = match agent_token {
             Some(token) if !token.trim().is_empty() => token,
             _ => return Err(ConfigError::MissingToken),
         };
@@ -323,5 +358,108 @@ mod tests {
         assert!(config.metrics.sample_interval.is_zero());
         let refused = Args::try_parse_from(["agent", "--metrics-addr", "nowhere"]).unwrap_err();
         assert!(refused.to_string().contains("--metrics-addr"), "{refused}");
+    }
+
+    #[test]
+    fn the_token_can_come_from_a_file_but_not_from_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent-token");
+        fs::write(&file, "from-the-file\n").unwrap();
+        // Set the fields directly: the environment of whoever runs the tests may hold some.
+        let mut from_file = args(&[]);
+        from_file.agent_token = None;
+        from_file.agent_token_file = Some(file.clone());
+        let config = AgentConfig::from_args(from_file).unwrap();
+        assert_eq!(
+            config.agent_token.bearer_header().to_str().unwrap(),
+            "Bearer from-the-file"
+        );
+
+        let mut both = args(&[]);
+        both.agent_token = Some("t".into());
+        both.agent_token_file = Some(file);
+        let error = AgentConfig::from_args(both).unwrap_err().to_string();
+        assert!(
+            error.contains("AGENT_TOKEN and AGENT_TOKEN_FILE"),
+            "{error}"
+        );
+
+        let mut missing = args(&[]);
+        missing.agent_token = None;
+        missing.agent_token_file = Some(dir.path().join("absent"));
+        let error = AgentConfig::from_args(missing).unwrap_err();
+        let text = vmm_shared::settings::error_chain(&error);
+        assert!(
+            text.contains("AGENT_TOKEN_FILE") && text.contains("absent"),
+            "{text}"
+        );
+    }
+
+    const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/config/agent.toml");
+
+    #[test]
+    fn the_example_config_loads_and_documents_every_setting() {
+        let loaded: Args = vmm_shared::settings::parse_from(
+            [
+                "agent",
+                "--config",
+                EXAMPLE,
+                "--agent-token",
+                "t",
+                "--host-id",
+                "kvm-1",
+            ],
+            COMMAND_LINE_ONLY,
+        )
+        .unwrap();
+        if std::env::var_os("LIBVIRT_URI").is_none() {
+            assert_eq!(loaded.libvirt_uri, "qemu:///system");
+        }
+        AgentConfig::from_args(loaded).unwrap();
+
+        // Every `#key = value` line made a setting: each example value is valid too.
+        let everything = fs::read_to_string(EXAMPLE)
+            .unwrap()
+            .lines()
+            .map(|line| match line.strip_prefix('#') {
+                Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase()) => rest,
+                _ => line,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        fs::write(&path, &everything).unwrap();
+        let loaded: Result<Args, _> = vmm_shared::settings::parse_from(
+            ["agent".into(), "--config".into(), path.into_os_string()],
+            COMMAND_LINE_ONLY,
+        );
+        loaded.unwrap();
+
+        use clap::CommandFactory;
+        for arg in Args::command().get_arguments() {
+            let key = arg.get_id().as_str();
+            if ["config", "check_config", "help", "version"].contains(&key) {
+                continue;
+            }
+            assert!(
+                everything
+                    .lines()
+                    .any(|line| line.starts_with(&format!("{key} = "))),
+                "deploy/config/agent.toml does not show `{key}`"
+            );
+            // `--help` names each setting's variable and its default (or why it has none).
+            let help = arg.get_long_help().or(arg.get_help()).unwrap().to_string();
+            assert!(
+                arg.get_env().is_some(),
+                "`{key}` has no environment variable"
+            );
+            assert!(
+                !arg.get_default_values().is_empty()
+                    || help.contains("[default: ")
+                    || help.contains("Required"),
+                "--help shows no default for `{key}`: {help}"
+            );
+        }
     }
 }

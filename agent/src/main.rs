@@ -8,6 +8,8 @@
 //! - [`state`]: generations and the last state reported per domain.
 //! - [`poller`]: the periodic look at every domain.
 //! - [`commands`]: executing the coordinator's commands.
+//! - [`journal`]: the operation journal that makes commands exactly-once across restarts.
+//! - [`recovery`]: what start-up does about an earlier run that died mid-operation.
 //! - [`stream`]: the session with the coordinator.
 //! - [`metrics`]: the Prometheus endpoint (per-domain statistics, host, agent health).
 //!
@@ -17,8 +19,10 @@
 mod commands;
 mod config;
 mod hypervisor;
+mod journal;
 mod metrics;
 mod poller;
+mod recovery;
 mod state;
 mod stream;
 
@@ -26,7 +30,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use crate::commands::CommandExecutor;
@@ -40,13 +43,19 @@ use crate::stream::{CoordinatorLink, SessionSettings};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = match AgentConfig::from_args(Args::parse()) {
+    let args: Args = vmm_shared::settings::parse_or_exit("agent", config::COMMAND_LINE_ONLY);
+    let check_only = args.check_config;
+    let config = match AgentConfig::from_args(args) {
         Ok(config) => config,
         Err(error) => {
-            eprintln!("agent: {error}");
+            eprintln!("agent: {}", vmm_shared::settings::error_chain(&error));
             return ExitCode::from(2);
         }
     };
+    if check_only {
+        println!("agent: the configuration is valid");
+        return ExitCode::SUCCESS;
+    }
     init_tracing(config.log_format);
     match run(config).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -83,6 +92,8 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
         images_dir,
     };
     let hypervisor = HypervisorHandle::spawn(move || LibvirtHost::open(libvirt_settings)).await?;
+    // Before any command can arrive: the journal, and the sweep of what a killed run left.
+    let journal = recovery::recover_at_start(&config.data_dir, &hypervisor).await?;
 
     let metrics_service = MetricsService::new(
         hypervisor.clone(),
@@ -104,7 +115,9 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
         hypervisor.clone(),
         tracker,
         config.shutdown_timeout,
+        journal,
     ));
+    let service_hypervisor = hypervisor.clone();
     let link = CoordinatorLink::new(
         SessionSettings {
             coordinator_url: config.coordinator_url.clone(),
@@ -125,12 +138,30 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
             served.context("the metrics endpoint stopped")?;
         }
         () = metrics_service.run_collector() => {}
+        () = tell_systemd(service_hypervisor) => {}
         signal = shutdown_signal() => {
             signal?;
+            vmm_shared::systemd::notify_stopping();
             tracing::info!("shutting down; VMs keep running");
         }
     }
     Ok(())
+}
+
+/// Tells systemd the agent is ready, then feeds its watchdog while the libvirt thread
+/// answers. Polled alongside the agent's tasks: it yields once first, so that READY=1 goes
+/// out only after every other branch (the metrics endpoint, the coordinator link: connected
+/// or retrying with backoff) has started. Never resolves.
+async fn tell_systemd(hypervisor: HypervisorHandle) {
+    tokio::task::yield_now().await;
+    vmm_shared::systemd::notify_ready();
+    vmm_shared::systemd::run_watchdog(move || {
+        let hypervisor = hypervisor.clone();
+        // A no-op through the one thread every libvirt call runs on: a hung libvirt call
+        // (or a hung libvirtd) leaves it queued, and the watchdog unfed.
+        async move { hypervisor.call(|_| Ok(())).await }
+    })
+    .await
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -127,3 +127,7 @@ impl StatePoller {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "poller_tests.rs"]
+mod tests;

@@ -33,6 +33,9 @@ const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(30);
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(500);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 const OUTGOING_QUEUE: usize = 256;
+/// How long a registration waits for creates and deletes still running from the last
+/// session before it takes the inventory anyway.
+const EXISTENCE_SETTLE_BOUND: Duration = Duration::from_secs(60);
 
 /// Who the agent is and how it reaches the coordinator.
 #[derive(Debug, Clone)]
@@ -222,6 +225,11 @@ impl CoordinatorLink {
     }
 
     async fn registration(&self) -> Result<Register, SessionError> {
+        // Commands of the last session that create or delete something may still run; the
+        // inventory must show their outcome (see `commands::settling`).
+        self.executor
+            .existence_settled(EXISTENCE_SETTLE_BOUND)
+            .await;
         let inventory = self.poller.inventory().await?;
         let facts = self.hypervisor.call(|hv| hv.host_facts()).await?;
         Ok(Register {
@@ -371,6 +379,7 @@ mod tests {
             hypervisor.clone(),
             tracker,
             Duration::from_secs(5),
+            crate::journal::Journal::in_memory().unwrap(),
         ));
         let settings = SessionSettings {
             coordinator_url: url,

@@ -5,7 +5,7 @@
 //! administrator can neither be demoted nor deleted, so the system always keeps one.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
@@ -15,7 +15,7 @@ use crate::app::AppState;
 use crate::auth::AdminUser;
 use crate::db;
 use crate::error::ApiError;
-use crate::http::ApiJson;
+use crate::http::{ApiJson, ApiPath};
 use crate::quotas::QuotaUsage;
 use crate::users::{self, Role};
 
@@ -99,7 +99,7 @@ async fn admin_count(tx: &mut db::DbTransaction) -> Result<i64, sqlx::Error> {
 pub async fn set_role(
     State(app): State<AppState>,
     AdminUser(user): AdminUser,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(change): ApiJson<RoleChange>,
 ) -> Result<Json<RoleView>, ApiError> {
     let target = target_user(&app, &id).await?;
@@ -127,7 +127,7 @@ pub async fn set_role(
 pub async fn delete_user(
     State(app): State<AppState>,
     AdminUser(user): AdminUser,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let target = target_user(&app, &id).await?;
     let mut tx = db::begin_write(&app.db).await?;

@@ -235,6 +235,9 @@ async fn handle_message(
 }
 
 #[cfg(test)]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

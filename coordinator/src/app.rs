@@ -1,6 +1,8 @@
 //! Assembly: the shared application state, the REST router, the gRPC server for agents,
 //! and the start-up sequence (database, restart recovery, secrets, admin account,
-//! listeners) up to a graceful shutdown on SIGTERM or Ctrl-C.
+//! listeners) up to a graceful shutdown on SIGTERM or Ctrl-C. Under systemd it reports
+//! `READY=1` once both listeners serve, feeds the watchdog while the database answers, and
+//! reports `STOPPING=1` on the way out.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -208,7 +210,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )
     };
 
+    // The database is migrated and both listeners are bound and being served.
+    vmm_shared::systemd::notify_ready();
+    let watchdog = tokio::spawn(vmm_shared::systemd::run_watchdog({
+        let db = state.db.clone();
+        move || database_answers(db.clone())
+    }));
+
     shutdown_signal().await;
+    vmm_shared::systemd::notify_stopping();
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     // Agent streams never end by themselves; give in-flight requests a bounded grace.
@@ -220,6 +230,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if drained.is_err() {
         tracing::warn!("in-flight requests did not finish within 10 s; exiting anyway");
     }
+    // Pings go on while in-flight requests drain, and end before the database closes.
+    watchdog.abort();
     state.db.close().await;
     Ok(())
 }
@@ -240,6 +252,11 @@ async fn upkeep(state: AppState, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => return,
         }
     }
+}
+
+/// The watchdog's health check: a process whose database does not answer is not serving.
+async fn database_answers(db: Db) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1").execute(&db).await.map(drop)
 }
 
 async fn stopped(mut stop: watch::Receiver<bool>) {

@@ -1,6 +1,8 @@
-//! The coordinator's configuration: every setting is a flag and an environment variable.
-//! `Config` is what clap parses; `Config::validate` checks what clap cannot and names the
-//! setting that is wrong.
+//! The coordinator's configuration: every setting is a flag, an environment variable and a
+//! key of the TOML file given with `--config` (precedence in that order, then the default;
+//! see `vmm_shared::settings`). `Config` is the one definition clap parses;
+//! `Config::resolve_secret_files` reads `*_FILE` secrets and `Config::validate` checks what
+//! clap cannot, both naming the setting that is wrong.
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -26,8 +28,19 @@ pub enum LogFormat {
 
 /// Control plane for KVM hosts: users, quotas and the REST API; schedules VMs onto agents.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "coordinator", version, about)]
+#[command(name = "coordinator", version, about, after_help = vmm_shared::settings::PRECEDENCE_HELP)]
 pub struct Config {
+    /// TOML file of settings; keys are the long flags' names with `_` for `-` (e.g.
+    /// `http_addr = "0.0.0.0:8080"`). Flags and environment variables override it
+    /// [default: none].
+    #[arg(long, env = "CONFIG_FILE", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Check the settings (and read the secret files), print the outcome and exit, without
+    /// starting. Command line only.
+    #[arg(long)]
+    pub check_config: bool,
+
     /// Address of the REST API.
     #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
@@ -49,21 +62,38 @@ pub struct Config {
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
+    /// File holding JWT_SECRET (a trailing line break is ignored); instead of JWT_SECRET
+    /// [default: none].
+    #[arg(long, env = "JWT_SECRET_FILE", value_name = "PATH")]
+    pub jwt_secret_file: Option<PathBuf>,
+
     /// Lifetime of a login token, in seconds.
     #[arg(long, env = "JWT_TTL_SECS", default_value_t = 3600)]
     pub jwt_ttl_secs: u64,
 
-    /// Name of an admin account to create (or promote) at start; needs ADMIN_PASSWORD.
+    /// Name of an admin account to create (or promote) at start; needs ADMIN_PASSWORD
+    /// [default: none].
     #[arg(long, env = "ADMIN_USER")]
     pub admin_user: Option<String>,
 
-    /// Password of the ADMIN_USER account. There is no default password.
+    /// Password of the ADMIN_USER account [default: none: there is no default password].
     #[arg(long, env = "ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<String>,
 
-    /// Shared credential every agent must present (at least 16 characters). Required.
+    /// File holding ADMIN_PASSWORD (a trailing line break is ignored); instead of
+    /// ADMIN_PASSWORD [default: none].
+    #[arg(long, env = "ADMIN_PASSWORD_FILE", value_name = "PATH")]
+    pub admin_password_file: Option<PathBuf>,
+
+    /// Shared credential every agent must present (at least 16 characters). Required: this
+    /// or AGENT_TOKEN_FILE.
     #[arg(long, env = "AGENT_TOKEN", hide_env_values = true)]
     pub agent_token: Option<String>,
+
+    /// File holding AGENT_TOKEN (a trailing line break is ignored); instead of AGENT_TOKEN
+    /// [default: none].
+    #[arg(long, env = "AGENT_TOKEN_FILE", value_name = "PATH")]
+    pub agent_token_file: Option<PathBuf>,
 
     /// bcrypt work factor for password hashes (4-31).
     #[arg(long, env = "BCRYPT_COST", default_value_t = 12,
@@ -158,13 +188,70 @@ pub struct AdminBootstrap {
     pub password: String,
 }
 
+/// Arguments a config file may not set.
+pub const COMMAND_LINE_ONLY: &[&str] = &["check_config"];
+
 impl Config {
+    /// Reads the settings from the process's flags, environment and config file, then the
+    /// secret files, and validates them. Prints what is wrong and exits (code 2) when they
+    /// cannot be used; `--help` and `--version` print and exit too.
+    pub fn load_or_exit() -> Self {
+        let mut config: Self =
+            vmm_shared::settings::parse_or_exit("coordinator", COMMAND_LINE_ONLY);
+        if let Err(error) = config
+            .resolve_secret_files()
+            .and_then(|()| config.validate())
+        {
+            eprintln!("coordinator: {error}");
+            std::process::exit(2);
+        }
+        config
+    }
+
+    /// Replaces each secret given as a file (`*_FILE`) by the file's content. Setting both a
+    /// secret and its file is an error naming both.
+    pub fn resolve_secret_files(&mut self) -> Result<(), ConfigError> {
+        use vmm_shared::settings::{error_chain, resolve_secret};
+        let secret_error = |error: vmm_shared::settings::SecretError| {
+            let setting = error.setting();
+            let chain = error_chain(&error);
+            let reason = chain
+                .strip_prefix(&format!("{setting}: "))
+                .unwrap_or(&chain)
+                .to_owned();
+            invalid(setting, reason)
+        };
+        self.jwt_secret = resolve_secret(
+            "JWT_SECRET",
+            self.jwt_secret.take(),
+            "JWT_SECRET_FILE",
+            self.jwt_secret_file.as_deref(),
+        )
+        .map_err(secret_error)?;
+        self.admin_password = resolve_secret(
+            "ADMIN_PASSWORD",
+            self.admin_password.take(),
+            "ADMIN_PASSWORD_FILE",
+            self.admin_password_file.as_deref(),
+        )
+        .map_err(secret_error)?;
+        self.agent_token = resolve_secret(
+            "AGENT_TOKEN",
+            self.agent_token.take(),
+            "AGENT_TOKEN_FILE",
+            self.agent_token_file.as_deref(),
+        )
+        .map_err(secret_error)?;
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         match self.agent_token.as_deref() {
             None | Some("") => {
                 return Err(invalid(
                     "AGENT_TOKEN",
-                    "required: set the shared credential agents must present \
+                    "required: set the shared credential agents must present, or \
+                     AGENT_TOKEN_FILE to a file holding it \
                      (e.g. `head -c 32 /dev/urandom | base64`)",
                 ));
             }
@@ -295,5 +382,115 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.setting, "ADMIN_PASSWORD");
         assert!(parse(&["--agent-token", token]).validate().is_ok());
+    }
+
+    #[test]
+    fn secrets_are_read_from_files_and_named_when_they_cannot_be() {
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("agent-token");
+        std::fs::write(&token_file, "0123456789abcdef0123\n").unwrap();
+        let secret_file = dir.path().join("jwt-secret");
+        std::fs::write(&secret_file, format!("{}\n", "s".repeat(40))).unwrap();
+        // Set the fields directly: the environment of whoever runs the tests may hold some.
+        let mut config = parse(&[]);
+        config.agent_token = None;
+        config.agent_token_file = Some(token_file.clone());
+        config.jwt_secret = None;
+        config.jwt_secret_file = Some(secret_file);
+        config.admin_password = None;
+        config.admin_password_file = None;
+        config.resolve_secret_files().unwrap();
+        assert_eq!(config.agent_token.as_deref(), Some("0123456789abcdef0123"));
+        assert_eq!(config.jwt_secret.as_deref(), Some("s".repeat(40).as_str()));
+
+        let mut both = parse(&[]);
+        both.agent_token = Some("0123456789abcdef0123".into());
+        both.agent_token_file = Some(token_file);
+        let err = both.resolve_secret_files().unwrap_err();
+        assert_eq!(err.setting, "AGENT_TOKEN_FILE");
+        assert!(
+            err.reason.contains("AGENT_TOKEN and AGENT_TOKEN_FILE"),
+            "{err}"
+        );
+
+        let mut missing = parse(&[]);
+        missing.admin_password = None;
+        missing.admin_password_file = Some(dir.path().join("absent"));
+        let err = missing.resolve_secret_files().unwrap_err();
+        assert_eq!(err.setting, "ADMIN_PASSWORD_FILE");
+        assert!(err.to_string().contains("absent"), "{err}");
+    }
+
+    const EXAMPLE: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/config/coordinator.toml"
+    );
+
+    /// The example with every `#key = value` line made a setting.
+    fn example_with_everything_set() -> String {
+        std::fs::read_to_string(EXAMPLE)
+            .unwrap()
+            .lines()
+            .map(|line| match line.strip_prefix('#') {
+                Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase()) => rest,
+                _ => line,
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn the_example_config_loads_and_documents_every_setting() {
+        let config: Config = vmm_shared::settings::parse_from(
+            ["coordinator", "--config", EXAMPLE],
+            COMMAND_LINE_ONLY,
+        )
+        .unwrap();
+        if std::env::var_os("GRPC_ADDR").is_none() {
+            assert_eq!(config.grpc_addr, "0.0.0.0:50051".parse().unwrap());
+        }
+
+        let everything = example_with_everything_set();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("coordinator.toml");
+        std::fs::write(&path, &everything).unwrap();
+        let loaded: Result<Config, _> = vmm_shared::settings::parse_from(
+            [
+                "coordinator".into(),
+                "--config".into(),
+                path.into_os_string(),
+            ],
+            COMMAND_LINE_ONLY,
+        );
+        let config = loaded.unwrap();
+        if std::env::var_os("TRUSTED_PROXIES").is_none() {
+            assert_eq!(config.trusted_proxies.len(), 2);
+        }
+
+        use clap::CommandFactory;
+        for arg in Config::command().get_arguments() {
+            let key = arg.get_id().as_str();
+            if ["config", "check_config", "help", "version"].contains(&key) {
+                continue;
+            }
+            assert!(
+                everything
+                    .lines()
+                    .any(|line| line.starts_with(&format!("{key} = "))),
+                "deploy/config/coordinator.toml does not show `{key}`"
+            );
+            // `--help` names each setting's variable and its default (or why it has none).
+            let help = arg.get_long_help().or(arg.get_help()).unwrap().to_string();
+            assert!(
+                arg.get_env().is_some(),
+                "`{key}` has no environment variable"
+            );
+            assert!(
+                !arg.get_default_values().is_empty()
+                    || help.contains("[default: ")
+                    || help.contains("Required"),
+                "--help shows no default for `{key}`: {help}"
+            );
+        }
     }
 }

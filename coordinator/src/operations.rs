@@ -3,7 +3,7 @@
 //! At most one operation per VM is pending at a time (a unique index enforces it).
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use serde::Serialize;
 use sqlx::Row;
 use vmm_shared::{HostId, OperationId, UserId, VmId};
@@ -12,6 +12,7 @@ use crate::app::AppState;
 use crate::auth::CurrentUser;
 use crate::db::{self, Db, DbTransaction};
 use crate::error::ApiError;
+use crate::http::ApiPath;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OperationKind {
@@ -147,7 +148,7 @@ pub struct OperationView {
 pub async fn get_operation(
     State(app): State<AppState>,
     user: CurrentUser,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<OperationView>, ApiError> {
     let not_found = || ApiError::NotFound(format!("no operation with ID {id}"));
     let id: OperationId = id.parse().map_err(|_| not_found())?;

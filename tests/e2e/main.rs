@@ -11,6 +11,8 @@
 mod admin;
 mod auth;
 mod bad_input;
+mod config;
+mod faults;
 mod lifecycle;
 mod metrics;
 mod qemu;
@@ -19,3 +21,4 @@ mod rate_limit;
 mod reliability;
 mod scheduling;
 mod snapshots;
+mod systemd;

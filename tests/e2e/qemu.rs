@@ -16,6 +16,8 @@ const OUT_OF_BAND_DEADLINE: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn vm_lifecycle_on_real_qemu() {
+    // Held to the end: the libvirtd restart test must not run meanwhile.
+    let _libvirtd = virsh::qemu_guard().await;
     virsh::require_qemu_system().await;
     virsh::require_storage_driver().await;
     let started = Instant::now();

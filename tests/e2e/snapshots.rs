@@ -221,6 +221,8 @@ async fn qcow2_snapshot_names(disk: &Path) -> Result<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn snapshots_restore_data_on_real_qemu() {
+    // Held to the end: the libvirtd restart test must not run meanwhile.
+    let _libvirtd = virsh::qemu_guard().await;
     virsh::require_qemu_system().await;
     virsh::require_storage_driver().await;
     let agent = AgentOptions::qemu("qemu-snap-host");

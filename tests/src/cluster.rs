@@ -127,6 +127,8 @@ pub struct AgentHandle {
     /// its own, so agents of tests running side by side never compete for the default 9177.
     pub metrics_addr: SocketAddr,
     process: ChildProcess,
+    /// How often [`TestCluster::restart_agent`] restarted it.
+    restarts: u32,
 }
 
 impl AgentHandle {
@@ -148,6 +150,16 @@ impl AgentHandle {
 
     pub fn log_tail(&self, lines: usize) -> String {
         self.process.log_tail(lines)
+    }
+
+    /// The whole log of the current process.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.process.log_path()).unwrap_or_default()
+    }
+
+    /// The agent's process ID.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
     }
 
     /// Sends `signal` (e.g. `"STOP"`, `"CONT"`, `"KILL"`) to the agent process.
@@ -286,12 +298,38 @@ impl TestCluster {
         std::fs::create_dir(&data_dir)?;
         make_traversable(&data_dir)?;
         let metrics_addr = free_port()?;
+        let process = self.spawn_agent(
+            agent_bin,
+            &options,
+            &data_dir,
+            metrics_addr,
+            root.join(format!("agent-{}.log", options.host_id)),
+        )?;
+        self.agents.push(AgentHandle {
+            options,
+            data_dir,
+            metrics_addr,
+            process,
+            restarts: 0,
+        });
+        Ok(())
+    }
+
+    /// Starts one agent process with the cluster's settings.
+    fn spawn_agent(
+        &self,
+        agent_bin: &Path,
+        options: &AgentOptions,
+        data_dir: &Path,
+        metrics_addr: SocketAddr,
+        log_path: PathBuf,
+    ) -> Result<ChildProcess> {
         let env: Vec<(String, OsString)> = vec![
             ("METRICS_ADDR".into(), metrics_addr.to_string().into()),
             ("COORDINATOR_URL".into(), self.grpc_url.clone().into()),
             ("LIBVIRT_URI".into(), options.libvirt_uri.clone().into()),
             ("HOST_ID".into(), options.host_id.clone().into()),
-            ("AGENT_DATA_DIR".into(), data_dir.clone().into()),
+            ("AGENT_DATA_DIR".into(), data_dir.to_path_buf().into()),
             ("AGENT_TOKEN".into(), self.agent_token.clone().into()),
             ("STORAGE_POOL".into(), options.storage_pool.clone().into()),
             (
@@ -303,20 +341,77 @@ impl TestCluster {
                 options.poll_interval_ms.to_string().into(),
             ),
         ];
-        let process = ChildProcess::spawn(
+        ChildProcess::spawn(
             &format!("agent {}", options.host_id),
             agent_bin,
             &[],
             &env,
-            root.join(format!("agent-{}.log", options.host_id)),
-        )?;
-        self.agents.push(AgentHandle {
-            options,
-            data_dir,
-            metrics_addr,
-            process,
-        });
+            log_path,
+        )
+    }
+
+    /// Kills the agent of `host_id` with SIGKILL (nothing is flushed, nothing said goodbye
+    /// to) and reaps it. Its VMs keep running: the agent is not in their data path.
+    pub fn kill_agent(&mut self, host_id: &str) {
+        self.agent_mut(host_id).process.kill();
+    }
+
+    /// Kills the agent of `host_id` if it still runs (SIGKILL) and starts it again with the
+    /// same settings, data directory (journal included), storage pool and metrics address.
+    /// Returns at once; see [`TestCluster::wait_for_connected_agents`]. The new process logs
+    /// to `agent-<host>.restart-<n>.log`.
+    pub fn restart_agent(&mut self, host_id: &str) -> Result<()> {
+        let agent_bin = binary_path("agent")?;
+        let root = self
+            .dir
+            .as_ref()
+            .context("cluster directory already gone")?
+            .path()
+            .to_path_buf();
+        let agent = self.agent_mut(host_id);
+        agent.process.kill();
+        agent.restarts += 1;
+        let log_path = root.join(format!("agent-{host_id}.restart-{}.log", agent.restarts));
+        let (options, data_dir, metrics_addr) = (
+            agent.options.clone(),
+            agent.data_dir.clone(),
+            agent.metrics_addr,
+        );
+        let process = self.spawn_agent(&agent_bin, &options, &data_dir, metrics_addr, log_path)?;
+        self.agent_mut(host_id).process = process;
         Ok(())
+    }
+
+    /// Waits up to `timeout` for the agent of `host_id` to exit on its own and returns its
+    /// exit status.
+    pub async fn wait_for_agent_exit(
+        &mut self,
+        host_id: &str,
+        timeout: Duration,
+    ) -> Result<std::process::ExitStatus> {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.agent_mut(host_id).process.exited() {
+                return Ok(status);
+            }
+            anyhow::ensure!(
+                started.elapsed() < timeout,
+                "agent {host_id} did not exit within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn agent_mut(&mut self, host_id: &str) -> &mut AgentHandle {
+        self.agents
+            .iter_mut()
+            .find(|agent| agent.host_id() == host_id)
+            .unwrap_or_else(|| panic!("no agent with host ID {host_id:?} in this cluster"))
+    }
+
+    /// The coordinator's process ID.
+    pub fn coordinator_pid(&self) -> u32 {
+        self.coordinator.pid()
     }
 
     /// Kills the coordinator (SIGKILL: nothing is flushed or said goodbye to) and starts it

@@ -123,3 +123,49 @@ impl Drop for QemuLeftovers {
         run(&["pool-undefine", &self.pool]);
     }
 }
+
+/// Serialises QEMU tests against the one test that restarts libvirtd: every test that uses
+/// `qemu:///system` holds [`qemu_guard`] for its whole duration, and the libvirtd restart
+/// holds [`qemu_exclusive_guard`], so no other test in this binary talks to libvirtd while
+/// it is down. (Tests in other processes are not covered: run the suite once at a time.)
+static QEMU_LOCK: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// Shared access to libvirtd for an ordinary QEMU test; hold it until the test ends.
+pub async fn qemu_guard() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    QEMU_LOCK.read().await
+}
+
+/// Exclusive access to libvirtd, for a test that restarts it.
+pub async fn qemu_exclusive_guard() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    QEMU_LOCK.write().await
+}
+
+/// Names of every domain libvirt knows (`virsh list --all --name`).
+pub async fn domain_names() -> Result<Vec<String>> {
+    Ok(virsh_ok(&["list", "--all", "--name"])
+        .await?
+        .lines()
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Names of a domain's snapshots (`virsh snapshot-list --name`).
+pub async fn snapshot_names(domain: &str) -> Result<Vec<String>> {
+    Ok(virsh_ok(&["snapshot-list", domain, "--name"])
+        .await?
+        .lines()
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
+/// `virsh undefine <domain>` (keeping its disk): the product VM vanishes behind the
+/// product's back. A running domain becomes transient and goes once destroyed.
+pub async fn undefine(domain: &str) -> Result<()> {
+    virsh_ok(&["undefine", domain, "--snapshots-metadata"])
+        .await
+        .map(drop)
+}

@@ -29,6 +29,7 @@ use super::{
 };
 
 mod snapshots;
+mod sweep;
 
 /// Where and how the agent uses libvirt.
 #[derive(Debug, Clone)]
@@ -58,6 +59,8 @@ pub struct LibvirtHost {
     vm_id_by_uuid: HashMap<String, Option<VmId>>,
     /// What the metrics' statistics remember between collections.
     stats_cache: super::stats::StatsCache,
+    /// When to try again after libvirtd went away.
+    reconnect: super::reconnect::ReconnectBackoff,
 }
 
 impl LibvirtHost {
@@ -89,6 +92,7 @@ impl LibvirtHost {
             guest,
             vm_id_by_uuid: HashMap::new(),
             stats_cache: super::stats::StatsCache::default(),
+            reconnect: super::reconnect::ReconnectBackoff::default(),
         })
     }
 
@@ -242,24 +246,45 @@ impl LibvirtHost {
         self.vm_id_by_uuid.remove(&vm_id.to_string());
     }
 
-    /// Reopens the connection if libvirtd went away (e.g. was restarted).
+    /// Reopens the connection if libvirtd went away (e.g. was restarted), with backoff
+    /// between failed attempts. The call that follows fails on a dead connection, which is
+    /// how the poller learns that libvirt is unreachable and heartbeats say so.
+    ///
+    /// libvirt's client notices a closed socket only during a call (the agent runs no
+    /// libvirt event loop), so the first call after libvirtd died fails, and the connection
+    /// reads as dead from then on.
     fn reconnect_if_dead(&mut self) {
         if self.connection.is_alive().unwrap_or(false) {
             return;
         }
+        let now = std::time::Instant::now();
+        if !self.reconnect.may_attempt(now) {
+            return;
+        }
         match Connect::open(Some(&self.settings.uri)) {
             Ok(connection) => {
-                tracing::info!(uri = %self.settings.uri, "reconnected to libvirt");
+                let failed_attempts = self.reconnect.succeeded();
+                tracing::info!(uri = %self.settings.uri, failed_attempts, "reconnected to libvirt");
                 self.connection = connection;
+                // A restarted libvirtd brings autostarted pools back; make sure of it.
+                if let Err(error) = ensure_storage_pool(&self.connection, &self.settings) {
+                    tracing::warn!(%error, "the storage pool is not ready after reconnecting");
+                }
             }
             Err(error) => {
-                tracing::warn!(uri = %self.settings.uri, error = error.message(), "libvirt is unreachable");
+                let retry_in = self.reconnect.failed(now);
+                tracing::warn!(uri = %self.settings.uri, error = error.message(), ?retry_in,
+                    "libvirt is unreachable");
             }
         }
     }
 }
 
 impl Hypervisor for LibvirtHost {
+    fn remove_orphan_volumes(&mut self) -> Result<Vec<String>, HypervisorError> {
+        self.sweep_orphan_volumes()
+    }
+
     fn stats_sample(&mut self) -> Result<super::stats::StatsSample, HypervisorError> {
         self.reconnect_if_dead();
         super::stats::collect(
@@ -270,6 +295,7 @@ impl Hypervisor for LibvirtHost {
     }
 
     fn host_facts(&mut self) -> Result<HostFacts, HypervisorError> {
+        self.reconnect_if_dead();
         let node = self
             .connection
             .node_info()
@@ -322,6 +348,7 @@ impl Hypervisor for LibvirtHost {
     }
 
     fn find_vm(&mut self, vm_id: VmId) -> Result<Option<ObservedDomain>, HypervisorError> {
+        self.reconnect_if_dead();
         let Some(domain) = self.lookup_domain(vm_id)? else {
             return Ok(None);
         };

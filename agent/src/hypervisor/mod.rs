@@ -11,6 +11,7 @@
 
 pub mod domain_xml;
 pub mod libvirt;
+pub mod reconnect;
 pub mod snapshot_xml;
 pub mod stats;
 pub mod worker;
@@ -170,6 +171,13 @@ pub trait Hypervisor {
         vm_id: VmId,
         snapshot_id: SnapshotId,
     ) -> Result<(), HypervisorError>;
+
+    /// Deletes the disk volumes of product VMs that have no domain (what a create cut short
+    /// by the agent's death leaves) and returns their names. Only safe at start, before any
+    /// command runs: later, such a volume may belong to a create in progress.
+    fn remove_orphan_volumes(&mut self) -> Result<Vec<String>, HypervisorError> {
+        Ok(Vec::new())
+    }
 
     /// Statistics of every domain, from one bulk call, and the host's capacity, for the
     /// metrics endpoint. Only reads.

@@ -1,9 +1,11 @@
-//! HTTP plumbing shared by every route: the JSON extractor that turns body problems into
-//! our error type, and the fallbacks for unknown routes and methods.
+//! HTTP plumbing shared by every route: the JSON body and path extractors that turn
+//! request problems into our error type, and the fallbacks for unknown routes and methods.
 
 mod json;
+mod path;
 
 pub use json::ApiJson;
+pub use path::ApiPath;
 
 use axum::http::{Method, Uri};
 

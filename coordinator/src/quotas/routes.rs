@@ -3,7 +3,7 @@
 //! included, gets 403).
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use serde::Serialize;
 use vmm_shared::UserId;
 
@@ -12,7 +12,7 @@ use super::{QuotaLimits, QuotaUsage};
 use crate::app::AppState;
 use crate::auth::{AdminUser, CurrentUser};
 use crate::error::ApiError;
-use crate::http::ApiJson;
+use crate::http::{ApiJson, ApiPath};
 use crate::users;
 
 #[derive(Debug, Serialize)]
@@ -47,7 +47,7 @@ pub async fn my_quota(
 pub async fn user_quota(
     State(app): State<AppState>,
     user: CurrentUser,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<QuotaView>, ApiError> {
     user.require_admin()?;
     let target = existing_user(&app, &id).await?;
@@ -57,7 +57,7 @@ pub async fn user_quota(
 pub async fn set_user_quota(
     State(app): State<AppState>,
     AdminUser(user): AdminUser,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(changes): ApiJson<LimitOverrides>,
 ) -> Result<Json<QuotaLimits>, ApiError> {
     let target = existing_user(&app, &id).await?;

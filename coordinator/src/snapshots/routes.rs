@@ -1,7 +1,7 @@
 //! The snapshot routes (see the module doc of `snapshots`).
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
@@ -15,7 +15,7 @@ use crate::auth::CurrentUser;
 use crate::error::ApiError;
 use crate::hosts::DispatchError;
 use crate::hosts::registry::CommandSuccess;
-use crate::http::ApiJson;
+use crate::http::{ApiJson, ApiPath};
 use crate::idempotency::{self, IdempotentRequest};
 use crate::operations::{self, Operation, OperationKind};
 use crate::vms::reports::{self, ReportSource};
@@ -65,7 +65,7 @@ fn snapshot_command(operation: Operation, vm: &Vm, action: command::Action) -> C
 pub async fn create_snapshot(
     State(app): State<AppState>,
     user: CurrentUser,
-    Path(vm_id): Path<String>,
+    ApiPath(vm_id): ApiPath<String>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<CreateSnapshotRequest>,
 ) -> Result<Response, ApiError> {
@@ -208,7 +208,7 @@ async fn create_on_host(
 pub async fn list_snapshots(
     State(app): State<AppState>,
     user: CurrentUser,
-    Path(vm_id): Path<String>,
+    ApiPath(vm_id): ApiPath<String>,
 ) -> Result<Json<Vec<SnapshotView>>, ApiError> {
     let vm = load_visible(&app, &user, &vm_id).await?;
     let snapshots = store::list_for_vm(&app.db, vm.id).await?;
@@ -220,7 +220,7 @@ pub async fn list_snapshots(
 pub async fn restore_snapshot(
     State(app): State<AppState>,
     user: CurrentUser,
-    Path(snapshot_id): Path<String>,
+    ApiPath(snapshot_id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let (snapshot, vm) = load_visible_snapshot(&app, &user, &snapshot_id).await?;
     if snapshot.status != SnapshotStatus::Ready {
@@ -278,7 +278,7 @@ pub async fn restore_snapshot(
 pub async fn delete_snapshot(
     State(app): State<AppState>,
     user: CurrentUser,
-    Path(snapshot_id): Path<String>,
+    ApiPath(snapshot_id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let (snapshot, vm) = load_visible_snapshot(&app, &user, &snapshot_id).await?;
     if matches!(

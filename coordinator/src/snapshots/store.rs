@@ -183,13 +183,22 @@ pub async fn delete(db: &Db, id: SnapshotId) -> Result<(), sqlx::Error> {
 }
 
 /// Settles the VM's snapshot records against the snapshots its host reports: a `ready`
-/// snapshot the host no longer has is marked `error`. Snapshots with an operation in
-/// flight are left to it.
+/// snapshot the host no longer has is marked `error` (its owner can delete the record); an
+/// `error` snapshot the host does have (its operation was cut off, but it was made) is
+/// `ready`. Snapshots with an operation in flight are left to it.
 pub async fn reconcile(db: &Db, vm: VmId, present: &[SnapshotId]) -> Result<(), sqlx::Error> {
     for snapshot in list_for_vm(db, vm).await? {
-        if snapshot.status == SnapshotStatus::Ready && !present.contains(&snapshot.id) {
-            tracing::warn!(vm_id = %vm, snapshot_id = %snapshot.id, "snapshot missing on its host");
-            set_status(db, snapshot.id, SnapshotStatus::Error).await?;
+        let on_host = present.contains(&snapshot.id);
+        match snapshot.status {
+            SnapshotStatus::Ready if !on_host => {
+                tracing::warn!(vm_id = %vm, snapshot_id = %snapshot.id, "snapshot missing on its host");
+                set_status(db, snapshot.id, SnapshotStatus::Error).await?;
+            }
+            SnapshotStatus::Error if on_host => {
+                tracing::info!(vm_id = %vm, snapshot_id = %snapshot.id, "snapshot found on its host; ready");
+                set_status(db, snapshot.id, SnapshotStatus::Ready).await?;
+            }
+            _ => {}
         }
     }
     Ok(())

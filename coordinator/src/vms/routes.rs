@@ -8,7 +8,7 @@
 //! pending forever.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -24,7 +24,7 @@ use crate::auth::CurrentUser;
 use crate::error::ApiError;
 use crate::hosts::DispatchError;
 use crate::hosts::registry::CommandSuccess;
-use crate::http::ApiJson;
+use crate::http::{ApiJson, ApiPath};
 use crate::idempotency::{self, IdempotentRequest};
 use crate::operations::{self, Operation, OperationKind};
 
@@ -236,7 +236,7 @@ pub async fn list_vms(
 pub async fn get_vm(
     State(app): State<AppState>,
     user: CurrentUser,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<VmView>, ApiError> {
     Ok(Json(load_visible(&app, &user, &id).await?.into()))
 }
@@ -244,7 +244,7 @@ pub async fn get_vm(
 pub async fn vm_action(
     State(app): State<AppState>,
     user: CurrentUser,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<ActionRequest>,
 ) -> Result<Response, ApiError> {
     let vm = load_visible(&app, &user, &id).await?;
@@ -313,7 +313,7 @@ pub async fn vm_action(
 pub async fn delete_vm(
     State(app): State<AppState>,
     user: CurrentUser,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let vm = load_visible(&app, &user, &id).await?;
     ensure_host_connected(&app, &vm)?;

@@ -239,8 +239,8 @@ pub async fn delete(db: &Db, id: VmId) -> Result<(), sqlx::Error> {
 }
 
 /// Operations that were in flight when the coordinator stopped can no longer be answered:
-/// they are failed, and VMs left `creating` or `deleting` are marked `error` until their
-/// host's next inventory settles them.
+/// they are failed, and VMs and snapshots left `creating` or `deleting` are marked `error`
+/// until their host's next inventory settles them.
 pub async fn settle_after_restart(db: &Db) -> Result<(), sqlx::Error> {
     let mut tx = db::begin_write(db).await?;
     let failed = operations::fail_all_pending(
@@ -255,6 +255,10 @@ pub async fn settle_after_restart(db: &Db) -> Result<(), sqlx::Error> {
     )
     .execute(&mut *tx)
     .await?;
+    // Snapshots whose operation was cut off likewise wait for their host's inventory.
+    sqlx::query("UPDATE snapshots SET status = 'error' WHERE status IN ('creating', 'deleting')")
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     if failed > 0 {
         tracing::warn!(

@@ -60,3 +60,11 @@ pub fn is_unique_violation(err: &sqlx::Error) -> bool {
 pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
+
+/// Turns a failed parse of a stored value (an ID, a status) into a decode error.
+pub fn decode<T, E>(value: Result<T, E>) -> Result<T, sqlx::Error>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    value.map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}

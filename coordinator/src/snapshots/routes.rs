@@ -20,7 +20,8 @@ use crate::idempotency::{self, IdempotentRequest};
 use crate::operations::{self, Operation, OperationKind};
 use crate::vms::reports::{self, ReportSource};
 use crate::vms::routes::{
-    ensure_host_connected, load_visible, reload, replay_patience, run_detached, with_operation,
+    ensure_host_connected, load_visible, replay_patience, run_detached, run_vm_operation,
+    with_operation,
 };
 use crate::vms::store::Recorded;
 use crate::vms::{Vm, VmView, store as vm_store};
@@ -251,23 +252,10 @@ pub async fn restore_snapshot(
     .await?;
     tracing::info!(operation = %operation.id, vm_id = %vm.id, snapshot_id = %snapshot.id, "restoring snapshot");
 
-    let vm = run_detached(async move {
-        let action =
-            command::Action::RestoreSnapshot(vmm_proto::RestoreSnapshot { snapshot_id: snapshot.id.to_string() });
-        match app.registry.dispatch(&vm.host_id, snapshot_command(operation, &vm, action), app.settings.operation_timeout).await {
-            Ok(CommandSuccess { domain, .. }) => {
-                reports::apply(&app.db, &vm.host_id, vm.id, &domain, ReportSource::OperationResult).await?;
-                operations::finish(&app.db, operation, Ok(())).await?;
-                reload(&app, vm.id).await
-            }
-            Err(err) => {
-                operations::finish(&app.db, operation, Err(&err.to_string())).await?;
-                tracing::warn!(operation = %operation.id, snapshot_id = %snapshot.id, error = %err, "snapshot restore failed");
-                Err(err.into())
-            }
-        }
-    })
-    .await?;
+    let action = command::Action::RestoreSnapshot(vmm_proto::RestoreSnapshot {
+        snapshot_id: snapshot.id.to_string(),
+    });
+    let vm = run_vm_operation(app, vm, operation, action).await?;
     Ok(with_operation(
         StatusCode::OK,
         operation,

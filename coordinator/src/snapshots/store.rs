@@ -5,20 +5,13 @@ use sqlx::sqlite::SqliteRow;
 use vmm_shared::{OperationId, SnapshotId, UserId, VmId};
 
 use super::{Snapshot, SnapshotStatus};
-use crate::db::{self, Db};
+use crate::db::{self, Db, decode};
 use crate::error::ApiError;
 use crate::idempotency::{self, IdempotentRequest};
 use crate::operations::{self, OperationKind};
 use crate::quotas::{self, Claim, QuotaLimits, store as quota_store};
 use crate::vms::Vm;
 use crate::vms::store::Recorded;
-
-fn decode<T, E>(value: Result<T, E>) -> Result<T, sqlx::Error>
-where
-    E: std::error::Error + Send + Sync + 'static,
-{
-    value.map_err(|e| sqlx::Error::Decode(Box::new(e)))
-}
 
 fn from_row(row: &SqliteRow) -> Result<Snapshot, sqlx::Error> {
     let id: String = row.try_get("id")?;

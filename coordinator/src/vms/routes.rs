@@ -272,42 +272,46 @@ pub async fn vm_action(
     store::begin_operation(&app.db, &vm, operation.id, kind, user.id, None).await?;
     tracing::info!(operation = %operation.id, vm_id = %vm.id, action = body.action.as_str(), "VM action");
 
-    let vm = run_detached(async move {
-        let command = Command {
-            operation_id: operation.id.to_string(),
-            vm_id: vm.id.to_string(),
-            action: Some(action),
-        };
-        match app
-            .registry
-            .dispatch(&vm.host_id, command, app.settings.operation_timeout)
-            .await
-        {
-            Ok(CommandSuccess { domain: report, .. }) => {
-                reports::apply(
-                    &app.db,
-                    &vm.host_id,
-                    vm.id,
-                    &report,
-                    ReportSource::OperationResult,
-                )
-                .await?;
-                operations::finish(&app.db, operation, Ok(())).await?;
-                reload(&app, vm.id).await
-            }
-            Err(err) => {
-                operations::finish(&app.db, operation, Err(&err.to_string())).await?;
-                tracing::warn!(operation = %operation.id, vm_id = %vm.id, error = %err, "VM action failed");
-                Err(err.into())
-            }
-        }
-    })
-    .await?;
+    let vm = run_vm_operation(app, vm, operation, action).await?;
     Ok(with_operation(
         StatusCode::OK,
         operation,
         Json(VmView::from(vm)),
     ))
+}
+
+/// Sends `action` for `vm` as `operation` (already recorded as pending), applies the host's
+/// answer to the VM's record and finishes the operation. Runs to completion even if the
+/// request that started it is dropped.
+pub(crate) async fn run_vm_operation(
+    app: AppState,
+    vm: Vm,
+    operation: Operation,
+    action: command::Action,
+) -> Result<Vm, ApiError> {
+    run_detached(async move {
+        let command = Command {
+            operation_id: operation.id.to_string(),
+            vm_id: vm.id.to_string(),
+            action: Some(action),
+        };
+        let timeout = app.settings.operation_timeout;
+        match app.registry.dispatch(&vm.host_id, command, timeout).await {
+            Ok(CommandSuccess { domain, .. }) => {
+                let source = ReportSource::OperationResult;
+                reports::apply(&app.db, &vm.host_id, vm.id, &domain, source).await?;
+                operations::finish(&app.db, operation, Ok(())).await?;
+                reload(&app, vm.id).await
+            }
+            Err(err) => {
+                operations::finish(&app.db, operation, Err(&err.to_string())).await?;
+                tracing::warn!(operation = %operation.id, vm_id = %vm.id, kind = operation.kind.as_str(),
+                    error = %err, "operation failed");
+                Err(err.into())
+            }
+        }
+    })
+    .await
 }
 
 pub async fn delete_vm(

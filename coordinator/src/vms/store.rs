@@ -6,19 +6,12 @@ use vmm_shared::{HostId, OperationId, UserId, VmId, VmSize, VmStatus};
 
 use super::Vm;
 use crate::config::Placement;
-use crate::db::{self, Db};
+use crate::db::{self, Db, decode};
 use crate::error::ApiError;
 use crate::hosts::{scheduler, store as host_store};
 use crate::idempotency::{self, IdempotentRequest};
 use crate::operations::{self, OperationKind};
 use crate::quotas::{self, Claim, QuotaLimits, store as quota_store};
-
-fn decode<T, E>(value: Result<T, E>) -> Result<T, sqlx::Error>
-where
-    E: std::error::Error + Send + Sync + 'static,
-{
-    value.map_err(|e| sqlx::Error::Decode(Box::new(e)))
-}
 
 fn from_row(row: &SqliteRow) -> Result<Vm, sqlx::Error> {
     let id: String = row.try_get("id")?;

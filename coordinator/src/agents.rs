@@ -218,7 +218,17 @@ async fn handle_message(
             match report.vm_id.parse::<VmId>() {
                 Ok(vm) => {
                     // Applies only to a VM recorded on this very host (the query checks it).
-                    reports::apply(&app.db, host, vm, &report, ReportSource::Change).await?;
+                    let applied =
+                        reports::apply(&app.db, host, vm, &report, ReportSource::Change).await?;
+                    if !applied {
+                        let recorded_here = crate::vms::store::find(&app.db, vm)
+                            .await?
+                            .is_some_and(|recorded| &recorded.host_id == host);
+                        if !recorded_here {
+                            tracing::warn!(host = %host, vm_id = %vm,
+                                "state change about a VM not recorded on this host rejected");
+                        }
+                    }
                 }
                 Err(_) => {
                     tracing::warn!(host = %host, vm_id = %report.vm_id, "state change with a malformed VM ID ignored")

@@ -418,15 +418,8 @@ mod tests {
         AgentConfig::from_args(loaded).unwrap();
 
         // Every `#key = value` line made a setting: each example value is valid too.
-        let everything = fs::read_to_string(EXAMPLE)
-            .unwrap()
-            .lines()
-            .map(|line| match line.strip_prefix('#') {
-                Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase()) => rest,
-                _ => line,
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
+        let everything =
+            vmm_shared::settings::example_with_every_setting(&fs::read_to_string(EXAMPLE).unwrap());
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agent.toml");
         fs::write(&path, &everything).unwrap();
@@ -437,29 +430,14 @@ mod tests {
         loaded.unwrap();
 
         use clap::CommandFactory;
-        for arg in Args::command().get_arguments() {
-            let key = arg.get_id().as_str();
-            if ["config", "check_config", "help", "version"].contains(&key) {
-                continue;
-            }
-            assert!(
-                everything
-                    .lines()
-                    .any(|line| line.starts_with(&format!("{key} = "))),
-                "deploy/config/agent.toml does not show `{key}`"
-            );
-            // `--help` names each setting's variable and its default (or why it has none).
-            let help = arg.get_long_help().or(arg.get_help()).unwrap().to_string();
-            assert!(
-                arg.get_env().is_some(),
-                "`{key}` has no environment variable"
-            );
-            assert!(
-                !arg.get_default_values().is_empty()
-                    || help.contains("[default: ")
-                    || help.contains("Required"),
-                "--help shows no default for `{key}`: {help}"
-            );
-        }
+        let problems = vmm_shared::settings::undocumented_settings(
+            &Args::command(),
+            &everything,
+            COMMAND_LINE_ONLY,
+        );
+        assert!(
+            problems.is_empty(),
+            "deploy/config/agent.toml and --help: {problems:#?}"
+        );
     }
 }

@@ -428,15 +428,7 @@ mod tests {
 
     /// The example with every `#key = value` line made a setting.
     fn example_with_everything_set() -> String {
-        std::fs::read_to_string(EXAMPLE)
-            .unwrap()
-            .lines()
-            .map(|line| match line.strip_prefix('#') {
-                Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase()) => rest,
-                _ => line,
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
+        vmm_shared::settings::example_with_every_setting(&std::fs::read_to_string(EXAMPLE).unwrap())
     }
 
     #[test]
@@ -468,29 +460,14 @@ mod tests {
         }
 
         use clap::CommandFactory;
-        for arg in Config::command().get_arguments() {
-            let key = arg.get_id().as_str();
-            if ["config", "check_config", "help", "version"].contains(&key) {
-                continue;
-            }
-            assert!(
-                everything
-                    .lines()
-                    .any(|line| line.starts_with(&format!("{key} = "))),
-                "deploy/config/coordinator.toml does not show `{key}`"
-            );
-            // `--help` names each setting's variable and its default (or why it has none).
-            let help = arg.get_long_help().or(arg.get_help()).unwrap().to_string();
-            assert!(
-                arg.get_env().is_some(),
-                "`{key}` has no environment variable"
-            );
-            assert!(
-                !arg.get_default_values().is_empty()
-                    || help.contains("[default: ")
-                    || help.contains("Required"),
-                "--help shows no default for `{key}`: {help}"
-            );
-        }
+        let problems = vmm_shared::settings::undocumented_settings(
+            &Config::command(),
+            &everything,
+            COMMAND_LINE_ONLY,
+        );
+        assert!(
+            problems.is_empty(),
+            "deploy/config/coordinator.toml and --help: {problems:#?}"
+        );
     }
 }

@@ -124,6 +124,39 @@ pub async fn record_response(
     Ok(())
 }
 
+/// Stores a first request's outcome, when it carried a key: `success` with the value's
+/// JSON, or the error's status and body. A failure that left no record behind (the host
+/// refused, or never got the command) forgets the key instead, so a retry is carried out
+/// afresh, as for a request that failed before recording anything.
+pub async fn remember<V: serde::Serialize>(
+    db: &Db,
+    request: Option<&IdempotentRequest>,
+    success: StatusCode,
+    outcome: &Result<V, ApiError>,
+    record_kept: bool,
+) -> Result<(), ApiError> {
+    let Some(request) = request else {
+        return Ok(());
+    };
+    let (status, body) = match outcome {
+        Ok(value) => (
+            success,
+            serde_json::to_value(value).map_err(ApiError::internal)?,
+        ),
+        Err(_) if !record_kept => {
+            sqlx::query("DELETE FROM idempotency_keys WHERE user_id = ? AND key = ?")
+                .bind(request.user.to_string())
+                .bind(&request.key)
+                .execute(db)
+                .await?;
+            return Ok(());
+        }
+        Err(err) => (err.status(), err.body()),
+    };
+    record_response(db, request, status, &body).await?;
+    Ok(())
+}
+
 /// Answers a repeat with the first request's answer, waiting (up to `patience`) for that
 /// answer when the first request is still being carried out.
 pub async fn replay(
@@ -177,4 +210,61 @@ pub async fn forget_expired(db: &Db) -> Result<u64, sqlx::Error> {
         .execute(db)
         .await?;
     Ok(done.rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::TestDb;
+
+    fn request(t: &TestDb, key: &str) -> IdempotentRequest {
+        IdempotentRequest {
+            user: t.user,
+            key: key.into(),
+            fingerprint: "POST /api/vms {}".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failure_that_kept_nothing_frees_the_key_and_one_that_kept_a_record_is_replayed() {
+        let t = TestDb::new().await;
+        let failed: Result<(), ApiError> = Err(ApiError::Unavailable("host refused".into()));
+
+        let fresh = request(&t, "nothing-kept");
+        assert!(
+            !is_repeat(&mut t.db.acquire().await.unwrap(), Some(&fresh))
+                .await
+                .unwrap()
+        );
+        remember(&t.db, Some(&fresh), StatusCode::CREATED, &failed, false)
+            .await
+            .unwrap();
+        assert!(
+            !is_repeat(&mut t.db.acquire().await.unwrap(), Some(&fresh))
+                .await
+                .unwrap(),
+            "the retry is carried out afresh"
+        );
+
+        let kept = request(&t, "record-kept");
+        assert!(
+            !is_repeat(&mut t.db.acquire().await.unwrap(), Some(&kept))
+                .await
+                .unwrap()
+        );
+        remember(&t.db, Some(&kept), StatusCode::CREATED, &failed, true)
+            .await
+            .unwrap();
+        let replayed = replay(&t.db, &kept, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(replayed.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+        let other = IdempotentRequest {
+            fingerprint: "POST /api/vms {\"x\":1}".into(),
+            ..kept
+        };
+        assert!(matches!(
+            replay(&t.db, &other, Duration::from_secs(1)).await,
+            Err(ApiError::Unprocessable(_))
+        ));
+    }
 }

@@ -43,6 +43,7 @@ impl OperationKind {
     }
 }
 
+/// Records a pending operation; a second one in flight on the same VM answers 409.
 pub async fn insert_pending(
     tx: &mut DbTransaction,
     id: OperationId,
@@ -50,7 +51,7 @@ pub async fn insert_pending(
     vm: VmId,
     host: &HostId,
     user: UserId,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), ApiError> {
     sqlx::query(
         "INSERT INTO operations (id, kind, vm_id, host_id, user_id, status, created_at)
          VALUES (?, ?, ?, ?, ?, 'pending', ?)",
@@ -62,7 +63,17 @@ pub async fn insert_pending(
     .bind(user.to_string())
     .bind(db::now())
     .execute(&mut **tx)
-    .await?;
+    .await
+    .map_err(|err| {
+        if db::is_unique_violation(&err) {
+            ApiError::Conflict(
+                "another operation on this VM is in progress; try again when it has finished"
+                    .into(),
+            )
+        } else {
+            err.into()
+        }
+    })?;
     Ok(())
 }
 

@@ -99,6 +99,58 @@ impl ConfigFileError {
     }
 }
 
+/// An example config file with every commented-out setting (`#key = value`) switched on:
+/// what a test loads to prove each example value is valid.
+pub fn example_with_every_setting(example: &str) -> String {
+    example
+        .lines()
+        .map(|line| match line.strip_prefix('#') {
+            Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase()) => rest,
+            _ => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// What an example config file (already passed through [`example_with_every_setting`]) and
+/// `--help` fail to document of `command`'s settings: a setting the file does not show, one
+/// without an environment variable, or one whose help names no default. Empty when all is
+/// documented.
+pub fn undocumented_settings(
+    command: &Command,
+    example: &str,
+    command_line_only: &[&str],
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for arg in command.get_arguments() {
+        let key = arg.get_id().as_str();
+        if [CONFIG_ARG, "help", "version"].contains(&key) || command_line_only.contains(&key) {
+            continue;
+        }
+        if !example
+            .lines()
+            .any(|line| line.starts_with(&format!("{key} = ")))
+        {
+            problems.push(format!("the example does not show `{key}`"));
+        }
+        if arg.get_env().is_none() {
+            problems.push(format!("`{key}` has no environment variable"));
+        }
+        let help = arg
+            .get_long_help()
+            .or(arg.get_help())
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let shows_default = !arg.get_default_values().is_empty()
+            || help.contains("[default: ")
+            || help.contains("Required");
+        if !shows_default {
+            problems.push(format!("--help shows no default for `{key}`: {help}"));
+        }
+    }
+    problems
+}
+
 /// Parses the process's arguments, environment and config file into `T`. On an error,
 /// prints it and ends the process: clap's errors (and `--help`) the way clap does, a config
 /// file's error as `<program>: <error>` with exit code 2.

@@ -20,7 +20,7 @@ use crate::idempotency::{self, IdempotentRequest};
 use crate::operations::{self, Operation, OperationKind};
 use crate::vms::reports::{self, ReportSource};
 use crate::vms::routes::{
-    ensure_host_connected, load_visible, replay_patience, run_detached, run_vm_operation,
+    answer_repeat, ensure_host_connected, load_visible, run_detached, run_vm_operation,
     with_operation,
 };
 use crate::vms::store::Recorded;
@@ -110,35 +110,28 @@ pub async fn create_snapshot(
     .await?;
     let snapshot = match (recorded, &idempotency) {
         (Recorded::New(snapshot), _) => snapshot,
-        (Recorded::Repeat, Some(request)) => {
-            return idempotency::replay(&app.db, request, replay_patience(&app)).await;
-        }
-        (Recorded::Repeat, None) => {
-            return Err(ApiError::internal(anyhow::anyhow!("repeat without a key")));
-        }
+        (Recorded::Repeat, request) => return answer_repeat(&app, request.as_ref()).await,
     };
     tracing::info!(operation = %operation.id, vm_id = %vm.id, snapshot_id = %snapshot.id, "creating snapshot");
 
-    let snapshot = run_detached(async move {
-        let result = create_on_host(app.clone(), vm, snapshot, operation).await;
-        if let Some(request) = &idempotency {
-            let (status, body) = match &result {
-                Ok(made) => (
-                    StatusCode::CREATED,
-                    serde_json::to_value(SnapshotView::from(made.clone())).unwrap_or_default(),
-                ),
-                Err(err) => (err.status(), err.body()),
-            };
-            idempotency::record_response(&app.db, request, status, &body).await?;
-        }
+    let view = run_detached(async move {
+        let snapshot_id = snapshot.id;
+        let result = create_on_host(app.clone(), vm, snapshot, operation)
+            .await
+            .map(SnapshotView::from);
+        let kept = result.is_ok() || store::find(&app.db, snapshot_id).await?.is_some();
+        idempotency::remember(
+            &app.db,
+            idempotency.as_ref(),
+            StatusCode::CREATED,
+            &result,
+            kept,
+        )
+        .await?;
         result
     })
     .await?;
-    Ok(with_operation(
-        StatusCode::CREATED,
-        operation,
-        Json(SnapshotView::from(snapshot)),
-    ))
+    Ok(with_operation(StatusCode::CREATED, operation, Json(view)))
 }
 
 async fn create_on_host(
@@ -269,27 +262,9 @@ pub async fn delete_snapshot(
     ApiPath(snapshot_id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let (snapshot, vm) = load_visible_snapshot(&app, &user, &snapshot_id).await?;
-    if matches!(
-        snapshot.status,
-        SnapshotStatus::Creating | SnapshotStatus::Deleting
-    ) {
-        return Err(ApiError::Conflict(format!(
-            "cannot delete the snapshot: it is {}",
-            snapshot.status.as_str()
-        )));
-    }
     ensure_host_connected(&app, &vm)?;
     let operation = Operation::begin(OperationKind::SnapshotDelete);
-    vm_store::begin_operation(
-        &app.db,
-        &vm,
-        operation.id,
-        OperationKind::SnapshotDelete,
-        user.id,
-        None,
-    )
-    .await?;
-    store::set_status(&app.db, snapshot.id, SnapshotStatus::Deleting).await?;
+    store::begin_delete(&app.db, &vm, snapshot.id, operation.id, user.id).await?;
     tracing::info!(operation = %operation.id, vm_id = %vm.id, snapshot_id = %snapshot.id, "deleting snapshot");
 
     run_detached(async move {

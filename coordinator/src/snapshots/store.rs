@@ -121,7 +121,7 @@ pub async fn record_new(
             err.into()
         });
     }
-    let pending = operations::insert_pending(
+    operations::insert_pending(
         &mut tx,
         operation,
         OperationKind::SnapshotCreate,
@@ -129,19 +129,52 @@ pub async fn record_new(
         &vm.host_id,
         user,
     )
-    .await;
-    if let Err(err) = pending {
-        return Err(if db::is_unique_violation(&err) {
-            ApiError::Conflict(
-                "another operation on this VM is in progress; try again when it has finished"
-                    .into(),
-            )
-        } else {
-            err.into()
-        });
-    }
+    .await?;
     tx.commit().await?;
     Ok(Recorded::New(snapshot))
+}
+
+/// Starts deleting a snapshot: in one write transaction, moves it from `ready` or `error`
+/// to `deleting` and records the pending operation on its VM. A snapshot that is gone
+/// answers 404, one being made or deleted 409, as does another operation on the VM.
+pub async fn begin_delete(
+    db: &Db,
+    vm: &Vm,
+    snapshot: SnapshotId,
+    operation: OperationId,
+    user: UserId,
+) -> Result<(), ApiError> {
+    let mut tx = db::begin_write(db).await?;
+    let moved = sqlx::query(
+        "UPDATE snapshots SET status = 'deleting' WHERE id = ? AND status IN ('ready', 'error')",
+    )
+    .bind(snapshot.to_string())
+    .execute(&mut *tx)
+    .await?;
+    if moved.rows_affected() == 0 {
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM snapshots WHERE id = ?")
+                .bind(snapshot.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+        return Err(match status {
+            None => ApiError::NotFound(format!("no snapshot with ID {snapshot}")),
+            Some(status) => {
+                ApiError::Conflict(format!("cannot delete the snapshot: it is {status}"))
+            }
+        });
+    }
+    operations::insert_pending(
+        &mut tx,
+        operation,
+        OperationKind::SnapshotDelete,
+        vm.id,
+        &vm.host_id,
+        user,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 pub async fn set_status(

@@ -135,41 +135,42 @@ pub async fn create_vm(
     .await?;
     let vm = match (recorded, &idempotency) {
         (Recorded::New(vm), _) => vm,
-        (Recorded::Repeat, Some(request)) => {
-            tracing::info!(key = %request.key, "repeated create answered from its Idempotency-Key");
-            return idempotency::replay(&app.db, request, replay_patience(&app)).await;
-        }
-        (Recorded::Repeat, None) => {
-            return Err(ApiError::internal(anyhow::anyhow!("repeat without a key")));
-        }
+        (Recorded::Repeat, request) => return answer_repeat(&app, request.as_ref()).await,
     };
     tracing::info!(operation = %operation.id, vm_id = %vm.id, host = %vm.host_id, "creating VM");
 
-    let vm = run_detached(async move {
-        let result = create_on_host(app.clone(), vm, operation).await;
-        if let Some(request) = &idempotency {
-            let (status, body) = match &result {
-                Ok(vm) => (
-                    StatusCode::CREATED,
-                    serde_json::to_value(VmView::from(vm.clone())).unwrap_or_default(),
-                ),
-                Err(err) => (err.status(), err.body()),
-            };
-            idempotency::record_response(&app.db, request, status, &body).await?;
-        }
+    let view = run_detached(async move {
+        let vm_id = vm.id;
+        let result = create_on_host(app.clone(), vm, operation)
+            .await
+            .map(VmView::from);
+        let kept = result.is_ok() || store::find(&app.db, vm_id).await?.is_some();
+        idempotency::remember(
+            &app.db,
+            idempotency.as_ref(),
+            StatusCode::CREATED,
+            &result,
+            kept,
+        )
+        .await?;
         result
     })
     .await?;
-    Ok(with_operation(
-        StatusCode::CREATED,
-        operation,
-        Json(VmView::from(vm)),
-    ))
+    Ok(with_operation(StatusCode::CREATED, operation, Json(view)))
 }
 
-/// How long a repeated request waits for the first one's answer.
-pub(crate) fn replay_patience(app: &AppState) -> std::time::Duration {
-    app.settings.operation_timeout + std::time::Duration::from_secs(5)
+/// Answers a create that repeats an earlier one's Idempotency-Key with that one's answer,
+/// waiting for it while the first is still being carried out.
+pub(crate) async fn answer_repeat(
+    app: &AppState,
+    request: Option<&IdempotentRequest>,
+) -> Result<Response, ApiError> {
+    let request = request.ok_or_else(|| {
+        ApiError::internal(anyhow::anyhow!("a repeat without an Idempotency-Key"))
+    })?;
+    tracing::info!(key = %request.key, "repeated create answered from its Idempotency-Key");
+    let patience = app.settings.operation_timeout + std::time::Duration::from_secs(5);
+    idempotency::replay(&app.db, request, patience).await
 }
 
 async fn create_on_host(app: AppState, vm: Vm, operation: Operation) -> Result<Vm, ApiError> {

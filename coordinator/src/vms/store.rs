@@ -186,18 +186,7 @@ pub async fn begin_operation(
     new_status: Option<VmStatus>,
 ) -> Result<(), ApiError> {
     let mut tx = db::begin_write(db).await?;
-    if let Err(err) =
-        operations::insert_pending(&mut tx, operation, kind, vm.id, &vm.host_id, user).await
-    {
-        return Err(if db::is_unique_violation(&err) {
-            ApiError::Conflict(
-                "another operation on this VM is in progress; try again when it has finished"
-                    .into(),
-            )
-        } else {
-            err.into()
-        });
-    }
+    operations::insert_pending(&mut tx, operation, kind, vm.id, &vm.host_id, user).await?;
     if let Some(status) = new_status {
         set_status(&mut *tx, vm.id, status, None).await?;
     }
@@ -252,6 +241,21 @@ pub async fn settle_after_restart(db: &Db) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE snapshots SET status = 'error' WHERE status IN ('creating', 'deleting')")
         .execute(&mut *tx)
         .await?;
+    // A create cut off before it answered can never answer its key's repeats. Its record
+    // stays and is settled by its host; a repeat is told so at once, instead of waiting for
+    // an answer that will not come, and never creates a second one.
+    let interrupted = ApiError::Unavailable(
+        "the first request with this Idempotency-Key was interrupted by a coordinator restart; \
+         see GET /api/vms for what it created"
+            .into(),
+    );
+    sqlx::query(
+        "UPDATE idempotency_keys SET response_status = ?, response_body = ? WHERE response_status IS NULL",
+    )
+    .bind(i64::from(interrupted.status().as_u16()))
+    .bind(interrupted.body().to_string())
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     if failed > 0 {
         tracing::warn!(

@@ -419,10 +419,20 @@ impl CommandExecutor {
         if operation_id.is_empty() {
             return Ok(());
         }
-        self.journal
+        let accepted = self
+            .journal
             .accept(operation_id, &vm_id.to_string(), kind)
             .await
-            .map_err(journal_failure)
+            .map_err(journal_failure)?;
+        if accepted {
+            Ok(())
+        } else {
+            // Another delivery took this ID first (for another VM, whose lock is not ours):
+            // one operation ID runs once.
+            Err(CommandFailure::invalid(format!(
+                "operation {operation_id} is already being carried out for another command"
+            )))
+        }
     }
 
     /// Journals the result. A failure here is logged: the result is still sent, and a repeat

@@ -279,11 +279,11 @@ impl Journal {
         operation_id: &str,
         vm_id: &str,
         kind: &str,
-    ) -> Result<(), JournalError> {
+    ) -> Result<bool, JournalError> {
         let (operation_id, vm_id, kind) =
             (operation_id.to_owned(), vm_id.to_owned(), kind.to_owned());
         self.with(move |connection| {
-            connection
+            let inserted = connection
                 .execute(
                     "INSERT INTO operations (operation_id, vm_id, kind, state, accepted_at)
                      VALUES (?1, ?2, ?3, 'accepted', ?4)
@@ -291,7 +291,7 @@ impl Journal {
                     params![operation_id, vm_id, kind, now_unix_ms()],
                 )
                 .map_err(sql("record an accepted operation"))?;
-            Ok(())
+            Ok(inserted == 1)
         })
         .await
     }
@@ -448,11 +448,12 @@ mod tests {
         let journal = Journal::open(dir.path()).unwrap();
         assert_eq!(journal.lookup("op-1").await.unwrap(), None);
 
-        journal.accept("op-1", "vm-a", "create").await.unwrap();
-        journal.accept("op-2", "vm-b", "stop").await.unwrap();
+        assert!(journal.accept("op-1", "vm-a", "create").await.unwrap());
+        assert!(journal.accept("op-2", "vm-b", "stop").await.unwrap());
         journal.finish("op-1", &result("op-1")).await.unwrap();
-        // Accepting again keeps the first record and its result.
-        journal.accept("op-1", "vm-a", "create").await.unwrap();
+        // Accepting again keeps the first record and its result, and says it was taken.
+        assert!(!journal.accept("op-1", "vm-a", "create").await.unwrap());
+        assert!(!journal.accept("op-1", "vm-z", "delete").await.unwrap());
         drop(journal);
 
         let reopened = Journal::open(dir.path()).unwrap();

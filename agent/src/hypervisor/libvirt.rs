@@ -8,7 +8,7 @@
 //!
 //! Never touch a domain the product did not create except to read its state.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt::Display;
 use std::path::PathBuf;
 
@@ -21,9 +21,7 @@ use virt::storage_vol::StorageVol;
 use vmm_proto::PowerState;
 use vmm_shared::{SnapshotId, VmId};
 
-use super::domain_xml::{
-    self, BYTES_PER_GIB, DomainDefinition, INSTANCE_METADATA_NAMESPACE, domain_name, volume_name,
-};
+use super::domain_xml::{self, BYTES_PER_GIB, DomainDefinition, domain_name, volume_name};
 use super::{
     FailureKind, HostFacts, Hypervisor, HypervisorError, ObservedDomain, ObservedSnapshot, VmSpec,
 };
@@ -56,7 +54,7 @@ pub struct LibvirtHost {
     guest: GuestPlacement,
     /// VM ID (or none, for unmanaged domains) per domain UUID, so each domain's metadata is
     /// read once rather than on every poll.
-    vm_id_by_uuid: HashMap<String, Option<VmId>>,
+    vm_ids: super::vm_ids::VmIdCache,
     /// What the metrics' statistics remember between collections.
     stats_cache: super::stats::StatsCache,
     /// When to try again after libvirtd went away.
@@ -90,7 +88,7 @@ impl LibvirtHost {
             connection,
             settings,
             guest,
-            vm_id_by_uuid: HashMap::new(),
+            vm_ids: super::vm_ids::VmIdCache::default(),
             stats_cache: super::stats::StatsCache::default(),
             reconnect: super::reconnect::ReconnectBackoff::default(),
         })
@@ -153,14 +151,7 @@ impl LibvirtHost {
         let name = domain.name()?;
         let (state, reason) = domain.state()?;
         let info = domain.info()?;
-        let vm_id = match self.vm_id_by_uuid.get(&uuid) {
-            Some(cached) => *cached,
-            None => {
-                let vm_id = read_instance_vm_id(domain);
-                self.vm_id_by_uuid.insert(uuid.clone(), vm_id);
-                vm_id
-            }
-        };
+        let vm_id = self.vm_ids.vm_id(&uuid, domain);
         let detail = match reason {
             Enum::Known(DomainStateReason::Crashed(crash)) => format!("crashed: {crash}"),
             _ => String::new(),
@@ -243,7 +234,7 @@ impl LibvirtHost {
         if let Err(error) = volume.delete(0) {
             tracing::warn!(%vm_id, error = error.message(), "cannot delete the disk of a failed create");
         }
-        self.vm_id_by_uuid.remove(&vm_id.to_string());
+        self.vm_ids.forget(&vm_id.to_string());
     }
 
     /// Reopens the connection if libvirtd went away (e.g. was restarted), with backoff
@@ -291,6 +282,7 @@ impl Hypervisor for LibvirtHost {
             &self.connection,
             &self.settings.storage_pool,
             &mut self.stats_cache,
+            &mut self.vm_ids,
         )
     }
 
@@ -342,8 +334,7 @@ impl Hypervisor for LibvirtHost {
             }
         }
         let present: HashSet<&str> = observed.iter().map(|domain| domain.uuid.as_str()).collect();
-        self.vm_id_by_uuid
-            .retain(|uuid, _| present.contains(uuid.as_str()));
+        self.vm_ids.retain_present(&present);
         Ok(observed)
     }
 
@@ -440,7 +431,7 @@ impl Hypervisor for LibvirtHost {
             destroy_and_undefine(&domain)
                 .map_err(failed(format!("deleting domain {}", domain_name(vm_id))))?;
         }
-        self.vm_id_by_uuid.remove(&vm_id.to_string());
+        self.vm_ids.forget(&vm_id.to_string());
         let volume_name = volume_name(vm_id);
         let pool = self.storage_pool()?;
         match pool.lookup_storage_vol_by_name(&volume_name) {
@@ -513,17 +504,6 @@ pub fn format_libvirt_version(encoded: u32) -> String {
         encoded / 1_000 % 1_000,
         encoded % 1_000
     )
-}
-
-fn read_instance_vm_id(domain: &Domain) -> Option<VmId> {
-    domain
-        .metadata(
-            virt::sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
-            Some(INSTANCE_METADATA_NAMESPACE),
-            0,
-        )
-        .ok()
-        .and_then(|xml| domain_xml::parse_instance_vm_id(&xml))
 }
 
 fn destroy_and_undefine(domain: &Domain) -> Result<(), LibvirtError> {

@@ -14,6 +14,7 @@ pub mod libvirt;
 pub mod reconnect;
 pub mod snapshot_xml;
 pub mod stats;
+pub mod vm_ids;
 pub mod worker;
 
 use vmm_proto::PowerState;

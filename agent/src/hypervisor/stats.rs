@@ -23,7 +23,7 @@ use virt::domain::Domain;
 use vmm_libvirt_stats::{DomainStats, ParamValue, StatGroups, all_domain_stats, flags};
 use vmm_shared::VmId;
 
-use super::domain_xml::{self, INSTANCE_METADATA_NAMESPACE};
+use super::vm_ids::VmIdCache;
 use super::{FailureKind, HypervisorError};
 
 /// libvirt's `VIR_DOMAIN_SHUTOFF`: the domain is defined but not running.
@@ -111,7 +111,6 @@ pub struct PoolSample {
 /// one bulk call and no per-domain calls.
 #[derive(Debug, Default)]
 pub struct StatsCache {
-    vm_ids: HashMap<String, Option<VmId>>,
     bridges: HashMap<String, InterfaceBridges>,
 }
 
@@ -128,6 +127,7 @@ pub fn collect(
     connection: &Connect,
     storage_pool: &str,
     cache: &mut StatsCache,
+    vm_ids: &mut VmIdCache,
 ) -> Result<StatsSample, HypervisorError> {
     let groups = StatGroups::STATE
         | StatGroups::CPU_TOTAL
@@ -146,14 +146,12 @@ pub fn collect(
     let mut domains = Vec::with_capacity(records.len());
     for record in &records {
         // Gone between the call and now: left out, the next collection agrees.
-        if let Some(domain) = domain_sample(record, cache) {
+        if let Some(domain) = domain_sample(record, cache, vm_ids) {
             domains.push(domain);
         }
     }
     let present: HashSet<&str> = domains.iter().map(|domain| domain.uuid.as_str()).collect();
-    cache
-        .vm_ids
-        .retain(|uuid, _| present.contains(uuid.as_str()));
+    vm_ids.retain_present(&present);
     cache
         .bridges
         .retain(|uuid, _| present.contains(uuid.as_str()));
@@ -163,15 +161,16 @@ pub fn collect(
     })
 }
 
-fn domain_sample(record: &DomainStats, cache: &mut StatsCache) -> Option<DomainSample> {
+fn domain_sample(
+    record: &DomainStats,
+    cache: &mut StatsCache,
+    vm_ids: &mut VmIdCache,
+) -> Option<DomainSample> {
     let domain = &record.domain;
     let uuid = domain.uuid_string().ok()?;
     let name = domain.name().ok()?;
     let mut sample = parse_params(&record.params);
-    sample.vm_id = *cache
-        .vm_ids
-        .entry(uuid.clone())
-        .or_insert_with(|| read_vm_id(domain));
+    sample.vm_id = vm_ids.vm_id(&uuid, domain);
     sample.uuid = uuid;
     sample.name = name;
     if sample.is_active() {
@@ -259,17 +258,6 @@ fn slot<T: Default>(devices: &mut Vec<T>, index: usize) -> &mut T {
 
 fn text(value: &ParamValue) -> String {
     value.as_str().unwrap_or_default().to_owned()
-}
-
-fn read_vm_id(domain: &Domain) -> Option<VmId> {
-    domain
-        .metadata(
-            virt::sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
-            Some(INSTANCE_METADATA_NAMESPACE),
-            0,
-        )
-        .ok()
-        .and_then(|xml| domain_xml::parse_instance_vm_id(&xml))
 }
 
 /// For drivers without the `cpu-total`, `balloon` or `vcpu` groups: one `virDomainGetInfo`.

@@ -15,6 +15,12 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "run.sh: cargo is not installed (https://rustup.rs), or not on PATH" >&2
+    exit 1
+fi
+
+echo "run.sh: checking host packages (libvirt, QEMU, protoc; the first run installs them)..."
 if [[ $(id -u) -eq 0 ]]; then
     scripts/setup-host.sh >/dev/null
 elif command -v sudo >/dev/null 2>&1; then
@@ -72,7 +78,9 @@ stop_all() {
     done
     wait 2>/dev/null || true
 }
-trap stop_all INT TERM EXIT
+# Ctrl-C or SIGTERM: stop both and end quietly.
+trap 'stop_all; exit 0' INT TERM
+trap stop_all EXIT
 
 # bash's /dev/tcp: whether something accepts connections at host:port (no curl needed).
 port_open() { (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null; }
@@ -114,8 +122,12 @@ if [[ $new_admin_password -eq 1 ]]; then
 else
     echo "  admin password: as given in ADMIN_PASSWORD, or kept in $run_data/admin-password"
 fi
-echo "  Ctrl-C stops both."
-echo
+cat <<LOGIN
+  log in:      curl -s -X POST http://$HTTP_ADDR/api/auth/login -H 'Content-Type: application/json' \\
+                 -d '{"username":"$ADMIN_USER","password":"<the admin password>"}'
+  Ctrl-C stops both.
+
+LOGIN
 
 # Whichever process ends first ends the session; the trap stops the other.
 set +e

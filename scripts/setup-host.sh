@@ -14,13 +14,24 @@ fi
 # The image ships qemu-utils from bookworm-backports; qemu-system-x86 must come from the
 # same suite or apt refuses the mix. Add the suite once.
 sources=/etc/apt/sources.list.d/debian.sources
-if [[ -f $sources ]] && ! grep -q 'bookworm-backports' "$sources"; then
-    sed -i 's/^Suites: bookworm bookworm-updates$/& bookworm-backports/' "$sources"
+if [[ -f $sources ]]; then
+    if ! grep -q 'bookworm-backports' "$sources"; then
+        sed -i 's/^Suites: bookworm bookworm-updates$/& bookworm-backports/' "$sources"
+    fi
+elif ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    # An older-style apt setup: name the suite in a file of its own, with the mirror the
+    # machine already uses.
+    mirror=$(awk '$1 == "deb" && $3 == "bookworm" { print $2; exit }' /etc/apt/sources.list 2>/dev/null)
+    if [[ -z $mirror ]]; then
+        echo "setup-host.sh: cannot find the Debian bookworm apt source to add bookworm-backports to" >&2
+        exit 1
+    fi
+    echo "deb $mirror bookworm-backports main" > /etc/apt/sources.list.d/bookworm-backports.list
 fi
 
 need_install=0
-for bin in virsh libvirtd qemu-system-x86_64 protoc pkg-config qemu-io prometheus promtool \
-    systemd-analyze; do
+for bin in virsh virt-admin libvirtd qemu-system-x86_64 protoc pkg-config qemu-io qemu-img \
+    prometheus promtool systemd-analyze pgrep pkill; do
     command -v "$bin" >/dev/null 2>&1 || need_install=1
 done
 [[ -f /usr/include/libvirt/libvirt.h ]] || need_install=1

@@ -117,7 +117,12 @@ impl Drop for QemuLeftovers {
         };
         for domain in &self.domains {
             run(&["destroy", domain]);
-            run(&["undefine", domain, "--remove-all-storage"]);
+            run(&[
+                "undefine",
+                domain,
+                "--remove-all-storage",
+                "--snapshots-metadata",
+            ]);
         }
         run(&["pool-destroy", &self.pool]);
         run(&["pool-undefine", &self.pool]);

@@ -3,7 +3,7 @@
 //! libvirtd restarted (or the agent's libvirt connection cut) under a running agent,
 //! changes made on the host behind the product's back, and a graceful agent shutdown.
 //!
-//! Every test ends with the same [`audit`]: every VM the API shows exists on its host with
+//! Every test ends with the same audit (`vmm_e2e::audit`): every VM the API shows exists on its host with
 //! the same state (or is reported as gone); no product domain exists on a host that the
 //! API does not know; every user's quota usage equals the resources recorded for them.
 //! Each prints how long the system took to converge.
@@ -16,15 +16,12 @@ use std::path::Path;
 use std::process::Command as StdCommand;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
-use vmm_e2e::api::QuotaUsage;
+use vmm_e2e::audit::{audit, converge};
 use vmm_e2e::cluster::{QEMU_SYSTEM_URI, domain_name};
 use vmm_e2e::virsh;
 use vmm_e2e::{AgentOptions, Api, ClusterOptions, TestCluster, wait_until};
-
-/// How long the system may take to settle after a fault.
-const CONVERGE_DEADLINE: Duration = Duration::from_secs(90);
 
 // ---- fixture and clean-up -----------------------------------------------------------------
 
@@ -121,179 +118,6 @@ impl Drop for HostCleanup {
             let _ = virsh_sync(&["pool-undefine", pool]);
         }
     }
-}
-
-// ---- the audit ----------------------------------------------------------------------------
-
-/// What the audit found, for the test's output.
-#[derive(Debug, Default)]
-struct AuditSummary {
-    vms: usize,
-    running: usize,
-    stopped: usize,
-    gone_reported: usize,
-    snapshots: usize,
-}
-
-/// Checks that the record is true (see the module docs); `Err` says what is not (yet).
-/// `users` are the accounts whose quota is checked.
-async fn audit(cluster: &TestCluster, users: &[&Api]) -> Result<AuditSummary> {
-    let admin = cluster.admin().await?;
-    let vms: Vec<Value> = admin.get("/api/vms").await?.expect_status(200)?.json()?;
-    let hosts: Vec<&str> = cluster.agents().iter().map(|a| a.host_id()).collect();
-    let mut summary = AuditSummary::default();
-    let mut known_domains = Vec::new();
-
-    for vm in &vms {
-        let id = vm["id"].as_str().context("VM without id")?;
-        let status = vm["status"].as_str().context("VM without status")?;
-        let host = vm["host"].as_str().unwrap_or_default();
-        ensure!(hosts.contains(&host), "VM {id} is on unknown host {host:?}");
-        let domain = domain_name(id);
-        known_domains.push(domain.clone());
-        let exists = virsh::domain_exists(&domain).await?;
-        summary.vms += 1;
-        match status {
-            "running" | "stopped" | "paused" => {
-                ensure!(exists, "VM {id} is {status} in the API but has no domain");
-                let state = virsh::domstate(&domain).await?;
-                let expected = match status {
-                    "running" => "running",
-                    "stopped" => "shut off",
-                    _ => "paused",
-                };
-                ensure!(
-                    state == expected,
-                    "VM {id} is {status} in the API but {state:?} on its host"
-                );
-                if status == "running" {
-                    summary.running += 1;
-                } else {
-                    summary.stopped += 1;
-                }
-            }
-            "error" => {
-                // The coordinator says the VM is broken; acceptable when it is gone from
-                // the host and the API says so.
-                let reason = vm["status_reason"].as_str().unwrap_or_default();
-                ensure!(
-                    !exists,
-                    "VM {id} is in error ({reason}) but its domain exists on the host"
-                );
-                summary.gone_reported += 1;
-            }
-            other => bail!("VM {id} has not settled: {other}"),
-        }
-
-        let snapshots: Vec<Value> = admin
-            .get(&format!("/api/vms/{id}/snapshots"))
-            .await?
-            .expect_status(200)?
-            .json()?;
-        let on_host = if exists {
-            virsh::snapshot_names(&domain).await?
-        } else {
-            Vec::new()
-        };
-        for snapshot in &snapshots {
-            let snapshot_id = snapshot["id"].as_str().context("snapshot without id")?;
-            let snapshot_status = snapshot["status"].as_str().unwrap_or_default();
-            let present = on_host.iter().any(|name| name == snapshot_id);
-            match snapshot_status {
-                "ready" => ensure!(
-                    present,
-                    "snapshot {snapshot_id} of VM {id} is ready in the API but not on the host"
-                ),
-                // Reported as broken: acceptable when it is not on the host either.
-                "error" => ensure!(
-                    !present,
-                    "snapshot {snapshot_id} of VM {id} is in error but exists on the host"
-                ),
-                other => bail!("snapshot {snapshot_id} of VM {id} has not settled: {other}"),
-            }
-            summary.snapshots += 1;
-        }
-        for name in &on_host {
-            ensure!(
-                snapshots
-                    .iter()
-                    .any(|s| s["id"].as_str() == Some(name.as_str())),
-                "VM {id} has snapshot {name} on its host that the API does not know"
-            );
-        }
-    }
-
-    // No product domain on this cluster's hosts that the API does not know.
-    for agent in cluster.agents() {
-        let marker = format!("{}/images/", agent.data_dir.display());
-        for name in virsh::domain_names().await? {
-            if !name.starts_with("vmm-") || known_domains.contains(&name) {
-                continue;
-            }
-            let Ok(xml) = virsh::dumpxml(&name).await else {
-                continue; // gone meanwhile
-            };
-            ensure!(
-                !xml.contains(&marker),
-                "domain {name} on host {} is unknown to the API",
-                agent.host_id()
-            );
-        }
-    }
-
-    // Quota usage equals what is recorded for each user.
-    for user in users {
-        let quota = user.quota().await?;
-        let mine: Vec<&Value> = vms
-            .iter()
-            .filter(|vm| vm["owner_id"].as_str() == Some(user.user().id.as_str()))
-            .collect();
-        let mut expected = QuotaUsage {
-            vms: mine.len() as u64,
-            ..QuotaUsage::default()
-        };
-        for vm in &mine {
-            expected.cpu += vm["cpu"].as_u64().unwrap_or_default();
-            expected.memory += vm["memory"].as_u64().unwrap_or_default();
-            expected.disk_gb += vm["disk_gb"].as_u64().unwrap_or_default();
-            let id = vm["id"].as_str().unwrap_or_default();
-            let snapshots: Vec<Value> = user
-                .get(&format!("/api/vms/{id}/snapshots"))
-                .await?
-                .expect_status(200)?
-                .json()?;
-            expected.snapshots += snapshots.len() as u64;
-        }
-        ensure!(
-            quota.usage == expected,
-            "quota usage of {} is {:?} but the resources recorded are {expected:?}",
-            user.user().username,
-            quota.usage
-        );
-    }
-    Ok(summary)
-}
-
-/// Waits until the audit passes and prints how long that took after `since`.
-async fn converge(
-    what: &str,
-    cluster: &TestCluster,
-    users: &[&Api],
-    since: Instant,
-) -> Result<AuditSummary> {
-    let summary = wait_until(
-        &format!("the record to be true again after {what}"),
-        CONVERGE_DEADLINE,
-        || async { Ok(Some(audit(cluster, users).await?)) },
-    )
-    .await;
-    // `wait_until` treats Err as "not yet"; its last error explains a timeout.
-    let summary = summary?;
-    eprintln!(
-        "CONVERGED after {what} in {:.2}s: {summary:?}",
-        since.elapsed().as_secs_f64()
-    );
-    Ok(summary)
 }
 
 /// Lines of the agent's current log that contain every one of `needles`.

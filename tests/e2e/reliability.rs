@@ -1,6 +1,7 @@
 //! Faults and retries: a host that goes silent, a client that retries a create, bodies
-//! that are too large. Each ends by checking that the record is true: VMs the API
-//! acknowledged exist with their real state, and nothing was doubled.
+//! that are too large. The fault tests end with the shared audit (`vmm_e2e::audit`): VMs
+//! the API acknowledged exist with their real state, nothing was doubled, and quota usage
+//! equals what exists.
 
 use std::time::{Duration, Instant};
 
@@ -63,6 +64,7 @@ async fn same_key_makes_one_vm(cluster: &TestCluster) -> Result<()> {
         .await?;
     response.expect_error(422)?;
     ensure!(user.list_vms().await?.len() == 1);
+    vmm_e2e::audit::audit(cluster, &[&user]).await?;
     Ok(())
 }
 
@@ -161,5 +163,6 @@ async fn silent_host(cluster: &TestCluster) -> Result<()> {
         resumed.elapsed().as_secs_f64()
     );
     ensure!(user.list_vms().await?.len() == 2, "nothing was doubled");
+    vmm_e2e::audit::audit(cluster, &[&user]).await?;
     Ok(())
 }

@@ -310,3 +310,62 @@ async fn qemu_snapshots(cluster: &TestCluster, leftovers: &mut QemuLeftovers) ->
     );
     Ok(())
 }
+
+/// Operations on one VM are serialised: a snapshot requested while a stop is under way (on
+/// real QEMU a BIOS-only guest ignores ACPI, so the stop waits out the agent's timeout)
+/// answers 409 and leaves no record behind; the stop then completes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_during_a_stop_answers_409_and_records_nothing() {
+    let _libvirtd = virsh::qemu_guard().await;
+    virsh::require_qemu_system().await;
+    virsh::require_storage_driver().await;
+    let agent = AgentOptions::qemu("qemu-busy-host");
+    let mut leftovers = QemuLeftovers::new(&agent.storage_pool);
+    let cluster = TestCluster::start(ClusterOptions::with_agents(vec![agent]))
+        .await
+        .unwrap();
+    snapshot_during_stop(&cluster, &mut leftovers)
+        .await
+        .unwrap();
+}
+
+async fn snapshot_during_stop(cluster: &TestCluster, leftovers: &mut QemuLeftovers) -> Result<()> {
+    let user = cluster.user("busy-user").await?;
+    let vm = user.create_vm("busy-guest", 1, 64, Some(1)).await?;
+    leftovers.add_domain(&domain_name(&vm.id));
+
+    let stopping = {
+        let (user, id) = (user.clone(), vm.id.clone());
+        tokio::spawn(async move { user.action(&id, "stop").await })
+    };
+    // Let the stop reach the agent; it then waits for the guest (2 s in tests).
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let refused = user
+        .post(
+            &format!("/api/vms/{}/snapshots", vm.id),
+            &json!({"name": "mid-stop"}),
+        )
+        .await?;
+    let message = refused.expect_error(409)?;
+    ensure!(
+        message.contains("in progress"),
+        "the refusal says why: {message}"
+    );
+
+    let stopped = stopping.await??;
+    ensure!(stopped.status == "stopped", "{stopped:?}");
+    ensure!(
+        list_snapshots(&user, &vm.id).await?.is_empty(),
+        "the refused snapshot left no record"
+    );
+    let quota = user.get("/api/quota").await?.expect_status(200)?.body;
+    ensure!(
+        quota["usage"]["snapshots"] == 0,
+        "nor any quota claim: {quota}"
+    );
+    // Once the VM is free, the same snapshot is taken.
+    let taken = create_snapshot(&user, &vm.id, "mid-stop").await?;
+    ensure!(taken.vm_status == "stopped", "{taken:?}");
+    user.delete_vm(&vm.id).await?;
+    Ok(())
+}

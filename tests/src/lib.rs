@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod audit;
 pub mod cluster;
 pub mod jwt;
 pub mod process;

@@ -2,6 +2,8 @@
 //! given back. Prints figures; asserts nothing.
 //!
 //!     cargo run --release -p vmm-coordinator --example ratelimit_memory [clients]
+// A benchmark: a failed `unwrap` ends the run with the reason.
+#![allow(clippy::unwrap_used)]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::num::NonZeroU32;

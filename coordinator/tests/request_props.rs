@@ -5,6 +5,8 @@
 //! always answered with success or with the documented JSON error
 //! (`{"code": <status>, "message": "…"}`) and a 4xx status — or, for a create that is valid
 //! but has no host to go to, 503 naming that. Never a 500.
+// Test code: a failed `unwrap` is how a test says its precondition did not hold.
+#![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;

@@ -7,10 +7,13 @@
 
 pub mod ids;
 pub mod limits;
+pub mod operation;
 pub mod settings;
 pub mod status;
 pub mod systemd;
 
 pub use ids::{HostId, OperationId, SnapshotId, UserId, VmId};
 pub use limits::{VmSize, VmSizeError, validate_resource_name};
+pub use operation::OperationKind;
+pub use settings::error_chain;
 pub use status::VmStatus;

@@ -619,7 +619,16 @@ async fn libvirt_connection_cut(cluster: &mut TestCluster) -> Result<()> {
     .await?;
     ensure!(user.action(&vm.id, "start").await?.status == "running");
     ensure!(cluster.agent(HOST).pid() == agent_pid, "no agent restart");
-    ensure!(libvirt_connection_status(cluster, HOST).await? == Some(1.0));
+    // The coordinator learns the connection state from heartbeats: the next one after the
+    // reconnect says so.
+    wait_until(
+        "libvirt_connection_status 1",
+        Duration::from_secs(30),
+        || async {
+            Ok((libvirt_connection_status(cluster, HOST).await? == Some(1.0)).then_some(()))
+        },
+    )
+    .await?;
     converge("a cut libvirt connection", cluster, &[&user], cut).await?;
     Ok(())
 }

@@ -7,6 +7,8 @@
 //! Each test keeps its cluster alive while it checks the outcome of its body (`run(..).await
 //! .unwrap()` inside the test function): a failure then panics while the processes still
 //! exist, and the cluster prints the end of their logs.
+// Test code: a failed `unwrap` is how a test says its precondition did not hold.
+#![allow(clippy::unwrap_used)]
 
 mod admin;
 mod auth;

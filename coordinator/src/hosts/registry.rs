@@ -18,6 +18,14 @@ use vmm_shared::{HostId, OperationId};
 
 pub type SessionId = u64;
 
+/// Locks `mutex`, also after a holder panicked: every update of the registry's maps is a
+/// single insert or remove, so what a panicking holder leaves behind is consistent.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 struct ConnectedAgent {
     session: SessionId,
     sender: mpsc::Sender<Result<CoordinatorMessage, tonic::Status>>,
@@ -65,11 +73,7 @@ impl AgentRegistry {
         sender: mpsc::Sender<Result<CoordinatorMessage, tonic::Status>>,
     ) -> SessionId {
         let session = self.next_session.fetch_add(1, Ordering::Relaxed) + 1;
-        let previous = self
-            .agents
-            .lock()
-            .unwrap()
-            .insert(host.clone(), ConnectedAgent { session, sender });
+        let previous = lock(&self.agents).insert(host.clone(), ConnectedAgent { session, sender });
         if previous.is_some() {
             tracing::warn!(host = %host, "agent reconnected; its previous session is replaced");
             self.fail_pending_for(&host);
@@ -80,7 +84,7 @@ impl AgentRegistry {
     /// Ends `session` of `host`. Returns false when a newer session has replaced it (then
     /// the host is still connected and nothing changes).
     pub fn detach(&self, host: &HostId, session: SessionId) -> bool {
-        let mut agents = self.agents.lock().unwrap();
+        let mut agents = lock(&self.agents);
         match agents.get(host) {
             Some(agent) if agent.session == session => {
                 agents.remove(host);
@@ -93,19 +97,17 @@ impl AgentRegistry {
     }
 
     pub fn is_connected(&self, host: &HostId) -> bool {
-        self.agents.lock().unwrap().contains_key(host)
+        lock(&self.agents).contains_key(host)
     }
 
     pub fn is_current(&self, host: &HostId, session: SessionId) -> bool {
-        self.agents
-            .lock()
-            .unwrap()
+        lock(&self.agents)
             .get(host)
             .is_some_and(|agent| agent.session == session)
     }
 
     pub fn connected_count(&self) -> usize {
-        self.agents.lock().unwrap().len()
+        lock(&self.agents).len()
     }
 
     /// Sends `command` to `host` and waits for its result.
@@ -119,15 +121,12 @@ impl AgentRegistry {
             .operation_id
             .parse()
             .expect("commands are built with a valid operation ID");
-        let sender = self
-            .agents
-            .lock()
-            .unwrap()
+        let sender = lock(&self.agents)
             .get(host)
             .map(|agent| agent.sender.clone())
             .ok_or_else(|| DispatchError::NotConnected(host.clone()))?;
         let (reply, answer) = oneshot::channel();
-        self.pending.lock().unwrap().insert(
+        lock(&self.pending).insert(
             operation_id,
             PendingCommand {
                 host: host.clone(),
@@ -139,14 +138,14 @@ impl AgentRegistry {
             body: Some(coordinator_message::Body::Command(command)),
         };
         if sender.send(Ok(message)).await.is_err() {
-            self.pending.lock().unwrap().remove(&operation_id);
+            lock(&self.pending).remove(&operation_id);
             return Err(DispatchError::NotConnected(host.clone()));
         }
         let result = match tokio::time::timeout(timeout, answer).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => return Err(DispatchError::Disconnected(host.clone())),
             Err(_) => {
-                self.pending.lock().unwrap().remove(&operation_id);
+                lock(&self.pending).remove(&operation_id);
                 return Err(DispatchError::TimedOut {
                     host: host.clone(),
                     timeout,
@@ -176,13 +175,13 @@ impl AgentRegistry {
             tracing::warn!(host = %host, operation_id = %result.operation_id, "result with a malformed operation ID ignored");
             return;
         };
-        let mut pending = self.pending.lock().unwrap();
-        match pending.get(&operation_id) {
+        let mut pending = lock(&self.pending);
+        match pending.remove(&operation_id) {
             Some(command) if &command.host == host => {
-                let command = pending.remove(&operation_id).expect("present");
                 let _ = command.reply.send(result);
             }
-            Some(_) => {
+            Some(command) => {
+                pending.insert(operation_id, command);
                 tracing::warn!(host = %host, %operation_id, "result for an operation sent to another host ignored");
             }
             None => {
@@ -193,9 +192,6 @@ impl AgentRegistry {
 
     fn fail_pending_for(&self, host: &HostId) {
         // Dropping the reply senders wakes the waiters with `Disconnected`.
-        self.pending
-            .lock()
-            .unwrap()
-            .retain(|_, command| &command.host != host);
+        lock(&self.pending).retain(|_, command| &command.host != host);
     }
 }

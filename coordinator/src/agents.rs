@@ -26,6 +26,9 @@ use crate::hosts::registry::SessionId;
 use crate::hosts::store::{self as host_store, HostRegistration};
 use crate::vms::reports::{self, ReportSource};
 
+mod listener;
+pub use listener::incoming;
+
 /// How long a freshly connected agent has to send its `Register`.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Upper bounds for what a host may claim, against absurd or hostile registrations.

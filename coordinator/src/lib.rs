@@ -5,6 +5,7 @@
 //! Layout by domain:
 //! - [`app`]: start-up, router, servers, shutdown
 //! - [`config`]: flags and environment variables
+//! - [`connections`]: connection caps and deadlines of every listener
 //! - [`db`]: the database and its migrations
 //! - [`error`]: the one error type and its HTTP and gRPC mappings
 //! - [`auth`]: passwords, tokens, the `CurrentUser` extractor
@@ -26,6 +27,7 @@ pub mod agents;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod connections;
 pub mod db;
 pub mod error;
 pub mod health;

@@ -22,8 +22,9 @@ use serde_json::{Value, json};
 use tower::ServiceExt as _;
 use vmm_coordinator::app::{AppState, Settings, router};
 use vmm_coordinator::auth::{PasswordHasher, TokenIssuer};
-use vmm_coordinator::config::Placement;
+use vmm_coordinator::config::{Placement, Registration};
 use vmm_coordinator::hosts::AgentRegistry;
+use vmm_coordinator::http::forwarded::ForwardedHeader;
 use vmm_coordinator::quotas::QuotaLimits;
 use vmm_coordinator::ratelimit::{RateLimitSettings, RateLimits};
 
@@ -63,6 +64,7 @@ fn fixture() -> &'static Fixture {
                     login_per_minute: one,
                     login_burst: one,
                     trusted_proxies: Vec::new(),
+                    forwarded_header: ForwardedHeader::XForwardedFor,
                 })),
                 metrics: metrics_exporter_prometheus::PrometheusBuilder::new()
                     .build_recorder()
@@ -80,6 +82,9 @@ fn fixture() -> &'static Fixture {
                         max_disk_gb: 100,
                         max_snapshots: 10,
                     },
+                    registration: Registration::Open,
+                    request_timeout: Duration::from_secs(35),
+                    api_metrics: true,
                 }),
             };
             let router = router(state);

@@ -1,8 +1,13 @@
 //! HTTP plumbing shared by every route: the JSON body and path extractors that turn
-//! request problems into our error type, and the fallbacks for unknown routes and methods.
+//! request problems into our error type, the fallbacks for unknown routes and methods, the
+//! server loop with its connection caps and timeouts ([`server`]), the whole-request
+//! deadline ([`timeout`]), and who a request came from behind proxies ([`forwarded`]).
 
+pub mod forwarded;
 mod json;
 mod path;
+pub mod server;
+pub mod timeout;
 
 pub use json::ApiJson;
 pub use path::ApiPath;

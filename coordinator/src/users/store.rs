@@ -4,7 +4,7 @@ use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 use vmm_shared::UserId;
 
-use super::{Role, User};
+use super::{Role, User, username_key};
 use crate::db::{self, Db};
 
 fn from_row(row: &SqliteRow) -> Result<User, sqlx::Error> {
@@ -30,9 +30,10 @@ pub async fn find_by_id(db: &Db, id: UserId) -> Result<Option<User>, sqlx::Error
         .transpose()
 }
 
+/// The user whose name is `username` regardless of case.
 pub async fn find_by_username(db: &Db, username: &str) -> Result<Option<User>, sqlx::Error> {
-    sqlx::query("SELECT * FROM users WHERE username = ?")
-        .bind(username)
+    sqlx::query("SELECT * FROM users WHERE username_key = ?")
+        .bind(username_key(username))
         .fetch_optional(db)
         .await?
         .as_ref()
@@ -40,7 +41,7 @@ pub async fn find_by_username(db: &Db, username: &str) -> Result<Option<User>, s
         .transpose()
 }
 
-/// Inserts a new user; a taken username fails with a unique violation.
+/// Inserts a new user; a username taken (in any case) fails with a unique violation.
 pub async fn insert(
     db: &Db,
     username: &str,
@@ -55,10 +56,12 @@ pub async fn insert(
         created_at: db::now(),
     };
     sqlx::query(
-        "INSERT INTO users (id, username, password_hash, role, created_at) VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO users (id, username, username_key, password_hash, role, created_at)
+         VALUES (?, ?, ?, ?, ?, ?)",
     )
     .bind(user.id.to_string())
     .bind(&user.username)
+    .bind(username_key(&user.username))
     .bind(&user.password_hash)
     .bind(role.as_str())
     .bind(&user.created_at)
@@ -67,17 +70,28 @@ pub async fn insert(
     Ok(user)
 }
 
-/// Creates the account, or gives an existing one this password and the admin role.
+/// Creates the account, or gives an existing one (the same name in any case) this password
+/// and the admin role.
 pub async fn upsert_admin(db: &Db, username: &str, password_hash: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO users (id, username, password_hash, role, created_at) VALUES (?, ?, ?, 'admin', ?)
-         ON CONFLICT (username) DO UPDATE SET password_hash = excluded.password_hash, role = 'admin'",
+        "INSERT INTO users (id, username, username_key, password_hash, role, created_at)
+         VALUES (?, ?, ?, ?, 'admin', ?)
+         ON CONFLICT (username_key) DO UPDATE SET password_hash = excluded.password_hash, role = 'admin'",
     )
     .bind(UserId::new_random().to_string())
     .bind(username)
+    .bind(username_key(username))
     .bind(password_hash)
     .bind(db::now())
     .execute(db)
     .await?;
     Ok(())
+}
+
+/// Accounts that cannot log in because an older account has the same name in another case
+/// (see migration 0006): their names, for the operator.
+pub async fn shadowed_by_case(db: &Db) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT username FROM users WHERE username_key LIKE '%#%' ORDER BY username")
+        .fetch_all(db)
+        .await
 }

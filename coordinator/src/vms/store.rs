@@ -117,13 +117,13 @@ pub async fn place_and_record(
         .inspect_err(|exceeded| crate::telemetry::record_quota_rejection(exceeded.resource))?;
     let loads = host_store::connected_loads(&mut tx).await?;
     if loads.is_empty() {
-        return Err(ApiError::Unavailable(
+        return Err(ApiError::NoCapacity(
             "no hypervisor host is connected; the VM cannot be placed anywhere".into(),
         ));
     }
     let host = scheduler::choose_host(&loads, &new.size, placement, cpu_allocation_ratio)
         .ok_or_else(|| {
-            ApiError::Unavailable(format!(
+            ApiError::NoCapacity(format!(
                 "no connected host has room for {} vCPUs, {} MiB of memory and {} GB of disk",
                 new.size.cpu, new.size.memory_mib, new.size.disk_gb
             ))
@@ -310,7 +310,7 @@ mod tests {
         for task in tasks {
             match task.await.unwrap() {
                 Ok(_) => admitted += 1,
-                Err(ApiError::Unavailable(message)) => {
+                Err(ApiError::NoCapacity(message)) => {
                     assert!(message.contains("room"), "{message}")
                 }
                 Err(other) => panic!("unexpected error: {other:?}"),

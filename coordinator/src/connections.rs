@@ -634,4 +634,34 @@ mod tests {
         drop(idle);
         assert_eq!(admission.open_connections(), 2);
     }
+
+    /// A WebSocket: once its request answered 101, no deadline applies and it is never
+    /// closed to make room.
+    #[tokio::test]
+    async fn an_upgraded_connection_has_no_deadline_and_is_never_evicted() {
+        let limits = limits(1, None);
+        let admission = Admission::new(limits.clone());
+        let ticket = admission.admit(ip("192.0.2.1")).unwrap();
+        let connection = Arc::clone(ticket.connection());
+        assert!(
+            connection.read_deadline(&limits).is_some(),
+            "fresh: header deadline"
+        );
+        let request = connection.request_started();
+        assert!(connection.read_deadline(&limits).is_none(), "busy: none");
+        connection.upgraded();
+        drop(request);
+        assert!(connection.read_deadline(&limits).is_none());
+        assert_eq!(admission.admit(ip("192.0.2.2")).unwrap_err(), Refusal::Full);
+        // A plain request ends in the idle phase, which is evictable.
+        drop(ticket);
+        let plain = admission.admit(ip("192.0.2.3")).unwrap();
+        drop(plain.connection().request_started());
+        assert!(
+            plain.connection().read_deadline(&limits).is_some(),
+            "idle deadline"
+        );
+        admission.admit(ip("192.0.2.4")).unwrap();
+        assert!(plain.connection().is_evicted());
+    }
 }

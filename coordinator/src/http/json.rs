@@ -2,8 +2,10 @@
 //! not JSON answers 400, well-formed JSON with wrong or missing fields or a value of the
 //! wrong type answers 422, and both carry a message that says what to fix.
 //!
-//! serde_json reports some type mismatches (a number where an enum's string goes) as
-//! syntax errors; a body that parses as JSON is never answered 400 for them.
+//! Every body the API takes is a JSON object: any other JSON value (an array, which serde
+//! would read as the struct's fields in order, a string, a number) is 422. serde_json reports
+//! some type mismatches (a number where an enum's string goes) as syntax errors; a body that
+//! parses as JSON is never answered 400 for them.
 
 use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
@@ -37,6 +39,15 @@ where
                 ApiError::BadRequest(rejection.body_text())
             }
         })?;
+        let starts_as_object = bytes
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b == b'{');
+        if !starts_as_object && serde_json::from_slice::<IgnoredAny>(&bytes).is_ok() {
+            return Err(ApiError::Unprocessable(
+                "the request body must be a JSON object".into(),
+            ));
+        }
         match axum::Json::<T>::from_bytes(&bytes) {
             Ok(axum::Json(value)) => Ok(ApiJson(value)),
             Err(JsonRejection::JsonSyntaxError(syntax))
@@ -138,7 +149,9 @@ mod tests {
             r#"{"action": "start", "extra": 1}"#,
             r#"{}"#,
             r#"[]"#,
+            r#"["start"]"#,
             r#""start""#,
+            "12",
         ] {
             let error = extract("application/json", body).await.unwrap_err();
             assert_eq!(

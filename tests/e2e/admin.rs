@@ -326,7 +326,7 @@ async fn closed_registration(cluster: &TestCluster) -> Result<()> {
             .post("/api/admin/users", &body)
             .await?
             .expect_error(status)
-            .with_context(|| format!("{what}"))?;
+            .context(what)?;
     }
     invited
         .post(

@@ -30,7 +30,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use tracing_subscriber::EnvFilter;
 
 use crate::commands::CommandExecutor;
 use crate::config::{AgentConfig, Args, LogFormat};
@@ -66,13 +65,10 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Text logs escape control characters and are coloured only on a terminal without
+/// `NO_COLOR` (`vmm_shared::logging`).
 fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    vmm_shared::logging::init(format == LogFormat::Json);
 }
 
 async fn run(config: AgentConfig) -> anyhow::Result<()> {

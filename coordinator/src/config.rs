@@ -553,6 +553,61 @@ mod tests {
     }
 
     #[test]
+    fn durations_take_units_and_the_request_timeout_outlasts_operations() {
+        let token = "0123456789abcdef0123";
+        let config = parse(&[
+            "--agent-token",
+            token,
+            "--operation-timeout-secs",
+            "2m",
+            "--host-dead-after-secs",
+            "1500ms",
+            "--jwt-ttl-secs",
+            "7200",
+        ]);
+        config.validate().unwrap();
+        assert_eq!(config.operation_timeout(), Duration::from_secs(120));
+        assert_eq!(config.host_dead_after(), Duration::from_millis(1500));
+        assert_eq!(config.jwt_ttl_secs, Duration::from_secs(7200));
+        assert_eq!(config.http_request_timeout(), Duration::from_secs(150));
+
+        let err = parse(&[
+            "--agent-token",
+            token,
+            "--operation-timeout-secs",
+            "60",
+            "--http-request-timeout",
+            "1m",
+        ])
+        .validate()
+        .unwrap_err();
+        assert_eq!(err.setting, "HTTP_REQUEST_TIMEOUT");
+        let err = parse(&["--agent-token", token, "--jwt-ttl-secs", "500ms"])
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.setting, "JWT_TTL_SECS");
+        assert!(Config::try_parse_from(["coordinator", "--http-idle-timeout", "soon"]).is_err());
+    }
+
+    #[test]
+    fn connection_caps_must_fit_the_open_file_limit() {
+        let config = parse(&["--agent-token", "0123456789abcdef0123"]);
+        // 512 + 256 + 64 reserved.
+        config.check_open_file_limit(Some(832)).unwrap();
+        config.check_open_file_limit(None).unwrap();
+        let err = config.check_open_file_limit(Some(831)).unwrap_err();
+        assert_eq!(err.setting, "HTTP_MAX_CONNECTIONS");
+        assert!(err.reason.contains("LimitNOFILE"), "{err}");
+        let with_metrics = parse(&[
+            "--agent-token",
+            "0123456789abcdef0123",
+            "--metrics-addr",
+            "127.0.0.1:9178",
+        ]);
+        assert!(with_metrics.check_open_file_limit(Some(832)).is_err());
+    }
+
+    #[test]
     fn secrets_are_read_from_files_and_named_when_they_cannot_be() {
         let dir = tempfile::tempdir().unwrap();
         let token_file = dir.path().join("agent-token");

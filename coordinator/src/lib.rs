@@ -8,6 +8,8 @@
 //! - [`connections`]: connection caps and deadlines of every listener
 //! - [`db`]: the database and its migrations
 //! - [`error`]: the one error type and its HTTP and gRPC mappings
+//! - [`http`]: extractors, fallbacks, the server loop, the request deadline, forwarded
+//!   headers
 //! - [`auth`]: passwords, tokens, the `CurrentUser` extractor
 //! - [`users`]: register and login
 //! - [`vms`]: VM routes, records, lifecycle rules, host reports

@@ -102,6 +102,9 @@ pub fn router(state: AppState) -> Router {
         .fallback(http::route_not_found)
         .method_not_allowed_fallback(http::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            http::panic_response,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             http::timeout::limit_request_time,

@@ -36,8 +36,9 @@ pub enum Registration {
 }
 
 /// Open files the coordinator needs besides its connections: the database and its
-/// journal, the listening sockets, log and standard streams, with room to spare.
-pub const RESERVED_FILES: u64 = 64;
+/// journal, the listening sockets, log and standard streams, the connections each listener
+/// is closing to make room (`crate::connections::MAX_PENDING_EVICTIONS`), with room to spare.
+pub const RESERVED_FILES: u64 = 128;
 /// Connections the metrics listener (`METRICS_ADDR`) accepts at once.
 pub const METRICS_MAX_CONNECTIONS: usize = 16;
 
@@ -592,10 +593,10 @@ mod tests {
     #[test]
     fn connection_caps_must_fit_the_open_file_limit() {
         let config = parse(&["--agent-token", "0123456789abcdef0123"]);
-        // 512 + 256 + 64 reserved.
-        config.check_open_file_limit(Some(832)).unwrap();
+        // 512 + 256 + 128 reserved.
+        config.check_open_file_limit(Some(896)).unwrap();
         config.check_open_file_limit(None).unwrap();
-        let err = config.check_open_file_limit(Some(831)).unwrap_err();
+        let err = config.check_open_file_limit(Some(895)).unwrap_err();
         assert_eq!(err.setting, "HTTP_MAX_CONNECTIONS");
         assert!(err.reason.contains("LimitNOFILE"), "{err}");
         let with_metrics = parse(&[
@@ -604,7 +605,7 @@ mod tests {
             "--metrics-addr",
             "127.0.0.1:9178",
         ]);
-        assert!(with_metrics.check_open_file_limit(Some(832)).is_err());
+        assert!(with_metrics.check_open_file_limit(Some(896)).is_err());
     }
 
     #[test]

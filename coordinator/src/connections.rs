@@ -40,6 +40,10 @@ use ipnet::IpNet;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+/// Connections a listener may be closing to make room at once, on top of its cap: the
+/// bound on how far past `max_connections` its open sockets can go for a moment.
+pub const MAX_PENDING_EVICTIONS: usize = 16;
+
 /// What kind of traffic a listener carries: it decides which deadlines apply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
@@ -143,6 +147,10 @@ impl Admission {
             return Err(Refusal::PerClient);
         }
         if table.open.len() - table.evicting >= self.limits.max_connections {
+            if table.evicting >= MAX_PENDING_EVICTIONS {
+                refused(listener, Refusal::Full);
+                return Err(Refusal::Full);
+            }
             let victim = table
                 .open
                 .values()
@@ -180,6 +188,11 @@ impl Admission {
             admission: Arc::clone(self),
             connection,
         })
+    }
+
+    /// Connections told to close to make room that have not closed yet.
+    pub fn pending_evictions(&self) -> usize {
+        lock(&self.table).evicting
     }
 
     /// Connections open now (not counting those told to close).
@@ -663,5 +676,31 @@ mod tests {
         );
         admission.admit(ip("192.0.2.4")).unwrap();
         assert!(plain.connection().is_evicted());
+    }
+
+    /// Sockets told to close count until they have: past a bound, a full listener refuses
+    /// rather than opening ever more while the old ones are still closing.
+    #[tokio::test]
+    async fn evictions_in_progress_are_bounded() {
+        let admission = Admission::new(limits(1, None));
+        let mut tickets = vec![admission.admit(ip("192.0.2.1")).unwrap()];
+        for i in 0..MAX_PENDING_EVICTIONS {
+            tickets.push(
+                admission
+                    .admit(IpAddr::from([198, 51, 100, i as u8]))
+                    .unwrap(),
+            );
+        }
+        assert_eq!(admission.pending_evictions(), MAX_PENDING_EVICTIONS);
+        assert_eq!(
+            admission.admit(ip("203.0.113.1")).unwrap_err(),
+            Refusal::Full
+        );
+        // Once they have closed, room is made again.
+        let newest = tickets.pop().unwrap();
+        drop(tickets);
+        assert_eq!(admission.pending_evictions(), 0);
+        admission.admit(ip("203.0.113.1")).unwrap();
+        assert!(newest.connection().is_evicted());
     }
 }

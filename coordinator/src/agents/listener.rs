@@ -32,6 +32,9 @@ pub fn incoming(
                 };
                 match admission.admit(peer.ip()) {
                     Ok(ticket) => {
+                        if admission.pending_evictions() > 0 {
+                            tokio::task::yield_now().await;
+                        }
                         let _ = stream.set_nodelay(true);
                         let io = TrackedIo::new(stream, ticket);
                         return Some((Ok(io), (listener, admission, last_error)));

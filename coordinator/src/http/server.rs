@@ -70,6 +70,10 @@ pub async fn serve(
                 continue;
             }
         };
+        // Let the connections told to make room close before accepting more.
+        if admission.pending_evictions() > 0 {
+            tokio::task::yield_now().await;
+        }
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let close_rx = close_rx.clone();

@@ -356,7 +356,9 @@ async fn config_error_exit_codes() -> Result<()> {
         .join("credentials/agent-token")
         .display()
         .to_string();
-    let cases: [(&str, &str, Vec<(&str, &str)>); 5] = [
+    /// The unit, the binary, and the settings that make the configuration wrong.
+    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>);
+    let cases: [Case; 5] = [
         (
             "coordinator.service",
             "coordinator",

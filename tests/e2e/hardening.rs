@@ -205,7 +205,8 @@ async fn silent_slow_and_idle_connections_are_closed_on_time() {
     let options = ClusterOptions::with_agents(Vec::new())
         .coordinator_env("HTTP_HEADER_TIMEOUT", "1s")
         .coordinator_env("HTTP_IDLE_TIMEOUT", "2000ms")
-        .coordinator_env("OPERATION_TIMEOUT_SECS", "1s")
+        // A bare number: seconds, as before units were accepted.
+        .coordinator_env("OPERATION_TIMEOUT_SECS", "1")
         .coordinator_env("HTTP_REQUEST_TIMEOUT", "3s");
     let cluster = TestCluster::start(options).await.unwrap();
     timeouts(&cluster).await.unwrap();
@@ -415,21 +416,24 @@ async fn lower_file_limit(pid: u32, limit: u32) -> Result<()> {
 }
 
 /// Timed requests of a legitimate client: health from one address, the user's VM list
-/// from another. Each must answer within a second.
+/// from another. Each must answer within a second (a request not answered in 5 s fails at
+/// once rather than waiting for the client's own timeout).
 async fn served_promptly(cluster: &TestCluster, user: &Api, what: &str) -> Result<Duration> {
     let health = Api::from_address(cluster.http_url(), loopback(200));
+    let patience = Duration::from_secs(5);
     let mut slowest = Duration::ZERO;
     for round in 0..5 {
         let started = Instant::now();
-        let answer = health
-            .health()
+        let answer = tokio::time::timeout(patience, health.health())
             .await
+            .with_context(|| format!("{what}: health check {round} not answered in {patience:?}"))?
             .with_context(|| format!("{what}: health check {round}"))?;
         ensure!(answer.status == "ok", "{what}: {answer:?}");
         slowest = slowest.max(started.elapsed());
         let started = Instant::now();
-        user.list_vms()
+        tokio::time::timeout(patience, user.list_vms())
             .await
+            .with_context(|| format!("{what}: GET /api/vms {round} not answered in {patience:?}"))?
             .with_context(|| format!("{what}: GET /api/vms {round}"))?;
         slowest = slowest.max(started.elapsed());
     }
@@ -463,13 +467,29 @@ async fn caps(cluster: &mut TestCluster) -> Result<()> {
         "the coordinator's open-file limit is {FILE_LIMIT}:\n{limits}"
     );
 
-    // One address opens far more than its share.
+    // One address opens far more than its share; thirty more addresses, twenty connections
+    // each: six times the global cap.
     let mut held = Vec::new();
-    for _ in 0..300 {
-        held.push(connect_from(loopback(1), addr).await?);
+    let sources = std::iter::repeat_n(1, 300)
+        .chain((2..32).flat_map(|last| std::iter::repeat_n(last, PER_CLIENT)));
+    for last in sources {
+        let connected =
+            tokio::time::timeout(Duration::from_secs(3), connect_from(loopback(last), addr))
+                .await
+                .map_err(anyhow::Error::from)
+                .and_then(|connected| connected);
+        held.push(connected.with_context(|| {
+            format!(
+                "opening idle connection {} from 127.0.0.{last}: the coordinator no longer \
+                 accepts connections",
+                held.len() + 1
+            )
+        })?);
     }
-    // The excess was refused at once, with a JSON 503.
-    let mut refused = held.pop().context("a connection")?;
+    let during = served_promptly(cluster, &user, "with 900 idle connections").await?;
+
+    // The excess of the first address was refused at once, with a JSON 503.
+    let mut refused = held.swap_remove(299);
     let (_, said) = wait_for_close(&mut refused, Duration::from_secs(5))
         .await
         .context("a connection over the per-client cap is closed at once")?;
@@ -478,14 +498,6 @@ async fn caps(cluster: &mut TestCluster) -> Result<()> {
         said.starts_with("HTTP/1.1 503") && said.contains("\"code\":503"),
         "a refused connection is told why: {said:?}"
     );
-
-    // Thirty more addresses, twenty connections each: six times the global cap.
-    for last in 2..32 {
-        for _ in 0..PER_CLIENT {
-            held.push(connect_from(loopback(last), addr).await?);
-        }
-    }
-    let during = served_promptly(cluster, &user, "with 900 idle connections").await?;
 
     // The agent's stream is still up and carries work; a new agent connection gets in.
     let health = Api::from_address(cluster.http_url(), loopback(200))

@@ -492,8 +492,18 @@ async fn login_from_many_addresses(cluster: &TestCluster) -> Result<()> {
         .expect_error(401)
         .with_context(|| format!("guess {} is answered", i + 1))?;
     }
-    // A guesser that failed before is slowed now, with the right password too, whatever
-    // the case of the name …
+    // The owner, from an address that never failed, logs in with the right password …
+    let response = attempt(
+        "victim",
+        vmm_e2e::cluster::USER_PASSWORD,
+        "203.0.113.200".into(),
+    )
+    .await?;
+    response
+        .expect_status(200)
+        .context("the owner logs in from a client that never failed, during the attack")?;
+    // … while a guesser that failed before is slowed, with the right password too, whatever
+    // the case of the name.
     for (username, password, address) in [
         ("victim", "wrong-password-456", "198.51.100.1"),
         ("victim", vmm_e2e::cluster::USER_PASSWORD, "198.51.100.2"),
@@ -508,16 +518,6 @@ async fn login_from_many_addresses(cluster: &TestCluster) -> Result<()> {
             "the 429 says why: {message}"
         );
     }
-    // … while the owner, from an address that never failed, logs in with the right password.
-    let response = attempt(
-        "victim",
-        vmm_e2e::cluster::USER_PASSWORD,
-        "203.0.113.200".into(),
-    )
-    .await?;
-    response
-        .expect_status(200)
-        .context("the owner logs in from a client that never failed, during the attack")?;
     // Other accounts are untouched, also from the guessing addresses.
     let response = attempt("somebody-else", "wrong-password-123", "198.51.100.1".into()).await?;
     response

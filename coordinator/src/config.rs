@@ -39,6 +39,9 @@ pub enum Registration {
 /// journal, the listening sockets, log and standard streams, the connections each listener
 /// is closing to make room (`crate::connections::MAX_PENDING_EVICTIONS`), with room to spare.
 pub const RESERVED_FILES: u64 = 128;
+/// How much longer than `OPERATION_TIMEOUT_SECS` a whole request must be allowed: a handler
+/// waits for an operation's outcome up to 5 s past the operation timeout before answering.
+pub const REQUEST_TIMEOUT_MARGIN: Duration = Duration::from_secs(5);
 /// Connections the metrics listener (`METRICS_ADDR`) accepts at once.
 pub const METRICS_MAX_CONNECTIONS: usize = 16;
 
@@ -212,8 +215,8 @@ pub struct Config {
           value_parser = vmm_shared::duration::seconds)]
     pub http_idle_timeout: Duration,
 
-    /// How long a whole request may take, from its headers to the answer (408 after);
-    /// longer than OPERATION_TIMEOUT_SECS [default: OPERATION_TIMEOUT_SECS + 30s].
+    /// How long a whole request may take, from its headers to the answer (408 after); at
+    /// least 5s longer than OPERATION_TIMEOUT_SECS [default: OPERATION_TIMEOUT_SECS + 30s].
     #[arg(long, env = "HTTP_REQUEST_TIMEOUT", value_parser = vmm_shared::duration::seconds)]
     pub http_request_timeout: Option<Duration>,
 
@@ -377,13 +380,14 @@ impl Config {
         if self.http_idle_timeout.is_zero() {
             return Err(invalid("HTTP_IDLE_TIMEOUT", "must be more than 0"));
         }
-        if self.http_request_timeout() <= self.operation_timeout() {
+        if self.http_request_timeout() < self.operation_timeout() + REQUEST_TIMEOUT_MARGIN {
             return Err(invalid(
                 "HTTP_REQUEST_TIMEOUT",
                 format!(
-                    "must be longer than OPERATION_TIMEOUT_SECS ({}), or requests waiting for a \
-                     host would be cut off before they can answer",
-                    vmm_shared::duration::display(self.operation_timeout())
+                    "must be longer than OPERATION_TIMEOUT_SECS ({}) by at least {}, or requests \
+                     waiting for a host would be cut off before they can answer",
+                    vmm_shared::duration::display(self.operation_timeout()),
+                    vmm_shared::duration::display(REQUEST_TIMEOUT_MARGIN)
                 ),
             ));
         }
@@ -578,7 +582,7 @@ mod tests {
             "--operation-timeout-secs",
             "60",
             "--http-request-timeout",
-            "1m",
+            "64s",
         ])
         .validate()
         .unwrap_err();

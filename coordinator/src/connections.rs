@@ -333,11 +333,20 @@ impl Connection {
     }
 
     fn request_finished(&self) {
-        let mut activity = self.activity();
-        activity.in_flight = activity.in_flight.saturating_sub(1);
-        if activity.in_flight == 0 && activity.phase == Phase::Busy {
-            activity.phase = Phase::Idle;
-            activity.since = Instant::now();
+        let idle = {
+            let mut activity = self.activity();
+            activity.in_flight = activity.in_flight.saturating_sub(1);
+            let idle = activity.in_flight == 0 && activity.phase == Phase::Busy;
+            if idle {
+                activity.phase = Phase::Idle;
+                activity.since = Instant::now();
+            }
+            idle
+        };
+        // The reader may be waiting without a deadline (it last looked while the request was
+        // busy): wake it, so that it arms the idle deadline.
+        if idle && let Some(waker) = lock(&self.read_waker).as_ref() {
+            waker.wake_by_ref();
         }
     }
 
@@ -702,5 +711,62 @@ mod tests {
         assert_eq!(admission.pending_evictions(), 0);
         admission.admit(ip("203.0.113.1")).unwrap();
         assert!(newest.connection().is_evicted());
+    }
+
+    /// A reader that started waiting while a request was busy (no deadline then) gets the
+    /// idle deadline once the request finishes: the connection closes on time.
+    #[tokio::test]
+    async fn the_idle_deadline_reaches_a_reader_already_waiting() {
+        use tokio::io::AsyncReadExt;
+        let limits = ConnectionLimits {
+            header_timeout: Duration::from_millis(100),
+            idle_timeout: Duration::from_millis(200),
+            ..limits(10, None)
+        };
+        let admission = Admission::new(limits);
+        let ticket = admission.admit(ip("192.0.2.1")).unwrap();
+        let (server_side, _client_side) = tokio::io::duplex(64);
+        let mut io = TrackedIo::new(server_side, ticket);
+        let request = io.connection().request_started();
+        let started = Instant::now();
+        let reader = tokio::spawn(async move {
+            let mut byte = [0u8; 1];
+            io.read(&mut byte).await
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !reader.is_finished(),
+            "no deadline while the request is busy"
+        );
+        drop(request);
+        let error = tokio::time::timeout(Duration::from_secs(5), reader)
+            .await
+            .expect("the idle deadline closes the connection")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_millis(500));
+    }
+
+    /// A connection that never sends a byte is cut off at the header deadline.
+    #[tokio::test]
+    async fn a_silent_connection_times_out_at_the_header_deadline() {
+        use tokio::io::AsyncReadExt;
+        let limits = ConnectionLimits {
+            header_timeout: Duration::from_millis(100),
+            ..limits(10, None)
+        };
+        let admission = Admission::new(limits);
+        let ticket = admission.admit(ip("192.0.2.1")).unwrap();
+        let (server_side, _client_side) = tokio::io::duplex(64);
+        let mut io = TrackedIo::new(server_side, ticket);
+        let mut byte = [0u8; 1];
+        let error = tokio::time::timeout(Duration::from_secs(5), io.read(&mut byte))
+            .await
+            .expect("closed by the header deadline")
+            .unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        drop(io);
+        assert_eq!(admission.open_connections(), 0, "its place is free again");
     }
 }

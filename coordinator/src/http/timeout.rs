@@ -1,8 +1,9 @@
 //! The whole-request deadline (`HTTP_REQUEST_TIMEOUT`): from the end of a request's headers
 //! to its answer, reading the body included. A request that takes longer is answered
 //! `408` with a JSON body; what it started on a host goes on (VM operations run in their own
-//! task and are recorded as operations), and the deadline is always longer than
-//! `OPERATION_TIMEOUT_SECS`, so a request waiting for a host answers 504 first.
+//! task and are recorded as operations), and the deadline is always at least 5 s longer
+//! than `OPERATION_TIMEOUT_SECS` (`crate::config::REQUEST_TIMEOUT_MARGIN`), so a request
+//! waiting for a host answers 504 first.
 //!
 //! Long-lived routes are exempt by route template: a WebSocket route needs no entry (its
 //! handler answers `101` at once, and the upgraded connection leaves the server's deadlines,

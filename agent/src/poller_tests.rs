@@ -12,27 +12,30 @@ use crate::hypervisor::{PowerState, VmSpec};
 use crate::poller::StatePoller;
 use crate::state::StateTracker;
 
-fn spec() -> VmSpec {
-    VmSpec {
+/// An in-memory host with one running VM, and a poller on it.
+async fn poller_on_a_host_with_a_vm() -> (MemoryHost, StatePoller, VmId) {
+    let host = MemoryHost::new();
+    let hypervisor = host.spawn_handle().await.unwrap();
+    let vm_id = VmId::new_random();
+    let spec = VmSpec {
         display_name: "steady".into(),
         cpu: 1,
         memory_mib: 128,
         disk_gb: 1,
         start: true,
-    }
+    };
+    hypervisor
+        .call(move |hv| hv.create_vm(vm_id, &spec))
+        .await
+        .unwrap();
+    let poller = StatePoller::new(hypervisor, Arc::new(StateTracker::new()));
+    (host, poller, vm_id)
 }
 
 #[tokio::test]
 async fn changes_behind_the_agents_back_are_published_once() {
-    let host = MemoryHost::new();
-    let hypervisor = host.spawn_handle().await.unwrap();
-    let poller = StatePoller::new(hypervisor.clone(), Arc::new(StateTracker::new()));
+    let (host, poller, vm_id) = poller_on_a_host_with_a_vm().await;
     let mut changes = poller.subscribe();
-    let vm_id = VmId::new_random();
-    hypervisor
-        .call(move |hv| hv.create_vm(vm_id, &spec()))
-        .await
-        .unwrap();
     let foreign = host.add_foreign_domain("hand-made", PowerState::Stopped);
 
     poller.poll_once().await.unwrap();
@@ -60,14 +63,7 @@ async fn changes_behind_the_agents_back_are_published_once() {
 
 #[tokio::test]
 async fn while_libvirt_is_away_nothing_is_claimed_and_the_next_poll_resynchronises() {
-    let host = MemoryHost::new();
-    let hypervisor = host.spawn_handle().await.unwrap();
-    let vm_id = VmId::new_random();
-    hypervisor
-        .call(move |hv| hv.create_vm(vm_id, &spec()))
-        .await
-        .unwrap();
-    let poller = StatePoller::new(hypervisor.clone(), Arc::new(StateTracker::new()));
+    let (host, poller, vm_id) = poller_on_a_host_with_a_vm().await;
     let mut changes = poller.subscribe();
     poller.poll_once().await.unwrap();
     assert!(poller.libvirt_connected());
@@ -106,14 +102,7 @@ async fn while_libvirt_is_away_nothing_is_claimed_and_the_next_poll_resynchronis
 
 #[tokio::test]
 async fn the_inventory_fails_rather_than_leave_snapshots_out() {
-    let host = MemoryHost::new();
-    let hypervisor = host.spawn_handle().await.unwrap();
-    let vm_id = VmId::new_random();
-    hypervisor
-        .call(move |hv| hv.create_vm(vm_id, &spec()))
-        .await
-        .unwrap();
-    let poller = StatePoller::new(hypervisor, Arc::new(StateTracker::new()));
+    let (host, poller, _) = poller_on_a_host_with_a_vm().await;
     host.fail_next(
         crate::hypervisor::memory::Call::ListSnapshots,
         crate::hypervisor::FailureKind::Unavailable,

@@ -234,28 +234,17 @@ mod tests {
 
     #[test]
     fn every_power_state_has_its_wire_name() {
-        assert_eq!(
-            wire_power_state(PowerState::Running),
-            vmm_proto::PowerState::Running
-        );
-        assert_eq!(
-            wire_power_state(PowerState::Paused),
-            vmm_proto::PowerState::Paused
-        );
-        assert_eq!(
-            wire_power_state(PowerState::Stopped),
-            vmm_proto::PowerState::Stopped
-        );
-        assert_eq!(
-            wire_power_state(PowerState::Crashed),
-            vmm_proto::PowerState::Crashed
-        );
-        assert_eq!(
-            wire_power_state(PowerState::Unknown),
-            vmm_proto::PowerState::Unspecified
-        );
-        let report = report_of(&domain("a", PowerState::Paused), 7);
-        assert_eq!(report.state(), vmm_proto::PowerState::Paused);
+        use vmm_proto::PowerState as Wire;
+        for (state, wire) in [
+            (PowerState::Running, Wire::Running),
+            (PowerState::Paused, Wire::Paused),
+            (PowerState::Stopped, Wire::Stopped),
+            (PowerState::Crashed, Wire::Crashed),
+            (PowerState::Unknown, Wire::Unspecified),
+        ] {
+            assert_eq!(wire_power_state(state), wire);
+            assert_eq!(report_of(&domain("a", state), 7).state(), wire);
+        }
     }
 
     #[test]

@@ -419,17 +419,9 @@ impl Hypervisor for MemoryHost {
         let mut host = self.state();
         host.enter(Call::CreateVm)?;
         if let Some(existing) = host.domains.get(&vm_id.to_string()) {
-            if existing.vm_id == Some(vm_id) {
-                return Ok(existing.observed());
-            }
-            return Err(HypervisorError::new(
-                FailureKind::Conflict,
-                format!(
-                    "a domain with UUID {vm_id} already exists ({}) and was not created by this \
-                     product",
-                    existing.name
-                ),
-            ));
+            let existing = existing.observed();
+            preconditions::ensure_managed(vm_id, &existing)?;
+            return Ok(existing);
         }
         let name = domain_name(vm_id);
         if spec.cpu == 0 || spec.memory_mib == 0 {
@@ -582,15 +574,7 @@ impl Hypervisor for MemoryHost {
             .iter()
             .find(|snapshot| snapshot.id == snapshot_id)
             .map(|snapshot| (snapshot.taken_in_state, snapshot.disk))
-            .ok_or_else(|| {
-                HypervisorError::new(
-                    FailureKind::NotFound,
-                    format!(
-                        "domain {} has no snapshot {snapshot_id}",
-                        domain_name(vm_id)
-                    ),
-                )
-            })?;
+            .ok_or_else(|| preconditions::no_such_snapshot(vm_id, snapshot_id))?;
         // Back to a running checkpoint is a fresh guest process, as with QEMU.
         if taken_in_state == PowerState::Running {
             domain.state = PowerState::Stopped;

@@ -13,7 +13,7 @@
 //!
 //! Pure functions: nothing here talks to a hypervisor.
 
-use vmm_shared::VmId;
+use vmm_shared::{SnapshotId, VmId};
 
 use super::{AlreadyThere, FailureKind, HypervisorError, ObservedDomain, PowerState};
 
@@ -42,7 +42,17 @@ pub fn not_found(vm_id: VmId) -> HypervisorError {
     )
 }
 
-/// Only domains the product created (their metadata names this VM ID) are ever changed.
+/// The error for a snapshot the VM does not have.
+pub fn no_such_snapshot(vm_id: VmId, snapshot_id: SnapshotId) -> HypervisorError {
+    HypervisorError::new(
+        FailureKind::NotFound,
+        format!("VM {vm_id} has no snapshot {snapshot_id}"),
+    )
+}
+
+/// Only domains the product created (their metadata names this VM ID) are ever changed; a
+/// create that finds such a domain reports it, one that finds another domain of that UUID
+/// is refused here too.
 pub fn ensure_managed(vm_id: VmId, domain: &ObservedDomain) -> Result<(), HypervisorError> {
     if domain.vm_id == Some(vm_id) {
         Ok(())

@@ -334,18 +334,9 @@ impl Hypervisor for LibvirtHost {
 
     fn create_vm(&mut self, vm_id: VmId, spec: &VmSpec) -> Result<ObservedDomain, HypervisorError> {
         if let Some((_, existing)) = self.find_domain(vm_id)? {
-            if existing.vm_id == Some(vm_id) {
-                tracing::info!(%vm_id, "the VM's domain exists already (made by an earlier delivery)");
-                return Ok(existing);
-            }
-            return Err(HypervisorError::new(
-                FailureKind::Conflict,
-                format!(
-                    "a domain with UUID {vm_id} already exists ({}) and was not created by this \
-                     product",
-                    existing.name
-                ),
-            ));
+            preconditions::ensure_managed(vm_id, &existing)?;
+            tracing::info!(%vm_id, "the VM's domain exists already (made by an earlier delivery)");
+            return Ok(existing);
         }
         let pool = self.storage_pool()?;
         let volume_name = volume_name(vm_id);

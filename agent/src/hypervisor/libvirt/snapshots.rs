@@ -129,15 +129,8 @@ impl LibvirtHost {
         snapshot_id: SnapshotId,
     ) -> Result<ObservedDomain, HypervisorError> {
         let (domain, _) = self.require_managed(vm_id)?;
-        let snapshot = lookup_snapshot(&domain, vm_id, snapshot_id)?.ok_or_else(|| {
-            HypervisorError::new(
-                FailureKind::NotFound,
-                format!(
-                    "domain {} has no snapshot {snapshot_id}",
-                    domain_name(vm_id)
-                ),
-            )
-        })?;
+        let snapshot = lookup_snapshot(&domain, vm_id, snapshot_id)?
+            .ok_or_else(|| preconditions::no_such_snapshot(vm_id, snapshot_id))?;
         let taken_in_state = describe(vm_id, snapshot_id, &snapshot)?.taken_in_state;
         let flags = match taken_in_state {
             PowerState::Running => virt::sys::VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING,

@@ -11,12 +11,12 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use vmm_shared::UserId;
 
-use crate::app::AppState;
 use crate::auth::AdminUser;
 use crate::db;
 use crate::error::ApiError;
 use crate::http::{ApiJson, ApiPath};
 use crate::quotas::QuotaUsage;
+use crate::state::AppState;
 use crate::users::{self, Role};
 
 #[derive(Debug, Serialize)]

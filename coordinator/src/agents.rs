@@ -12,6 +12,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use futures::Stream;
+use subtle::ConstantTimeEq;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -21,9 +22,9 @@ use vmm_proto::{
 };
 use vmm_shared::{HostId, VmId};
 
-use crate::app::AppState;
 use crate::hosts::registry::SessionId;
 use crate::hosts::store::{self as host_store, HostRegistration};
+use crate::state::AppState;
 use crate::vms::reports::{self, ReportSource};
 
 /// How long a freshly connected agent has to send its `Register`.
@@ -119,20 +120,13 @@ fn authenticate<T>(request: &Request<T>, expected: &str) -> Result<(), Status> {
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
         .ok_or_else(|| Status::unauthenticated("missing agent token"))?;
-    if constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
+    // Compared in constant time, so the time taken does not reveal how much matched.
+    if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
         Ok(())
     } else {
         tracing::warn!(peer = ?request.remote_addr(), "agent presented a wrong token");
         Err(Status::unauthenticated("wrong agent token"))
     }
-}
-
-/// Compares without an early exit, so the time taken does not reveal how much matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn validate_registration(register: &Register) -> Result<HostRegistration, Status> {
@@ -252,10 +246,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn token_comparison() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
+    fn only_the_exact_agent_token_is_accepted() {
+        let request = |token: &str| {
+            let mut request = Request::new(());
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            request
+        };
+        assert!(authenticate(&request("abc"), "abc").is_ok());
+        assert!(authenticate(&request("abd"), "abc").is_err());
+        assert!(authenticate(&request("abcd"), "abc").is_err());
+        assert!(authenticate(&Request::new(()), "abc").is_err());
     }
 
     #[test]

@@ -24,38 +24,15 @@ use vmm_proto::agent_control_server::AgentControlServer;
 
 use crate::agents::AgentControlService;
 use crate::auth::{PasswordHasher, TokenIssuer, load_or_create_jwt_secret};
-use crate::config::{Config, Placement};
+use crate::config::Config;
 use crate::db::{self, Db};
 use crate::hosts::{self, AgentRegistry};
-use crate::quotas::QuotaLimits;
 use crate::ratelimit::{self, RateLimits};
+use crate::state::{AppState, Settings};
 use crate::{admin, health, http, operations, quotas, snapshots, telemetry, users, vms};
-use metrics_exporter_prometheus::PrometheusHandle;
 
 /// Largest request body the REST API reads.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
-
-/// Settings the request handlers and the agent stream need, fixed at start.
-#[derive(Debug)]
-pub struct Settings {
-    pub agent_token: String,
-    pub operation_timeout: Duration,
-    pub host_dead_after: Duration,
-    pub placement: Placement,
-    pub cpu_allocation_ratio: f64,
-    pub default_quota: QuotaLimits,
-}
-
-#[derive(Clone)]
-pub struct AppState {
-    pub db: Db,
-    pub registry: Arc<AgentRegistry>,
-    pub tokens: Arc<TokenIssuer>,
-    pub passwords: PasswordHasher,
-    pub rate_limits: Arc<RateLimits>,
-    pub metrics: PrometheusHandle,
-    pub settings: Arc<Settings>,
-}
 
 pub fn router(state: AppState) -> Router {
     Router::new()

@@ -4,6 +4,7 @@
 //!
 //! Layout by domain:
 //! - [`app`]: start-up, router, servers, shutdown
+//! - [`state`]: what handlers share (`AppState`) and the settings fixed at start
 //! - [`config`]: flags and environment variables
 //! - [`db`]: the database and its migrations
 //! - [`error`]: the one error type and its HTTP and gRPC mappings
@@ -36,6 +37,7 @@ pub mod operations;
 pub mod quotas;
 pub mod ratelimit;
 pub mod snapshots;
+pub mod state;
 pub mod telemetry;
 pub mod users;
 pub mod vms;

@@ -6,42 +6,13 @@ use axum::Json;
 use axum::extract::State;
 use serde::Serialize;
 use sqlx::Row;
-use vmm_shared::{HostId, OperationId, UserId, VmId};
+use vmm_shared::{HostId, OperationId, OperationKind, UserId, VmId};
 
-use crate::app::AppState;
 use crate::auth::CurrentUser;
 use crate::db::{self, Db, DbTransaction};
 use crate::error::ApiError;
 use crate::http::ApiPath;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OperationKind {
-    Create,
-    Start,
-    Stop,
-    ForceStop,
-    Reboot,
-    Delete,
-    SnapshotCreate,
-    SnapshotRestore,
-    SnapshotDelete,
-}
-
-impl OperationKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OperationKind::Create => "create",
-            OperationKind::Start => "start",
-            OperationKind::Stop => "stop",
-            OperationKind::ForceStop => "force_stop",
-            OperationKind::Reboot => "reboot",
-            OperationKind::Delete => "delete",
-            OperationKind::SnapshotCreate => "snapshot_create",
-            OperationKind::SnapshotRestore => "snapshot_restore",
-            OperationKind::SnapshotDelete => "snapshot_delete",
-        }
-    }
-}
+use crate::state::AppState;
 
 /// Records a pending operation; a second one in flight on the same VM answers 409.
 pub async fn insert_pending(

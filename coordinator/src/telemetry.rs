@@ -25,9 +25,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sqlx::Row;
 use vmm_shared::VmStatus;
 
-use crate::app::AppState;
 use crate::db::Db;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,

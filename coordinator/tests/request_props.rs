@@ -20,12 +20,13 @@ use axum::http::{Request, StatusCode};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
-use vmm_coordinator::app::{AppState, Settings, router};
+use vmm_coordinator::app::router;
 use vmm_coordinator::auth::{PasswordHasher, TokenIssuer};
 use vmm_coordinator::config::Placement;
 use vmm_coordinator::hosts::AgentRegistry;
 use vmm_coordinator::quotas::QuotaLimits;
 use vmm_coordinator::ratelimit::{RateLimitSettings, RateLimits};
+use vmm_coordinator::state::{AppState, Settings};
 
 struct Fixture {
     runtime: tokio::runtime::Runtime,

@@ -9,10 +9,10 @@ use vmm_shared::UserId;
 
 use super::store::{self, LimitOverrides};
 use super::{QuotaLimits, QuotaUsage};
-use crate::app::AppState;
 use crate::auth::{AdminUser, CurrentUser};
 use crate::error::ApiError;
 use crate::http::{ApiJson, ApiPath};
+use crate::state::AppState;
 use crate::users;
 
 #[derive(Debug, Serialize)]

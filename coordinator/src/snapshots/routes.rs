@@ -6,18 +6,18 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use vmm_proto::{Command, PowerState, command};
-use vmm_shared::{SnapshotId, VmStatus, validate_resource_name};
+use vmm_shared::{OperationKind, SnapshotId, VmStatus, validate_resource_name};
 
 use super::store::{self, NewSnapshot};
 use super::{Snapshot, SnapshotStatus, SnapshotView};
-use crate::app::AppState;
 use crate::auth::CurrentUser;
 use crate::error::ApiError;
 use crate::hosts::DispatchError;
 use crate::hosts::registry::CommandSuccess;
 use crate::http::{ApiJson, ApiPath};
 use crate::idempotency::{self, IdempotentRequest};
-use crate::operations::{self, Operation, OperationKind};
+use crate::operations::{self, Operation};
+use crate::state::AppState;
 use crate::vms::reports::{self, ReportSource};
 use crate::vms::routes::{
     answer_repeat, ensure_host_connected, load_visible, run_detached, run_vm_operation,

@@ -2,13 +2,13 @@
 
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
-use vmm_shared::{OperationId, SnapshotId, UserId, VmId};
+use vmm_shared::{OperationId, OperationKind, SnapshotId, UserId, VmId};
 
 use super::{Snapshot, SnapshotStatus};
 use crate::db::{self, Db, decode};
 use crate::error::ApiError;
 use crate::idempotency::{self, IdempotentRequest};
-use crate::operations::{self, OperationKind};
+use crate::operations;
 use crate::quotas::{self, Claim, QuotaLimits, store as quota_store};
 use crate::vms::Vm;
 use crate::vms::store::Recorded;

@@ -8,11 +8,11 @@ use serde::{Deserialize, Serialize};
 use vmm_shared::UserId;
 
 use super::{Role, store, validate_password, validate_username};
-use crate::app::AppState;
 use crate::db;
 use crate::error::ApiError;
 use crate::http::ApiJson;
 use crate::ratelimit::ClientIp;
+use crate::state::AppState;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

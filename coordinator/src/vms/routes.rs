@@ -13,20 +13,20 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use vmm_proto::{Command, command};
-use vmm_shared::{VmId, VmSize, VmStatus, validate_resource_name};
+use vmm_shared::{OperationKind, VmId, VmSize, VmStatus, validate_resource_name};
 
 use super::lifecycle::{self, VmAction};
 use super::reports::{self, ReportSource};
 use super::store::{self, NewVm, Recorded};
 use super::{Vm, VmView};
-use crate::app::AppState;
 use crate::auth::CurrentUser;
 use crate::error::ApiError;
 use crate::hosts::DispatchError;
 use crate::hosts::registry::CommandSuccess;
 use crate::http::{ApiJson, ApiPath};
 use crate::idempotency::{self, IdempotentRequest};
-use crate::operations::{self, Operation, OperationKind};
+use crate::operations::{self, Operation};
+use crate::state::AppState;
 
 pub const OPERATION_ID_HEADER: HeaderName = HeaderName::from_static("operation-id");
 

@@ -2,7 +2,7 @@
 
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
-use vmm_shared::{HostId, OperationId, UserId, VmId, VmSize, VmStatus};
+use vmm_shared::{HostId, OperationId, OperationKind, UserId, VmId, VmSize, VmStatus};
 
 use super::Vm;
 use crate::config::Placement;
@@ -10,7 +10,7 @@ use crate::db::{self, Db, decode};
 use crate::error::ApiError;
 use crate::hosts::{scheduler, store as host_store};
 use crate::idempotency::{self, IdempotentRequest};
-use crate::operations::{self, OperationKind};
+use crate::operations;
 use crate::quotas::{self, Claim, QuotaLimits, store as quota_store};
 
 fn from_row(row: &SqliteRow) -> Result<Vm, sqlx::Error> {

@@ -24,8 +24,10 @@ use vmm_shared::{HostId, VmId};
 
 use crate::hosts::registry::SessionId;
 use crate::hosts::store::{self as host_store, HostRegistration};
+use crate::lifecycle::ReportSource;
+use crate::operations::runner;
 use crate::state::AppState;
-use crate::vms::reports::{self, ReportSource};
+use crate::vms::reports;
 
 /// How long a freshly connected agent has to send its `Register`.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -78,7 +80,16 @@ impl AgentControl for AgentControlService {
             .await
             .map_err(internal)?;
         let (sender, receiver) = mpsc::channel(256);
-        let session = self.app.registry.attach(host.clone(), sender.clone());
+        let (session, abandoned) = self.app.registry.attach(host.clone(), sender.clone());
+        // What the previous session left unanswered is settled first, so that the inventory
+        // below finds it settled.
+        runner::settle_abandoned(
+            &self.app.db,
+            &abandoned,
+            "the host reconnected before answering",
+        )
+        .await
+        .map_err(internal)?;
         reports::reconcile_inventory(&self.app.db, &host, &register.inventory)
             .await
             .map_err(internal)?;
@@ -184,8 +195,12 @@ async fn run_session(
             tracing::error!(host = %host, error = %err, "cannot apply an agent message");
         }
     };
-    if app.registry.detach(&host, session) {
+    if let Some(abandoned) = app.registry.detach(&host, session) {
         tracing::warn!(host = %host, reason = %end, "host is unreachable");
+        let why = format!("host {host} disconnected before answering");
+        if let Err(err) = runner::settle_abandoned(&app.db, &abandoned, &why).await {
+            tracing::error!(host = %host, error = %err, "cannot settle the operations the host left unanswered");
+        }
         if let Err(err) = host_store::mark_unreachable(&app.db, &host).await {
             tracing::error!(host = %host, error = %err, "cannot record the host as unreachable");
         }
@@ -212,10 +227,11 @@ async fn handle_message(
             match report.vm_id.parse::<VmId>() {
                 Ok(vm) => {
                     // Applies only to a VM recorded on this very host (the query checks it).
+                    let mut conn = app.db.acquire().await?;
                     let applied =
-                        reports::apply(&app.db, host, vm, &report, ReportSource::Change).await?;
+                        reports::apply(&mut conn, host, vm, &report, ReportSource::Change).await?;
                     if !applied {
-                        let recorded_here = crate::vms::store::find(&app.db, vm)
+                        let recorded_here = crate::vms::store::find(&mut *conn, vm)
                             .await?
                             .is_some_and(|recorded| &recorded.host_id == host);
                         if !recorded_here {

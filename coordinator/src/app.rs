@@ -61,7 +61,10 @@ pub fn router(state: AppState) -> Router {
             "/api/snapshots/{id}",
             delete(snapshots::routes::delete_snapshot),
         )
-        .route("/api/operations/{id}", get(operations::get_operation))
+        .route(
+            "/api/operations/{id}",
+            get(operations::routes::get_operation),
+        )
         .route("/api/hosts", get(hosts::routes::list_hosts))
         .route("/api/quota", get(quotas::routes::my_quota))
         .route(
@@ -104,7 +107,7 @@ pub fn router(state: AppState) -> Router {
                      span: &tracing::Span| {
                         if let Some(operation) = response
                             .headers()
-                            .get(vms::routes::OPERATION_ID_HEADER)
+                            .get(operations::OPERATION_ID_HEADER)
                             .and_then(|value| value.to_str().ok())
                         {
                             span.record("operation_id", operation);
@@ -130,7 +133,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let db = db::connect(&config.database_url()).await?;
     hosts::store::mark_all_unreachable(&db).await?;
-    vms::store::settle_after_restart(&db).await?;
+    operations::runner::settle_after_restart(&db).await?;
 
     let secret = load_or_create_jwt_secret(config.jwt_secret.as_deref(), &config.data_dir)?;
     let passwords = PasswordHasher::new(config.bcrypt_cost).await?;

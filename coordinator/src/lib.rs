@@ -10,11 +10,13 @@
 //! - [`error`]: the one error type and its HTTP and gRPC mappings
 //! - [`auth`]: passwords, tokens, the `CurrentUser` extractor
 //! - [`users`]: register and login
-//! - [`vms`]: VM routes, records, lifecycle rules, host reports
+//! - [`lifecycle`]: the state machine of VMs and snapshots: preconditions, the effect of
+//!   every outcome, the SQL predicates derived from them
+//! - [`vms`]: VM routes, records, host reports
 //! - [`snapshots`]: VM snapshots
 //! - [`hosts`]: connected agents, host records, the scheduler
 //! - [`agents`]: the agent stream
-//! - [`operations`]: operation records
+//! - [`operations`]: operation records and the runner that carries every operation out
 //! - [`idempotency`]: `Idempotency-Key` for client retries
 //! - [`quotas`]: per-user limits and usage
 //! - [`admin`]: user administration
@@ -33,6 +35,7 @@ pub mod health;
 pub mod hosts;
 pub mod http;
 pub mod idempotency;
+pub mod lifecycle;
 pub mod operations;
 pub mod quotas;
 pub mod ratelimit;

@@ -12,6 +12,9 @@
 //!      │                                  │
 //!      └── failed: gone      outcome unknown: error (delete again)
 //! ```
+//!
+//! That diagram is a summary: the rules themselves (which snapshot status allows a restore
+//! or a delete, what every outcome does) live in `lifecycle`.
 
 pub mod routes;
 pub mod store;

@@ -11,8 +11,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -25,12 +23,6 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tower::ServiceExt as _;
 use vmm_coordinator::agents::AgentControlService;
 use vmm_coordinator::app::router;
-use vmm_coordinator::auth::{PasswordHasher, TokenIssuer};
-use vmm_coordinator::config::Placement;
-use vmm_coordinator::hosts::AgentRegistry;
-use vmm_coordinator::quotas::QuotaLimits;
-use vmm_coordinator::ratelimit::{RateLimitSettings, RateLimits};
-use vmm_coordinator::state::{AppState, Settings};
 use vmm_coordinator::users::{Role, store as user_store};
 use vmm_proto::agent_control_client::AgentControlClient;
 use vmm_proto::agent_control_server::AgentControlServer;
@@ -38,6 +30,8 @@ use vmm_proto::{
     AgentMessage, Command, CommandError, CommandResult, DomainReport, ErrorKind, HostCapacity,
     PowerState, Register, agent_message, command_result, coordinator_message,
 };
+
+mod support;
 
 const AGENT_TOKEN: &str = "late-results-agent-token";
 const HOST: &str = "late-host";
@@ -58,49 +52,16 @@ struct Client {
 
 async fn start_coordinator() -> Coordinator {
     let dir = tempfile::tempdir().unwrap();
-    let db = vmm_coordinator::db::connect(&vmm_coordinator::db::default_url(dir.path()))
-        .await
-        .unwrap();
-    let unlimited = NonZeroU32::new(1000).unwrap();
-    let tokens = Arc::new(TokenIssuer::new(
-        b"late-results-test-secret-0123456789",
-        3600,
-    ));
-    let user = user_store::insert(&db, "patient", "not-a-real-hash", Role::User)
-        .await
-        .unwrap();
-    let token = tokens.issue(&user).unwrap().token;
-    let state = AppState {
-        db,
-        registry: Arc::new(AgentRegistry::default()),
-        tokens,
-        passwords: PasswordHasher::new(4).await.unwrap(),
-        rate_limits: Arc::new(RateLimits::new(RateLimitSettings {
-            enabled: false,
-            requests_per_second: unlimited,
-            burst: unlimited,
-            login_per_minute: unlimited,
-            login_burst: unlimited,
-            trusted_proxies: Vec::new(),
-        })),
-        metrics: metrics_exporter_prometheus::PrometheusBuilder::new()
-            .build_recorder()
-            .handle(),
-        settings: Arc::new(Settings {
-            agent_token: AGENT_TOKEN.into(),
-            operation_timeout: OPERATION_TIMEOUT,
-            host_dead_after: Duration::from_secs(60),
-            placement: Placement::Spread,
-            cpu_allocation_ratio: 4.0,
-            default_quota: QuotaLimits {
-                max_vms: 10,
-                max_cpu: 16,
-                max_memory: 16384,
-                max_disk_gb: 100,
-                max_snapshots: 10,
-            },
-        }),
+    let settings = support::TestSettings {
+        agent_token: AGENT_TOKEN,
+        operation_timeout: OPERATION_TIMEOUT,
+        host_dead_after: Duration::from_secs(60),
     };
+    let state = support::app_state(dir.path(), settings).await;
+    let user = user_store::insert(&state.db, "patient", "not-a-real-hash", Role::User)
+        .await
+        .unwrap();
+    let token = state.tokens.issue(&user).unwrap().token;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc = listener.local_addr().unwrap();
     let service = AgentControlServer::new(AgentControlService::new(state.clone()));
@@ -304,6 +265,21 @@ fn domain(vm_id: &str, state: PowerState, generation: u64) -> command_result::Ou
     })
 }
 
+/// Sends a request whose command the agent receives and leaves unanswered past the
+/// timeout; returns the command and the operation the 504 names.
+async fn unanswered(
+    coordinator: &Coordinator,
+    agent: &mut Agent,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (Command, String) {
+    let request = coordinator.send_in_background(method, path, body);
+    let command = agent.next_command().await;
+    let operation = request.await.unwrap().timed_out();
+    (command, operation)
+}
+
 fn new_vm(name: &str) -> Option<Value> {
     Some(json!({"name": name, "cpu": 1, "memory": 64, "disk_gb": 1}))
 }
@@ -313,9 +289,14 @@ async fn a_late_failure_of_a_create_releases_the_vm_and_its_quota() {
     let coordinator = start_coordinator().await;
     let mut agent = Agent::connect(&coordinator, Vec::new()).await;
 
-    let request = coordinator.send_in_background(Method::POST, "/api/vms", new_vm("doomed"));
-    let command = agent.next_command().await;
-    let operation = request.await.unwrap().timed_out();
+    let (command, operation) = unanswered(
+        &coordinator,
+        &mut agent,
+        Method::POST,
+        "/api/vms",
+        new_vm("doomed"),
+    )
+    .await;
     assert_eq!(coordinator.operation(&operation).await["status"], "pending");
     assert_eq!(
         coordinator.vms_in_use().await,
@@ -363,9 +344,8 @@ async fn a_late_delete_removes_the_vm() {
 
     // Deleted late.
     let path = format!("/api/vms/{}", create.vm_id);
-    let request = coordinator.send_in_background(Method::DELETE, &path, None);
-    let delete = agent.next_command().await;
-    let operation = request.await.unwrap().timed_out();
+    let (delete, operation) =
+        unanswered(&coordinator, &mut agent, Method::DELETE, &path, None).await;
     let vm = coordinator.send(Method::GET, &path, None).await;
     assert_eq!(vm.body["status"], "deleting", "{}", vm.body);
     let busy = coordinator
@@ -394,9 +374,14 @@ async fn a_session_that_ends_unanswered_settles_its_operation_then_the_inventory
     let coordinator = start_coordinator().await;
     let mut agent = Agent::connect(&coordinator, Vec::new()).await;
 
-    let request = coordinator.send_in_background(Method::POST, "/api/vms", new_vm("orphan"));
-    let command = agent.next_command().await;
-    let operation = request.await.unwrap().timed_out();
+    let (command, operation) = unanswered(
+        &coordinator,
+        &mut agent,
+        Method::POST,
+        "/api/vms",
+        new_vm("orphan"),
+    )
+    .await;
     drop(agent);
 
     let finished = coordinator.finished_operation(&operation).await;

@@ -152,6 +152,18 @@ mod tests {
     use super::*;
     use crate::test_support::{TestDb, sample_report};
 
+    async fn apply_report(
+        t: &TestDb,
+        host: &HostId,
+        vm: VmId,
+        report: &DomainReport,
+        source: ReportSource,
+    ) -> bool {
+        apply(&mut *t.conn().await, host, vm, report, source)
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn only_newer_generations_apply() {
         let t = TestDb::new().await;
@@ -159,56 +171,16 @@ mod tests {
         let host = t.host.clone();
 
         let stale = sample_report(vm, PowerState::Stopped, 9);
-        assert!(
-            !apply(
-                &mut *t.conn().await,
-                &host,
-                vm,
-                &stale,
-                ReportSource::Change
-            )
-            .await
-            .unwrap()
-        );
+        assert!(!apply_report(&t, &host, vm, &stale, ReportSource::Change).await);
         let duplicate = sample_report(vm, PowerState::Stopped, 10);
-        assert!(
-            !apply(
-                &mut *t.conn().await,
-                &host,
-                vm,
-                &duplicate,
-                ReportSource::Change
-            )
-            .await
-            .unwrap()
-        );
+        assert!(!apply_report(&t, &host, vm, &duplicate, ReportSource::Change).await);
         assert_eq!(t.status(vm).await, VmStatus::Running);
 
         let newer = sample_report(vm, PowerState::Stopped, 11);
-        assert!(
-            apply(
-                &mut *t.conn().await,
-                &host,
-                vm,
-                &newer,
-                ReportSource::Change
-            )
-            .await
-            .unwrap()
-        );
+        assert!(apply_report(&t, &host, vm, &newer, ReportSource::Change).await);
         assert_eq!(t.status(vm).await, VmStatus::Stopped);
         // Applying the same report again changes nothing and is not an error.
-        assert!(
-            !apply(
-                &mut *t.conn().await,
-                &host,
-                vm,
-                &newer,
-                ReportSource::Change
-            )
-            .await
-            .unwrap()
-        );
+        assert!(!apply_report(&t, &host, vm, &newer, ReportSource::Change).await);
     }
 
     #[tokio::test]
@@ -217,17 +189,7 @@ mod tests {
         let vm = t.vm_with_status(VmStatus::Running, 1).await;
         let intruder: HostId = "other-host".parse().unwrap();
         let report = sample_report(vm, PowerState::Stopped, 99);
-        assert!(
-            !apply(
-                &mut *t.conn().await,
-                &intruder,
-                vm,
-                &report,
-                ReportSource::Change
-            )
-            .await
-            .unwrap()
-        );
+        assert!(!apply_report(&t, &intruder, vm, &report, ReportSource::Change).await);
         assert_eq!(t.status(vm).await, VmStatus::Running);
     }
 
@@ -236,30 +198,10 @@ mod tests {
         let t = TestDb::new().await;
         let vm = t.vm_with_status(VmStatus::Creating, 0).await;
         let report = sample_report(vm, PowerState::Stopped, 5);
-        assert!(
-            !apply(
-                &mut *t.conn().await,
-                &t.host,
-                vm,
-                &report,
-                ReportSource::Change
-            )
-            .await
-            .unwrap()
-        );
+        assert!(!apply_report(&t, &t.host, vm, &report, ReportSource::Change).await);
         assert_eq!(t.status(vm).await, VmStatus::Creating);
         let result = sample_report(vm, PowerState::Running, 6);
-        assert!(
-            apply(
-                &mut *t.conn().await,
-                &t.host,
-                vm,
-                &result,
-                ReportSource::OperationResult
-            )
-            .await
-            .unwrap()
-        );
+        assert!(apply_report(&t, &t.host, vm, &result, ReportSource::OperationResult).await);
         assert_eq!(t.status(vm).await, VmStatus::Running);
     }
 

@@ -280,6 +280,15 @@ async fn unanswered(
     (command, operation)
 }
 
+/// [`unanswered`] for a create of a VM called `name`.
+async fn unanswered_create(
+    coordinator: &Coordinator,
+    agent: &mut Agent,
+    name: &str,
+) -> (Command, String) {
+    unanswered(coordinator, agent, Method::POST, "/api/vms", new_vm(name)).await
+}
+
 fn new_vm(name: &str) -> Option<Value> {
     Some(json!({"name": name, "cpu": 1, "memory": 64, "disk_gb": 1}))
 }
@@ -289,14 +298,7 @@ async fn a_late_failure_of_a_create_releases_the_vm_and_its_quota() {
     let coordinator = start_coordinator().await;
     let mut agent = Agent::connect(&coordinator, Vec::new()).await;
 
-    let (command, operation) = unanswered(
-        &coordinator,
-        &mut agent,
-        Method::POST,
-        "/api/vms",
-        new_vm("doomed"),
-    )
-    .await;
+    let (command, operation) = unanswered_create(&coordinator, &mut agent, "doomed").await;
     assert_eq!(coordinator.operation(&operation).await["status"], "pending");
     assert_eq!(
         coordinator.vms_in_use().await,
@@ -374,14 +376,7 @@ async fn a_session_that_ends_unanswered_settles_its_operation_then_the_inventory
     let coordinator = start_coordinator().await;
     let mut agent = Agent::connect(&coordinator, Vec::new()).await;
 
-    let (command, operation) = unanswered(
-        &coordinator,
-        &mut agent,
-        Method::POST,
-        "/api/vms",
-        new_vm("orphan"),
-    )
-    .await;
+    let (command, operation) = unanswered_create(&coordinator, &mut agent, "orphan").await;
     drop(agent);
 
     let finished = coordinator.finished_operation(&operation).await;

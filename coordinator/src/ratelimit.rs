@@ -28,8 +28,8 @@ use governor::{DefaultKeyedRateLimiter, Quota};
 use ipnet::IpNet;
 use vmm_shared::UserId;
 
-use crate::app::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// Budgets, from configuration.
 #[derive(Clone, Debug)]

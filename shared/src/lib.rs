@@ -9,6 +9,8 @@ pub mod ids;
 pub mod limits;
 pub mod operation;
 pub mod settings;
+#[cfg(feature = "sqlx")]
+pub mod sql;
 pub mod status;
 pub mod systemd;
 

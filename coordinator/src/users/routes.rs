@@ -8,11 +8,10 @@ use serde::{Deserialize, Serialize};
 use vmm_shared::UserId;
 
 use super::{Role, store, validate_password, validate_username};
-use crate::app::AppState;
-use crate::db;
 use crate::error::ApiError;
 use crate::http::ApiJson;
 use crate::ratelimit::ClientIp;
+use crate::state::AppState;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,15 +47,7 @@ pub async fn register(
         .hash(&body.password)
         .await
         .map_err(ApiError::internal)?;
-    let user = store::insert(&app.db, &body.username, &hash, Role::User)
-        .await
-        .map_err(|err| {
-            if db::is_unique_violation(&err) {
-                ApiError::Conflict(format!("username {:?} is taken", body.username))
-            } else {
-                err.into()
-            }
-        })?;
+    let user = store::insert(&app.db, &body.username, &hash, Role::User).await?;
     tracing::info!(user_id = %user.id, username = %user.username, "user registered");
     Ok((
         StatusCode::CREATED,

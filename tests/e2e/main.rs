@@ -24,3 +24,4 @@ mod reliability;
 mod scheduling;
 mod snapshots;
 mod systemd;
+mod test_image;

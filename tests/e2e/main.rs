@@ -25,3 +25,4 @@ mod reliability;
 mod scheduling;
 mod snapshots;
 mod systemd;
+mod test_image;

@@ -33,6 +33,12 @@
 //!    opens a new one), drop the old registration, open the new connection, register it,
 //!    and poll every domain: whatever happened in between produced no event here.
 //!
+//! What real QEMU reports (libvirt 11.3, QEMU 10): a start is `resumed/unpaused` then
+//! `started/booted` (QEMU starts paused); a destroy is `shutdown/host` then
+//! `stopped/destroyed`; a QEMU process that dies is `stopped/failed`; define and undefine
+//! are `defined/added` and `undefined/removed`. libvirt emits a `stopped` only once the
+//! QEMU process is gone, after the destroy's own work.
+//!
 //! Events run on libvirt's event thread, which this crate never blocks: the callback
 //! copies the event and `try_send`s it. A full queue drops the event and counts it
 //! ([`EventReceiver::stats`], [`Notice::Missed`]). Bounded-and-dropping rather than
@@ -73,3 +79,13 @@ pub use event_loop::{
 };
 pub use ffi::{RegisterError, Registration, register};
 pub use queue::{EventReceiver, EventStats, MAX_QUEUE_CAPACITY, Notice, TryRecvError};
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_handles_can_move_to_other_threads() {
+        fn movable<T: Send + 'static>() {}
+        movable::<super::Registration>();
+        movable::<super::EventReceiver>();
+    }
+}

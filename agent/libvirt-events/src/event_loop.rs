@@ -77,16 +77,31 @@ fn run_forever() {
 mod tests {
     use super::*;
 
-    #[test]
-    fn starting_twice_is_harmless() {
-        assert_eq!(start(), Ok(()));
-        assert_eq!(start(), Ok(()));
-        assert!(is_running());
-        let loop_threads = std::fs::read_dir("/proc/self/task")
+    fn loop_threads() -> usize {
+        std::fs::read_dir("/proc/self/task")
             .unwrap()
             .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
             .filter(|name| name.trim() == "libvirt-events")
-            .count();
-        assert_eq!(loop_threads, 1);
+            .count()
+    }
+
+    #[test]
+    fn starting_again_and_at_once_from_many_threads_is_harmless() {
+        let outcomes: Vec<_> = (0..4)
+            .map(|_| std::thread::spawn(start))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|thread| thread.join().unwrap())
+            .collect();
+        assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+        assert_eq!(start(), Ok(()));
+        assert!(is_running());
+        // The thread names itself once it runs.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while loop_threads() == 0 && std::time::Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+        thread::sleep(Duration::from_millis(50));
+        assert_eq!(loop_threads(), 1);
     }
 }

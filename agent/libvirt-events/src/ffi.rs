@@ -120,6 +120,9 @@ pub fn register(
 /// A connection's lifecycle-event registration. Dropping it deregisters: it blocks like
 /// any libvirt call (an RPC for a remote connection), so drop it off the async runtime.
 /// Events already queued can still be received; the receiver then ends.
+///
+/// It holds a reference to the connection, which stays open until both it and the
+/// caller's `Connect` are dropped: on a reconnect, drop it with the old connection.
 pub struct Registration {
     /// A reference of our own, so the pointer libvirt knows outlives the registration.
     connection: Connect,

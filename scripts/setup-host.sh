@@ -2,8 +2,11 @@
 # Installs and starts everything the project needs on a fresh Debian 12 machine:
 # libvirt + QEMU (from bookworm-backports, see HOST-SETUP facts in docs), protoc,
 # pkg-config, Prometheus (promtool and the server, for the metrics tests), systemd's tools
-# (systemd-analyze verifies the units in deploy/systemd/; systemd does not run). Idempotent:
-# safe to run again. Needs root.
+# (systemd-analyze verifies the units in deploy/systemd/; systemd does not run), the tools
+# that build and boot the test image (tests/image/build.sh: fdisk, dosfstools, mtools,
+# syslinux; passt and openssh-client to reach the guest), and the Python libraries that
+# let tests run Debian's cloud-init code on a seed (tests/cloud-init/). Idempotent: safe to
+# run again. Needs root.
 set -euo pipefail
 
 if [[ $(id -u) -ne 0 ]]; then
@@ -50,6 +53,24 @@ if [[ $need_install -eq 1 ]]; then
         systemd
     # prometheus: the metrics tests run promtool and a real Prometheus server.
     apt-get install -y -q --no-install-recommends protobuf-compiler procps prometheus
+fi
+
+# The test image (tests/image/build.sh) and the tests that boot it: image build tools,
+# passt (libvirt's user-mode NIC with loopback port forwards), an SSH client, and the
+# libraries cloud-init's Python code imports (the package itself is unpacked by the tests,
+# never installed: on a host that boots with systemd it would reconfigure the host).
+need_image_tools=0
+for bin in sfdisk mkfs.vfat mcopy mtype syslinux passt ssh ssh-keygen gzip; do
+    command -v "$bin" >/dev/null 2>&1 || need_image_tools=1
+done
+[[ -f /usr/lib/syslinux/mbr/mbr.bin ]] || need_image_tools=1
+/usr/bin/python3 -c 'import yaml, jsonpatch, jinja2, requests' >/dev/null 2>&1 || need_image_tools=1
+if [[ $need_image_tools -eq 1 ]]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends \
+        fdisk dosfstools mtools syslinux syslinux-common gzip passt openssh-client \
+        python3 python3-yaml python3-jsonpatch python3-jinja2 python3-requests
 fi
 
 # Without these owner/mode bits libvirt re-probes QEMU on every define (about 52 s each).

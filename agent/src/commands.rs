@@ -20,9 +20,14 @@
 //!   - restore snapshot: reverted again, which leaves the VM as the snapshot has it, the
 //!     state the command asked for.
 //! - Only domains the product created (carrying our metadata) are ever changed.
-//! - Failures are mapped to the protocol's `ErrorKind` here, in one place.
+//! - Each command is one call to the hypervisor, which checks the precondition, acts and
+//!   reads the domain back in one job on its thread (see [`crate::hypervisor`]); only a stop
+//!   looks again while the guest powers off. The domain it returns is the command's report.
+//! - Failures are mapped to the protocol's `ErrorKind` here, in one place, and each
+//!   action to its [`OperationKind`] ([`operation_kind`]), the name the journal, the logs
+//!   and the metrics use.
 //!
-//! Snapshot commands live in [`snapshots`] and follow the same rules.
+//! Snapshot commands live in `commands/snapshots.rs` and follow the same rules.
 
 mod settling;
 mod snapshots;
@@ -39,13 +44,15 @@ use std::time::Duration;
 use tokio::time::Instant;
 use vmm_proto::command::Action;
 use vmm_proto::{
-    Command, CommandError, CommandResult, CreateVm, DomainReport, ErrorKind, PowerState,
-    SnapshotReport, command_result,
+    Command, CommandError, CommandResult, CreateVm, DomainReport, ErrorKind, SnapshotReport,
+    command_result,
 };
-use vmm_shared::{VmId, VmSize, validate_resource_name};
+use vmm_shared::{OperationKind, VmId, VmSize, error_chain, validate_resource_name};
 
-use crate::hypervisor::domain_xml::domain_name;
-use crate::hypervisor::{FailureKind, HypervisorError, HypervisorHandle, ObservedDomain, VmSpec};
+use crate::hypervisor::{
+    AlreadyThere, FailureKind, HypervisorError, HypervisorHandle, ObservedDomain, VmSpec,
+    domain_name, preconditions,
+};
 use crate::journal::{Journal, JournalEntry, JournalError};
 use crate::state::StateTracker;
 
@@ -76,6 +83,22 @@ enum Consulted {
 enum Next {
     Answer(CommandResult),
     Run { resume: bool },
+}
+
+/// The kind of operation a command's action carries out: the one vocabulary of the agent's
+/// journal, logs and metrics, shared with the coordinator.
+pub fn operation_kind(action: &Action) -> OperationKind {
+    match action {
+        Action::Create(_) => OperationKind::Create,
+        Action::Start(_) => OperationKind::Start,
+        Action::Stop(_) => OperationKind::Stop,
+        Action::ForceStop(_) => OperationKind::ForceStop,
+        Action::Reboot(_) => OperationKind::Reboot,
+        Action::Delete(_) => OperationKind::Delete,
+        Action::CreateSnapshot(_) => OperationKind::SnapshotCreate,
+        Action::RestoreSnapshot(_) => OperationKind::SnapshotRestore,
+        Action::DeleteSnapshot(_) => OperationKind::SnapshotDelete,
+    }
 }
 
 impl CommandExecutor {
@@ -113,12 +136,12 @@ impl CommandExecutor {
                 &CommandFailure::invalid("the command names no action"),
             );
         };
-        let action_name = action_name(&action);
+        let kind = operation_kind(&action);
         // Counted from here, before the journal or the VM's lock is waited for: a
         // registration's inventory must include what this command makes or removes.
-        let _existence_change = changes_existence(&action).then(|| self.existence_changes.begin());
+        let _existence_change = changes_existence(kind).then(|| self.existence_changes.begin());
         // A repeat of a finished operation is answered without waiting for the VM's lock.
-        match self.consult(&operation_id, vm_id, action_name).await {
+        match self.consult(&operation_id, vm_id, kind).await {
             Ok(Consulted::Done(result)) => return result,
             Ok(Consulted::Interrupted | Consulted::New) => {}
             Err(failure) => return failure_result(operation_id, &failure),
@@ -127,13 +150,13 @@ impl CommandExecutor {
         let vm_lock = self.vm_lock(vm_id);
         let guard = vm_lock.lock().await;
         // A repeat may have waited for the lock while the first delivery ran.
-        let next = match self.consult(&operation_id, vm_id, action_name).await {
-            Ok(Consulted::New) => match self.accept(&operation_id, vm_id, action_name).await {
+        let next = match self.consult(&operation_id, vm_id, kind).await {
+            Ok(Consulted::New) => match self.accept(&operation_id, vm_id, kind).await {
                 Ok(()) => Next::Run { resume: false },
                 Err(failure) => Next::Answer(failure_result(operation_id.clone(), &failure)),
             },
             Ok(Consulted::Interrupted) => {
-                tracing::warn!(%operation_id, %vm_id, action = action_name,
+                tracing::warn!(%operation_id, %vm_id, %kind,
                     "this operation was interrupted by an earlier stop of the agent; resuming it");
                 Next::Run { resume: true }
             }
@@ -143,16 +166,16 @@ impl CommandExecutor {
         let result = match next {
             Next::Answer(result) => result,
             Next::Run { resume } => {
-                tracing::info!(%operation_id, %vm_id, action = action_name, resume, "executing command");
+                tracing::info!(%operation_id, %vm_id, %kind, resume, "executing command");
                 let outcome = self.run(vm_id, action, resume).await;
                 match &outcome {
                     Ok(done) => tracing::info!(
-                        %operation_id, %vm_id, action = action_name,
+                        %operation_id, %vm_id, %kind,
                         state = ?done.domain.state(), "command done"
                     ),
                     Err(failure) => tracing::warn!(
-                        %operation_id, %vm_id, action = action_name,
-                        kind = ?failure.kind, message = %failure.message, "command failed"
+                        %operation_id, %vm_id, %kind,
+                        error_kind = ?failure.kind, message = %failure.message, "command failed"
                     ),
                 }
                 let result = match outcome {
@@ -173,63 +196,50 @@ impl CommandExecutor {
         result
     }
 
-    /// Carries the action out. `resume` is set for an operation an earlier run of the agent
-    /// accepted but never finished (see the module docs).
+    /// Carries the action out, each in one call to the hypervisor (a stop also looks again
+    /// while the guest powers off). `resume` is set for an operation an earlier run of the
+    /// agent accepted but never finished (see the module docs): a power operation that had
+    /// already got the VM where it wanted is then reported, not refused.
     async fn run(&self, vm_id: VmId, action: Action, resume: bool) -> Result<Done, CommandFailure> {
+        let already = if resume {
+            AlreadyThere::Accept
+        } else {
+            AlreadyThere::Refuse
+        };
         let domain = match action {
-            Action::Create(create) => self.create(vm_id, create).await,
+            Action::Create(create) => self.create(vm_id, create).await?,
             Action::Start(_) => {
-                if resume && self.already_in(vm_id, PowerState::Running).await? {
-                    return self.report(vm_id).await.map(Done::domain);
-                }
-                self.require_state(
-                    vm_id,
-                    |state| state != PowerState::Running,
-                    "is already running",
-                )
-                .await?;
-                self.hypervisor.call(move |hv| hv.start_vm(vm_id)).await?;
-                self.report(vm_id).await
+                self.hypervisor
+                    .call(move |hv| hv.start_vm(vm_id, already))
+                    .await?
             }
-            Action::Stop(_) => {
-                if resume && self.already_in(vm_id, PowerState::Stopped).await? {
-                    return self.report(vm_id).await.map(Done::domain);
-                }
-                self.require_running(vm_id).await?;
-                self.stop(vm_id).await?;
-                self.report(vm_id).await
-            }
+            Action::Stop(_) => self.stop(vm_id, already).await?,
             Action::ForceStop(_) => {
-                if resume && self.already_in(vm_id, PowerState::Stopped).await? {
-                    return self.report(vm_id).await.map(Done::domain);
-                }
-                self.require_running(vm_id).await?;
-                self.hypervisor.call(move |hv| hv.force_stop(vm_id)).await?;
-                self.report(vm_id).await
+                self.hypervisor
+                    .call(move |hv| hv.force_stop(vm_id, already))
+                    .await?
             }
-            Action::Reboot(_) => {
-                self.require_running(vm_id).await?;
-                self.hypervisor.call(move |hv| hv.reboot_vm(vm_id)).await?;
-                self.report(vm_id).await
-            }
-            Action::Delete(_) => self.delete(vm_id).await,
+            Action::Reboot(_) => self.hypervisor.call(move |hv| hv.reboot_vm(vm_id)).await?,
+            Action::Delete(_) => return self.delete(vm_id).await.map(Done::domain),
             Action::CreateSnapshot(create) => {
                 return self.create_snapshot(vm_id, &create.snapshot_id).await;
             }
             Action::RestoreSnapshot(restore) => {
-                self.restore_snapshot(vm_id, &restore.snapshot_id).await
+                self.restore_snapshot(vm_id, &restore.snapshot_id).await?
             }
             Action::DeleteSnapshot(delete) => {
-                self.delete_snapshot(vm_id, &delete.snapshot_id).await
+                self.delete_snapshot(vm_id, &delete.snapshot_id).await?
             }
-        }?;
-        Ok(Done {
-            domain,
-            snapshot: None,
-        })
+        };
+        Ok(Done::domain(self.tracker.record_result(&domain)))
     }
 
-    async fn create(&self, vm_id: VmId, create: CreateVm) -> Result<DomainReport, CommandFailure> {
+    /// Creates the VM; a domain an earlier delivery made is reported as it is.
+    async fn create(
+        &self,
+        vm_id: VmId,
+        create: CreateVm,
+    ) -> Result<ObservedDomain, CommandFailure> {
         validate_resource_name(&create.name).map_err(CommandFailure::invalid)?;
         let size = VmSize {
             cpu: create.cpu,
@@ -238,17 +248,6 @@ impl CommandExecutor {
         };
         size.validate()
             .map_err(|error| CommandFailure::invalid(error.to_string()))?;
-
-        if let Some(existing) = self.hypervisor.call(move |hv| hv.find_vm(vm_id)).await? {
-            if existing.vm_id == Some(vm_id) {
-                // Created by an earlier delivery of this create (or a lost answer to it).
-                return Ok(self.tracker.record_result(&existing));
-            }
-            return Err(CommandFailure::conflict(format!(
-                "a domain with UUID {vm_id} already exists ({}) and was not created by this product",
-                existing.name
-            )));
-        }
         let spec = VmSpec {
             display_name: create.name,
             cpu: size.cpu,
@@ -256,100 +255,64 @@ impl CommandExecutor {
             disk_gb: size.disk_gb,
             start: create.start,
         };
-        let created = self
+        Ok(self
             .hypervisor
             .call(move |hv| hv.create_vm(vm_id, &spec))
-            .await?;
-        Ok(self.tracker.record_result(&created))
+            .await?)
     }
 
     /// ACPI shutdown, then destroy once the timeout has passed. The wait happens here, in
     /// async code, so the hypervisor thread stays free for other VMs.
-    async fn stop(&self, vm_id: VmId) -> Result<(), CommandFailure> {
-        self.hypervisor
-            .call(move |hv| hv.request_shutdown(vm_id))
+    async fn stop(
+        &self,
+        vm_id: VmId,
+        already: AlreadyThere,
+    ) -> Result<ObservedDomain, CommandFailure> {
+        let mut domain = self
+            .hypervisor
+            .call(move |hv| hv.request_shutdown(vm_id, already))
             .await?;
         let deadline = Instant::now() + self.shutdown_timeout;
         loop {
-            let state = self.managed_domain(vm_id).await?.state;
-            if state != PowerState::Running && state != PowerState::Paused {
-                return Ok(());
+            if !domain.state.is_active() {
+                return Ok(domain);
             }
             if Instant::now() >= deadline {
                 tracing::info!(%vm_id, timeout = ?self.shutdown_timeout, "guest did not power off; destroying it");
-                return match self.hypervisor.call(move |hv| hv.force_stop(vm_id)).await {
-                    // It powered off just now.
-                    Err(error) if error.kind == FailureKind::Conflict => Ok(()),
+                let forced = self
+                    .hypervisor
+                    .call(move |hv| hv.force_stop(vm_id, AlreadyThere::Accept))
+                    .await;
+                return match forced {
+                    // It left the running state just now some other way.
+                    Err(error) if error.kind == FailureKind::Conflict => {
+                        self.managed_domain(vm_id).await
+                    }
                     other => other.map_err(CommandFailure::from),
                 };
             }
             tokio::time::sleep(SHUTDOWN_POLL_INTERVAL).await;
+            domain = self.managed_domain(vm_id).await?;
         }
     }
 
     async fn delete(&self, vm_id: VmId) -> Result<DomainReport, CommandFailure> {
-        let existing = self.hypervisor.call(move |hv| hv.find_vm(vm_id)).await?;
-        if let Some(existing) = &existing {
-            ensure_managed(vm_id, existing)?;
-        }
-        self.hypervisor.call(move |hv| hv.delete_vm(vm_id)).await?;
+        let existing = self.hypervisor.call(move |hv| hv.delete_vm(vm_id)).await?;
         let name = existing.map_or_else(|| domain_name(vm_id), |domain| domain.name);
         Ok(self
             .tracker
             .record_absent(&vm_id.to_string(), &vm_id.to_string(), &name))
     }
 
+    /// The product VM's domain as it is now.
     async fn managed_domain(&self, vm_id: VmId) -> Result<ObservedDomain, CommandFailure> {
         let domain = self
             .hypervisor
             .call(move |hv| hv.find_vm(vm_id))
             .await?
-            .ok_or_else(|| {
-                CommandFailure::new(
-                    ErrorKind::NotFound,
-                    format!("VM {vm_id} does not exist on this host"),
-                )
-            })?;
-        ensure_managed(vm_id, &domain)?;
+            .ok_or_else(|| preconditions::not_found(vm_id))?;
+        preconditions::ensure_managed(vm_id, &domain)?;
         Ok(domain)
-    }
-
-    async fn require_state(
-        &self,
-        vm_id: VmId,
-        allowed: impl FnOnce(PowerState) -> bool,
-        refusal: &str,
-    ) -> Result<(), CommandFailure> {
-        let domain = self.managed_domain(vm_id).await?;
-        if allowed(domain.state) {
-            Ok(())
-        } else {
-            Err(CommandFailure::conflict(format!("VM {vm_id} {refusal}")))
-        }
-    }
-
-    /// Whether the product VM is in `state` already (an interrupted operation got there).
-    async fn already_in(&self, vm_id: VmId, state: PowerState) -> Result<bool, CommandFailure> {
-        let already = self.managed_domain(vm_id).await?.state == state;
-        if already {
-            tracing::info!(%vm_id, ?state, "the interrupted operation had already got the VM there");
-        }
-        Ok(already)
-    }
-
-    async fn require_running(&self, vm_id: VmId) -> Result<(), CommandFailure> {
-        self.require_state(
-            vm_id,
-            |state| state == PowerState::Running,
-            "is not running",
-        )
-        .await
-    }
-
-    /// The domain as it is now, recorded with a fresh generation.
-    async fn report(&self, vm_id: VmId) -> Result<DomainReport, CommandFailure> {
-        let domain = self.managed_domain(vm_id).await?;
-        Ok(self.tracker.record_result(&domain))
     }
 
     fn vm_lock(&self, vm_id: VmId) -> Arc<tokio::sync::Mutex<()>> {
@@ -377,7 +340,7 @@ impl CommandExecutor {
         &self,
         operation_id: &str,
         vm_id: VmId,
-        kind: &str,
+        kind: OperationKind,
     ) -> Result<Consulted, CommandFailure> {
         if operation_id.is_empty() {
             return Ok(Consulted::New);
@@ -392,8 +355,8 @@ impl CommandExecutor {
         };
         let same_vm = entry.vm_id().parse::<VmId>().is_ok_and(|id| id == vm_id);
         if !same_vm || entry.kind() != kind {
-            tracing::warn!(%operation_id, %vm_id, kind, journaled_vm = entry.vm_id(),
-                journaled_kind = entry.kind(), "operation ID reused for another command; refused");
+            tracing::warn!(%operation_id, %vm_id, %kind, journaled_vm = entry.vm_id(),
+                journaled_kind = %entry.kind(), "operation ID reused for another command; refused");
             return Err(CommandFailure::invalid(format!(
                 "operation ID {operation_id} was already used for a {} of VM {}",
                 entry.kind(),
@@ -414,7 +377,7 @@ impl CommandExecutor {
         &self,
         operation_id: &str,
         vm_id: VmId,
-        kind: &str,
+        kind: OperationKind,
     ) -> Result<(), CommandFailure> {
         if operation_id.is_empty() {
             return Ok(());
@@ -458,52 +421,15 @@ fn journal_failure(error: JournalError) -> CommandFailure {
     )
 }
 
-/// An error and its causes on one line.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-fn ensure_managed(vm_id: VmId, domain: &ObservedDomain) -> Result<(), CommandFailure> {
-    if domain.vm_id == Some(vm_id) {
-        Ok(())
-    } else {
-        Err(CommandFailure::conflict(format!(
-            "domain {} has UUID {vm_id} but was not created by this product; the agent leaves it alone",
-            domain.name
-        )))
-    }
-}
-
-/// Whether the action makes or removes a VM or a snapshot (see [`settling`]).
-fn changes_existence(action: &Action) -> bool {
+/// Whether the operation makes or removes a VM or a snapshot (see [`settling`]).
+fn changes_existence(kind: OperationKind) -> bool {
     matches!(
-        action,
-        Action::Create(_)
-            | Action::Delete(_)
-            | Action::CreateSnapshot(_)
-            | Action::DeleteSnapshot(_)
+        kind,
+        OperationKind::Create
+            | OperationKind::Delete
+            | OperationKind::SnapshotCreate
+            | OperationKind::SnapshotDelete
     )
-}
-
-fn action_name(action: &Action) -> &'static str {
-    match action {
-        Action::Create(_) => "create",
-        Action::Start(_) => "start",
-        Action::Stop(_) => "stop",
-        Action::ForceStop(_) => "force_stop",
-        Action::Reboot(_) => "reboot",
-        Action::Delete(_) => "delete",
-        Action::CreateSnapshot(_) => "create_snapshot",
-        Action::RestoreSnapshot(_) => "restore_snapshot",
-        Action::DeleteSnapshot(_) => "delete_snapshot",
-    }
 }
 
 /// What a successful command produced.
@@ -542,10 +468,6 @@ impl CommandFailure {
     fn invalid(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Invalid, message)
     }
-
-    fn conflict(message: impl Into<String>) -> Self {
-        Self::new(ErrorKind::Conflict, message)
-    }
 }
 
 impl From<HypervisorError> for CommandFailure {
@@ -574,21 +496,33 @@ fn failure_result(operation_id: String, failure: &CommandFailure) -> CommandResu
 
 #[cfg(test)]
 mod tests {
-    use vmm_proto::{DeleteVm, ForceStopVm, RebootVm, StartVm, StopVm};
+    use vmm_proto::{DeleteVm, ForceStopVm, PowerState, RebootVm, StartVm, StopVm};
 
     use super::*;
     use crate::hypervisor::libvirt::test_driver_tests::open_test_host;
+    use crate::hypervisor::memory::{Call, MemoryHost};
 
-    pub(super) async fn test_driver_executor() -> CommandExecutor {
-        let hypervisor = HypervisorHandle::spawn(|| Ok(open_test_host()))
-            .await
-            .unwrap();
+    fn executor_on(hypervisor: HypervisorHandle, shutdown_timeout: Duration) -> CommandExecutor {
         CommandExecutor::new(
             hypervisor,
             Arc::new(StateTracker::new()),
-            Duration::from_secs(5),
+            shutdown_timeout,
             Journal::in_memory().unwrap(),
         )
+    }
+
+    /// An executor on an in-memory host, and the host.
+    pub(super) async fn memory_executor() -> (CommandExecutor, MemoryHost) {
+        let host = MemoryHost::new();
+        let executor = executor_on(host.spawn_handle().await.unwrap(), Duration::from_secs(5));
+        (executor, host)
+    }
+
+    async fn test_driver_executor() -> CommandExecutor {
+        let hypervisor = HypervisorHandle::spawn(|| Ok(open_test_host()))
+            .await
+            .unwrap();
+        executor_on(hypervisor, Duration::from_secs(5))
     }
 
     pub(super) fn command(operation_id: &str, vm_id: VmId, action: Action) -> Command {
@@ -623,9 +557,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn commands_drive_a_vm_through_its_life_on_the_test_driver() {
-        let executor = test_driver_executor().await;
+    /// A VM's whole life through commands; the same on every hypervisor.
+    async fn drive_a_vm_through_its_life(executor: &CommandExecutor) {
         let vm_id = VmId::new_random();
 
         let created = executor
@@ -682,6 +615,7 @@ mod tests {
             .await;
         assert_eq!(domain_of(&delete).state(), PowerState::Absent);
         assert_eq!(domain_of(&delete).vm_id, vm_id.to_string());
+        assert_eq!(domain_of(&delete).domain_name, domain_name(vm_id));
         let delete_again = executor
             .execute(command("op-11", vm_id, Action::Delete(DeleteVm {})))
             .await;
@@ -693,8 +627,136 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn commands_drive_a_vm_through_its_life_in_memory() {
+        let (executor, _host) = memory_executor().await;
+        drive_a_vm_through_its_life(&executor).await;
+    }
+
+    #[tokio::test]
+    async fn commands_drive_a_vm_through_its_life_on_the_test_driver() {
+        drive_a_vm_through_its_life(&test_driver_executor().await).await;
+    }
+
+    #[tokio::test]
+    async fn each_command_is_one_call_to_the_hypervisor() {
+        use vmm_proto::{CreateSnapshot, DeleteSnapshot, RestoreSnapshot};
+        let (executor, host) = memory_executor().await;
+        let vm_id = VmId::new_random();
+        let snapshot_id = vmm_shared::SnapshotId::new_random().to_string();
+        let actions = [
+            create("web"),
+            Action::Reboot(RebootVm {}),
+            Action::Stop(StopVm {}),
+            Action::Start(StartVm {}),
+            Action::ForceStop(ForceStopVm {}),
+            Action::CreateSnapshot(CreateSnapshot {
+                snapshot_id: snapshot_id.clone(),
+            }),
+            Action::RestoreSnapshot(RestoreSnapshot {
+                snapshot_id: snapshot_id.clone(),
+            }),
+            Action::DeleteSnapshot(DeleteSnapshot { snapshot_id }),
+            Action::Delete(DeleteVm {}),
+            // Refused ones too.
+            Action::Start(StartVm {}),
+        ];
+        for (n, action) in actions.into_iter().enumerate() {
+            let kind = operation_kind(&action);
+            let before = host.total_calls();
+            executor
+                .execute(command(&format!("op-{n}"), vm_id, action))
+                .await;
+            assert_eq!(host.total_calls() - before, 1, "{kind}: {:?}", host.calls());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_guest_that_ignores_the_power_button_is_stopped_at_the_timeout() {
+        let host = MemoryHost::new();
+        let executor = executor_on(
+            host.spawn_handle().await.unwrap(),
+            Duration::from_millis(600),
+        );
+        let vm_id = VmId::new_random();
+        executor
+            .execute(command("op-1", vm_id, create("web")))
+            .await;
+        host.set_ignores_shutdown(vm_id, true);
+        let stopped = executor
+            .execute(command("op-2", vm_id, Action::Stop(StopVm {})))
+            .await;
+        assert_eq!(domain_of(&stopped).state(), PowerState::Stopped);
+        let calls = host.calls();
+        assert_eq!(calls.get(&Call::RequestShutdown), Some(&1));
+        assert_eq!(
+            calls.get(&Call::ForceStop),
+            Some(&1),
+            "forced at the timeout"
+        );
+        assert!(
+            calls.get(&Call::FindVm).is_some_and(|looks| *looks >= 2),
+            "looked while waiting: {calls:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn hypervisor_failures_become_error_kinds_and_are_remembered() {
+        let (executor, host) = memory_executor().await;
+        let vm_id = VmId::new_random();
+        executor
+            .execute(command("op-1", vm_id, create("web")))
+            .await;
+        for (call, kind, expected) in [
+            (
+                Call::RebootVm,
+                FailureKind::Unavailable,
+                ErrorKind::Unavailable,
+            ),
+            (Call::RebootVm, FailureKind::Internal, ErrorKind::Internal),
+            (Call::RebootVm, FailureKind::Invalid, ErrorKind::Invalid),
+        ] {
+            host.fail_next(call, kind);
+            let operation_id = format!("op-{kind:?}");
+            let failed = executor
+                .execute(command(&operation_id, vm_id, Action::Reboot(RebootVm {})))
+                .await;
+            assert_eq!(error_kind_of(&failed), expected);
+            // The failure is the operation's answer; a repeat does not try again.
+            let calls = host.total_calls();
+            let repeated = executor
+                .execute(command(&operation_id, vm_id, Action::Reboot(RebootVm {})))
+                .await;
+            assert_eq!(repeated, failed);
+            assert_eq!(host.total_calls(), calls);
+        }
+        host.disconnect();
+        let unreachable = executor
+            .execute(command("op-down", vm_id, Action::Start(StartVm {})))
+            .await;
+        assert_eq!(error_kind_of(&unreachable), ErrorKind::Unavailable);
+    }
+
+    #[test]
+    fn every_action_has_its_operation_kind() {
+        use vmm_proto::{CreateSnapshot, DeleteSnapshot, RestoreSnapshot};
+        let actions = [
+            create("x"),
+            Action::Start(StartVm {}),
+            Action::Stop(StopVm {}),
+            Action::ForceStop(ForceStopVm {}),
+            Action::Reboot(RebootVm {}),
+            Action::Delete(DeleteVm {}),
+            Action::CreateSnapshot(CreateSnapshot::default()),
+            Action::RestoreSnapshot(RestoreSnapshot::default()),
+            Action::DeleteSnapshot(DeleteSnapshot::default()),
+        ];
+        let kinds: Vec<OperationKind> = actions.iter().map(operation_kind).collect();
+        assert_eq!(kinds, OperationKind::ALL);
+    }
+
+    #[tokio::test]
     async fn bad_commands_are_refused_as_invalid() {
-        let executor = test_driver_executor().await;
+        let (executor, host) = memory_executor().await;
         let vm_id = VmId::new_random();
         let bad_name = executor
             .execute(command("op-1", vm_id, create("a'><x/>&")))
@@ -725,21 +787,13 @@ mod tests {
             error_kind_of(&executor.execute(no_action).await),
             ErrorKind::Invalid
         );
+        assert_eq!(host.total_calls(), 0, "refused before the hypervisor");
     }
 
     #[tokio::test]
     async fn a_domain_the_product_did_not_create_is_left_alone() {
-        let executor = test_driver_executor().await;
-        // The test driver's sample domain "test" has no instance metadata.
-        let foreign_uuid = executor
-            .hypervisor
-            .call(|hv| hv.list_domains())
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|domain| domain.name == "test")
-            .map(|domain| domain.uuid.parse::<VmId>().unwrap())
-            .unwrap();
+        let (executor, host) = memory_executor().await;
+        let foreign_uuid = host.add_foreign_domain("test", crate::hypervisor::PowerState::Running);
         for (op, action) in [
             ("op-1", Action::Delete(DeleteVm {})),
             ("op-2", Action::ForceStop(ForceStopVm {})),
@@ -748,5 +802,9 @@ mod tests {
             let result = executor.execute(command(op, foreign_uuid, action)).await;
             assert_eq!(error_kind_of(&result), ErrorKind::Conflict);
         }
+        assert_eq!(
+            host.domain(foreign_uuid).map(|domain| domain.state),
+            Some(crate::hypervisor::PowerState::Running)
+        );
     }
 }

@@ -109,18 +109,23 @@ pub enum LogFormat {
 pub struct AgentToken(String);
 
 impl AgentToken {
+    /// A token as the coordinator issued it: not blank, and printable ASCII without spaces
+    /// (it travels in a header).
+    pub fn new(token: &str) -> Result<Self, ConfigError> {
+        if token.trim().is_empty() {
+            return Err(ConfigError::MissingToken);
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ConfigError::UnusableToken);
+        }
+        Ok(Self(token.to_owned()))
+    }
+
     /// The value of the `authorization` metadata sent when opening the session.
     pub fn bearer_header(&self) -> MetadataValue<Ascii> {
         // Checked to be a valid header value when the config was built.
         MetadataValue::try_from(format!("Bearer {}", self.0))
             .unwrap_or_else(|_| MetadataValue::from_static(""))
-    }
-}
-
-#[cfg(test)]
-impl AgentToken {
-    pub fn for_tests(token: &str) -> Self {
-        Self(token.to_owned())
     }
 }
 
@@ -192,13 +197,7 @@ impl AgentConfig {
             "AGENT_TOKEN_FILE",
             args.agent_token_file.as_deref(),
         )?;
-        let agent_token = match agent_token {
-            Some(token) if !token.trim().is_empty() => token,
-            _ => return Err(ConfigError::MissingToken),
-        };
-        if !agent_token.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(ConfigError::UnusableToken);
-        }
+        let agent_token = AgentToken::new(agent_token.as_deref().unwrap_or_default())?;
 
         let host_id_text = match args.host_id {
             Some(host_id) => host_id,
@@ -231,7 +230,7 @@ impl AgentConfig {
             libvirt_uri: args.libvirt_uri,
             host_id,
             data_dir: args.data_dir,
-            agent_token: AgentToken(agent_token),
+            agent_token,
             storage_pool: args.storage_pool,
             shutdown_timeout: args.shutdown_timeout_secs,
             poll_interval: positive(

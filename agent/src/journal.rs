@@ -16,6 +16,11 @@
 //! `accepted` record survives a `kill -9` (and a power cut) that happens right after it.
 //! rusqlite blocks: every call runs on the blocking thread pool, never on an async worker.
 //!
+//! Operations are recorded by their [`OperationKind`] (`snapshot_create`, ...). Rows written
+//! before the agent shared that vocabulary with the coordinator name the snapshot kinds
+//! `create_snapshot`, `restore_snapshot` and `delete_snapshot`; they are read as the same
+//! kinds, so the repeat of such an operation after an upgrade is still recognised.
+//!
 //! The journal never decides anything about libvirt; it only remembers.
 
 use std::path::{Path, PathBuf};
@@ -26,6 +31,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use prost::Message as _;
 use rusqlite::{Connection, OptionalExtension, params};
 use vmm_proto::CommandResult;
+use vmm_shared::OperationKind;
 
 /// The journal's file name inside the agent's data directory.
 pub const JOURNAL_FILE: &str = "journal.db";
@@ -77,6 +83,8 @@ pub enum JournalError {
         #[source]
         source: prost::DecodeError,
     },
+    #[error("operation {operation_id} is journaled with an unknown kind {kind:?}")]
+    UnknownKind { operation_id: String, kind: String },
     #[error("the operation journal's worker failed")]
     Worker(#[source] tokio::task::JoinError),
 }
@@ -90,11 +98,11 @@ fn sql(action: &'static str) -> impl FnOnce(rusqlite::Error) -> JournalError {
 pub enum JournalEntry {
     /// Accepted, no result yet: running now, or cut short by the death of this or an
     /// earlier run of the agent.
-    Accepted { vm_id: String, kind: String },
+    Accepted { vm_id: String, kind: OperationKind },
     /// Done, with the result that was sent.
     Done {
         vm_id: String,
-        kind: String,
+        kind: OperationKind,
         result: CommandResult,
     },
 }
@@ -106,9 +114,9 @@ impl JournalEntry {
         }
     }
 
-    pub fn kind(&self) -> &str {
+    pub fn kind(&self) -> OperationKind {
         match self {
-            Self::Accepted { kind, .. } | Self::Done { kind, .. } => kind,
+            Self::Accepted { kind, .. } | Self::Done { kind, .. } => *kind,
         }
     }
 }
@@ -118,6 +126,7 @@ impl JournalEntry {
 pub struct InterruptedOperation {
     pub operation_id: String,
     pub vm_id: String,
+    /// As stored (see the module docs for older names).
     pub kind: String,
     pub accepted_at_unix_ms: i64,
 }
@@ -163,8 +172,8 @@ impl Journal {
         Ok(journal)
     }
 
-    /// A journal that lives only as long as the process, for tests.
-    #[cfg(test)]
+    /// A journal that lives only as long as the process: for tests, and for simulated
+    /// agents that never restart.
     pub fn in_memory() -> Result<Self, JournalError> {
         let connection = Connection::open_in_memory().map_err(sql("be created in memory"))?;
         Self::with_connection(connection, RETENTION, MAX_ENTRIES)
@@ -249,9 +258,13 @@ impl Journal {
                 )
                 .optional()
                 .map_err(sql("look an operation up"))?;
-            let Some((vm_id, kind, state, result)) = row else {
+            let Some((vm_id, stored_kind, state, result)) = row else {
                 return Ok(None);
             };
+            let kind = read_kind(&stored_kind).ok_or_else(|| JournalError::UnknownKind {
+                operation_id: operation_id.clone(),
+                kind: stored_kind,
+            })?;
             match (state.as_str(), result) {
                 ("done", Some(bytes)) => {
                     let result = CommandResult::decode(bytes.as_slice()).map_err(|source| {
@@ -278,10 +291,10 @@ impl Journal {
         &self,
         operation_id: &str,
         vm_id: &str,
-        kind: &str,
+        kind: OperationKind,
     ) -> Result<bool, JournalError> {
         let (operation_id, vm_id, kind) =
-            (operation_id.to_owned(), vm_id.to_owned(), kind.to_owned());
+            (operation_id.to_owned(), vm_id.to_owned(), kind.as_str());
         self.with(move |connection| {
             let inserted = connection
                 .execute(
@@ -374,7 +387,7 @@ impl Journal {
 
     /// How many operations the journal remembers.
     #[cfg(test)]
-    pub async fn len(&self) -> u64 {
+    pub async fn entry_count(&self) -> u64 {
         self.with(|connection| {
             connection
                 .query_row("SELECT COUNT(*) FROM operations", [], |row| {
@@ -385,6 +398,16 @@ impl Journal {
         })
         .await
         .unwrap()
+    }
+}
+
+/// The kind of a stored row, also under the names older agents wrote.
+fn read_kind(stored: &str) -> Option<OperationKind> {
+    match stored {
+        "create_snapshot" => Some(OperationKind::SnapshotCreate),
+        "restore_snapshot" => Some(OperationKind::SnapshotRestore),
+        "delete_snapshot" => Some(OperationKind::SnapshotDelete),
+        other => other.parse().ok(),
     }
 }
 
@@ -448,12 +471,32 @@ mod tests {
         let journal = Journal::open(dir.path()).unwrap();
         assert_eq!(journal.lookup("op-1").await.unwrap(), None);
 
-        assert!(journal.accept("op-1", "vm-a", "create").await.unwrap());
-        assert!(journal.accept("op-2", "vm-b", "stop").await.unwrap());
+        assert!(
+            journal
+                .accept("op-1", "vm-a", OperationKind::Create)
+                .await
+                .unwrap()
+        );
+        assert!(
+            journal
+                .accept("op-2", "vm-b", OperationKind::Stop)
+                .await
+                .unwrap()
+        );
         journal.finish("op-1", &result("op-1")).await.unwrap();
         // Accepting again keeps the first record and its result, and says it was taken.
-        assert!(!journal.accept("op-1", "vm-a", "create").await.unwrap());
-        assert!(!journal.accept("op-1", "vm-z", "delete").await.unwrap());
+        assert!(
+            !journal
+                .accept("op-1", "vm-a", OperationKind::Create)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !journal
+                .accept("op-1", "vm-z", OperationKind::Delete)
+                .await
+                .unwrap()
+        );
         drop(journal);
 
         let reopened = Journal::open(dir.path()).unwrap();
@@ -461,7 +504,7 @@ mod tests {
             reopened.lookup("op-1").await.unwrap(),
             Some(JournalEntry::Done {
                 vm_id: "vm-a".into(),
-                kind: "create".into(),
+                kind: OperationKind::Create,
                 result: result("op-1"),
             })
         );
@@ -469,7 +512,7 @@ mod tests {
             reopened.lookup("op-2").await.unwrap(),
             Some(JournalEntry::Accepted {
                 vm_id: "vm-b".into(),
-                kind: "stop".into()
+                kind: OperationKind::Stop
             })
         );
         let interrupted = reopened.take_interrupted().await.unwrap();
@@ -492,7 +535,10 @@ mod tests {
         let journal = Journal::in_memory().unwrap();
         for n in 0..30 {
             let op = format!("op-{n:02}");
-            journal.accept(&op, "vm", "start").await.unwrap();
+            journal
+                .accept(&op, "vm", OperationKind::Start)
+                .await
+                .unwrap();
             journal.finish(&op, &result(&op)).await.unwrap();
         }
         {
@@ -509,7 +555,7 @@ mod tests {
             let pruned = prune(&connection, now_unix_ms(), RETENTION, 20).unwrap();
             assert_eq!(pruned, 10, "5 too old, then 5 beyond the bound of 20");
         }
-        assert_eq!(journal.len().await, 20);
+        assert_eq!(journal.entry_count().await, 20);
         assert_eq!(journal.lookup("op-09").await.unwrap(), None);
         assert!(journal.lookup("op-10").await.unwrap().is_some());
         assert!(journal.lookup("op-29").await.unwrap().is_some());
@@ -518,7 +564,10 @@ mod tests {
     #[tokio::test]
     async fn a_garbled_result_is_an_error_not_a_panic() {
         let journal = Journal::in_memory().unwrap();
-        journal.accept("op-1", "vm", "start").await.unwrap();
+        journal
+            .accept("op-1", "vm", OperationKind::Start)
+            .await
+            .unwrap();
         {
             let connection = journal.inner.connection.lock().unwrap();
             connection
@@ -531,6 +580,43 @@ mod tests {
         assert!(matches!(
             journal.lookup("op-1").await,
             Err(JournalError::Decode { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn rows_of_older_agents_are_read_in_the_one_vocabulary() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        {
+            let connection = journal.inner.connection.lock().unwrap();
+            for (operation_id, kind) in [
+                ("op-1", "create_snapshot"),
+                ("op-2", "restore_snapshot"),
+                ("op-3", "delete_snapshot"),
+                ("op-4", "snapshot_create"),
+                ("op-5", "unheard_of"),
+            ] {
+                connection
+                    .execute(
+                        "INSERT INTO operations (operation_id, vm_id, kind, state, accepted_at)
+                         VALUES (?1, 'vm', ?2, 'accepted', 0)",
+                        params![operation_id, kind],
+                    )
+                    .unwrap();
+            }
+        }
+        for (operation_id, kind) in [
+            ("op-1", OperationKind::SnapshotCreate),
+            ("op-2", OperationKind::SnapshotRestore),
+            ("op-3", OperationKind::SnapshotDelete),
+            ("op-4", OperationKind::SnapshotCreate),
+        ] {
+            let entry = journal.lookup(operation_id).await.unwrap().unwrap();
+            assert_eq!(entry.kind(), kind, "{operation_id}");
+        }
+        assert!(matches!(
+            journal.lookup("op-5").await,
+            Err(JournalError::UnknownKind { .. })
         ));
     }
 }

@@ -1,44 +1,27 @@
 //! `agent`: the per-host half of the VM manager. It owns the host's libvirt connection,
 //! carries out the coordinator's commands, and reports the state of every domain.
 //!
-//! Modules:
-//! - [`config`]: flags and environment variables, checked into typed settings.
-//! - [`hypervisor`]: the `Hypervisor` trait, its libvirt implementation, the XML it writes,
-//!   and the one thread all libvirt calls run on.
-//! - [`state`]: generations and the last state reported per domain.
-//! - [`poller`]: the periodic look at every domain.
-//! - [`commands`]: executing the coordinator's commands.
-//! - [`journal`]: the operation journal that makes commands exactly-once across restarts.
-//! - [`recovery`]: what start-up does about an earlier run that died mid-operation.
-//! - [`stream`]: the session with the coordinator.
-//! - [`metrics`]: the Prometheus endpoint (per-domain statistics, host, agent health).
+//! This binary only reads its settings, sets up logging and wires the parts of the
+//! `vmm_agent` library together on the real libvirt host; the parts live in the library
+//! (see its docs), so that tests and simulations can put them together on other hosts.
 //!
 //! The agent never stops a VM on its own: not when the coordinator is away, not on exit.
 #![forbid(unsafe_code)]
-
-mod commands;
-mod config;
-mod hypervisor;
-mod journal;
-mod metrics;
-mod poller;
-mod recovery;
-mod state;
-mod stream;
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 
-use crate::commands::CommandExecutor;
-use crate::config::{AgentConfig, Args, LogFormat};
-use crate::hypervisor::HypervisorHandle;
-use crate::hypervisor::libvirt::{LibvirtHost, LibvirtSettings};
-use crate::metrics::MetricsService;
-use crate::poller::StatePoller;
-use crate::state::StateTracker;
-use crate::stream::{CoordinatorLink, SessionSettings};
+use vmm_agent::commands::CommandExecutor;
+use vmm_agent::config::{self, AgentConfig, Args, LogFormat};
+use vmm_agent::hypervisor::HypervisorHandle;
+use vmm_agent::hypervisor::libvirt::{LibvirtHost, LibvirtSettings};
+use vmm_agent::metrics::{self, MetricsService};
+use vmm_agent::poller::StatePoller;
+use vmm_agent::recovery;
+use vmm_agent::state::StateTracker;
+use vmm_agent::stream::{CoordinatorLink, SessionSettings};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -47,7 +30,7 @@ async fn main() -> ExitCode {
     let config = match AgentConfig::from_args(args) {
         Ok(config) => config,
         Err(error) => {
-            eprintln!("agent: {}", vmm_shared::settings::error_chain(&error));
+            eprintln!("agent: {}", vmm_shared::error_chain(&error));
             return ExitCode::from(2);
         }
     };

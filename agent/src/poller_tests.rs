@@ -1,116 +1,21 @@
-//! The poller while libvirt is away: the test driver behind a switch that makes every call
-//! fail the way a dead libvirtd connection does. While it is off the poller says libvirt is
-//! not connected (heartbeats carry that) and reports nothing (no VM is claimed gone); once
-//! it is back, the next poll resynchronises and publishes what changed meanwhile.
+//! The poller on an in-memory host, including while the connection to the host is down:
+//! the poller then says libvirt is not connected (heartbeats carry that) and reports
+//! nothing (no VM is claimed gone); once it is back, the next poll resynchronises and
+//! publishes what changed meanwhile.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use vmm_proto::PowerState;
-use vmm_shared::{SnapshotId, VmId};
+use vmm_shared::VmId;
 
-use crate::hypervisor::libvirt::LibvirtHost;
-use crate::hypervisor::libvirt::test_driver_tests::open_test_host;
-use crate::hypervisor::{
-    FailureKind, HostFacts, Hypervisor, HypervisorError, HypervisorHandle, ObservedDomain,
-    ObservedSnapshot, VmSpec,
-};
+use crate::hypervisor::memory::MemoryHost;
+use crate::hypervisor::{PowerState, VmSpec};
 use crate::poller::StatePoller;
 use crate::state::StateTracker;
 
-/// The test driver, unreachable while `down` is set.
-struct SwitchableHost {
-    inner: LibvirtHost,
-    down: Arc<AtomicBool>,
-}
-
-impl SwitchableHost {
-    fn up(&mut self) -> Result<&mut LibvirtHost, HypervisorError> {
-        if self.down.load(Ordering::SeqCst) {
-            Err(HypervisorError::new(
-                FailureKind::Unavailable,
-                "listing domains: End of file while reading data: Input/output error",
-            ))
-        } else {
-            Ok(&mut self.inner)
-        }
-    }
-}
-
-impl Hypervisor for SwitchableHost {
-    fn host_facts(&mut self) -> Result<HostFacts, HypervisorError> {
-        self.up()?.host_facts()
-    }
-    fn list_domains(&mut self) -> Result<Vec<ObservedDomain>, HypervisorError> {
-        self.up()?.list_domains()
-    }
-    fn find_vm(&mut self, vm_id: VmId) -> Result<Option<ObservedDomain>, HypervisorError> {
-        self.up()?.find_vm(vm_id)
-    }
-    fn create_vm(&mut self, vm_id: VmId, spec: &VmSpec) -> Result<ObservedDomain, HypervisorError> {
-        self.up()?.create_vm(vm_id, spec)
-    }
-    fn start_vm(&mut self, vm_id: VmId) -> Result<(), HypervisorError> {
-        self.up()?.start_vm(vm_id)
-    }
-    fn request_shutdown(&mut self, vm_id: VmId) -> Result<(), HypervisorError> {
-        self.up()?.request_shutdown(vm_id)
-    }
-    fn force_stop(&mut self, vm_id: VmId) -> Result<(), HypervisorError> {
-        // The host's own tools still work while the agent's connection is down.
-        self.inner.force_stop(vm_id)
-    }
-    fn reboot_vm(&mut self, vm_id: VmId) -> Result<(), HypervisorError> {
-        self.up()?.reboot_vm(vm_id)
-    }
-    fn delete_vm(&mut self, vm_id: VmId) -> Result<(), HypervisorError> {
-        self.up()?.delete_vm(vm_id)
-    }
-    fn list_snapshots(&mut self, vm_id: VmId) -> Result<Vec<ObservedSnapshot>, HypervisorError> {
-        self.up()?.list_snapshots(vm_id)
-    }
-    fn find_snapshot(
-        &mut self,
-        vm_id: VmId,
-        snapshot_id: SnapshotId,
-    ) -> Result<Option<ObservedSnapshot>, HypervisorError> {
-        self.up()?.find_snapshot(vm_id, snapshot_id)
-    }
-    fn create_snapshot(
-        &mut self,
-        vm_id: VmId,
-        snapshot_id: SnapshotId,
-    ) -> Result<ObservedSnapshot, HypervisorError> {
-        self.up()?.create_snapshot(vm_id, snapshot_id)
-    }
-    fn restore_snapshot(
-        &mut self,
-        vm_id: VmId,
-        snapshot_id: SnapshotId,
-    ) -> Result<(), HypervisorError> {
-        self.up()?.restore_snapshot(vm_id, snapshot_id)
-    }
-    fn delete_snapshot(
-        &mut self,
-        vm_id: VmId,
-        snapshot_id: SnapshotId,
-    ) -> Result<(), HypervisorError> {
-        self.up()?.delete_snapshot(vm_id, snapshot_id)
-    }
-}
-
-#[tokio::test]
-async fn while_libvirt_is_away_nothing_is_claimed_and_the_next_poll_resynchronises() {
-    let down = Arc::new(AtomicBool::new(false));
-    let switch = Arc::clone(&down);
-    let hypervisor = HypervisorHandle::spawn(move || {
-        Ok(SwitchableHost {
-            inner: open_test_host(),
-            down: switch,
-        })
-    })
-    .await
-    .unwrap();
+/// An in-memory host with one running VM, and a poller on it.
+async fn poller_on_a_host_with_a_vm() -> (MemoryHost, StatePoller, VmId) {
+    let host = MemoryHost::new();
+    let hypervisor = host.spawn_handle().await.unwrap();
     let vm_id = VmId::new_random();
     let spec = VmSpec {
         display_name: "steady".into(),
@@ -123,13 +28,48 @@ async fn while_libvirt_is_away_nothing_is_claimed_and_the_next_poll_resynchronis
         .call(move |hv| hv.create_vm(vm_id, &spec))
         .await
         .unwrap();
-    let poller = StatePoller::new(hypervisor.clone(), Arc::new(StateTracker::new()));
+    let poller = StatePoller::new(hypervisor, Arc::new(StateTracker::new()));
+    (host, poller, vm_id)
+}
+
+#[tokio::test]
+async fn changes_behind_the_agents_back_are_published_once() {
+    let (host, poller, vm_id) = poller_on_a_host_with_a_vm().await;
+    let mut changes = poller.subscribe();
+    let foreign = host.add_foreign_domain("hand-made", PowerState::Stopped);
+
+    poller.poll_once().await.unwrap();
+    let mut first: Vec<_> = std::iter::from_fn(|| changes.try_recv().ok()).collect();
+    first.sort_by(|a, b| a.domain_name.cmp(&b.domain_name));
+    assert_eq!(first.len(), 2, "{first:?}");
+    assert_eq!(first[0].domain_name, "hand-made");
+    assert!(first[0].vm_id.is_empty());
+    assert_eq!(first[1].vm_id, vm_id.to_string());
+    poller.poll_once().await.unwrap();
+    assert!(changes.try_recv().is_err(), "nothing changed, nothing sent");
+
+    // The guest crashed; the foreign domain was removed by hand.
+    host.set_state(vm_id, PowerState::Crashed, "crashed: panicked");
+    host.remove_domain(foreign);
+    poller.poll_once().await.unwrap();
+    let mut second: Vec<_> = std::iter::from_fn(|| changes.try_recv().ok()).collect();
+    second.sort_by(|a, b| a.domain_name.cmp(&b.domain_name));
+    assert_eq!(second.len(), 2, "{second:?}");
+    assert_eq!(second[0].state(), vmm_proto::PowerState::Absent);
+    assert_eq!(second[1].state(), vmm_proto::PowerState::Crashed);
+    assert_eq!(second[1].detail, "crashed: panicked");
+    assert!(second[1].generation > first[1].generation);
+}
+
+#[tokio::test]
+async fn while_libvirt_is_away_nothing_is_claimed_and_the_next_poll_resynchronises() {
+    let (host, poller, vm_id) = poller_on_a_host_with_a_vm().await;
     let mut changes = poller.subscribe();
     poller.poll_once().await.unwrap();
     assert!(poller.libvirt_connected());
     while changes.try_recv().is_ok() {}
 
-    down.store(true, Ordering::SeqCst);
+    host.disconnect();
     for _ in 0..3 {
         assert!(poller.poll_once().await.is_err());
         assert!(
@@ -147,18 +87,28 @@ async fn while_libvirt_is_away_nothing_is_claimed_and_the_next_poll_resynchronis
         .into_iter()
         .find(|report| report.vm_id == vm_id.to_string())
         .unwrap();
-    assert_eq!(before.state(), PowerState::Running);
+    assert_eq!(before.state(), vmm_proto::PowerState::Running);
 
     // Changed behind the agent's back while it could not look.
-    hypervisor
-        .call(move |hv| hv.force_stop(vm_id))
-        .await
-        .unwrap();
-    down.store(false, Ordering::SeqCst);
+    host.set_state(vm_id, PowerState::Stopped, "");
+    host.reconnect();
     poller.poll_once().await.unwrap();
     assert!(poller.libvirt_connected());
     let change = changes.try_recv().expect("the resync reports the change");
     assert_eq!(change.vm_id, vm_id.to_string());
-    assert_eq!(change.state(), PowerState::Stopped);
+    assert_eq!(change.state(), vmm_proto::PowerState::Stopped);
     assert!(change.generation > before.generation);
+}
+
+#[tokio::test]
+async fn the_inventory_fails_rather_than_leave_snapshots_out() {
+    let (host, poller, _) = poller_on_a_host_with_a_vm().await;
+    host.fail_next(
+        crate::hypervisor::memory::Call::ListSnapshots,
+        crate::hypervisor::FailureKind::Unavailable,
+    );
+    assert!(poller.inventory().await.is_err());
+    let inventory = poller.inventory().await.unwrap();
+    assert_eq!(inventory.len(), 1);
+    assert!(inventory[0].snapshots.is_empty());
 }

@@ -7,6 +7,9 @@
 //! gets a fresh generation, so the coordinator can drop stale or duplicate reports by
 //! comparing generations.
 //!
+//! Reports are the wire's `DomainReport`s: this is where the hypervisor's observations
+//! become the protocol's terms ([`wire_power_state`]).
+//!
 //! Polls and operations race: a poll may list a domain, then an operation changes it and
 //! records its result, then the poll's (now stale) observation arrives. A poll therefore
 //! takes a [`PollTicket`] before listing and leaves alone every domain recorded after it.
@@ -15,9 +18,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use vmm_proto::{DomainReport, PowerState, SnapshotReport};
+use vmm_proto::{DomainReport, SnapshotReport};
 
-use crate::hypervisor::{ObservedDomain, ObservedSnapshot};
+use crate::hypervisor::{ObservedDomain, ObservedSnapshot, PowerState};
 
 /// Issues generations: strictly increasing, and never below the wall clock in microseconds.
 #[derive(Debug)]
@@ -32,7 +35,7 @@ impl GenerationClock {
         Self { last: now_micros() }
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_generation(&mut self) -> u64 {
         self.next_at(now_micros())
     }
 
@@ -116,7 +119,7 @@ impl StateTracker {
                 recorded_since_ticket(known) || same_observation(known, domain)
             });
             if !unchanged_or_newer {
-                let report = report_of(domain, inner.clock.next());
+                let report = report_of(domain, inner.clock.next_generation());
                 inner.reports.insert(domain.uuid.clone(), report.clone());
                 changes.push(report);
             }
@@ -136,7 +139,7 @@ impl StateTracker {
                 changes.push(absent_report(
                     &last.vm_id,
                     &last.domain_name,
-                    inner.clock.next(),
+                    inner.clock.next_generation(),
                 ));
             }
         }
@@ -146,7 +149,7 @@ impl StateTracker {
     /// Records the state an operation left a domain in; always a fresh generation.
     pub fn record_result(&self, domain: &ObservedDomain) -> DomainReport {
         let mut inner = self.lock();
-        let report = report_of(domain, inner.clock.next());
+        let report = report_of(domain, inner.clock.next_generation());
         inner.reports.insert(domain.uuid.clone(), report.clone());
         report
     }
@@ -155,7 +158,7 @@ impl StateTracker {
     pub fn record_absent(&self, uuid: &str, vm_id: &str, domain_name: &str) -> DomainReport {
         let mut inner = self.lock();
         inner.reports.remove(uuid);
-        absent_report(vm_id, domain_name, inner.clock.next())
+        absent_report(vm_id, domain_name, inner.clock.next_generation())
     }
 
     /// The latest report of every known domain.
@@ -173,7 +176,7 @@ fn report_of(domain: &ObservedDomain, generation: u64) -> DomainReport {
     DomainReport {
         vm_id: domain.vm_id.map(|id| id.to_string()).unwrap_or_default(),
         domain_name: domain.name.clone(),
-        state: domain.state.into(),
+        state: wire_power_state(domain.state).into(),
         generation,
         cpu: domain.cpu,
         memory_mib: domain.memory_mib,
@@ -187,8 +190,19 @@ fn report_of(domain: &ObservedDomain, generation: u64) -> DomainReport {
 pub fn snapshot_report(snapshot: &ObservedSnapshot) -> SnapshotReport {
     SnapshotReport {
         snapshot_id: snapshot.snapshot_id.to_string(),
-        taken_in_state: snapshot.taken_in_state.into(),
+        taken_in_state: wire_power_state(snapshot.taken_in_state).into(),
         created_at_unix: snapshot.created_at_unix,
+    }
+}
+
+/// The protocol's name for a power state.
+pub fn wire_power_state(state: PowerState) -> vmm_proto::PowerState {
+    match state {
+        PowerState::Running => vmm_proto::PowerState::Running,
+        PowerState::Paused => vmm_proto::PowerState::Paused,
+        PowerState::Stopped => vmm_proto::PowerState::Stopped,
+        PowerState::Crashed => vmm_proto::PowerState::Crashed,
+        PowerState::Unknown => vmm_proto::PowerState::Unspecified,
     }
 }
 
@@ -196,7 +210,7 @@ fn absent_report(vm_id: &str, domain_name: &str, generation: u64) -> DomainRepor
     DomainReport {
         vm_id: vm_id.to_owned(),
         domain_name: domain_name.to_owned(),
-        state: PowerState::Absent.into(),
+        state: vmm_proto::PowerState::Absent.into(),
         generation,
         ..DomainReport::default()
     }
@@ -219,15 +233,30 @@ mod tests {
     }
 
     #[test]
+    fn every_power_state_has_its_wire_name() {
+        use vmm_proto::PowerState as Wire;
+        for (state, wire) in [
+            (PowerState::Running, Wire::Running),
+            (PowerState::Paused, Wire::Paused),
+            (PowerState::Stopped, Wire::Stopped),
+            (PowerState::Crashed, Wire::Crashed),
+            (PowerState::Unknown, Wire::Unspecified),
+        ] {
+            assert_eq!(wire_power_state(state), wire);
+            assert_eq!(report_of(&domain("a", state), 7).state(), wire);
+        }
+    }
+
+    #[test]
     fn generations_strictly_increase_even_when_the_clock_goes_back() {
         let mut clock = GenerationClock { last: 1_000 };
         assert_eq!(clock.next_at(500), 1_001);
         assert_eq!(clock.next_at(500), 1_002);
         assert_eq!(clock.next_at(5_000), 5_000);
         assert_eq!(clock.next_at(5_000), 5_001);
-        let mut previous = clock.next();
+        let mut previous = clock.next_generation();
         for _ in 0..1_000 {
-            let next = clock.next();
+            let next = clock.next_generation();
             assert!(next > previous);
             previous = next;
         }
@@ -236,9 +265,12 @@ mod tests {
     #[test]
     fn a_new_clock_starts_above_an_earlier_one() {
         let mut earlier = GenerationClock::from_wall_clock();
-        let issued = (0..10).map(|_| earlier.next()).max().unwrap_or_default();
+        let issued = (0..10)
+            .map(|_| earlier.next_generation())
+            .max()
+            .unwrap_or_default();
         std::thread::sleep(std::time::Duration::from_millis(2));
-        assert!(GenerationClock::from_wall_clock().next() > issued);
+        assert!(GenerationClock::from_wall_clock().next_generation() > issued);
     }
 
     #[test]
@@ -256,7 +288,7 @@ mod tests {
 
         let gone = tracker.apply_poll(tracker.begin_poll(), &[]);
         assert_eq!(gone.len(), 1);
-        assert_eq!(gone[0].state(), PowerState::Absent);
+        assert_eq!(gone[0].state(), vmm_proto::PowerState::Absent);
         assert!(tracker.apply_poll(tracker.begin_poll(), &[]).is_empty());
     }
 

@@ -1,11 +1,10 @@
 //! The agent's side of the coordinator session: dial, register with a full inventory, then
 //! heartbeat, forward state changes and answer commands on one bidirectional stream, and
-//! start over (with exponential backoff) whenever the stream ends.
+//! start over (on the agent's [`Backoff`] schedule) whenever the stream ends.
 //!
 //! The coordinator being away changes nothing on the host: VMs keep running, polling goes
 //! on, and the next registration's inventory tells the coordinator the truth.
 
-use std::error::Error as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,9 +16,10 @@ use vmm_proto::agent_control_client::AgentControlClient;
 use vmm_proto::agent_message::Body as AgentBody;
 use vmm_proto::coordinator_message::Body as CoordinatorBody;
 use vmm_proto::{AgentMessage, Heartbeat, HostCapacity, Register, VmStateChanged};
-use vmm_shared::HostId;
+use vmm_shared::{HostId, error_chain};
 
-use crate::commands::CommandExecutor;
+use crate::backoff::Backoff;
+use crate::commands::{CommandExecutor, operation_kind};
 use crate::config::AgentToken;
 use crate::hypervisor::{HypervisorError, HypervisorHandle};
 use crate::metrics::agent as agent_metrics;
@@ -103,31 +103,34 @@ impl CoordinatorLink {
 
     /// Runs sessions one after another, forever.
     pub async fn run(&self) {
-        let mut retry_delay = FIRST_RETRY_DELAY;
+        let mut backoff = Backoff::new(FIRST_RETRY_DELAY, MAX_RETRY_DELAY);
         loop {
             let mut registered = false;
             let outcome = self.run_session(&mut registered).await;
             if registered {
-                retry_delay = FIRST_RETRY_DELAY;
+                backoff.succeeded();
                 agent_metrics::session_ended();
             }
+            if let Err(SessionError::Unauthenticated(_)) = &outcome {
+                // Retrying soon will not fix a refused credential.
+                backoff.wait_longest();
+            }
+            let retry_in = backoff.failed();
             match outcome {
                 Err(error @ SessionError::Unauthenticated(_)) => {
-                    tracing::error!(error = %error_chain(&error), "coordinator session refused");
-                    retry_delay = MAX_RETRY_DELAY;
+                    tracing::error!(error = %error_chain(&error), ?retry_in, "coordinator session refused");
                 }
                 Err(error) => {
                     tracing::warn!(
                         coordinator = %self.settings.coordinator_url,
                         error = %error_chain(&error),
-                        retry_in = ?retry_delay,
+                        ?retry_in,
                         "coordinator session ended"
                     );
                 }
                 Ok(()) => {}
             }
-            tokio::time::sleep(retry_delay.mul_f64(rand::random_range(0.8..1.2))).await;
-            retry_delay = (retry_delay * 2).min(MAX_RETRY_DELAY);
+            tokio::time::sleep(retry_in).await;
         }
     }
 
@@ -207,7 +210,7 @@ impl CoordinatorLink {
                         // Runs to the end even if the session drops meanwhile: its result is
                         // remembered and answers the coordinator's re-send.
                         tokio::spawn(async move {
-                            let kind = agent_metrics::command_kind(&command);
+                            let kind = command.action.as_ref().map(operation_kind);
                             let started = std::time::Instant::now();
                             let result = executor.execute(command).await;
                             agent_metrics::command_finished(kind, &result, started.elapsed());
@@ -266,20 +269,8 @@ async fn send(outgoing: &mpsc::Sender<AgentMessage>, body: AgentBody) -> Result<
         .map_err(|_| SessionError::Closed)
 }
 
-/// An error and its causes on one line.
-fn error_chain(error: &SessionError) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 /// Sessions against an in-process fake coordinator (the real generated gRPC server trait)
-/// and the libvirt test driver.
+/// and an in-memory host.
 #[cfg(test)]
 mod tests {
     use std::pin::Pin;
@@ -295,7 +286,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::hypervisor::libvirt::test_driver_tests::open_test_host;
+    use crate::hypervisor::memory::MemoryHost;
     use crate::state::StateTracker;
 
     const TOKEN: &str = "test-token";
@@ -370,9 +361,9 @@ mod tests {
     }
 
     async fn agent_link(url: String, token: &str) -> CoordinatorLink {
-        let hypervisor = HypervisorHandle::spawn(|| Ok(open_test_host()))
-            .await
-            .unwrap();
+        let host = MemoryHost::new();
+        host.add_foreign_domain("test", crate::hypervisor::PowerState::Running);
+        let hypervisor = host.spawn_handle().await.unwrap();
         let tracker = Arc::new(StateTracker::new());
         let poller = Arc::new(StatePoller::new(hypervisor.clone(), Arc::clone(&tracker)));
         let executor = Arc::new(CommandExecutor::new(
@@ -384,7 +375,7 @@ mod tests {
         let settings = SessionSettings {
             coordinator_url: url,
             host_id: "host-1".parse().unwrap(),
-            agent_token: crate::config::AgentToken::for_tests(token),
+            agent_token: crate::config::AgentToken::new(token).unwrap(),
             heartbeat_interval: Duration::from_secs(2),
         };
         CoordinatorLink::new(settings, hypervisor, poller, executor)
@@ -408,7 +399,16 @@ mod tests {
             panic!("the first message must be Register");
         };
         assert_eq!(register.host_id, "host-1");
-        assert!(register.capacity.is_some_and(|capacity| capacity.cpus > 0));
+        let facts = MemoryHost::default_facts();
+        assert_eq!(
+            register.capacity,
+            Some(HostCapacity {
+                cpus: facts.cpus,
+                memory_mib: facts.memory_mib,
+                disk_gb: facts.disk_gb,
+            })
+        );
+        assert_eq!(register.hypervisor, facts.hypervisor);
         assert!(
             register
                 .inventory

@@ -10,23 +10,23 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
 use vmm_shared::UserId;
 
-use crate::app::AppState;
 use crate::auth::AdminUser;
 use crate::db;
 use crate::error::ApiError;
 use crate::http::{ApiJson, ApiPath};
 use crate::quotas::QuotaUsage;
+use crate::state::AppState;
 use crate::users::{self, Role};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, sqlx::FromRow)]
 pub struct AdminUserView {
     id: UserId,
     username: String,
     role: Role,
     created_at: String,
+    #[sqlx(flatten)]
     usage: QuotaUsage,
 }
 
@@ -35,7 +35,7 @@ pub async fn list_users(
     AdminUser(_admin): AdminUser,
 ) -> Result<Json<Vec<AdminUserView>>, ApiError> {
     // One query, one connection: usage is summed alongside each user.
-    let rows = sqlx::query(
+    let views = sqlx::query_as(
         "SELECT u.id, u.username, u.role, u.created_at,
                 (SELECT COUNT(*) FROM vms v WHERE v.owner_id = u.id) AS vms,
                 (SELECT COALESCE(SUM(cpu), 0) FROM vms v WHERE v.owner_id = u.id) AS cpu,
@@ -46,28 +46,6 @@ pub async fn list_users(
     )
     .fetch_all(&app.db)
     .await?;
-    let count = |row: &sqlx::sqlite::SqliteRow, column: &str| -> Result<u64, sqlx::Error> {
-        Ok(row.try_get::<i64, _>(column)?.max(0) as u64)
-    };
-    let mut views = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let id: String = row.try_get("id")?;
-        let role: String = row.try_get("role")?;
-        views.push(AdminUserView {
-            id: id.parse().map_err(ApiError::internal)?,
-            username: row.try_get("username")?,
-            role: Role::parse(&role)
-                .ok_or_else(|| ApiError::internal(anyhow::anyhow!("bad role {role:?}")))?,
-            created_at: row.try_get("created_at")?,
-            usage: QuotaUsage {
-                vms: count(row, "vms")?,
-                cpu: count(row, "cpu")?,
-                memory: count(row, "memory")?,
-                disk_gb: count(row, "disk_gb")?,
-                snapshots: count(row, "snapshots")?,
-            },
-        });
-    }
     Ok(Json(views))
 }
 
@@ -134,7 +112,8 @@ async fn target_user(app: &AppState, id: &str) -> Result<users::User, ApiError> 
 }
 
 async fn admin_count(tx: &mut db::DbTransaction) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = 'admin'")
+    sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = ?")
+        .bind(Role::Admin)
         .fetch_one(&mut **tx)
         .await
 }
@@ -154,8 +133,8 @@ pub async fn set_role(
         ));
     }
     sqlx::query("UPDATE users SET role = ? WHERE id = ?")
-        .bind(change.role.as_str())
-        .bind(target.id.to_string())
+        .bind(change.role)
+        .bind(target.id)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
@@ -175,7 +154,7 @@ pub async fn delete_user(
     let target = target_user(&app, &id).await?;
     let mut tx = db::begin_write(&app.db).await?;
     let owned: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM vms WHERE owner_id = ?")
-        .bind(target.id.to_string())
+        .bind(target.id)
         .fetch_one(&mut *tx)
         .await?;
     if owned > 0 {
@@ -190,7 +169,7 @@ pub async fn delete_user(
         ));
     }
     sqlx::query("DELETE FROM users WHERE id = ?")
-        .bind(target.id.to_string())
+        .bind(target.id)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;

@@ -12,6 +12,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use futures::Stream;
+use subtle::ConstantTimeEq;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -21,10 +22,12 @@ use vmm_proto::{
 };
 use vmm_shared::{HostId, VmId};
 
-use crate::app::AppState;
 use crate::hosts::registry::SessionId;
 use crate::hosts::store::{self as host_store, HostRegistration};
-use crate::vms::reports::{self, ReportSource};
+use crate::lifecycle::ReportSource;
+use crate::operations::runner;
+use crate::state::AppState;
+use crate::vms::reports;
 
 mod listener;
 pub use listener::incoming;
@@ -80,7 +83,16 @@ impl AgentControl for AgentControlService {
             .await
             .map_err(internal)?;
         let (sender, receiver) = mpsc::channel(256);
-        let session = self.app.registry.attach(host.clone(), sender.clone());
+        let (session, abandoned) = self.app.registry.attach(host.clone(), sender.clone());
+        // What the previous session left unanswered is settled first, so that the inventory
+        // below finds it settled.
+        runner::settle_abandoned(
+            &self.app.db,
+            &abandoned,
+            "the host reconnected before answering",
+        )
+        .await
+        .map_err(internal)?;
         reports::reconcile_inventory(&self.app.db, &host, &register.inventory)
             .await
             .map_err(internal)?;
@@ -122,20 +134,13 @@ fn authenticate<T>(request: &Request<T>, expected: &str) -> Result<(), Status> {
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
         .ok_or_else(|| Status::unauthenticated("missing agent token"))?;
-    if constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
+    // Compared in constant time, so the time taken does not reveal how much matched.
+    if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
         Ok(())
     } else {
         tracing::warn!(peer = ?request.remote_addr(), "agent presented a wrong token");
         Err(Status::unauthenticated("wrong agent token"))
     }
-}
-
-/// Compares without an early exit, so the time taken does not reveal how much matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn validate_registration(register: &Register) -> Result<HostRegistration, Status> {
@@ -193,8 +198,12 @@ async fn run_session(
             tracing::error!(host = %host, error = %err, "cannot apply an agent message");
         }
     };
-    if app.registry.detach(&host, session) {
+    if let Some(abandoned) = app.registry.detach(&host, session) {
         tracing::warn!(host = %host, reason = %end, "host is unreachable");
+        let why = format!("host {host} disconnected before answering");
+        if let Err(err) = runner::settle_abandoned(&app.db, &abandoned, &why).await {
+            tracing::error!(host = %host, error = %err, "cannot settle the operations the host left unanswered");
+        }
         if let Err(err) = host_store::mark_unreachable(&app.db, &host).await {
             tracing::error!(host = %host, error = %err, "cannot record the host as unreachable");
         }
@@ -221,10 +230,11 @@ async fn handle_message(
             match report.vm_id.parse::<VmId>() {
                 Ok(vm) => {
                     // Applies only to a VM recorded on this very host (the query checks it).
+                    let mut conn = app.db.acquire().await?;
                     let applied =
-                        reports::apply(&app.db, host, vm, &report, ReportSource::Change).await?;
+                        reports::apply(&mut conn, host, vm, &report, ReportSource::Change).await?;
                     if !applied {
-                        let recorded_here = crate::vms::store::find(&app.db, vm)
+                        let recorded_here = crate::vms::store::find(&mut *conn, vm)
                             .await?
                             .is_some_and(|recorded| &recorded.host_id == host);
                         if !recorded_here {
@@ -255,10 +265,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn token_comparison() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
+    fn only_the_exact_agent_token_is_accepted() {
+        let request = |token: &str| {
+            let mut request = Request::new(());
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            request
+        };
+        assert!(authenticate(&request("abc"), "abc").is_ok());
+        assert!(authenticate(&request("abd"), "abc").is_err());
+        assert!(authenticate(&request("abcd"), "abc").is_err());
+        assert!(authenticate(&Request::new(()), "abc").is_err());
     }
 
     #[test]

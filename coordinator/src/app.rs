@@ -22,42 +22,16 @@ use vmm_proto::agent_control_server::AgentControlServer;
 
 use crate::agents::AgentControlService;
 use crate::auth::{PasswordHasher, TokenIssuer, load_or_create_jwt_secret};
-use crate::config::{Config, Placement, Registration};
+use crate::config::Config;
 use crate::connections::Admission;
 use crate::db::{self, Db};
 use crate::hosts::{self, AgentRegistry};
-use crate::quotas::QuotaLimits;
 use crate::ratelimit::{self, RateLimits};
+use crate::state::{AppState, Settings};
 use crate::{admin, health, http, operations, quotas, snapshots, telemetry, users, vms};
-use metrics_exporter_prometheus::PrometheusHandle;
 
 /// Largest request body the REST API reads.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
-
-/// Settings the request handlers and the agent stream need, fixed at start.
-#[derive(Debug)]
-pub struct Settings {
-    pub agent_token: String,
-    pub operation_timeout: Duration,
-    pub host_dead_after: Duration,
-    pub placement: Placement,
-    pub cpu_allocation_ratio: f64,
-    pub default_quota: QuotaLimits,
-    pub registration: Registration,
-    pub request_timeout: Duration,
-    pub api_metrics: bool,
-}
-
-#[derive(Clone)]
-pub struct AppState {
-    pub db: Db,
-    pub registry: Arc<AgentRegistry>,
-    pub tokens: Arc<TokenIssuer>,
-    pub passwords: PasswordHasher,
-    pub rate_limits: Arc<RateLimits>,
-    pub metrics: PrometheusHandle,
-    pub settings: Arc<Settings>,
-}
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -86,7 +60,10 @@ pub fn router(state: AppState) -> Router {
             "/api/snapshots/{id}",
             delete(snapshots::routes::delete_snapshot),
         )
-        .route("/api/operations/{id}", get(operations::get_operation))
+        .route(
+            "/api/operations/{id}",
+            get(operations::routes::get_operation),
+        )
         .route("/api/hosts", get(hosts::routes::list_hosts))
         .route("/api/quota", get(quotas::routes::my_quota))
         .route(
@@ -139,7 +116,7 @@ pub fn router(state: AppState) -> Router {
                      span: &tracing::Span| {
                         if let Some(operation) = response
                             .headers()
-                            .get(vms::routes::OPERATION_ID_HEADER)
+                            .get(operations::OPERATION_ID_HEADER)
                             .and_then(|value| value.to_str().ok())
                         {
                             span.record("operation_id", operation);
@@ -165,7 +142,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let db = db::connect(&config.database_url()).await?;
     hosts::store::mark_all_unreachable(&db).await?;
-    vms::store::settle_after_restart(&db).await?;
+    operations::runner::settle_after_restart(&db).await?;
 
     let secret = load_or_create_jwt_secret(config.jwt_secret.as_deref(), &config.data_dir)?;
     let passwords = PasswordHasher::new(config.bcrypt_cost).await?;

@@ -61,13 +61,51 @@ pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// Turns a failed parse of a stored value (an ID, a status) into a decode error.
-pub fn decode<T, E>(value: Result<T, E>) -> Result<T, sqlx::Error>
-where
-    E: std::error::Error + Send + Sync + 'static,
-{
-    value.map_err(|e| sqlx::Error::Decode(Box::new(e)))
+/// A count or size as stored: SQL integers are signed 64-bit.
+pub fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
 }
+
+/// A stored status or role that names none of its enum's values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a known value")]
+pub struct UnknownValue(pub String);
+
+/// For an enum stored as text: `ALL`, `as_str`, `Display`, `FromStr` and the sqlx column
+/// traits, from one list of variants and their stored names.
+macro_rules! stored_enum {
+    ($type:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        impl $type {
+            pub const ALL: [$type; [$($text),+].len()] = [$($type::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($type::$variant => $text),+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $type {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $type {
+            type Err = $crate::db::UnknownValue;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::ALL
+                    .into_iter()
+                    .find(|value| value.as_str() == s)
+                    .ok_or_else(|| $crate::db::UnknownValue(s.to_owned()))
+            }
+        }
+
+        vmm_shared::text_column!($type);
+    };
+}
+pub(crate) use stored_enum;
 
 #[cfg(test)]
 mod tests {
@@ -167,7 +205,10 @@ mod tests {
         let taken = crate::users::store::insert(&db, "BOB", "hash", crate::users::Role::User)
             .await
             .unwrap_err();
-        assert!(is_unique_violation(&taken), "{taken}");
+        assert!(
+            matches!(taken, crate::users::store::Error::UsernameTaken(_)),
+            "{taken}"
+        );
         crate::users::store::insert(&db, "carol", "hash", crate::users::Role::User)
             .await
             .unwrap();

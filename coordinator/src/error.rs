@@ -1,6 +1,10 @@
 //! The coordinator's one error type. Every handler returns it; it maps once to an HTTP
 //! status with a JSON body `{"code", "message"}` and once to a `tonic::Status` for the
 //! agent stream. Internal causes are logged, never sent to clients.
+//!
+//! The stores, the lifecycle and the operation runner return errors of their own domain
+//! (`vms::store::Error`, `lifecycle::Refused`, …) that know nothing of HTTP; the `From`
+//! impls at the end of this file are the one place that decides their status.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -176,9 +180,6 @@ impl From<crate::hosts::DispatchError> for ApiError {
             DispatchError::NotConnected(_) | DispatchError::Disconnected(_) => {
                 ApiError::Unavailable(err.to_string())
             }
-            DispatchError::TimedOut { .. } => ApiError::Timeout(format!(
-                "{err}; the operation may still complete, see GET /api/operations/{{id}}"
-            )),
             DispatchError::Failed { kind, message } => match kind {
                 ErrorKind::Conflict => ApiError::Conflict(message),
                 ErrorKind::Invalid => ApiError::Unprocessable(message),
@@ -187,6 +188,73 @@ impl From<crate::hosts::DispatchError> for ApiError {
                     ApiError::HostFailed(format!("the host failed: {message}"))
                 }
             },
+        }
+    }
+}
+
+impl From<crate::lifecycle::Refused> for ApiError {
+    fn from(err: crate::lifecycle::Refused) -> Self {
+        ApiError::Conflict(err.to_string())
+    }
+}
+
+impl From<crate::operations::store::Error> for ApiError {
+    fn from(err: crate::operations::store::Error) -> Self {
+        use crate::operations::store::Error;
+        match err {
+            Error::Busy => ApiError::Conflict(err.to_string()),
+            Error::Database(err) => err.into(),
+        }
+    }
+}
+
+impl From<crate::operations::runner::Error> for ApiError {
+    fn from(err: crate::operations::runner::Error) -> Self {
+        use crate::operations::runner::Error;
+        match err {
+            Error::HostNotConnected(_) => ApiError::Unavailable(err.to_string()),
+            Error::VmGone(_) | Error::SnapshotGone(_) => ApiError::NotFound(err.to_string()),
+            Error::Refused(err) => err.into(),
+            Error::Operation(err) => err.into(),
+            Error::NoAnswerYet { .. } => ApiError::Timeout(err.to_string()),
+            Error::Database(err) => err.into(),
+        }
+    }
+}
+
+impl From<crate::vms::store::Error> for ApiError {
+    fn from(err: crate::vms::store::Error) -> Self {
+        use crate::vms::store::Error;
+        match err {
+            Error::NameTaken(_) => ApiError::Conflict(err.to_string()),
+            Error::QuotaExceeded(exceeded) => exceeded.into(),
+            Error::NoHostConnected | Error::NoRoom(_) => ApiError::NoCapacity(err.to_string()),
+            Error::Operation(err) => err.into(),
+            Error::Database(err) => err.into(),
+        }
+    }
+}
+
+impl From<crate::snapshots::store::Error> for ApiError {
+    fn from(err: crate::snapshots::store::Error) -> Self {
+        use crate::snapshots::store::Error;
+        match err {
+            Error::NameTaken(_) => ApiError::Conflict(err.to_string()),
+            Error::VmGone(_) => ApiError::NotFound(err.to_string()),
+            Error::Refused(err) => err.into(),
+            Error::QuotaExceeded(exceeded) => exceeded.into(),
+            Error::Operation(err) => err.into(),
+            Error::Database(err) => err.into(),
+        }
+    }
+}
+
+impl From<crate::users::store::Error> for ApiError {
+    fn from(err: crate::users::store::Error) -> Self {
+        use crate::users::store::Error;
+        match err {
+            Error::UsernameTaken(_) => ApiError::Conflict(err.to_string()),
+            Error::Database(err) => err.into(),
         }
     }
 }

@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 pub async fn health(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
     let agents = app.registry.connected_count();

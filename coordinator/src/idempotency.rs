@@ -14,7 +14,7 @@ use axum::Json;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
-use sqlx::{Row, SqliteConnection};
+use sqlx::SqliteConnection;
 use vmm_shared::UserId;
 
 use crate::db::{self, Db};
@@ -83,7 +83,7 @@ pub async fn claim(
         "INSERT INTO idempotency_keys (user_id, key, request_digest, created_at) VALUES (?, ?, ?, ?)
          ON CONFLICT (user_id, key) DO NOTHING",
     )
-    .bind(request.user.to_string())
+    .bind(request.user)
     .bind(&request.key)
     .bind(&request.fingerprint)
     .bind(db::now())
@@ -117,35 +117,31 @@ pub async fn record_response(
     sqlx::query("UPDATE idempotency_keys SET response_status = ?, response_body = ? WHERE user_id = ? AND key = ?")
         .bind(i64::from(status.as_u16()))
         .bind(body.to_string())
-        .bind(request.user.to_string())
+        .bind(request.user)
         .bind(&request.key)
         .execute(db)
         .await?;
     Ok(())
 }
 
-/// Stores a first request's outcome, when it carried a key: `success` with the value's
-/// JSON, or the error's status and body. A failure that left no record behind (the host
-/// refused, or never got the command) forgets the key instead, so a retry is carried out
-/// afresh, as for a request that failed before recording anything.
-pub async fn remember<V: serde::Serialize>(
+/// Stores a first request's outcome, when it carried a key: the success's status and JSON,
+/// or the error's status and body. A failure that left no record behind (the host refused,
+/// or never got the command) forgets the key instead, so a retry is carried out afresh, as
+/// for a request that failed before recording anything.
+pub async fn remember(
     db: &Db,
     request: Option<&IdempotentRequest>,
-    success: StatusCode,
-    outcome: &Result<V, ApiError>,
+    outcome: Result<(StatusCode, &Option<Value>), &ApiError>,
     record_kept: bool,
-) -> Result<(), ApiError> {
+) -> Result<(), sqlx::Error> {
     let Some(request) = request else {
         return Ok(());
     };
     let (status, body) = match outcome {
-        Ok(value) => (
-            success,
-            serde_json::to_value(value).map_err(ApiError::internal)?,
-        ),
+        Ok((status, body)) => (status, body.clone().unwrap_or(Value::Null)),
         Err(_) if !record_kept => {
             sqlx::query("DELETE FROM idempotency_keys WHERE user_id = ? AND key = ?")
-                .bind(request.user.to_string())
+                .bind(request.user)
                 .bind(&request.key)
                 .execute(db)
                 .await?;
@@ -153,8 +149,38 @@ pub async fn remember<V: serde::Serialize>(
         }
         Err(err) => (err.status(), err.body()),
     };
-    record_response(db, request, status, &body).await?;
+    record_response(db, request, status, &body).await
+}
+
+/// Gives every key still waiting for its first request's answer this one: used at start,
+/// for requests a restart cut off, which will never answer.
+pub async fn answer_all_unanswered(
+    conn: &mut SqliteConnection,
+    status: StatusCode,
+    body: &Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE idempotency_keys SET response_status = ?, response_body = ? WHERE response_status IS NULL",
+    )
+    .bind(i64::from(status.as_u16()))
+    .bind(body.to_string())
+    .execute(conn)
+    .await?;
     Ok(())
+}
+
+/// Answers a create that repeats an earlier one's key with that one's answer, waiting for
+/// it (up to `patience`) while the first is still being carried out.
+pub async fn answer_repeat(
+    db: &Db,
+    request: Option<&IdempotentRequest>,
+    patience: Duration,
+) -> Result<Response, ApiError> {
+    let request = request.ok_or_else(|| {
+        ApiError::internal(anyhow::anyhow!("a repeat without an Idempotency-Key"))
+    })?;
+    tracing::info!(key = %request.key, "repeated create answered from its Idempotency-Key");
+    replay(db, request, patience).await
 }
 
 /// Answers a repeat with the first request's answer, waiting (up to `patience`) for that
@@ -166,23 +192,20 @@ pub async fn replay(
 ) -> Result<Response, ApiError> {
     let deadline = tokio::time::Instant::now() + patience;
     loop {
-        let row = sqlx::query(
+        let (digest, status, body): (String, Option<i64>, Option<String>) = sqlx::query_as(
             "SELECT request_digest, response_status, response_body FROM idempotency_keys WHERE user_id = ? AND key = ?",
         )
-        .bind(request.user.to_string())
+        .bind(request.user)
         .bind(&request.key)
         .fetch_optional(db)
         .await?
         .ok_or_else(|| ApiError::Conflict("the Idempotency-Key expired meanwhile; send the request again".into()))?;
-        let digest: String = row.try_get("request_digest")?;
         if digest != request.fingerprint {
             return Err(ApiError::Unprocessable(
                 "this Idempotency-Key was already used for a different request; use a new key"
                     .into(),
             ));
         }
-        let status: Option<i64> = row.try_get("response_status")?;
-        let body: Option<String> = row.try_get("response_body")?;
         if let (Some(status), Some(body)) = (status, body) {
             let status = u16::try_from(status)
                 .ok()
@@ -228,7 +251,7 @@ mod tests {
     #[tokio::test]
     async fn a_failure_that_kept_nothing_frees_the_key_and_one_that_kept_a_record_is_replayed() {
         let t = TestDb::new().await;
-        let failed: Result<(), ApiError> = Err(ApiError::Unavailable("host refused".into()));
+        let failed = ApiError::Unavailable("host refused".into());
 
         let fresh = request(&t, "nothing-kept");
         assert!(
@@ -236,7 +259,7 @@ mod tests {
                 .await
                 .unwrap()
         );
-        remember(&t.db, Some(&fresh), StatusCode::CREATED, &failed, false)
+        remember(&t.db, Some(&fresh), Err(&failed), false)
             .await
             .unwrap();
         assert!(
@@ -252,7 +275,7 @@ mod tests {
                 .await
                 .unwrap()
         );
-        remember(&t.db, Some(&kept), StatusCode::CREATED, &failed, true)
+        remember(&t.db, Some(&kept), Err(&failed), true)
             .await
             .unwrap();
         let replayed = replay(&t.db, &kept, Duration::from_secs(1)).await.unwrap();

@@ -4,6 +4,7 @@
 //!
 //! Layout by domain:
 //! - [`app`]: start-up, router, servers, shutdown
+//! - [`state`]: what handlers share (`AppState`) and the settings fixed at start
 //! - [`config`]: flags and environment variables
 //! - [`connections`]: connection caps and deadlines of every listener
 //! - [`db`]: the database and its migrations
@@ -12,11 +13,13 @@
 //!   headers
 //! - [`auth`]: passwords, tokens, the `CurrentUser` extractor
 //! - [`users`]: register and login
-//! - [`vms`]: VM routes, records, lifecycle rules, host reports
+//! - [`lifecycle`]: the state machine of VMs and snapshots: preconditions, the effect of
+//!   every outcome, the SQL predicates derived from them
+//! - [`vms`]: VM routes, records, host reports
 //! - [`snapshots`]: VM snapshots
 //! - [`hosts`]: connected agents, host records, the scheduler
 //! - [`agents`]: the agent stream
-//! - [`operations`]: operation records
+//! - [`operations`]: operation records and the runner that carries every operation out
 //! - [`idempotency`]: `Idempotency-Key` for client retries
 //! - [`quotas`]: per-user limits and usage
 //! - [`admin`]: user administration
@@ -36,10 +39,12 @@ pub mod health;
 pub mod hosts;
 pub mod http;
 pub mod idempotency;
+pub mod lifecycle;
 pub mod operations;
 pub mod quotas;
 pub mod ratelimit;
 pub mod snapshots;
+pub mod state;
 pub mod telemetry;
 pub mod users;
 pub mod vms;

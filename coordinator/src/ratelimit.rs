@@ -34,10 +34,10 @@ use governor::{DefaultKeyedRateLimiter, Quota};
 use ipnet::IpNet;
 use vmm_shared::UserId;
 
-use crate::app::AppState;
 use crate::connections::canonical;
 use crate::error::ApiError;
 use crate::http::forwarded::{ClientAddress, ForwardedHeader};
+use crate::state::AppState;
 
 /// How long a failed login marks its client as a guesser of that username.
 pub const FAILURE_MEMORY: Duration = Duration::from_secs(15 * 60);

@@ -31,13 +31,12 @@ use metrics::{
     Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use sqlx::Row;
 use vmm_shared::VmStatus;
 
-use crate::app::AppState;
 use crate::connections::Refusal;
 use crate::db::Db;
 use crate::error::{ApiError, CapacityRefusal};
+use crate::state::AppState;
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
@@ -231,8 +230,8 @@ async fn refresh_gauges(app: &AppState) -> Result<(), sqlx::Error> {
     gauge!("rate_limit_tracked_keys").set(app.rate_limits.tracked_keys() as f64);
 
     for host in crate::hosts::store::list(&app.db).await? {
-        let id = host.id.clone();
-        let connected = host.status == "connected";
+        let id = host.id.to_string();
+        let connected = host.status == crate::hosts::store::HostStatus::Connected;
         gauge!("host_connected", "host" => id.clone()).set(f64::from(u8::from(connected)));
         gauge!("libvirt_connection_status", "host" => id.clone())
             .set(f64::from(u8::from(connected && host.libvirt_connected)));
@@ -249,24 +248,21 @@ async fn refresh_gauges(app: &AppState) -> Result<(), sqlx::Error> {
 }
 
 async fn refresh_vm_gauges(db: &Db) -> Result<(), sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT status, COUNT(*) AS vms, COALESCE(SUM(cpu), 0) AS cpu, COALESCE(SUM(memory_mib), 0) AS memory
+    let rows: Vec<(VmStatus, i64, i64, i64)> = sqlx::query_as(
+        "SELECT status, COUNT(*), COALESCE(SUM(cpu), 0), COALESCE(SUM(memory_mib), 0)
          FROM vms GROUP BY status",
     )
     .fetch_all(db)
     .await?;
     // Every status is set, so a status that no VM has any more reads 0, not its last value.
     for status in VmStatus::ALL {
-        let row = rows.iter().find(|row| {
-            row.try_get::<String, _>("status").ok().as_deref() == Some(status.as_str())
-        });
-        let value = |column: &str| {
-            row.and_then(|row| row.try_get::<i64, _>(column).ok())
-                .unwrap_or(0) as f64
-        };
-        gauge!("vm_total", "status" => status.as_str()).set(value("vms"));
-        gauge!("vm_cpu_cores", "status" => status.as_str()).set(value("cpu"));
-        gauge!("vm_memory_mb", "status" => status.as_str()).set(value("memory"));
+        let (vms, cpu, memory) = rows
+            .iter()
+            .find(|row| row.0 == status)
+            .map_or((0, 0, 0), |row| (row.1, row.2, row.3));
+        gauge!("vm_total", "status" => status.as_str()).set(vms as f64);
+        gauge!("vm_cpu_cores", "status" => status.as_str()).set(cpu as f64);
+        gauge!("vm_memory_mb", "status" => status.as_str()).set(memory as f64);
     }
     Ok(())
 }

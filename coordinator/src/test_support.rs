@@ -58,11 +58,11 @@ impl TestDb {
             "INSERT INTO vms (id, owner_id, name, host_id, cpu, memory_mib, disk_gb, status, generation, created_at)
              VALUES (?, ?, ?, ?, 1, 128, 1, ?, ?, ?)",
         )
-        .bind(id.to_string())
-        .bind(self.user.to_string())
+        .bind(id)
+        .bind(self.user)
         .bind(format!("vm-{id}"))
-        .bind(self.host.as_str())
-        .bind(status.as_str())
+        .bind(&self.host)
+        .bind(status)
         .bind(generation)
         .bind(db::now())
         .execute(&self.db)
@@ -73,6 +73,11 @@ impl TestDb {
 
     pub async fn status(&self, vm: VmId) -> VmStatus {
         vm_store::find(&self.db, vm).await.unwrap().unwrap().status
+    }
+
+    /// A connection of the pool, for the store functions that run inside a transaction.
+    pub async fn conn(&self) -> sqlx::pool::PoolConnection<sqlx::Sqlite> {
+        self.db.acquire().await.unwrap()
     }
 
     pub async fn count_vms(&self) -> i64 {

@@ -9,8 +9,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use axum::Router;
@@ -20,13 +19,9 @@ use axum::http::{Request, StatusCode};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
-use vmm_coordinator::app::{AppState, Settings, router};
-use vmm_coordinator::auth::{PasswordHasher, TokenIssuer};
-use vmm_coordinator::config::{Placement, Registration};
-use vmm_coordinator::hosts::AgentRegistry;
-use vmm_coordinator::http::forwarded::ForwardedHeader;
-use vmm_coordinator::quotas::QuotaLimits;
-use vmm_coordinator::ratelimit::{RateLimitSettings, RateLimits};
+use vmm_coordinator::app::router;
+
+mod support;
 
 struct Fixture {
     runtime: tokio::runtime::Runtime,
@@ -45,48 +40,12 @@ fn fixture() -> &'static Fixture {
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let (router, token) = runtime.block_on(async {
-            let db = vmm_coordinator::db::connect(&vmm_coordinator::db::default_url(dir.path()))
-                .await
-                .unwrap();
-            let one = NonZeroU32::new(1).unwrap();
-            let state = AppState {
-                db,
-                registry: Arc::new(AgentRegistry::default()),
-                tokens: Arc::new(TokenIssuer::new(
-                    b"property-test-secret-0123456789abcdef",
-                    3600,
-                )),
-                passwords: PasswordHasher::new(4).await.unwrap(),
-                rate_limits: Arc::new(RateLimits::new(RateLimitSettings {
-                    enabled: false,
-                    requests_per_second: one,
-                    burst: one,
-                    login_per_minute: one,
-                    login_burst: one,
-                    trusted_proxies: Vec::new(),
-                    forwarded_header: ForwardedHeader::XForwardedFor,
-                })),
-                metrics: metrics_exporter_prometheus::PrometheusBuilder::new()
-                    .build_recorder()
-                    .handle(),
-                settings: Arc::new(Settings {
-                    agent_token: "unused".into(),
-                    operation_timeout: Duration::from_secs(5),
-                    host_dead_after: Duration::from_secs(10),
-                    placement: Placement::Spread,
-                    cpu_allocation_ratio: 4.0,
-                    default_quota: QuotaLimits {
-                        max_vms: 10,
-                        max_cpu: 16,
-                        max_memory: 16384,
-                        max_disk_gb: 100,
-                        max_snapshots: 10,
-                    },
-                    registration: Registration::Open,
-                    request_timeout: Duration::from_secs(35),
-                    api_metrics: true,
-                }),
+            let settings = support::TestSettings {
+                agent_token: "unused",
+                operation_timeout: Duration::from_secs(5),
+                host_dead_after: Duration::from_secs(10),
             };
+            let state = support::app_state(dir.path(), settings).await;
             let router = router(state);
             let credentials = json!({"username": "prop-user", "password": "a-long-password"});
             let registered = send(

@@ -12,6 +12,8 @@ pub mod limits;
 pub mod logging;
 pub mod operation;
 pub mod settings;
+#[cfg(feature = "sqlx")]
+pub mod sql;
 pub mod status;
 pub mod systemd;
 

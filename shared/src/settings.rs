@@ -473,8 +473,8 @@ fn unknown_key_hint(command: &Command, key: &str, command_line_only: &[&str]) ->
     }
     if let Some(arg) = settings
         .iter()
-        .filter(|arg| edit_distance(arg.get_id().as_str(), &normalized) <= 2)
-        .min_by_key(|arg| edit_distance(arg.get_id().as_str(), &normalized))
+        .filter(|arg| strsim::levenshtein(arg.get_id().as_str(), &normalized) <= 2)
+        .min_by_key(|arg| strsim::levenshtein(arg.get_id().as_str(), &normalized))
     {
         return format!(" (did you mean `{}`?)", arg.get_id());
     }
@@ -486,21 +486,6 @@ fn unknown_key_hint(command: &Command, key: &str, command_line_only: &[&str]) ->
             .collect::<Vec<_>>()
             .join(", ")
     )
-}
-
-/// Levenshtein distance, for "did you mean".
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut previous: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut current = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let substitution = previous[j] + usize::from(ca != *cb);
-            current.push(substitution.min(previous[j + 1] + 1).min(current[j] + 1));
-        }
-        previous = current;
-    }
-    previous[b.len()]
 }
 
 /// Why a secret could not be read.
@@ -925,13 +910,5 @@ mod tests {
         fs::write(&path, "\r\n").unwrap();
         let error = resolve(None, Some(&path)).unwrap_err();
         assert!(matches!(error, SecretError::Empty { .. }), "{error}");
-    }
-
-    #[test]
-    fn edit_distance_counts_single_changes() {
-        assert_eq!(edit_distance("count", "count"), 0);
-        assert_eq!(edit_distance("count", "cuont"), 2);
-        assert_eq!(edit_distance("count", "counts"), 1);
-        assert_eq!(edit_distance("", "abc"), 3);
     }
 }

@@ -24,9 +24,11 @@
 pub mod api;
 pub mod audit;
 pub mod cluster;
+pub mod guest;
 pub mod jwt;
 pub mod process;
 pub mod prometheus;
+pub mod test_image;
 pub mod virsh;
 pub mod wait;
 

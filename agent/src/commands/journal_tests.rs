@@ -1,36 +1,35 @@
-//! The executor with its journal, on the libvirt test driver: repeats after a restart are
+//! The executor with its journal, on an in-memory host: repeats after a restart are
 //! answered from the journal without acting, interrupted operations resume without doubling
 //! anything, and reused operation IDs are refused.
 //!
-//! A "restart" is a new executor over the same journal file and the same hypervisor
-//! connection (the test driver forgets its domains when its last connection closes, which a
-//! real host does not).
+//! A "restart" is a new executor over the same journal file and the same host.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use vmm_proto::command::Action;
-use vmm_proto::{DeleteVm, ErrorKind, ForceStopVm, PowerState, StartVm, StopVm};
-use vmm_shared::VmId;
+use vmm_proto::{DeleteVm, ErrorKind, ForceStopVm, PowerState, RebootVm, StartVm, StopVm};
+use vmm_shared::{OperationKind, VmId};
 
 use super::CommandExecutor;
 use super::tests::{command, create, domain_of, error_kind_of};
-use crate::hypervisor::libvirt::test_driver_tests::open_test_host;
-use crate::hypervisor::{HypervisorHandle, VmSpec};
+use crate::hypervisor::memory::MemoryHost;
+use crate::hypervisor::{AlreadyThere, HypervisorHandle, VmSpec};
 use crate::journal::Journal;
-use crate::state::StateTracker;
+use crate::state::{StateTracker, wire_power_state};
 
 struct Host {
+    memory: MemoryHost,
     hypervisor: HypervisorHandle,
     dir: tempfile::TempDir,
 }
 
 impl Host {
     async fn new() -> Self {
+        let memory = MemoryHost::new();
         Self {
-            hypervisor: HypervisorHandle::spawn(|| Ok(open_test_host()))
-                .await
-                .unwrap(),
+            hypervisor: memory.spawn_handle().await.unwrap(),
+            memory,
             dir: tempfile::tempdir().unwrap(),
         }
     }
@@ -54,7 +53,7 @@ impl Host {
             .call(move |hv| hv.find_vm(vm_id))
             .await
             .unwrap()
-            .map(|domain| domain.state)
+            .map(|domain| wire_power_state(domain.state))
     }
 }
 
@@ -89,7 +88,7 @@ async fn an_interrupted_create_is_carried_out_when_nothing_exists() {
     let vm_id = VmId::new_random();
     // The earlier run journaled the create and died before making anything.
     host.journal()
-        .accept("op-create", &vm_id.to_string(), "create")
+        .accept("op-create", &vm_id.to_string(), OperationKind::Create)
         .await
         .unwrap();
 
@@ -111,7 +110,7 @@ async fn an_interrupted_create_whose_domain_exists_reports_it_without_a_second_d
     let host = Host::new().await;
     let vm_id = VmId::new_random();
     host.journal()
-        .accept("op-create", &vm_id.to_string(), "create")
+        .accept("op-create", &vm_id.to_string(), OperationKind::Create)
         .await
         .unwrap();
     // The earlier run got as far as defining the domain (stopped), then died.
@@ -154,11 +153,11 @@ async fn interrupted_power_operations_that_got_there_are_done_not_conflicts() {
     // A stop that the earlier run carried out but never answered.
     let journal = host.journal();
     journal
-        .accept("op-stop", &vm_id.to_string(), "stop")
+        .accept("op-stop", &vm_id.to_string(), OperationKind::Stop)
         .await
         .unwrap();
     host.hypervisor
-        .call(move |hv| hv.force_stop(vm_id))
+        .call(move |hv| hv.force_stop(vm_id, AlreadyThere::Refuse))
         .await
         .unwrap();
     let agent = host.start_agent();
@@ -173,11 +172,11 @@ async fn interrupted_power_operations_that_got_there_are_done_not_conflicts() {
     assert_eq!(error_kind_of(&fresh), ErrorKind::Conflict);
 
     journal
-        .accept("op-start", &vm_id.to_string(), "start")
+        .accept("op-start", &vm_id.to_string(), OperationKind::Start)
         .await
         .unwrap();
     host.hypervisor
-        .call(move |hv| hv.start_vm(vm_id))
+        .call(move |hv| hv.start_vm(vm_id, AlreadyThere::Refuse))
         .await
         .unwrap();
     let started = host
@@ -188,7 +187,7 @@ async fn interrupted_power_operations_that_got_there_are_done_not_conflicts() {
 
     // An interrupted force stop that had not happened yet is carried out.
     journal
-        .accept("op-force", &vm_id.to_string(), "force_stop")
+        .accept("op-force", &vm_id.to_string(), OperationKind::ForceStop)
         .await
         .unwrap();
     let forced = host
@@ -201,6 +200,37 @@ async fn interrupted_power_operations_that_got_there_are_done_not_conflicts() {
         .await;
     assert_eq!(domain_of(&forced).state(), PowerState::Stopped);
     assert_eq!(host.state(vm_id).await, Some(PowerState::Stopped));
+}
+
+#[tokio::test]
+async fn an_interrupted_reboot_reboots_again_and_an_interrupted_start_does_not_start_twice() {
+    let host = Host::new().await;
+    let vm_id = VmId::new_random();
+    host.start_agent()
+        .execute(command("op-1", vm_id, create("web")))
+        .await;
+    let boots = host.memory.boots(vm_id).unwrap();
+
+    // The earlier run accepted each operation, then died; a restarted agent gets the repeat.
+    for (action, boots_after) in [
+        // Rebooted again: at least once, and a second reboot doubles nothing.
+        (Action::Reboot(RebootVm {}), boots + 1),
+        // Started already: reported, the guest not started twice.
+        (Action::Start(StartVm {}), boots + 1),
+    ] {
+        let kind = super::operation_kind(&action);
+        let operation_id = format!("op-{kind}");
+        host.journal()
+            .accept(&operation_id, &vm_id.to_string(), kind)
+            .await
+            .unwrap();
+        let repeated = host
+            .start_agent()
+            .execute(command(&operation_id, vm_id, action))
+            .await;
+        assert_eq!(domain_of(&repeated).state(), PowerState::Running, "{kind}");
+        assert_eq!(host.memory.boots(vm_id), Some(boots_after), "{kind}");
+    }
 }
 
 #[tokio::test]

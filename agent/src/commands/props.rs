@@ -1,7 +1,7 @@
 //! Property tests of the command executor against hostile input from the stream: any bytes
 //! decoded as a `Command` (or an `AgentMessage`'s neighbour, a `CoordinatorMessage`), and
-//! structured commands with absurd values, handed to the executor on the libvirt test
-//! driver. It must never panic, always answer with the command's operation ID, refuse
+//! structured commands with absurd values, handed to the executor on an in-memory host with
+//! a domain the product did not create. It must never panic, always answer with the command's operation ID, refuse
 //! what is malformed, and never touch a domain the product did not create.
 
 use std::sync::Arc;
@@ -11,19 +11,21 @@ use prost::Message as _;
 use vmm_proto::command::Action;
 use vmm_proto::{
     Command, CoordinatorMessage, CreateSnapshot, CreateVm, DeleteSnapshot, DeleteVm, ErrorKind,
-    ForceStopVm, PowerState, RebootVm, RestoreSnapshot, StartVm, StopVm, command_result,
-    coordinator_message,
+    ForceStopVm, RebootVm, RestoreSnapshot, StartVm, StopVm, command_result, coordinator_message,
 };
 use vmm_shared::{VmId, VmSize, validate_resource_name};
 
 use super::CommandExecutor;
-use super::tests::test_driver_executor;
+use super::tests::memory_executor;
+use crate::hypervisor::PowerState;
+use crate::hypervisor::memory::MemoryHost;
 
-/// One executor and one runtime for every case: a fresh test-driver host per case would
-/// make the cases slow without making them stronger.
+/// One executor and one runtime for every case: a fresh host per case would make the cases
+/// slower without making them stronger.
 struct Fixture {
     runtime: tokio::runtime::Runtime,
     executor: Arc<CommandExecutor>,
+    host: MemoryHost,
     foreign_uuid: String,
 }
 
@@ -35,17 +37,14 @@ fn fixture() -> &'static Fixture {
             .enable_all()
             .build()
             .unwrap();
-        let executor = Arc::new(runtime.block_on(test_driver_executor()));
-        let foreign_uuid = runtime
-            .block_on(executor.hypervisor.call(|hv| hv.list_domains()))
-            .unwrap()
-            .into_iter()
-            .find(|domain| domain.name == "test")
-            .map(|domain| domain.uuid)
-            .unwrap();
+        let (executor, host) = runtime.block_on(memory_executor());
+        let foreign_uuid = host
+            .add_foreign_domain("test", PowerState::Running)
+            .to_string();
         Fixture {
             runtime,
-            executor,
+            executor: Arc::new(executor),
+            host,
             foreign_uuid,
         }
     })
@@ -58,11 +57,7 @@ impl Fixture {
 
     fn foreign_state(&self) -> PowerState {
         let uuid: VmId = self.foreign_uuid.parse().unwrap();
-        self.runtime
-            .block_on(self.executor.hypervisor.call(move |hv| hv.find_vm(uuid)))
-            .unwrap()
-            .unwrap()
-            .state
+        self.host.domain(uuid).unwrap().state
     }
 }
 

@@ -84,7 +84,8 @@ mod tests {
 
     #[tokio::test]
     async fn waits_for_running_changes_within_its_bound() {
-        let executor = Arc::new(super::super::tests::test_driver_executor().await);
+        let (executor, _host) = super::super::tests::memory_executor().await;
+        let executor = Arc::new(executor);
         assert!(executor.existence_settled(Duration::from_millis(10)).await);
 
         let running = executor.existence_changes.begin();

@@ -5,10 +5,10 @@
 //! name in libvirt. Every result carries the domain as the command left it, with a fresh
 //! generation, so the coordinator learns e.g. that a restore stopped or started the VM.
 
-use vmm_proto::DomainReport;
 use vmm_shared::{SnapshotId, VmId};
 
 use super::{CommandExecutor, CommandFailure, Done};
+use crate::hypervisor::ObservedDomain;
 use crate::state::snapshot_report;
 
 impl CommandExecutor {
@@ -21,26 +21,13 @@ impl CommandExecutor {
         snapshot_id: &str,
     ) -> Result<Done, CommandFailure> {
         let snapshot_id = parse_snapshot_id(snapshot_id)?;
-        let domain = self.managed_domain(vm_id).await?;
-        let existing = self
-            .hypervisor
-            .call(move |hv| hv.find_snapshot(vm_id, snapshot_id))
-            .await?;
-        if let Some(existing) = existing {
-            return Ok(Done {
-                domain: self.tracker.record_result(&domain),
-                snapshot: Some(snapshot_report(&existing)),
-            });
-        }
-        // The hypervisor refuses states other than running and stopped, after looking
-        // at the domain itself.
         let taken = self
             .hypervisor
             .call(move |hv| hv.create_snapshot(vm_id, snapshot_id))
             .await?;
         Ok(Done {
-            domain: self.report(vm_id).await?,
-            snapshot: Some(snapshot_report(&taken)),
+            domain: self.tracker.record_result(&taken.domain),
+            snapshot: Some(snapshot_report(&taken.snapshot)),
         })
     }
 
@@ -50,13 +37,12 @@ impl CommandExecutor {
         &self,
         vm_id: VmId,
         snapshot_id: &str,
-    ) -> Result<DomainReport, CommandFailure> {
+    ) -> Result<ObservedDomain, CommandFailure> {
         let snapshot_id = parse_snapshot_id(snapshot_id)?;
-        self.managed_domain(vm_id).await?;
-        self.hypervisor
+        Ok(self
+            .hypervisor
             .call(move |hv| hv.restore_snapshot(vm_id, snapshot_id))
-            .await?;
-        self.report(vm_id).await
+            .await?)
     }
 
     /// Deletes the snapshot and its data; one that is already gone is fine.
@@ -64,13 +50,12 @@ impl CommandExecutor {
         &self,
         vm_id: VmId,
         snapshot_id: &str,
-    ) -> Result<DomainReport, CommandFailure> {
+    ) -> Result<ObservedDomain, CommandFailure> {
         let snapshot_id = parse_snapshot_id(snapshot_id)?;
-        self.managed_domain(vm_id).await?;
-        self.hypervisor
+        Ok(self
+            .hypervisor
             .call(move |hv| hv.delete_snapshot(vm_id, snapshot_id))
-            .await?;
-        self.report(vm_id).await
+            .await?)
     }
 }
 
@@ -90,7 +75,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::commands::tests::{command, create, domain_of, error_kind_of, test_driver_executor};
+    use crate::commands::tests::{command, create, domain_of, error_kind_of, memory_executor};
     use crate::poller::StatePoller;
 
     fn create_snapshot(snapshot_id: SnapshotId) -> Action {
@@ -119,8 +104,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn snapshot_commands_take_restore_and_delete_on_the_test_driver() {
-        let executor = test_driver_executor().await;
+    async fn snapshot_commands_take_restore_and_delete() {
+        let (executor, _host) = memory_executor().await;
         let vm_id = VmId::new_random();
         let created = executor.execute(command("op-1", vm_id, create("db"))).await;
         let mut last_generation = domain_of(&created).generation;
@@ -202,7 +187,7 @@ mod tests {
 
     #[tokio::test]
     async fn refused_snapshot_commands_map_to_error_kinds() {
-        let executor = test_driver_executor().await;
+        let (executor, _host) = memory_executor().await;
         let vm_id = VmId::new_random();
         let unknown_vm = VmId::new_random();
         let snapshot_id = SnapshotId::new_random();
@@ -247,16 +232,8 @@ mod tests {
 
     #[tokio::test]
     async fn snapshot_commands_leave_foreign_domains_alone() {
-        let executor = test_driver_executor().await;
-        let foreign_uuid = executor
-            .hypervisor
-            .call(|hv| hv.list_domains())
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|domain| domain.name == "test")
-            .map(|domain| domain.uuid.parse::<VmId>().unwrap())
-            .unwrap();
+        let (executor, host) = memory_executor().await;
+        let foreign_uuid = host.add_foreign_domain("test", crate::hypervisor::PowerState::Running);
         let snapshot_id = SnapshotId::new_random();
         for (op, action) in [
             ("op-1", create_snapshot(snapshot_id)),
@@ -270,7 +247,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_inventory_carries_each_vms_snapshots() {
-        let executor = test_driver_executor().await;
+        let (executor, host) = memory_executor().await;
+        host.add_foreign_domain("test", crate::hypervisor::PowerState::Running);
         let poller = StatePoller::new(executor.hypervisor.clone(), Arc::clone(&executor.tracker));
         let (with_snapshots, without) = (VmId::new_random(), VmId::new_random());
         executor

@@ -1,25 +1,43 @@
-//! The agent's view of its hypervisor: the [`Hypervisor`] trait (what the agent needs from
-//! libvirt, in the agent's own terms), the facts and domain observations it returns, and the
-//! error it fails with.
+//! The agent's view of its hypervisor: the [`Hypervisor`] trait (what the agent needs from a
+//! host, in the agent's own terms), the facts, domain observations and statistics it
+//! returns, and the error it fails with.
 //!
-//! Implementations are blocking and are only ever called from the hypervisor worker thread
-//! (see [`worker`]), never from async code directly. [`libvirt::LibvirtHost`] is the real
-//! implementation; a fake can implement the same trait for tests of the layers above.
+//! Two implementations:
+//! - [`libvirt::LibvirtHost`], the real one: one libvirt connection, everything libvirt-only
+//!   (its XML, its statistics call, reconnecting) lives under [`libvirt`];
+//! - [`memory::MemoryHost`], a whole host in memory for tests of the layers above and for
+//!   simulating many agents in one process. It implements every method for real (domains,
+//!   snapshots, volumes, statistics) and lets a test change the host behind the agent's back
+//!   or make calls fail.
+//!
+//! Each VM operation is ONE call, run as one job on the hypervisor thread (see [`worker`]):
+//! it checks the precondition, acts, and reads the domain back for the report, so nothing
+//! can change between the check and the act, and no command waits in the thread's queue
+//! three times. The preconditions are written once, in [`preconditions`], and both
+//! implementations apply them.
+//!
+//! Implementations are blocking and are only ever called from the hypervisor worker thread,
+//! never from async code directly. No wire (`vmm_proto`) type and no `virt` type appears in
+//! this module's interface: the reports the coordinator gets are built from these types one
+//! layer up ([`crate::state`]).
 //!
 //! This layer decides nothing about the protocol: it does not know operation IDs or
 //! generations, and it never stops a VM on its own.
 
-pub mod domain_xml;
 pub mod libvirt;
-pub mod reconnect;
-pub mod snapshot_xml;
-pub mod stats;
-pub mod vm_ids;
+pub mod memory;
+pub mod naming;
+pub mod preconditions;
+pub mod sample;
 pub mod worker;
 
-use vmm_proto::PowerState;
+#[cfg(test)]
+mod contract_tests;
+
 use vmm_shared::{SnapshotId, VmId};
 
+pub use naming::{BYTES_PER_GIB, domain_name, vm_id_of_volume, volume_name};
+pub use sample::StatsSample;
 pub use worker::HypervisorHandle;
 
 /// What the host offers, reported to the coordinator on every registration.
@@ -34,6 +52,39 @@ pub struct HostFacts {
     /// Driver and hypervisor version, e.g. `QEMU 10.0.2`.
     pub hypervisor: String,
     pub kvm_usable: bool,
+}
+
+/// A domain's power state as the agent understands it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PowerState {
+    /// Running, also while the guest is shutting down.
+    Running,
+    /// Paused or suspended: active, but its vCPUs do not run.
+    Paused,
+    /// Defined, not running.
+    Stopped,
+    /// Crashed and kept in that state.
+    Crashed,
+    /// A state the hypervisor reported that the agent does not know.
+    Unknown,
+}
+
+impl PowerState {
+    /// Whether the domain has a running QEMU process (running or paused).
+    pub fn is_active(self) -> bool {
+        matches!(self, Self::Running | Self::Paused)
+    }
+
+    /// The word used in messages: "VM … is {word}".
+    pub fn word(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Stopped => "stopped",
+            Self::Crashed => "crashed",
+            Self::Unknown => "in an unknown state",
+        }
+    }
 }
 
 /// One domain as the hypervisor shows it right now.
@@ -56,10 +107,17 @@ pub struct ObservedDomain {
 pub struct ObservedSnapshot {
     pub snapshot_id: SnapshotId,
     /// `Running` (a full system checkpoint) or `Stopped` (disks only) for the agent's own
-    /// snapshots; whatever libvirt recorded for others.
+    /// snapshots; whatever the hypervisor recorded for others.
     pub taken_in_state: PowerState,
-    /// Unix seconds, as libvirt recorded them.
+    /// Unix seconds, as the hypervisor recorded them.
     pub created_at_unix: i64,
+}
+
+/// What [`Hypervisor::create_snapshot`] leaves: the snapshot, and the domain after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotTaken {
+    pub domain: ObservedDomain,
+    pub snapshot: ObservedSnapshot,
 }
 
 /// What to create for a new VM.
@@ -74,10 +132,21 @@ pub struct VmSpec {
     pub start: bool,
 }
 
-/// The class of a hypervisor failure, which decides what the coordinator is told.
+/// What a power operation does when the domain is already in the state the operation
+/// would bring it to (running for a start, stopped for a stop).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlreadyThere {
+    /// Refuse with [`FailureKind::Conflict`]: a new command asked for a change that makes
+    /// no sense in the VM's state.
+    Refuse,
+    /// Report the domain as it is: the repeat of an interrupted operation that got there.
+    Accept,
+}
+
+/// The class of a hypervisor failure, which decides what the coordinator is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FailureKind {
-    /// The domain is not in a state that allows the operation.
+    /// The domain is not in a state that allows the operation, or is not the product's.
     Conflict,
     NotFound,
     /// The request was refused as malformed or unsupported.
@@ -106,9 +175,11 @@ impl HypervisorError {
 
 /// Everything the agent does with its hypervisor. All calls block.
 ///
-/// VM operations name domains by VM ID. State preconditions ("must be running") are checked
-/// by the caller, which holds the VM's lock; implementations still fail with
-/// [`FailureKind::Conflict`] when the hypervisor refuses an operation for the domain's state.
+/// VM operations name domains by VM ID and change only domains the product created (whose
+/// instance metadata names that VM ID): a domain with that UUID that the product did not
+/// create is refused as [`FailureKind::Conflict`], a VM without a domain as
+/// [`FailureKind::NotFound`]. Each operation checks its precondition, acts and reads the
+/// domain back in the same call, and returns the domain as it left it.
 pub trait Hypervisor {
     /// Capacity and versions; cheap enough to call on every registration.
     fn host_facts(&mut self) -> Result<HostFacts, HypervisorError>;
@@ -119,43 +190,54 @@ pub trait Hypervisor {
     /// The domain whose UUID is `vm_id`, if there is one (whoever created it).
     fn find_vm(&mut self, vm_id: VmId) -> Result<Option<ObservedDomain>, HypervisorError>;
 
-    /// Creates the disk and the domain, and starts it if asked. On failure nothing of the VM
-    /// is left behind.
+    /// Creates the disk and the domain, and starts it if asked. A product domain of that VM
+    /// that exists already (made by an earlier delivery of the same create) is returned as
+    /// it is. On failure nothing of the VM is left behind.
     fn create_vm(&mut self, vm_id: VmId, spec: &VmSpec) -> Result<ObservedDomain, HypervisorError>;
 
-    fn start_vm(&mut self, vm_id: VmId) -> Result<(), HypervisorError>;
-
-    /// Asks the guest to power off (ACPI power button) and returns at once.
-    fn request_shutdown(&mut self, vm_id: VmId) -> Result<(), HypervisorError>;
-
-    /// Pulls the plug.
-    fn force_stop(&mut self, vm_id: VmId) -> Result<(), HypervisorError>;
-
-    fn reboot_vm(&mut self, vm_id: VmId) -> Result<(), HypervisorError>;
-
-    /// Destroys and undefines the domain and deletes its disk. Parts already gone are fine.
-    /// The disk holds the VM's snapshots, so their data goes with it.
-    fn delete_vm(&mut self, vm_id: VmId) -> Result<(), HypervisorError>;
-
-    /// The snapshots of the VM's domain, oldest first. Snapshots whose name is not a
-    /// snapshot ID (made by hand) are left out.
-    fn list_snapshots(&mut self, vm_id: VmId) -> Result<Vec<ObservedSnapshot>, HypervisorError>;
-
-    /// The snapshot of that ID, if the VM's domain has one.
-    fn find_snapshot(
+    /// Starts a stopped VM.
+    fn start_vm(
         &mut self,
         vm_id: VmId,
-        snapshot_id: SnapshotId,
-    ) -> Result<Option<ObservedSnapshot>, HypervisorError>;
+        already: AlreadyThere,
+    ) -> Result<ObservedDomain, HypervisorError>;
 
-    /// Takes an internal snapshot inside the VM's disk image: disks and memory of a running
-    /// domain, disks only of a stopped one; any other state is a conflict. On failure no
-    /// snapshot of that ID is left behind.
+    /// Asks the guest of a running VM to power off (ACPI power button) and returns at once,
+    /// with the domain as it is right after the request (a guest may take a while).
+    fn request_shutdown(
+        &mut self,
+        vm_id: VmId,
+        already: AlreadyThere,
+    ) -> Result<ObservedDomain, HypervisorError>;
+
+    /// Pulls the plug of a running VM.
+    fn force_stop(
+        &mut self,
+        vm_id: VmId,
+        already: AlreadyThere,
+    ) -> Result<ObservedDomain, HypervisorError>;
+
+    /// Reboots a running VM.
+    fn reboot_vm(&mut self, vm_id: VmId) -> Result<ObservedDomain, HypervisorError>;
+
+    /// Destroys and undefines the domain and deletes its disk. Parts already gone are fine.
+    /// The disk holds the VM's snapshots, so their data goes with it. Returns the domain as
+    /// it was before, `None` if there was none.
+    fn delete_vm(&mut self, vm_id: VmId) -> Result<Option<ObservedDomain>, HypervisorError>;
+
+    /// The snapshots of the VM's domain, oldest first. Snapshots whose name is not a
+    /// snapshot ID (made by hand) are left out. Only reads.
+    fn list_snapshots(&mut self, vm_id: VmId) -> Result<Vec<ObservedSnapshot>, HypervisorError>;
+
+    /// Takes a snapshot inside the VM's disk image: disks and memory of a running domain,
+    /// disks only of a stopped one; any other state is a conflict. A snapshot of that ID
+    /// that exists already (taken by an earlier delivery) is returned as it is, never taken
+    /// twice. On failure no snapshot of that ID is left behind.
     fn create_snapshot(
         &mut self,
         vm_id: VmId,
         snapshot_id: SnapshotId,
-    ) -> Result<ObservedSnapshot, HypervisorError>;
+    ) -> Result<SnapshotTaken, HypervisorError>;
 
     /// Reverts the domain to the snapshot and leaves it running if the snapshot was taken
     /// running, stopped if it was taken stopped. An unknown snapshot is `NotFound`.
@@ -163,7 +245,7 @@ pub trait Hypervisor {
         &mut self,
         vm_id: VmId,
         snapshot_id: SnapshotId,
-    ) -> Result<(), HypervisorError>;
+    ) -> Result<ObservedDomain, HypervisorError>;
 
     /// Deletes the snapshot, its data included, from the disk image. A snapshot that does
     /// not exist is fine.
@@ -171,21 +253,14 @@ pub trait Hypervisor {
         &mut self,
         vm_id: VmId,
         snapshot_id: SnapshotId,
-    ) -> Result<(), HypervisorError>;
+    ) -> Result<ObservedDomain, HypervisorError>;
 
     /// Deletes the disk volumes of product VMs that have no domain (what a create cut short
     /// by the agent's death leaves) and returns their names. Only safe at start, before any
     /// command runs: later, such a volume may belong to a create in progress.
-    fn remove_orphan_volumes(&mut self) -> Result<Vec<String>, HypervisorError> {
-        Ok(Vec::new())
-    }
+    fn remove_orphan_volumes(&mut self) -> Result<Vec<String>, HypervisorError>;
 
-    /// Statistics of every domain, from one bulk call, and the host's capacity, for the
-    /// metrics endpoint. Only reads.
-    fn stats_sample(&mut self) -> Result<stats::StatsSample, HypervisorError> {
-        Err(HypervisorError::new(
-            FailureKind::Unavailable,
-            "this hypervisor has no statistics",
-        ))
-    }
+    /// Statistics of every domain and the host's capacity, for the metrics endpoint. Only
+    /// reads.
+    fn stats_sample(&mut self) -> Result<StatsSample, HypervisorError>;
 }

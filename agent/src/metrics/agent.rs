@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
-use vmm_proto::command::Action;
-use vmm_proto::{Command, CommandResult, ErrorKind, command_result};
+use vmm_proto::{CommandResult, ErrorKind, command_result};
+use vmm_shared::OperationKind;
 
 const COORDINATOR_CONNECTED: &str = "agent_coordinator_connected";
 const COORDINATOR_RECONNECTS: &str = "agent_coordinator_reconnects_total";
@@ -66,24 +66,11 @@ pub fn session_ended() {
     gauge!(COORDINATOR_CONNECTED).set(0.0);
 }
 
-/// The label for a command's action.
-pub fn command_kind(command: &Command) -> &'static str {
-    match &command.action {
-        Some(Action::Create(_)) => "create",
-        Some(Action::Start(_)) => "start",
-        Some(Action::Stop(_)) => "stop",
-        Some(Action::ForceStop(_)) => "force_stop",
-        Some(Action::Reboot(_)) => "reboot",
-        Some(Action::Delete(_)) => "delete",
-        Some(Action::CreateSnapshot(_)) => "create_snapshot",
-        Some(Action::RestoreSnapshot(_)) => "restore_snapshot",
-        Some(Action::DeleteSnapshot(_)) => "delete_snapshot",
-        None => "none",
-    }
-}
-
-/// A command of kind `kind` was answered with `result` after `elapsed`.
-pub fn command_finished(kind: &'static str, result: &CommandResult, elapsed: Duration) {
+/// A command of kind `kind` (`None`: it named no action) was answered with `result` after
+/// `elapsed`. The `kind` label is the operation kind's one name ([`OperationKind::as_str`]),
+/// as on the coordinator.
+pub fn command_finished(kind: Option<OperationKind>, result: &CommandResult, elapsed: Duration) {
+    let kind = kind.map_or("none", OperationKind::as_str);
     let outcome = match &result.outcome {
         Some(command_result::Outcome::Error(error)) => error_kind_label(error.kind()),
         Some(command_result::Outcome::Domain(_)) | None => "ok",
@@ -109,16 +96,35 @@ mod tests {
 
     #[test]
     fn commands_and_outcomes_get_stable_labels() {
-        let command = Command {
-            operation_id: "op".into(),
-            vm_id: String::new(),
-            action: Some(Action::ForceStop(vmm_proto::ForceStopVm {})),
-        };
-        assert_eq!(command_kind(&command), "force_stop");
         assert_eq!(error_kind_label(ErrorKind::NotFound), "not_found");
         // Without a recorder the calls are no-ops, never panics.
         session_registered();
         session_ended();
-        command_finished("start", &CommandResult::default(), Duration::from_millis(3));
+        command_finished(
+            Some(OperationKind::SnapshotCreate),
+            &CommandResult::default(),
+            Duration::from_millis(3),
+        );
+        command_finished(None, &CommandResult::default(), Duration::from_millis(3));
+    }
+
+    /// With a recorder, the series carry the shared operation kind names.
+    #[test]
+    fn the_kind_label_is_the_operation_kinds_name() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            command_finished(
+                Some(OperationKind::SnapshotCreate),
+                &CommandResult::default(),
+                Duration::from_millis(3),
+            );
+        });
+        let text = handle.render();
+        assert!(
+            text.contains(r#"agent_commands_total{kind="snapshot_create",outcome="ok"} 1"#),
+            "{text}"
+        );
+        assert!(!text.contains("create_snapshot"), "{text}");
     }
 }

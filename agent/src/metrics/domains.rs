@@ -11,7 +11,7 @@
 //!   what they were.
 
 use super::exposition::{Exposition, MetricType::Counter, MetricType::Gauge};
-use crate::hypervisor::stats::{BlockSample, DomainSample, InterfaceSample, StatsSample};
+use crate::hypervisor::sample::{BlockSample, DomainSample, InterfaceSample, StatsSample};
 
 const NANOS_PER_SECOND: f64 = 1e9;
 
@@ -285,7 +285,7 @@ fn write_host(out: &mut Exposition, sample: &StatsSample) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hypervisor::stats::{HostSample, PoolSample};
+    use crate::hypervisor::sample::{HostSample, PoolSample};
 
     fn running(name: &str) -> DomainSample {
         DomainSample {

@@ -3,11 +3,11 @@
 //! `prometheus-libvirt-exporter` people run beside libvirt.
 //!
 //! A scrape is:
-//! - the libvirt part ([`domains`]): per-domain statistics from ONE bulk-stats call
-//!   (`virConnectGetAllDomainStats`, see [`crate::hypervisor::stats`]) run on the
+//! - the libvirt part (`domains`): per-domain statistics from ONE bulk-stats call
+//!   (`virConnectGetAllDomainStats`, see [`crate::hypervisor::libvirt`]) run on the
 //!   hypervisor thread, and the host's capacity;
 //! - when that collection was made and how long it took;
-//! - the agent's process metrics ([`process`]);
+//! - the agent's process metrics (`process`);
 //! - the agent's own event metrics ([`agent`]: coordinator session, commands), rendered by
 //!   `metrics-exporter-prometheus`.
 //!
@@ -46,7 +46,7 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 use crate::hypervisor::HypervisorHandle;
-use crate::hypervisor::stats::StatsSample;
+use crate::hypervisor::StatsSample;
 use exposition::{Exposition, MetricType::Gauge};
 use process::ProcessStats;
 
@@ -399,7 +399,7 @@ mod tests {
         );
         let vm_labels = format!(
             "{{domain=\"{}\",uuid=\"{vm_id}\",vm_id=\"{vm_id}\"}}",
-            crate::hypervisor::domain_xml::domain_name(vm_id)
+            crate::hypervisor::domain_name(vm_id)
         );
         assert_eq!(
             value_of(

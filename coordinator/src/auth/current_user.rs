@@ -7,8 +7,8 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use vmm_shared::UserId;
 
-use crate::app::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 use crate::users::{self, Role};
 
 #[derive(Clone, Debug)]

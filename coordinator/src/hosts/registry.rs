@@ -2,19 +2,21 @@
 //!
 //! Each connected agent has a session (a number that changes on every reconnect) and a
 //! channel down its stream. `dispatch` sends a command and waits for the result with the
-//! same operation ID, up to a bound. A result is accepted only from the host the command
-//! was sent to. When a session ends, every command still waiting on it fails at once.
+//! same operation ID, for as long as the session lasts: the caller decides how long to keep
+//! its client waiting, not how long the answer may take (a late answer is still applied). A
+//! result is accepted only from the host the command was sent to. When a session ends, every
+//! command still waiting on it fails at once, and the session's end names them, so that
+//! their outcome is settled before a new session's inventory is read.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
-
 use tokio::sync::{mpsc, oneshot};
 use vmm_proto::{
-    Command, CommandResult, CoordinatorMessage, ErrorKind, command_result, coordinator_message,
+    Command, CommandResult, CoordinatorMessage, ErrorKind, command, command_result,
+    coordinator_message,
 };
-use vmm_shared::{HostId, OperationId};
+use vmm_shared::{HostId, OperationId, VmId};
 
 pub type SessionId = u64;
 
@@ -59,40 +61,40 @@ pub enum DispatchError {
     NotConnected(HostId),
     #[error("host {0} disconnected before answering")]
     Disconnected(HostId),
-    #[error("host {host} did not answer within {timeout:?}")]
-    TimedOut { host: HostId, timeout: Duration },
     #[error("{message}")]
     Failed { kind: ErrorKind, message: String },
 }
 
 impl AgentRegistry {
-    /// Records a new session for `host`, replacing (and so ending) any older one.
+    /// Records a new session for `host`, replacing (and so ending) any older one. Returns
+    /// the session and the operations the older one left unanswered.
     pub fn attach(
         &self,
         host: HostId,
         sender: mpsc::Sender<Result<CoordinatorMessage, tonic::Status>>,
-    ) -> SessionId {
+    ) -> (SessionId, Vec<OperationId>) {
         let session = self.next_session.fetch_add(1, Ordering::Relaxed) + 1;
         let previous = lock(&self.agents).insert(host.clone(), ConnectedAgent { session, sender });
+        let mut abandoned = Vec::new();
         if previous.is_some() {
             tracing::warn!(host = %host, "agent reconnected; its previous session is replaced");
-            self.fail_pending_for(&host);
+            abandoned = self.fail_pending_for(&host);
         }
-        session
+        (session, abandoned)
     }
 
-    /// Ends `session` of `host`. Returns false when a newer session has replaced it (then
-    /// the host is still connected and nothing changes).
-    pub fn detach(&self, host: &HostId, session: SessionId) -> bool {
+    /// Ends `session` of `host` and returns the operations it left unanswered; `None` when
+    /// a newer session has replaced it (then the host is still connected and nothing
+    /// changes).
+    pub fn detach(&self, host: &HostId, session: SessionId) -> Option<Vec<OperationId>> {
         let mut agents = lock(&self.agents);
         match agents.get(host) {
             Some(agent) if agent.session == session => {
                 agents.remove(host);
                 drop(agents);
-                self.fail_pending_for(host);
-                true
+                Some(self.fail_pending_for(host))
             }
-            _ => false,
+            _ => None,
         }
     }
 
@@ -110,17 +112,20 @@ impl AgentRegistry {
         lock(&self.agents).len()
     }
 
-    /// Sends `command` to `host` and waits for its result.
+    /// Sends `action` on `vm` to `host` as `operation_id` and waits for its result, for as
+    /// long as the host's session lasts.
     pub async fn dispatch(
         &self,
         host: &HostId,
-        command: Command,
-        timeout: Duration,
+        operation_id: OperationId,
+        vm: VmId,
+        action: command::Action,
     ) -> Result<CommandSuccess, DispatchError> {
-        let operation_id: OperationId = command
-            .operation_id
-            .parse()
-            .expect("commands are built with a valid operation ID");
+        let command = Command {
+            operation_id: operation_id.to_string(),
+            vm_id: vm.to_string(),
+            action: Some(action),
+        };
         let sender = lock(&self.agents)
             .get(host)
             .map(|agent| agent.sender.clone())
@@ -141,16 +146,13 @@ impl AgentRegistry {
             lock(&self.pending).remove(&operation_id);
             return Err(DispatchError::NotConnected(host.clone()));
         }
-        let result = match tokio::time::timeout(timeout, answer).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => return Err(DispatchError::Disconnected(host.clone())),
-            Err(_) => {
-                lock(&self.pending).remove(&operation_id);
-                return Err(DispatchError::TimedOut {
-                    host: host.clone(),
-                    timeout,
-                });
-            }
+        // Should the caller stop waiting, the entry goes with it.
+        let _forget = ForgetOnDrop {
+            registry: self,
+            operation_id,
+        };
+        let Ok(result) = answer.await else {
+            return Err(DispatchError::Disconnected(host.clone()));
         };
         match result.outcome {
             Some(command_result::Outcome::Domain(domain)) => Ok(CommandSuccess {
@@ -185,13 +187,34 @@ impl AgentRegistry {
                 tracing::warn!(host = %host, %operation_id, "result for an operation sent to another host ignored");
             }
             None => {
-                tracing::info!(host = %host, %operation_id, "result for an operation nobody waits for (timed out or unknown)");
+                tracing::warn!(host = %host, %operation_id, "result for an operation that is not in flight ignored");
             }
         }
     }
 
-    fn fail_pending_for(&self, host: &HostId) {
-        // Dropping the reply senders wakes the waiters with `Disconnected`.
-        lock(&self.pending).retain(|_, command| &command.host != host);
+    /// Drops every command waiting on `host` and returns their operations. Dropping the
+    /// reply senders wakes the waiters with `Disconnected`.
+    fn fail_pending_for(&self, host: &HostId) -> Vec<OperationId> {
+        let mut abandoned = Vec::new();
+        lock(&self.pending).retain(|operation, command| {
+            let keep = &command.host != host;
+            if !keep {
+                abandoned.push(*operation);
+            }
+            keep
+        });
+        abandoned
+    }
+}
+
+/// Removes a waiting command's entry when its waiter goes away without an answer.
+struct ForgetOnDrop<'a> {
+    registry: &'a AgentRegistry,
+    operation_id: OperationId,
+}
+
+impl Drop for ForgetOnDrop<'_> {
+    fn drop(&mut self) {
+        lock(&self.registry.pending).remove(&self.operation_id);
     }
 }

@@ -5,9 +5,9 @@ use axum::Json;
 use axum::extract::State;
 
 use super::store::{self, HostView};
-use crate::app::AppState;
 use crate::auth::CurrentUser;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 pub async fn list_hosts(
     State(app): State<AppState>,

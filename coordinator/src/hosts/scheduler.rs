@@ -12,15 +12,23 @@ use vmm_shared::{HostId, VmSize};
 
 use crate::config::Placement;
 
-#[derive(Clone, Debug)]
+/// A host's capacity and what the VMs recorded on it take (read by `hosts::store`).
+#[derive(Clone, Debug, sqlx::FromRow)]
 pub struct HostLoad {
     pub id: HostId,
+    #[sqlx(try_from = "i64")]
     pub cpus: u64,
+    #[sqlx(try_from = "i64")]
     pub memory_mib: u64,
+    #[sqlx(try_from = "i64")]
     pub disk_gb: u64,
+    #[sqlx(try_from = "i64")]
     pub allocated_cpu: u64,
+    #[sqlx(try_from = "i64")]
     pub allocated_memory_mib: u64,
+    #[sqlx(try_from = "i64")]
     pub allocated_disk_gb: u64,
+    #[sqlx(try_from = "i64")]
     pub vm_count: u64,
 }
 

@@ -16,8 +16,8 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::app::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// Route templates (as in the router, e.g. `/api/vms/{id}/console`) without a whole-request
 /// deadline.

@@ -25,13 +25,18 @@ pub struct QuotaLimits {
 }
 
 /// What a user's resources take now.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct QuotaUsage {
+    #[sqlx(try_from = "i64")]
     pub vms: u64,
+    #[sqlx(try_from = "i64")]
     pub cpu: u64,
     /// MiB.
+    #[sqlx(try_from = "i64")]
     pub memory: u64,
+    #[sqlx(try_from = "i64")]
     pub disk_gb: u64,
+    #[sqlx(try_from = "i64")]
     pub snapshots: u64,
 }
 

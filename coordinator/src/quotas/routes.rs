@@ -9,10 +9,10 @@ use vmm_shared::UserId;
 
 use super::store::{self, LimitOverrides};
 use super::{QuotaLimits, QuotaUsage};
-use crate::app::AppState;
 use crate::auth::{AdminUser, CurrentUser};
 use crate::error::ApiError;
 use crate::http::{ApiJson, ApiPath};
+use crate::state::AppState;
 use crate::users;
 
 #[derive(Debug, Serialize)]
@@ -23,8 +23,8 @@ pub struct QuotaView {
 
 pub async fn quota_of(app: &AppState, user: UserId) -> Result<QuotaView, ApiError> {
     let mut conn = app.db.acquire().await?;
-    let quota = store::limits(&mut conn, user, &app.settings.default_quota).await?;
-    let usage = store::usage(&mut conn, user).await?;
+    let quota = store::limits(&mut *conn, user, &app.settings.default_quota).await?;
+    let usage = store::usage(&mut *conn, user).await?;
     Ok(QuotaView { quota, usage })
 }
 
@@ -68,7 +68,7 @@ pub async fn set_user_quota(
     }
     let mut conn = app.db.acquire().await?;
     store::update(&mut conn, target, &changes).await?;
-    let limits = store::limits(&mut conn, target, &app.settings.default_quota).await?;
+    let limits = store::limits(&mut *conn, target, &app.settings.default_quota).await?;
     tracing::info!(admin = %user.id, user_id = %target, ?limits, "quota changed");
     Ok(Json(limits))
 }

@@ -1,6 +1,6 @@
 //! Quota limits and usage in the database.
 
-use sqlx::{Row, SqliteConnection};
+use sqlx::{SqliteConnection, SqliteExecutor};
 use vmm_shared::UserId;
 
 use super::{QuotaLimits, QuotaUsage};
@@ -16,54 +16,55 @@ pub struct LimitOverrides {
     pub max_snapshots: Option<u64>,
 }
 
-fn opt(row: &sqlx::sqlite::SqliteRow, column: &str) -> Result<Option<u64>, sqlx::Error> {
-    Ok(row
-        .try_get::<Option<i64>, _>(column)?
-        .map(|v| v.max(0) as u64))
+/// A user's stored overrides, as read.
+#[derive(sqlx::FromRow)]
+struct StoredLimits {
+    max_vms: Option<i64>,
+    max_cpu: Option<i64>,
+    max_memory: Option<i64>,
+    max_disk_gb: Option<i64>,
+    max_snapshots: Option<i64>,
 }
 
-pub async fn limits(
-    conn: &mut SqliteConnection,
+pub async fn limits<'e>(
+    executor: impl SqliteExecutor<'e>,
     user: UserId,
     defaults: &QuotaLimits,
 ) -> Result<QuotaLimits, sqlx::Error> {
-    let row = sqlx::query("SELECT * FROM quotas WHERE user_id = ?")
-        .bind(user.to_string())
-        .fetch_optional(&mut *conn)
-        .await?;
-    let Some(row) = row else { return Ok(*defaults) };
+    let stored: Option<StoredLimits> = sqlx::query_as(
+        "SELECT max_vms, max_cpu, max_memory, max_disk_gb, max_snapshots FROM quotas WHERE user_id = ?",
+    )
+    .bind(user)
+    .fetch_optional(executor)
+    .await?;
+    let Some(stored) = stored else {
+        return Ok(*defaults);
+    };
+    let or = |value: Option<i64>, default: u64| value.map_or(default, |v| v.max(0) as u64);
     Ok(QuotaLimits {
-        max_vms: opt(&row, "max_vms")?.unwrap_or(defaults.max_vms),
-        max_cpu: opt(&row, "max_cpu")?.unwrap_or(defaults.max_cpu),
-        max_memory: opt(&row, "max_memory")?.unwrap_or(defaults.max_memory),
-        max_disk_gb: opt(&row, "max_disk_gb")?.unwrap_or(defaults.max_disk_gb),
-        max_snapshots: opt(&row, "max_snapshots")?.unwrap_or(defaults.max_snapshots),
+        max_vms: or(stored.max_vms, defaults.max_vms),
+        max_cpu: or(stored.max_cpu, defaults.max_cpu),
+        max_memory: or(stored.max_memory, defaults.max_memory),
+        max_disk_gb: or(stored.max_disk_gb, defaults.max_disk_gb),
+        max_snapshots: or(stored.max_snapshots, defaults.max_snapshots),
     })
 }
 
 /// Sums what the user's existing resources take.
-pub async fn usage(conn: &mut SqliteConnection, user: UserId) -> Result<QuotaUsage, sqlx::Error> {
-    let row = sqlx::query(
-        "SELECT COUNT(*) AS vms, COALESCE(SUM(cpu), 0) AS cpu, COALESCE(SUM(memory_mib), 0) AS memory,
-                COALESCE(SUM(disk_gb), 0) AS disk_gb
-         FROM vms WHERE owner_id = ?",
+pub async fn usage<'e>(
+    executor: impl SqliteExecutor<'e>,
+    user: UserId,
+) -> Result<QuotaUsage, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM vms WHERE owner_id = ?1) AS vms,
+                (SELECT COALESCE(SUM(cpu), 0) FROM vms WHERE owner_id = ?1) AS cpu,
+                (SELECT COALESCE(SUM(memory_mib), 0) FROM vms WHERE owner_id = ?1) AS memory,
+                (SELECT COALESCE(SUM(disk_gb), 0) FROM vms WHERE owner_id = ?1) AS disk_gb,
+                (SELECT COUNT(*) FROM snapshots WHERE owner_id = ?1) AS snapshots",
     )
-    .bind(user.to_string())
-    .fetch_one(&mut *conn)
-    .await?;
-    let get =
-        |name: &str| -> Result<u64, sqlx::Error> { Ok(row.try_get::<i64, _>(name)?.max(0) as u64) };
-    let snapshots: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM snapshots WHERE owner_id = ?")
-        .bind(user.to_string())
-        .fetch_one(&mut *conn)
-        .await?;
-    Ok(QuotaUsage {
-        vms: get("vms")?,
-        cpu: get("cpu")?,
-        memory: get("memory")?,
-        disk_gb: get("disk_gb")?,
-        snapshots: snapshots.max(0) as u64,
-    })
+    .bind(user)
+    .fetch_one(executor)
+    .await
 }
 
 /// Merges `changes` into the user's stored overrides.
@@ -81,7 +82,7 @@ pub async fn update(
             max_memory = COALESCE(?4, max_memory), max_disk_gb = COALESCE(?5, max_disk_gb),
             max_snapshots = COALESCE(?6, max_snapshots)",
     )
-    .bind(user.to_string())
+    .bind(user)
     .bind(as_i64(changes.max_vms))
     .bind(as_i64(changes.max_cpu))
     .bind(as_i64(changes.max_memory))

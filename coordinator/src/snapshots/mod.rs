@@ -12,6 +12,9 @@
 //!      │                                  │
 //!      └── failed: gone      outcome unknown: error (delete again)
 //! ```
+//!
+//! That diagram is a summary: the rules themselves (which snapshot status allows a restore
+//! or a delete, what every outcome does) live in `lifecycle`.
 
 pub mod routes;
 pub mod store;
@@ -19,7 +22,8 @@ pub mod store;
 use serde::Serialize;
 use vmm_shared::{SnapshotId, UserId, VmId};
 
-/// Status of a snapshot record.
+/// Status of a snapshot record. Which operation each allows, and what each outcome does to
+/// it, is decided in `lifecycle`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SnapshotStatus {
@@ -29,33 +33,36 @@ pub enum SnapshotStatus {
     Error,
 }
 
-impl SnapshotStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SnapshotStatus::Creating => "creating",
-            SnapshotStatus::Ready => "ready",
-            SnapshotStatus::Deleting => "deleting",
-            SnapshotStatus::Error => "error",
-        }
-    }
+crate::db::stored_enum!(SnapshotStatus {
+    Creating => "creating",
+    Ready => "ready",
+    Deleting => "deleting",
+    Error => "error",
+});
 
-    pub fn parse(s: &str) -> Option<Self> {
-        [Self::Creating, Self::Ready, Self::Deleting, Self::Error]
-            .into_iter()
-            .find(|status| status.as_str() == s)
-    }
+/// The state a snapshot captured: a restore brings the VM back to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CapturedState {
+    Running,
+    Stopped,
 }
 
+crate::db::stored_enum!(CapturedState {
+    Running => "running",
+    Stopped => "stopped",
+});
+
 /// A snapshot as recorded.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, sqlx::FromRow)]
 pub struct Snapshot {
     pub id: SnapshotId,
     pub vm_id: VmId,
     pub owner_id: UserId,
     pub name: String,
     pub description: String,
-    /// `running` or `stopped`: the VM's state when the snapshot was taken.
-    pub vm_status: String,
+    /// The VM's state when the snapshot was taken.
+    pub vm_status: CapturedState,
     pub status: SnapshotStatus,
     pub created_at: String,
 }
@@ -67,7 +74,7 @@ pub struct SnapshotView {
     pub vm_id: VmId,
     pub name: String,
     pub description: String,
-    pub vm_status: String,
+    pub vm_status: CapturedState,
     pub status: SnapshotStatus,
     pub created_at: String,
 }

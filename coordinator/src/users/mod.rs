@@ -14,25 +14,13 @@ pub enum Role {
     User,
 }
 
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Admin => "admin",
-            Role::User => "user",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Role> {
-        match s {
-            "admin" => Some(Role::Admin),
-            "user" => Some(Role::User),
-            _ => None,
-        }
-    }
-}
+crate::db::stored_enum!(Role {
+    Admin => "admin",
+    User => "user",
+});
 
 /// A user as stored. `password_hash` never leaves the coordinator.
-#[derive(Clone)]
+#[derive(Clone, sqlx::FromRow)]
 pub struct User {
     pub id: UserId,
     pub username: String,

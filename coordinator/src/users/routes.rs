@@ -14,12 +14,11 @@ use serde::{Deserialize, Serialize};
 use vmm_shared::UserId;
 
 use super::{PASSWORD_BYTES, Role, User, store, validate_password, validate_username};
-use crate::app::AppState;
 use crate::config::Registration;
-use crate::db;
 use crate::error::ApiError;
 use crate::http::ApiJson;
 use crate::ratelimit::ClientIp;
+use crate::state::AppState;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -79,15 +78,7 @@ pub async fn create_account(
         .hash(password)
         .await
         .map_err(ApiError::internal)?;
-    store::insert(&app.db, username, &hash, role)
-        .await
-        .map_err(|err| {
-            if db::is_unique_violation(&err) {
-                ApiError::Conflict(format!("username {username:?} is taken"))
-            } else {
-                err.into()
-            }
-        })
+    Ok(store::insert(&app.db, username, &hash, role).await?)
 }
 
 #[derive(Serialize)]

@@ -1,53 +1,55 @@
 //! Users in the database.
 
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
 use vmm_shared::UserId;
 
 use super::{Role, User, username_key};
 use crate::db::{self, Db};
 
-fn from_row(row: &SqliteRow) -> Result<User, sqlx::Error> {
-    let id: String = row.try_get("id")?;
-    let role: String = row.try_get("role")?;
-    Ok(User {
-        id: id.parse().map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
-        username: row.try_get("username")?,
-        role: Role::parse(&role)
-            .ok_or_else(|| sqlx::Error::Decode(format!("bad role {role:?}").into()))?,
-        password_hash: row.try_get("password_hash")?,
-        created_at: row.try_get("created_at")?,
-    })
+/// The columns of [`User`], in a `SELECT`.
+macro_rules! user_columns {
+    () => {
+        "id, username, role, password_hash, created_at"
+    };
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("username {0:?} is taken")]
+    UsernameTaken(String),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
 }
 
 pub async fn find_by_id(db: &Db, id: UserId) -> Result<Option<User>, sqlx::Error> {
-    sqlx::query("SELECT * FROM users WHERE id = ?")
-        .bind(id.to_string())
-        .fetch_optional(db)
-        .await?
-        .as_ref()
-        .map(from_row)
-        .transpose()
+    sqlx::query_as(concat!(
+        "SELECT ",
+        user_columns!(),
+        " FROM users WHERE id = ?"
+    ))
+    .bind(id)
+    .fetch_optional(db)
+    .await
 }
 
 /// The user whose name is `username` regardless of case.
 pub async fn find_by_username(db: &Db, username: &str) -> Result<Option<User>, sqlx::Error> {
-    sqlx::query("SELECT * FROM users WHERE username_key = ?")
-        .bind(username_key(username))
-        .fetch_optional(db)
-        .await?
-        .as_ref()
-        .map(from_row)
-        .transpose()
+    sqlx::query_as(concat!(
+        "SELECT ",
+        user_columns!(),
+        " FROM users WHERE username_key = ?"
+    ))
+    .bind(username_key(username))
+    .fetch_optional(db)
+    .await
 }
 
-/// Inserts a new user; a username taken (in any case) fails with a unique violation.
+/// Inserts a new user; a username taken (in any case) is [`Error::UsernameTaken`].
 pub async fn insert(
     db: &Db,
     username: &str,
     password_hash: &str,
     role: Role,
-) -> Result<User, sqlx::Error> {
+) -> Result<User, Error> {
     let user = User {
         id: UserId::new_random(),
         username: username.to_owned(),
@@ -59,14 +61,21 @@ pub async fn insert(
         "INSERT INTO users (id, username, username_key, password_hash, role, created_at)
          VALUES (?, ?, ?, ?, ?, ?)",
     )
-    .bind(user.id.to_string())
+    .bind(user.id)
     .bind(&user.username)
     .bind(username_key(&user.username))
     .bind(&user.password_hash)
-    .bind(role.as_str())
+    .bind(role)
     .bind(&user.created_at)
     .execute(db)
-    .await?;
+    .await
+    .map_err(|err| {
+        if db::is_unique_violation(&err) {
+            Error::UsernameTaken(username.to_owned())
+        } else {
+            err.into()
+        }
+    })?;
     Ok(user)
 }
 
@@ -75,13 +84,14 @@ pub async fn insert(
 pub async fn upsert_admin(db: &Db, username: &str, password_hash: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO users (id, username, username_key, password_hash, role, created_at)
-         VALUES (?, ?, ?, ?, 'admin', ?)
-         ON CONFLICT (username_key) DO UPDATE SET password_hash = excluded.password_hash, role = 'admin'",
+         VALUES (?, ?, ?, ?, ?, ?)
+         ON CONFLICT (username_key) DO UPDATE SET password_hash = excluded.password_hash, role = excluded.role",
     )
-    .bind(UserId::new_random().to_string())
+    .bind(UserId::new_random())
     .bind(username)
     .bind(username_key(username))
     .bind(password_hash)
+    .bind(Role::Admin)
     .bind(db::now())
     .execute(db)
     .await?;

@@ -1,7 +1,7 @@
-//! Virtual machines: the REST routes, the record in the database, the lifecycle rules
-//! (which action each status allows), and how host reports change a VM's status.
+//! Virtual machines: the REST routes, the record in the database, and how host reports
+//! change a VM's status. Which operation each status allows, and what each outcome does,
+//! is decided in `lifecycle`; operations are carried out by `operations::runner`.
 
-pub mod lifecycle;
 pub mod reports;
 pub mod routes;
 pub mod store;
@@ -10,17 +10,21 @@ use serde::Serialize;
 use vmm_shared::{HostId, UserId, VmId, VmStatus};
 
 /// A VM as recorded by the coordinator.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, sqlx::FromRow)]
 pub struct Vm {
     pub id: VmId,
     pub owner_id: UserId,
     pub name: String,
     pub host_id: HostId,
+    #[sqlx(try_from = "i64")]
     pub cpu: u32,
+    #[sqlx(try_from = "i64")]
     pub memory_mib: u64,
+    #[sqlx(try_from = "i64")]
     pub disk_gb: u64,
     pub status: VmStatus,
     pub status_reason: Option<String>,
+    #[sqlx(try_from = "i64")]
     pub generation: u64,
     pub created_at: String,
 }

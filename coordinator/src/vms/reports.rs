@@ -1,22 +1,22 @@
-//! How what a host reports about its domains changes the VMs' recorded status.
+//! How what a host reports about its domains changes the VMs' recorded status, by the
+//! rules of `lifecycle` (which reports may apply to which status) and its SQL form.
 //!
 //! Every report carries a generation that grows for each change the agent observes. A
 //! report is applied only when its generation is newer than the stored one
 //! (`UPDATE … WHERE generation < ?`); a stale or duplicate report matches no row and changes
-//! nothing, which is not an error. Two exceptions, both about the coordinator having lost
-//! track rather than the host changing its mind:
-//! - the full inventory an agent sends when it (re)connects settles `unknown` and `error`
-//!   VMs even at an equal generation;
-//! - `creating` and `deleting` belong to the operation in flight: only that operation's
-//!   own result moves the VM out of them.
+//! nothing, which is not an error. The exceptions (an inventory settles `unknown` and
+//! `error`; `creating` and `deleting` belong to the operation in flight) are the
+//! lifecycle's.
 
 use std::collections::HashMap;
 
+use sqlx::SqliteConnection;
 use vmm_proto::{DomainReport, PowerState};
 use vmm_shared::{HostId, SnapshotId, VmId, VmStatus};
 
 use crate::db::Db;
-use crate::operations;
+use crate::lifecycle::{self, MissingFromInventory, ReportSource, sql};
+use crate::operations::store as operation_store;
 use crate::snapshots::store as snapshot_store;
 use crate::vms::store;
 
@@ -50,20 +50,10 @@ fn detail_suffix(detail: &str) -> String {
     }
 }
 
-/// Where a report came from, which decides how it may override the stored status.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReportSource {
-    /// A change the agent observed while connected.
-    Change,
-    /// The agent's full inventory at (re)connect.
-    Inventory,
-    /// The result of an operation on this VM.
-    OperationResult,
-}
-
-/// Applies one report about `vm` on `host`. Returns whether the record changed.
+/// Applies one report about `vm` on `host`, inside the caller's transaction or on a pooled
+/// connection. Returns whether the record changed.
 pub async fn apply(
-    db: &Db,
+    conn: &mut SqliteConnection,
     host: &HostId,
     vm: VmId,
     report: &DomainReport,
@@ -74,24 +64,21 @@ pub async fn apply(
         return Ok(false);
     };
     let generation = i64::try_from(report.generation).unwrap_or(i64::MAX);
-    let condition = match source {
-        ReportSource::Change => "generation < ?5 AND status NOT IN ('creating', 'deleting')",
-        ReportSource::Inventory => {
-            "(generation < ?5 OR status IN ('unknown', 'error')) AND status NOT IN ('creating', 'deleting')"
-        }
-        ReportSource::OperationResult => "generation < ?5",
-    };
     let query = format!(
-        "UPDATE vms SET status = ?1, status_reason = ?2, generation = MAX(generation, ?5)
-         WHERE id = ?3 AND host_id = ?4 AND {condition}"
+        "UPDATE vms SET status = ?, status_reason = ?,
+                generation = CASE WHEN generation < ? THEN ? ELSE generation END
+         WHERE id = ? AND host_id = ? AND {}",
+        sql::report_applies(source)
     );
     let done = sqlx::query(sqlx::AssertSqlSafe(query))
-        .bind(status.as_str())
+        .bind(status)
         .bind(reason)
-        .bind(vm.to_string())
-        .bind(host.as_str())
         .bind(generation)
-        .execute(db)
+        .bind(generation)
+        .bind(vm)
+        .bind(host)
+        .bind(generation)
+        .execute(conn)
         .await?;
     let changed = done.rows_affected() > 0;
     if changed {
@@ -123,36 +110,34 @@ pub async fn reconcile_inventory(
             }
         }
     }
-    for vm in store::list_on_host(db, host).await? {
-        match reported.remove(&vm.id) {
-            Some(report) => {
-                apply(db, host, vm.id, report, ReportSource::Inventory).await?;
-                let present: Vec<SnapshotId> = report
-                    .snapshots
-                    .iter()
-                    .filter_map(|s| s.snapshot_id.parse().ok())
-                    .collect();
-                snapshot_store::reconcile(db, vm.id, &present).await?;
-            }
-            None if vm.status == VmStatus::Error
-                && !operations::create_succeeded(db, vm.id).await? =>
-            {
-                // The create was never acknowledged (the host went away mid-create) and the
-                // host has no such domain: the VM never came to be. Dropping the record also
-                // releases its quota.
+    let mut conn = db.acquire().await?;
+    for vm in store::list_on_host(&mut *conn, host).await? {
+        if let Some(report) = reported.remove(&vm.id) {
+            apply(&mut conn, host, vm.id, report, ReportSource::Inventory).await?;
+            let present: Vec<SnapshotId> = report
+                .snapshots
+                .iter()
+                .filter_map(|s| s.snapshot_id.parse().ok())
+                .collect();
+            snapshot_store::reconcile(&mut conn, vm.id, &present).await?;
+            continue;
+        }
+        let acknowledged = operation_store::create_acknowledged(&mut *conn, vm.id).await?;
+        match lifecycle::vm_missing_from_inventory(vm.status, acknowledged) {
+            MissingFromInventory::Remove => {
                 tracing::warn!(host = %host, vm_id = %vm.id, "unacknowledged create left nothing on the host; record removed");
-                store::delete(db, vm.id).await?;
+                store::delete(&mut *conn, vm.id).await?;
             }
-            None if !vm.status.is_transitional() => {
+            MissingFromInventory::MarkError => {
                 let reason = format!("the VM's domain was not found on host {host}");
                 if vm.status != VmStatus::Error
                     || vm.status_reason.as_deref() != Some(reason.as_str())
                 {
                     tracing::warn!(host = %host, vm_id = %vm.id, "recorded VM missing from its host's inventory");
-                    store::set_status(db, vm.id, VmStatus::Error, Some(&reason)).await?;
+                    store::set_status(&mut *conn, vm.id, VmStatus::Error, Some(&reason)).await?;
                 }
             }
-            None => {}
+            MissingFromInventory::Leave => {}
         }
     }
     for (vm_id, report) in reported {
@@ -167,6 +152,18 @@ mod tests {
     use super::*;
     use crate::test_support::{TestDb, sample_report};
 
+    async fn apply_report(
+        t: &TestDb,
+        host: &HostId,
+        vm: VmId,
+        report: &DomainReport,
+        source: ReportSource,
+    ) -> bool {
+        apply(&mut *t.conn().await, host, vm, report, source)
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn only_newer_generations_apply() {
         let t = TestDb::new().await;
@@ -174,32 +171,16 @@ mod tests {
         let host = t.host.clone();
 
         let stale = sample_report(vm, PowerState::Stopped, 9);
-        assert!(
-            !apply(&t.db, &host, vm, &stale, ReportSource::Change)
-                .await
-                .unwrap()
-        );
+        assert!(!apply_report(&t, &host, vm, &stale, ReportSource::Change).await);
         let duplicate = sample_report(vm, PowerState::Stopped, 10);
-        assert!(
-            !apply(&t.db, &host, vm, &duplicate, ReportSource::Change)
-                .await
-                .unwrap()
-        );
+        assert!(!apply_report(&t, &host, vm, &duplicate, ReportSource::Change).await);
         assert_eq!(t.status(vm).await, VmStatus::Running);
 
         let newer = sample_report(vm, PowerState::Stopped, 11);
-        assert!(
-            apply(&t.db, &host, vm, &newer, ReportSource::Change)
-                .await
-                .unwrap()
-        );
+        assert!(apply_report(&t, &host, vm, &newer, ReportSource::Change).await);
         assert_eq!(t.status(vm).await, VmStatus::Stopped);
         // Applying the same report again changes nothing and is not an error.
-        assert!(
-            !apply(&t.db, &host, vm, &newer, ReportSource::Change)
-                .await
-                .unwrap()
-        );
+        assert!(!apply_report(&t, &host, vm, &newer, ReportSource::Change).await);
     }
 
     #[tokio::test]
@@ -208,11 +189,7 @@ mod tests {
         let vm = t.vm_with_status(VmStatus::Running, 1).await;
         let intruder: HostId = "other-host".parse().unwrap();
         let report = sample_report(vm, PowerState::Stopped, 99);
-        assert!(
-            !apply(&t.db, &intruder, vm, &report, ReportSource::Change)
-                .await
-                .unwrap()
-        );
+        assert!(!apply_report(&t, &intruder, vm, &report, ReportSource::Change).await);
         assert_eq!(t.status(vm).await, VmStatus::Running);
     }
 
@@ -221,18 +198,10 @@ mod tests {
         let t = TestDb::new().await;
         let vm = t.vm_with_status(VmStatus::Creating, 0).await;
         let report = sample_report(vm, PowerState::Stopped, 5);
-        assert!(
-            !apply(&t.db, &t.host, vm, &report, ReportSource::Change)
-                .await
-                .unwrap()
-        );
+        assert!(!apply_report(&t, &t.host, vm, &report, ReportSource::Change).await);
         assert_eq!(t.status(vm).await, VmStatus::Creating);
         let result = sample_report(vm, PowerState::Running, 6);
-        assert!(
-            apply(&t.db, &t.host, vm, &result, ReportSource::OperationResult)
-                .await
-                .unwrap()
-        );
+        assert!(apply_report(&t, &t.host, vm, &result, ReportSource::OperationResult).await);
         assert_eq!(t.status(vm).await, VmStatus::Running);
     }
 
@@ -268,11 +237,12 @@ mod tests {
         let acknowledged = t.vm_with_status(VmStatus::Running, 3).await;
         sqlx::query(
             "INSERT INTO operations (id, kind, vm_id, host_id, user_id, status, created_at)
-             VALUES ('op-1', 'create', ?, ?, ?, 'succeeded', '2026-01-01T00:00:00Z')",
+             VALUES (?, 'create', ?, ?, ?, 'succeeded', '2026-01-01T00:00:00Z')",
         )
-        .bind(acknowledged.to_string())
-        .bind(t.host.as_str())
-        .bind(t.user.to_string())
+        .bind(vmm_shared::OperationId::new_random())
+        .bind(acknowledged)
+        .bind(&t.host)
+        .bind(t.user)
         .execute(&t.db)
         .await
         .unwrap();

@@ -2,33 +2,26 @@
 //! `POST /api/vms/{id}/action` and `DELETE /api/vms/{id}`.
 //!
 //! A user sees only their own VMs (an admin sees all); any other VM answers 404, exactly
-//! like one that does not exist. Each state-changing request becomes an operation whose ID
-//! is returned in the `Operation-Id` header. The work with the host runs in its own task,
-//! so a client that hangs up mid-request cannot leave a VM half-created or an operation
-//! pending forever.
+//! like one that does not exist. Each state-changing request becomes an operation, carried
+//! out by `operations::runner`, whose ID is returned in the `Operation-Id` header.
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use serde::{Deserialize, Serialize};
-use vmm_proto::{Command, command};
-use vmm_shared::{VmId, VmSize, VmStatus, validate_resource_name};
+use vmm_shared::{OperationKind, VmId, VmSize, validate_resource_name};
 
-use super::lifecycle::{self, VmAction};
-use super::reports::{self, ReportSource};
 use super::store::{self, NewVm, Recorded};
 use super::{Vm, VmView};
-use crate::app::AppState;
 use crate::auth::CurrentUser;
 use crate::error::ApiError;
-use crate::hosts::DispatchError;
-use crate::hosts::registry::CommandSuccess;
 use crate::http::{ApiJson, ApiPath};
 use crate::idempotency::{self, IdempotentRequest};
-use crate::operations::{self, Operation, OperationKind};
-
-pub const OPERATION_ID_HEADER: HeaderName = HeaderName::from_static("operation-id");
+use crate::lifecycle::VmAction;
+use crate::operations::Operation;
+use crate::operations::runner::{self, Began};
+use crate::state::AppState;
 
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -44,18 +37,6 @@ pub struct CreateVmRequest {
 #[serde(deny_unknown_fields)]
 pub struct ActionRequest {
     action: VmAction,
-}
-
-pub(crate) fn with_operation(
-    status: StatusCode,
-    operation: Operation,
-    body: impl IntoResponse,
-) -> Response {
-    let mut headers = HeaderMap::new();
-    if let Ok(value) = HeaderValue::from_str(&operation.id.to_string()) {
-        headers.insert(OPERATION_ID_HEADER, value);
-    }
-    (status, headers, body).into_response()
 }
 
 /// The VM with this ID when the user may see it; otherwise 404.
@@ -74,28 +55,9 @@ pub(crate) async fn load_visible(
     }
 }
 
-pub(crate) async fn reload(app: &AppState, id: VmId) -> Result<Vm, ApiError> {
-    store::find(&app.db, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("VM {id} was deleted in the meantime")))
-}
-
-pub(crate) fn ensure_host_connected(app: &AppState, vm: &Vm) -> Result<(), ApiError> {
-    if app.registry.is_connected(&vm.host_id) {
-        Ok(())
-    } else {
-        Err(ApiError::Unavailable(format!(
-            "host {} of this VM is not connected; try again when its agent is back",
-            vm.host_id
-        )))
-    }
-}
-
-/// Runs `work` to completion even if the request that started it is dropped.
-pub(crate) async fn run_detached<T: Send + 'static>(
-    work: impl Future<Output = Result<T, ApiError>> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::spawn(work).await.map_err(ApiError::internal)?
+/// How long a repeated create waits for the first one's answer.
+pub(crate) fn repeat_patience(app: &AppState) -> std::time::Duration {
+    app.settings.operation_timeout + std::time::Duration::from_secs(5)
 }
 
 pub async fn create_vm(
@@ -133,96 +95,21 @@ pub async fn create_vm(
         idempotency.as_ref(),
     )
     .await?;
-    let vm = match (recorded, &idempotency) {
-        (Recorded::New(vm), _) => vm,
-        (Recorded::Repeat, request) => return answer_repeat(&app, request.as_ref()).await,
+    let vm = match recorded {
+        Recorded::New(vm) => vm,
+        Recorded::Repeat => {
+            let patience = repeat_patience(&app);
+            return idempotency::answer_repeat(&app.db, idempotency.as_ref(), patience).await;
+        }
     };
     tracing::info!(operation = %operation.id, vm_id = %vm.id, host = %vm.host_id, "creating VM");
-
-    let view = run_detached(async move {
-        let vm_id = vm.id;
-        let result = create_on_host(app.clone(), vm, operation)
-            .await
-            .map(VmView::from);
-        let kept = result.is_ok() || store::find(&app.db, vm_id).await?.is_some();
-        idempotency::remember(
-            &app.db,
-            idempotency.as_ref(),
-            StatusCode::CREATED,
-            &result,
-            kept,
-        )
-        .await?;
-        result
-    })
-    .await?;
-    Ok(with_operation(StatusCode::CREATED, operation, Json(view)))
-}
-
-/// Answers a create that repeats an earlier one's Idempotency-Key with that one's answer,
-/// waiting for it while the first is still being carried out.
-pub(crate) async fn answer_repeat(
-    app: &AppState,
-    request: Option<&IdempotentRequest>,
-) -> Result<Response, ApiError> {
-    let request = request.ok_or_else(|| {
-        ApiError::internal(anyhow::anyhow!("a repeat without an Idempotency-Key"))
-    })?;
-    tracing::info!(key = %request.key, "repeated create answered from its Idempotency-Key");
-    let patience = app.settings.operation_timeout + std::time::Duration::from_secs(5);
-    idempotency::replay(&app.db, request, patience).await
-}
-
-async fn create_on_host(app: AppState, vm: Vm, operation: Operation) -> Result<Vm, ApiError> {
-    let command = Command {
-        operation_id: operation.id.to_string(),
-        vm_id: vm.id.to_string(),
-        action: Some(command::Action::Create(vmm_proto::CreateVm {
-            name: vm.name.clone(),
-            cpu: vm.cpu,
-            memory_mib: vm.memory_mib,
-            disk_gb: vm.disk_gb,
-            start: true,
-        })),
+    let began = Began {
+        operation,
+        vm,
+        snapshot: None,
+        idempotency,
     };
-    match app
-        .registry
-        .dispatch(&vm.host_id, command, app.settings.operation_timeout)
-        .await
-    {
-        Ok(CommandSuccess { domain: report, .. }) => {
-            reports::apply(
-                &app.db,
-                &vm.host_id,
-                vm.id,
-                &report,
-                ReportSource::OperationResult,
-            )
-            .await?;
-            operations::finish(&app.db, operation, Ok(())).await?;
-            tracing::info!(operation = %operation.id, vm_id = %vm.id, "VM created");
-            reload(&app, vm.id).await
-        }
-        Err(err) => {
-            let message = err.to_string();
-            match &err {
-                // The host refused or never got the command: nothing exists there, so
-                // nothing is kept here either.
-                DispatchError::Failed { .. } | DispatchError::NotConnected(_) => {
-                    store::delete(&app.db, vm.id).await?;
-                }
-                // The host may or may not have made the VM; keep the record so the host's
-                // next report settles it.
-                DispatchError::Disconnected(_) | DispatchError::TimedOut { .. } => {
-                    let reason = format!("the outcome of the create is not known yet: {message}");
-                    store::set_status(&app.db, vm.id, VmStatus::Error, Some(&reason)).await?;
-                }
-            }
-            operations::finish(&app.db, operation, Err(&message)).await?;
-            tracing::warn!(operation = %operation.id, vm_id = %vm.id, error = %message, "VM create failed");
-            Err(err.into())
-        }
-    }
+    Ok(runner::run_operation(&app, began).await)
 }
 
 pub async fn list_vms(
@@ -249,70 +136,9 @@ pub async fn vm_action(
     ApiJson(body): ApiJson<ActionRequest>,
 ) -> Result<Response, ApiError> {
     let vm = load_visible(&app, &user, &id).await?;
-    ensure_host_connected(&app, &vm)?;
-    lifecycle::check_action(vm.status, body.action)?;
-    let (kind, action) = match body.action {
-        VmAction::Start => (
-            OperationKind::Start,
-            command::Action::Start(vmm_proto::StartVm {}),
-        ),
-        VmAction::Stop => (
-            OperationKind::Stop,
-            command::Action::Stop(vmm_proto::StopVm {}),
-        ),
-        VmAction::ForceStop => (
-            OperationKind::ForceStop,
-            command::Action::ForceStop(vmm_proto::ForceStopVm {}),
-        ),
-        VmAction::Reboot => (
-            OperationKind::Reboot,
-            command::Action::Reboot(vmm_proto::RebootVm {}),
-        ),
-    };
-    let operation = Operation::begin(kind);
-    store::begin_operation(&app.db, &vm, operation.id, kind, user.id, None).await?;
-    tracing::info!(operation = %operation.id, vm_id = %vm.id, action = body.action.as_str(), "VM action");
-
-    let vm = run_vm_operation(app, vm, operation, action).await?;
-    Ok(with_operation(
-        StatusCode::OK,
-        operation,
-        Json(VmView::from(vm)),
-    ))
-}
-
-/// Sends `action` for `vm` as `operation` (already recorded as pending), applies the host's
-/// answer to the VM's record and finishes the operation. Runs to completion even if the
-/// request that started it is dropped.
-pub(crate) async fn run_vm_operation(
-    app: AppState,
-    vm: Vm,
-    operation: Operation,
-    action: command::Action,
-) -> Result<Vm, ApiError> {
-    run_detached(async move {
-        let command = Command {
-            operation_id: operation.id.to_string(),
-            vm_id: vm.id.to_string(),
-            action: Some(action),
-        };
-        let timeout = app.settings.operation_timeout;
-        match app.registry.dispatch(&vm.host_id, command, timeout).await {
-            Ok(CommandSuccess { domain, .. }) => {
-                let source = ReportSource::OperationResult;
-                reports::apply(&app.db, &vm.host_id, vm.id, &domain, source).await?;
-                operations::finish(&app.db, operation, Ok(())).await?;
-                reload(&app, vm.id).await
-            }
-            Err(err) => {
-                operations::finish(&app.db, operation, Err(&err.to_string())).await?;
-                tracing::warn!(operation = %operation.id, vm_id = %vm.id, kind = operation.kind.as_str(),
-                    error = %err, "operation failed");
-                Err(err.into())
-            }
-        }
-    })
-    .await
+    let began = runner::begin(&app, user.id, body.action.kind(), &vm, None).await?;
+    tracing::info!(operation = %began.operation.id, vm_id = %vm.id, action = body.action.as_str(), "VM action");
+    Ok(runner::run_operation(&app, began).await)
 }
 
 pub async fn delete_vm(
@@ -321,55 +147,7 @@ pub async fn delete_vm(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let vm = load_visible(&app, &user, &id).await?;
-    ensure_host_connected(&app, &vm)?;
-    lifecycle::check_delete(vm.status)?;
-    let operation = Operation::begin(OperationKind::Delete);
-    store::begin_operation(
-        &app.db,
-        &vm,
-        operation.id,
-        OperationKind::Delete,
-        user.id,
-        Some(VmStatus::Deleting),
-    )
-    .await?;
-    tracing::info!(operation = %operation.id, vm_id = %vm.id, "deleting VM");
-
-    run_detached(async move {
-        let command = Command {
-            operation_id: operation.id.to_string(),
-            vm_id: vm.id.to_string(),
-            action: Some(command::Action::Delete(vmm_proto::DeleteVm {})),
-        };
-        match app
-            .registry
-            .dispatch(&vm.host_id, command, app.settings.operation_timeout)
-            .await
-        {
-            Ok(_) => {
-                store::delete(&app.db, vm.id).await?;
-                operations::finish(&app.db, operation, Ok(())).await?;
-                tracing::info!(operation = %operation.id, vm_id = %vm.id, "VM deleted");
-                Ok(())
-            }
-            Err(err) => {
-                let message = err.to_string();
-                match &err {
-                    DispatchError::NotConnected(_) => {
-                        store::set_status(&app.db, vm.id, vm.status, vm.status_reason.as_deref())
-                            .await?;
-                    }
-                    _ => {
-                        let reason = format!("delete failed: {message}; delete it again to retry");
-                        store::set_status(&app.db, vm.id, VmStatus::Error, Some(&reason)).await?;
-                    }
-                }
-                operations::finish(&app.db, operation, Err(&message)).await?;
-                tracing::warn!(operation = %operation.id, vm_id = %vm.id, error = %message, "VM delete failed");
-                Err(err.into())
-            }
-        }
-    })
-    .await?;
-    Ok(with_operation(StatusCode::NO_CONTENT, operation, ()))
+    let began = runner::begin(&app, user.id, OperationKind::Delete, &vm, None).await?;
+    tracing::info!(operation = %began.operation.id, vm_id = %vm.id, "deleting VM");
+    Ok(runner::run_operation(&app, began).await)
 }

@@ -1,72 +1,93 @@
-//! VMs in the database.
+//! VMs in the database. Every status written here comes from `lifecycle`: the status a
+//! create starts with, an operation's effects (through `operations::runner`), a report
+//! (`vms::reports`) or a lost host ([`mark_host_lost`], the one place that sets `unknown`).
 
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
-use vmm_shared::{HostId, OperationId, UserId, VmId, VmSize, VmStatus};
+use sqlx::{SqliteConnection, SqliteExecutor};
+use vmm_shared::{HostId, OperationId, OperationKind, UserId, VmId, VmSize, VmStatus};
 
 use super::Vm;
 use crate::config::Placement;
-use crate::db::{self, Db, decode};
-use crate::error::ApiError;
+use crate::db::{self, Db};
 use crate::hosts::{scheduler, store as host_store};
 use crate::idempotency::{self, IdempotentRequest};
-use crate::operations::{self, OperationKind};
-use crate::quotas::{self, Claim, QuotaLimits, store as quota_store};
+use crate::lifecycle::{self, sql};
+use crate::operations::store::{self as operation_store, NewOperation};
+use crate::quotas::{self, Claim, QuotaExceeded, QuotaLimits, store as quota_store};
 
-fn from_row(row: &SqliteRow) -> Result<Vm, sqlx::Error> {
-    let id: String = row.try_get("id")?;
-    let owner_id: String = row.try_get("owner_id")?;
-    let host_id: String = row.try_get("host_id")?;
-    let status: String = row.try_get("status")?;
-    Ok(Vm {
-        id: decode(id.parse())?,
-        owner_id: decode(owner_id.parse())?,
-        name: row.try_get("name")?,
-        host_id: decode(host_id.parse())?,
-        cpu: row.try_get::<i64, _>("cpu")? as u32,
-        memory_mib: row.try_get::<i64, _>("memory_mib")? as u64,
-        disk_gb: row.try_get::<i64, _>("disk_gb")? as u64,
-        status: decode(status.parse::<VmStatus>())?,
-        status_reason: row.try_get("status_reason")?,
-        generation: row.try_get::<i64, _>("generation")? as u64,
-        created_at: row.try_get("created_at")?,
-    })
+/// The columns of [`Vm`], in a `SELECT`.
+macro_rules! vm_columns {
+    () => {
+        "id, owner_id, name, host_id, cpu, memory_mib, disk_gb, status, status_reason, generation, created_at"
+    };
 }
 
-pub async fn find(db: &Db, id: VmId) -> Result<Option<Vm>, sqlx::Error> {
-    sqlx::query("SELECT * FROM vms WHERE id = ?")
-        .bind(id.to_string())
-        .fetch_optional(db)
-        .await?
-        .as_ref()
-        .map(from_row)
-        .transpose()
+/// Why a VM could not be recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("you already have a VM named {0:?}")]
+    NameTaken(String),
+    #[error(transparent)]
+    QuotaExceeded(#[from] QuotaExceeded),
+    #[error("no hypervisor host is connected; the VM cannot be placed anywhere")]
+    NoHostConnected,
+    #[error(
+        "no connected host has room for {} vCPUs, {} MiB of memory and {} GB of disk",
+        .0.cpu, .0.memory_mib, .0.disk_gb
+    )]
+    NoRoom(VmSize),
+    #[error(transparent)]
+    Operation(#[from] operation_store::Error),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+pub async fn find<'e>(
+    executor: impl SqliteExecutor<'e>,
+    id: VmId,
+) -> Result<Option<Vm>, sqlx::Error> {
+    sqlx::query_as(concat!("SELECT ", vm_columns!(), " FROM vms WHERE id = ?"))
+        .bind(id)
+        .fetch_optional(executor)
+        .await
 }
 
 /// VMs owned by `owner`, or every VM when `owner` is `None`; oldest first.
 pub async fn list(db: &Db, owner: Option<UserId>) -> Result<Vec<Vm>, sqlx::Error> {
-    let rows = match owner {
+    match owner {
         Some(owner) => {
-            sqlx::query("SELECT * FROM vms WHERE owner_id = ? ORDER BY created_at, id")
-                .bind(owner.to_string())
-                .fetch_all(db)
-                .await?
+            sqlx::query_as(concat!(
+                "SELECT ",
+                vm_columns!(),
+                " FROM vms WHERE owner_id = ? ORDER BY created_at, id"
+            ))
+            .bind(owner)
+            .fetch_all(db)
+            .await
         }
         None => {
-            sqlx::query("SELECT * FROM vms ORDER BY created_at, id")
-                .fetch_all(db)
-                .await?
+            sqlx::query_as(concat!(
+                "SELECT ",
+                vm_columns!(),
+                " FROM vms ORDER BY created_at, id"
+            ))
+            .fetch_all(db)
+            .await
         }
-    };
-    rows.iter().map(from_row).collect()
+    }
 }
 
-pub async fn list_on_host(db: &Db, host: &HostId) -> Result<Vec<Vm>, sqlx::Error> {
-    let rows = sqlx::query("SELECT * FROM vms WHERE host_id = ?")
-        .bind(host.as_str())
-        .fetch_all(db)
-        .await?;
-    rows.iter().map(from_row).collect()
+pub async fn list_on_host<'e>(
+    executor: impl SqliteExecutor<'e>,
+    host: &HostId,
+) -> Result<Vec<Vm>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        vm_columns!(),
+        " FROM vms WHERE host_id = ? ORDER BY created_at, id"
+    ))
+    .bind(host)
+    .fetch_all(executor)
+    .await
 }
 
 /// What recording a create came to.
@@ -88,9 +109,9 @@ pub struct NewVm {
     pub size: VmSize,
 }
 
-/// Checks the owner's quota, chooses a host and records the VM (`creating`) and its create
-/// operation, all in one write transaction: the quota and capacity reads and the insert
-/// cannot interleave with another create.
+/// Checks the owner's quota, chooses a host and records the VM (as its create starts it)
+/// and its create operation, all in one write transaction: the quota and capacity reads and
+/// the insert cannot interleave with another create.
 pub async fn place_and_record(
     db: &Db,
     new: &NewVm,
@@ -99,13 +120,13 @@ pub async fn place_and_record(
     cpu_allocation_ratio: f64,
     default_quota: &QuotaLimits,
     idempotency: Option<&IdempotentRequest>,
-) -> Result<Recorded<Vm>, ApiError> {
+) -> Result<Recorded<Vm>, Error> {
     let mut tx = db::begin_write(db).await?;
     if idempotency::is_repeat(&mut tx, idempotency).await? {
         return Ok(Recorded::Repeat);
     }
-    let limits = quota_store::limits(&mut tx, new.owner_id, default_quota).await?;
-    let usage = quota_store::usage(&mut tx, new.owner_id).await?;
+    let limits = quota_store::limits(&mut *tx, new.owner_id, default_quota).await?;
+    let usage = quota_store::usage(&mut *tx, new.owner_id).await?;
     let claim = Claim {
         vms: 1,
         cpu: u64::from(new.size.cpu),
@@ -115,19 +136,12 @@ pub async fn place_and_record(
     };
     quotas::check_claim(&limits, &usage, &claim)
         .inspect_err(|exceeded| crate::telemetry::record_quota_rejection(exceeded.resource))?;
-    let loads = host_store::connected_loads(&mut tx).await?;
+    let loads = host_store::connected_loads(&mut *tx).await?;
     if loads.is_empty() {
-        return Err(ApiError::NoCapacity(
-            "no hypervisor host is connected; the VM cannot be placed anywhere".into(),
-        ));
+        return Err(Error::NoHostConnected);
     }
     let host = scheduler::choose_host(&loads, &new.size, placement, cpu_allocation_ratio)
-        .ok_or_else(|| {
-            ApiError::NoCapacity(format!(
-                "no connected host has room for {} vCPUs, {} MiB of memory and {} GB of disk",
-                new.size.cpu, new.size.memory_mib, new.size.disk_gb
-            ))
-        })?;
+        .ok_or(Error::NoRoom(new.size))?;
     let vm = Vm {
         id: new.id,
         owner_id: new.owner_id,
@@ -136,133 +150,105 @@ pub async fn place_and_record(
         cpu: new.size.cpu,
         memory_mib: new.size.memory_mib,
         disk_gb: new.size.disk_gb,
-        status: VmStatus::Creating,
+        status: lifecycle::VM_CREATED_AS,
         status_reason: None,
         generation: 0,
         created_at: db::now(),
     };
     let inserted = sqlx::query(
         "INSERT INTO vms (id, owner_id, name, host_id, cpu, memory_mib, disk_gb, status, generation, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, 'creating', 0, ?)",
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
     )
-    .bind(vm.id.to_string())
-    .bind(vm.owner_id.to_string())
+    .bind(vm.id)
+    .bind(vm.owner_id)
     .bind(&vm.name)
-    .bind(vm.host_id.as_str())
+    .bind(&vm.host_id)
     .bind(i64::from(vm.cpu))
-    .bind(vm.memory_mib as i64)
-    .bind(vm.disk_gb as i64)
+    .bind(db::to_i64(vm.memory_mib))
+    .bind(db::to_i64(vm.disk_gb))
+    .bind(vm.status)
     .bind(&vm.created_at)
     .execute(&mut *tx)
     .await;
     if let Err(err) = inserted {
         return Err(if db::is_unique_violation(&err) {
-            ApiError::Conflict(format!("you already have a VM named {:?}", vm.name))
+            Error::NameTaken(vm.name)
         } else {
             err.into()
         });
     }
-    operations::insert_pending(
+    operation_store::insert_pending(
         &mut tx,
-        operation,
-        OperationKind::Create,
-        vm.id,
-        &vm.host_id,
-        new.owner_id,
+        &NewOperation {
+            id: operation,
+            kind: OperationKind::Create,
+            vm: vm.id,
+            snapshot: None,
+            host: &vm.host_id,
+            user: new.owner_id,
+        },
     )
     .await?;
     tx.commit().await?;
     Ok(Recorded::New(vm))
 }
 
-/// Starts `kind` on an existing VM: records the pending operation (refused with 409 when
-/// another one is in flight) and, when given, moves the VM to `new_status`.
-pub async fn begin_operation(
-    db: &Db,
-    vm: &Vm,
-    operation: OperationId,
-    kind: OperationKind,
-    user: UserId,
-    new_status: Option<VmStatus>,
-) -> Result<(), ApiError> {
-    let mut tx = db::begin_write(db).await?;
-    operations::insert_pending(&mut tx, operation, kind, vm.id, &vm.host_id, user).await?;
-    if let Some(status) = new_status {
-        set_status(&mut *tx, vm.id, status, None).await?;
-    }
-    tx.commit().await?;
-    Ok(())
-}
-
-pub async fn set_status<'e, E>(
-    executor: E,
+pub async fn set_status<'e>(
+    executor: impl SqliteExecutor<'e>,
     id: VmId,
     status: VmStatus,
     reason: Option<&str>,
-) -> Result<(), sqlx::Error>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
-{
+) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE vms SET status = ?, status_reason = ? WHERE id = ?")
-        .bind(status.as_str())
+        .bind(status)
         .bind(reason)
-        .bind(id.to_string())
+        .bind(id)
         .execute(executor)
         .await?;
     Ok(())
 }
 
-pub async fn delete(db: &Db, id: VmId) -> Result<(), sqlx::Error> {
+/// Removes the VM's record (and, by cascade, its snapshots'), which releases its quota.
+pub async fn delete<'e>(executor: impl SqliteExecutor<'e>, id: VmId) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM vms WHERE id = ?")
-        .bind(id.to_string())
-        .execute(db)
+        .bind(id)
+        .execute(executor)
         .await?;
     Ok(())
 }
 
-/// Operations that were in flight when the coordinator stopped can no longer be answered:
-/// they are failed, and VMs and snapshots left `creating` or `deleting` are marked `error`
-/// until their host's next inventory settles them.
-pub async fn settle_after_restart(db: &Db) -> Result<(), sqlx::Error> {
-    let mut tx = db::begin_write(db).await?;
-    let failed = operations::fail_all_pending(
-        &mut tx,
-        "the coordinator restarted before the host answered",
-    )
-    .await?;
-    sqlx::query(
-        "UPDATE vms SET status = 'error',
-                status_reason = 'the coordinator restarted during an operation; waiting for the host to report'
-         WHERE status IN ('creating', 'deleting')",
-    )
-    .execute(&mut *tx)
-    .await?;
-    // Snapshots whose operation was cut off likewise wait for their host's inventory.
-    sqlx::query("UPDATE snapshots SET status = 'error' WHERE status IN ('creating', 'deleting')")
-        .execute(&mut *tx)
-        .await?;
-    // A create cut off before it answered can never answer its key's repeats. Its record
-    // stays and is settled by its host; a repeat is told so at once, instead of waiting for
-    // an answer that will not come, and never creates a second one.
-    let interrupted = ApiError::Unavailable(
-        "the first request with this Idempotency-Key was interrupted by a coordinator restart; \
-         see GET /api/vms for what it created"
-            .into(),
+/// The host is lost: its VMs whose status came from its reports become `unknown`, saying
+/// why. The one place that sets `unknown`.
+pub async fn mark_host_lost(conn: &mut SqliteConnection, host: &HostId) -> Result<(), sqlx::Error> {
+    let query = format!(
+        "UPDATE vms SET status = ?, status_reason = ? WHERE host_id = ? AND {}",
+        sql::unknown_when_host_lost_sql()
     );
-    sqlx::query(
-        "UPDATE idempotency_keys SET response_status = ?, response_body = ? WHERE response_status IS NULL",
-    )
-    .bind(i64::from(interrupted.status().as_u16()))
-    .bind(interrupted.body().to_string())
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    if failed > 0 {
-        tracing::warn!(
-            failed,
-            "failed the operations left pending by the previous run"
-        );
-    }
+    sqlx::query(sqlx::AssertSqlSafe(query))
+        .bind(VmStatus::Unknown)
+        .bind(format!("host {host} is unreachable"))
+        .bind(host)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// VMs left in a status owned by an operation that no longer exists (written by an older
+/// version) are `error` until their host reports.
+pub async fn mark_orphaned_operations(
+    conn: &mut SqliteConnection,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    let query = format!(
+        "UPDATE vms SET status = ?, status_reason = ? WHERE {}
+           AND NOT EXISTS (SELECT 1 FROM operations o WHERE o.vm_id = vms.id AND o.status = 'pending')",
+        sql::owned_by_operation_sql()
+    );
+    sqlx::query(sqlx::AssertSqlSafe(query))
+        .bind(VmStatus::Error)
+        .bind(reason)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -310,8 +296,8 @@ mod tests {
         for task in tasks {
             match task.await.unwrap() {
                 Ok(_) => admitted += 1,
-                Err(ApiError::NoCapacity(message)) => {
-                    assert!(message.contains("room"), "{message}")
+                Err(err @ Error::NoRoom(_)) => {
+                    assert!(err.to_string().contains("room"), "{err}")
                 }
                 Err(other) => panic!("unexpected error: {other:?}"),
             }
@@ -355,7 +341,7 @@ mod tests {
         for task in tasks {
             match task.await.unwrap() {
                 Ok(_) => admitted += 1,
-                Err(ApiError::QuotaExceeded(exceeded)) => {
+                Err(Error::QuotaExceeded(exceeded)) => {
                     assert_eq!(
                         (
                             exceeded.resource,
@@ -371,33 +357,6 @@ mod tests {
         }
         assert_eq!(admitted, 10);
         assert_eq!(t.count_vms().await, 10);
-    }
-
-    #[tokio::test]
-    async fn one_operation_per_vm_at_a_time() {
-        let t = TestDb::new().await;
-        let id = t.vm_with_status(VmStatus::Running, 1).await;
-        let vm = find(&t.db, id).await.unwrap().unwrap();
-        begin_operation(
-            &t.db,
-            &vm,
-            OperationId::new_random(),
-            OperationKind::Stop,
-            t.user,
-            None,
-        )
-        .await
-        .unwrap();
-        let second = begin_operation(
-            &t.db,
-            &vm,
-            OperationId::new_random(),
-            OperationKind::Reboot,
-            t.user,
-            None,
-        )
-        .await;
-        assert!(matches!(second, Err(ApiError::Conflict(_))), "{second:?}");
     }
 
     /// Twenty concurrent creates with one idempotency key: one records, nineteen repeat.
@@ -477,6 +436,6 @@ mod tests {
         )
         .await
         .unwrap_err();
-        assert!(matches!(err, ApiError::Conflict(_)), "{err:?}");
+        assert!(matches!(err, Error::NameTaken(_)), "{err:?}");
     }
 }

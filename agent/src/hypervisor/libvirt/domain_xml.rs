@@ -4,19 +4,20 @@
 //!
 //! Every document is built from typed values, and every interpolated string goes through
 //! [`escape`], even values that were validated before: escaping is what makes markup in a
-//! value harmless, validation is only a second line of defence. Nothing here talks to
-//! libvirt, so all of it is unit-testable.
+//! value harmless, validation is only a second line of defence. libvirt's XML is read with
+//! one XML parser (`roxmltree`), never by splitting strings: a document that does not parse
+//! yields nothing. Nothing here talks to libvirt, so all of it is unit-testable.
 
 use std::fmt::Write as _;
 
+use roxmltree::{Document, Node};
 use vmm_shared::VmId;
+
+use crate::hypervisor::domain_name;
 
 /// The XML namespace of the metadata element the agent puts into every domain it creates.
 /// A domain carrying it is managed by the product; its `vm-id` names the coordinator's VM.
 pub const INSTANCE_METADATA_NAMESPACE: &str = "https://vmm.dev/xmlns/instance/1";
-
-/// Bytes in one GiB; disk sizes on the wire are GB and the agent allocates them as GiB.
-pub const BYTES_PER_GIB: u64 = 1_073_741_824;
 
 /// Escapes a string for use in XML text and in attribute values (quoted with `'` or `"`).
 pub fn escape(raw: &str) -> String {
@@ -32,16 +33,6 @@ pub fn escape(raw: &str) -> String {
         }
     }
     escaped
-}
-
-/// The libvirt domain name of a product VM. Users' names are never libvirt identifiers.
-pub fn domain_name(vm_id: VmId) -> String {
-    format!("vmm-{vm_id}")
-}
-
-/// The storage volume holding a product VM's disk.
-pub fn volume_name(vm_id: VmId) -> String {
-    format!("vmm-{vm_id}.qcow2")
 }
 
 /// Everything needed to write the domain XML of one product VM.
@@ -179,66 +170,84 @@ pub struct GuestCapability {
 /// Finds the `<guest>` with `<os_type>hvm</os_type>` for the host's own arch (the
 /// `<host><cpu><arch>` of a capabilities document), or else the first hvm guest. QEMU lists
 /// `i686` before `x86_64`, so taking the first one would give 32-bit guests.
-///
-/// String scanning is enough here: the document comes from libvirt itself and the agent
-/// only needs one arch name and a list of domain types.
 pub fn parse_hvm_guest(capabilities_xml: &str) -> Option<GuestCapability> {
-    let hvm_guests: Vec<GuestCapability> = capabilities_xml
-        .split("<guest>")
-        .skip(1)
-        .map(|rest| rest.split("</guest>").next().unwrap_or(rest))
-        .filter(|guest| guest.contains("<os_type>hvm</os_type>"))
+    let document = Document::parse(capabilities_xml).ok()?;
+    let capabilities = document.root_element();
+    let hvm_guests: Vec<GuestCapability> = children(capabilities, "guest")
+        .filter(|guest| child(*guest, "os_type").is_some_and(|os_type| text(os_type) == "hvm"))
         .filter_map(|guest| {
-            let arch_element = guest.split("<arch ").nth(1)?;
-            let arch = attribute_value(arch_element, "name")?;
-            let domain_types = arch_element
-                .split("<domain ")
-                .skip(1)
-                .filter_map(|domain| attribute_value(domain, "type"))
+            let arch = child(guest, "arch")?;
+            let domain_types = children(arch, "domain")
+                .filter_map(|domain| domain.attribute("type"))
+                .map(str::to_owned)
                 .collect();
-            Some(GuestCapability { arch, domain_types })
+            Some(GuestCapability {
+                arch: arch.attribute("name")?.to_owned(),
+                domain_types,
+            })
         })
         .collect();
-    let host_arch = capabilities_xml
-        .split("<host>")
-        .nth(1)
-        .and_then(|host| host.split("<arch>").nth(1))
-        .and_then(|arch| arch.split('<').next())
-        .map(str::trim);
+    let host_arch = child(capabilities, "host")
+        .and_then(|host| child(host, "cpu"))
+        .and_then(|cpu| child(cpu, "arch"))
+        .map(text);
     let preferred =
         host_arch.and_then(|host_arch| hvm_guests.iter().position(|guest| guest.arch == host_arch));
     let index = preferred.unwrap_or(0);
     hvm_guests.into_iter().nth(index)
 }
 
-/// The value of `attribute='…'` or `attribute="…"` in the start of `element`, up to its `>`.
-fn attribute_value(element: &str, attribute: &str) -> Option<String> {
-    let tag = element.split('>').next()?;
-    let after_name = tag.split(&format!("{attribute}=")).nth(1)?;
-    let quote = after_name
-        .chars()
-        .next()
-        .filter(|c| *c == '\'' || *c == '"')?;
-    let value = after_name[1..].split(quote).next()?;
-    Some(value.to_owned())
-}
-
-/// Reads the VM ID out of the instance metadata element the agent wrote (as libvirt returns
-/// it, with whatever namespace prefix it chose). `None` if there is none or it is not a UUID.
+/// Reads the VM ID out of the instance metadata the agent wrote: the `vm-id` of an
+/// `instance` element in [`INSTANCE_METADATA_NAMESPACE`]. libvirt hands the element back
+/// without its namespace (`<instance><vm-id>…`) when asked for it by namespace, so an
+/// element without a namespace counts too; one of another namespace does not. `None` if
+/// there is none or it is not a UUID.
 pub fn parse_instance_vm_id(metadata_xml: &str) -> Option<VmId> {
-    let after_open = metadata_xml.split("vm-id>").nth(1)?;
-    let value = after_open.split('<').next()?;
-    value.trim().parse().ok()
+    let document = Document::parse(metadata_xml).ok()?;
+    let ours = |node: &Node<'_, '_>, name: &str| {
+        node.tag_name().name() == name
+            && node
+                .tag_name()
+                .namespace()
+                .is_none_or(|namespace| namespace == INSTANCE_METADATA_NAMESPACE)
+    };
+    let vm_id = document.descendants().find(|node| {
+        ours(node, "vm-id")
+            && node
+                .parent_element()
+                .is_some_and(|parent| ours(&parent, "instance"))
+    })?;
+    text(vm_id).parse().ok()
 }
 
-/// All MAC addresses mentioned in a domain's XML, lowercased.
+/// All MAC addresses of a domain's interfaces, lowercased.
 pub fn mac_addresses(domain_xml: &str) -> Vec<String> {
-    domain_xml
-        .split("<mac ")
-        .skip(1)
-        .filter_map(|element| attribute_value(element, "address"))
-        .map(|mac| mac.to_ascii_lowercase())
+    let Ok(document) = Document::parse(domain_xml) else {
+        return Vec::new();
+    };
+    document
+        .descendants()
+        .filter(|node| node.has_tag_name("mac"))
+        .filter_map(|mac| mac.attribute("address"))
+        .map(str::to_ascii_lowercase)
         .collect()
+}
+
+/// The child elements of `node` named `tag` (no namespace).
+fn children<'a, 'input: 'a>(
+    node: Node<'a, 'input>,
+    tag: &'a str,
+) -> impl Iterator<Item = Node<'a, 'input>> + 'a {
+    node.children().filter(move |child| child.has_tag_name(tag))
+}
+
+fn child<'a, 'input: 'a>(node: Node<'a, 'input>, tag: &'a str) -> Option<Node<'a, 'input>> {
+    children(node, tag).next()
+}
+
+/// The trimmed text of an element.
+fn text<'a>(node: Node<'a, '_>) -> &'a str {
+    node.text().unwrap_or_default().trim()
 }
 
 /// A locally administered MAC in QEMU's `52:54:00` range from three random bytes.
@@ -331,6 +340,28 @@ mod tests {
     fn instance_metadata_without_a_uuid_is_unmanaged() {
         assert_eq!(parse_instance_vm_id("<vmm:vm-id>nope</vmm:vm-id>"), None);
         assert_eq!(parse_instance_vm_id(""), None);
+        // As libvirt returns it when asked by namespace.
+        let vm_id = VmId::new_random();
+        assert_eq!(
+            parse_instance_vm_id(&format!(
+                "<instance>\n  <vm-id>{vm_id}</vm-id>\n  <name>a&amp;</name>\n</instance>"
+            )),
+            Some(vm_id)
+        );
+        // Another namespace's vm-id is not ours.
+        assert_eq!(
+            parse_instance_vm_id(&format!(
+                "<x:instance xmlns:x='urn:other'><x:vm-id>{vm_id}</x:vm-id></x:instance>"
+            )),
+            None
+        );
+        assert_eq!(
+            parse_instance_vm_id(&format!(
+                "<i:instance xmlns:i='{INSTANCE_METADATA_NAMESPACE}'>\
+                 <i:vm-id> {vm_id} </i:vm-id></i:instance>"
+            )),
+            Some(vm_id)
+        );
     }
 
     #[test]

@@ -21,91 +21,13 @@ use std::collections::{HashMap, HashSet};
 use virt::connect::Connect;
 use virt::domain::Domain;
 use vmm_libvirt_stats::{DomainStats, ParamValue, StatGroups, all_domain_stats, flags};
-use vmm_shared::VmId;
 
 use super::vm_ids::VmIdCache;
-use super::{FailureKind, HypervisorError};
-
-/// libvirt's `VIR_DOMAIN_SHUTOFF`: the domain is defined but not running.
-pub const STATE_SHUTOFF: u32 = 5;
+use crate::hypervisor::sample::{DomainSample, HostSample, PoolSample, StatsSample};
+use crate::hypervisor::{FailureKind, HypervisorError};
 
 /// No domain has more devices than this; a larger index in a parameter name is ignored.
 const MAX_DEVICES: usize = 4096;
-
-/// One collection: every domain libvirt knows, and the host.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct StatsSample {
-    pub domains: Vec<DomainSample>,
-    pub host: HostSample,
-}
-
-/// One domain's figures. Counters and usage are only filled for active domains; a
-/// shut-off domain carries its state and identity only.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct DomainSample {
-    pub name: String,
-    pub uuid: String,
-    /// From the product's metadata; `None` for domains the product did not create.
-    pub vm_id: Option<VmId>,
-    /// libvirt's `virDomainState` (1 running, 3 paused, 5 shut off, ...).
-    pub state: u32,
-    pub cpu_time_ns: Option<u64>,
-    pub virtual_cpus: Option<u64>,
-    pub maximum_memory_kib: Option<u64>,
-    pub memory_kib: Option<u64>,
-    pub blocks: Vec<BlockSample>,
-    pub interfaces: Vec<InterfaceSample>,
-}
-
-impl DomainSample {
-    pub fn is_active(&self) -> bool {
-        self.state != STATE_SHUTOFF
-    }
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BlockSample {
-    /// `vda`, ...
-    pub target_device: String,
-    /// The image path; empty for disks without a local file (e.g. an empty CD-ROM).
-    pub source_file: String,
-    pub read_bytes: Option<u64>,
-    pub read_requests: Option<u64>,
-    pub write_bytes: Option<u64>,
-    pub write_requests: Option<u64>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct InterfaceSample {
-    /// The host-side device, e.g. `vnet3`.
-    pub target_device: String,
-    /// The bridge it is plugged into; empty if none.
-    pub source_bridge: String,
-    pub receive_bytes: Option<u64>,
-    pub receive_packets: Option<u64>,
-    pub receive_errors: Option<u64>,
-    pub receive_drops: Option<u64>,
-    pub transmit_bytes: Option<u64>,
-    pub transmit_packets: Option<u64>,
-    pub transmit_errors: Option<u64>,
-    pub transmit_drops: Option<u64>,
-}
-
-/// The host's capacity; each part is missing if libvirt would not tell.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HostSample {
-    pub cpus: Option<u32>,
-    pub memory_bytes: Option<u64>,
-    pub pool: Option<PoolSample>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PoolSample {
-    pub name: String,
-    pub capacity_bytes: u64,
-    pub allocation_bytes: u64,
-    pub available_bytes: u64,
-}
 
 /// What is remembered between collections, per domain UUID, so that each collection costs
 /// one bulk call and no per-domain calls.
@@ -317,45 +239,30 @@ fn fill_bridges(domain: &Domain, sample: &mut DomainSample, cache: &mut StatsCac
 }
 
 /// Host-side device → bridge, for every interface of a domain's (live) XML that has both.
+/// A document that does not parse gives none.
 pub fn interface_bridges(domain_xml: &str) -> HashMap<String, String> {
-    domain_xml
-        .split("<interface ")
-        .skip(1)
-        .filter_map(|element| {
-            let element = element.split("</interface>").next().unwrap_or(element);
-            let device = attribute_of(element, "<target ", "dev")?;
-            let bridge = attribute_of(element, "<source ", "bridge")?;
+    let Ok(document) = roxmltree::Document::parse(domain_xml) else {
+        return HashMap::new();
+    };
+    let child_attribute = |interface: roxmltree::Node<'_, '_>, tag: &str, attribute: &str| {
+        interface
+            .children()
+            .find(|child| child.has_tag_name(tag))
+            .and_then(|child| child.attribute(attribute))
+            .map(str::to_owned)
+    };
+    document
+        .root_element()
+        .children()
+        .filter(|child| child.has_tag_name("devices"))
+        .flat_map(|devices| devices.children())
+        .filter(|device| device.has_tag_name("interface"))
+        .filter_map(|interface| {
+            let device = child_attribute(interface, "target", "dev")?;
+            let bridge = child_attribute(interface, "source", "bridge")?;
             Some((device, bridge))
         })
         .collect()
-}
-
-/// The value of `attribute` in the first `tag` (e.g. `<source `) of `xml`, unescaped.
-fn attribute_of(xml: &str, tag: &str, attribute: &str) -> Option<String> {
-    let element = xml.split(tag).nth(1)?.split('>').next()?;
-    let needle = format!("{attribute}=");
-    let mut search = element;
-    loop {
-        let at = search.find(&needle)?;
-        // A whole attribute name, not the tail of a longer one (`portdev=`).
-        let whole = at == 0 || search.as_bytes()[at - 1].is_ascii_whitespace();
-        let after = &search[at + needle.len()..];
-        if whole {
-            let quote = after.chars().next().filter(|c| *c == '\'' || *c == '"')?;
-            let value = after[1..].split(quote).next()?;
-            return Some(unescape_xml(value));
-        }
-        search = after;
-    }
-}
-
-fn unescape_xml(value: &str) -> String {
-    value
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&apos;", "'")
-        .replace("&amp;", "&")
 }
 
 fn host_sample(connection: &Connect, storage_pool: &str) -> HostSample {
@@ -456,13 +363,9 @@ mod tests {
 
     #[test]
     fn attributes_match_whole_names_only() {
-        assert_eq!(
-            attribute_of("<target portdev='x' dev='vnet1'/>", "<target ", "dev"),
-            Some("vnet1".to_owned())
-        );
-        assert_eq!(
-            attribute_of("<target portdev='x'/>", "<target ", "dev"),
-            None
-        );
+        let xml = "<domain><devices><interface type='bridge'>\
+            <source portbridge='nope'/><target portdev='x'/></interface></devices></domain>";
+        assert!(interface_bridges(xml).is_empty());
+        assert!(interface_bridges("<domain><devices><interface").is_empty());
     }
 }

@@ -1,6 +1,9 @@
 //! The real [`Hypervisor`]: one libvirt connection (`qemu:///system` in production,
-//! `test:///default` anywhere else), the storage pool the agent owns, and the product's
-//! naming of domains (`vmm-<vm_id>`) and disk volumes (`vmm-<vm_id>.qcow2`).
+//! `test:///default` anywhere else) and the storage pool the agent owns, with everything
+//! that only libvirt needs: the XML the agent writes and reads ([`domain_xml`],
+//! [`snapshot_xml`]), the statistics collection (`stats`), the cache of which domain is
+//! which VM (`vm_ids`), reconnecting after libvirtd went away (`reconnect`), snapshots
+//! (`snapshots`) and the start-up sweep of orphaned disks (`sweep`).
 //!
 //! At open it decides once how VMs are run: the host's hvm guest arch, and `kvm` only when a
 //! throw-away probe domain of that type really starts (a `/dev/kvm` that exists is not
@@ -18,16 +21,23 @@ use virt::enumutil::Enum;
 use virt::error::{Error as LibvirtError, ErrorNumber};
 use virt::storage_pool::StoragePool;
 use virt::storage_vol::StorageVol;
-use vmm_proto::PowerState;
 use vmm_shared::{SnapshotId, VmId};
 
-use super::domain_xml::{self, BYTES_PER_GIB, DomainDefinition, domain_name, volume_name};
+use super::preconditions::{self, PowerAction, Proceed};
 use super::{
-    FailureKind, HostFacts, Hypervisor, HypervisorError, ObservedDomain, ObservedSnapshot, VmSpec,
+    AlreadyThere, BYTES_PER_GIB, FailureKind, HostFacts, Hypervisor, HypervisorError,
+    ObservedDomain, ObservedSnapshot, PowerState, SnapshotTaken, StatsSample, VmSpec, domain_name,
+    volume_name,
 };
+use domain_xml::DomainDefinition;
 
+pub mod domain_xml;
+mod reconnect;
+pub mod snapshot_xml;
 mod snapshots;
+mod stats;
 mod sweep;
+mod vm_ids;
 
 /// Where and how the agent uses libvirt.
 #[derive(Debug, Clone)]
@@ -54,11 +64,11 @@ pub struct LibvirtHost {
     guest: GuestPlacement,
     /// VM ID (or none, for unmanaged domains) per domain UUID, so each domain's metadata is
     /// read once rather than on every poll.
-    vm_ids: super::vm_ids::VmIdCache,
+    vm_ids: vm_ids::VmIdCache,
     /// What the metrics' statistics remember between collections.
-    stats_cache: super::stats::StatsCache,
+    stats_cache: stats::StatsCache,
     /// When to try again after libvirtd went away.
-    reconnect: super::reconnect::ReconnectBackoff,
+    reconnect: reconnect::ReconnectSchedule,
 }
 
 impl LibvirtHost {
@@ -88,9 +98,9 @@ impl LibvirtHost {
             connection,
             settings,
             guest,
-            vm_ids: super::vm_ids::VmIdCache::default(),
-            stats_cache: super::stats::StatsCache::default(),
-            reconnect: super::reconnect::ReconnectBackoff::default(),
+            vm_ids: vm_ids::VmIdCache::default(),
+            stats_cache: stats::StatsCache::default(),
+            reconnect: reconnect::ReconnectSchedule::default(),
         })
     }
 
@@ -116,34 +126,45 @@ impl LibvirtHost {
         }
     }
 
-    fn require_domain(&self, vm_id: VmId) -> Result<Domain, HypervisorError> {
-        self.lookup_domain(vm_id)?.ok_or_else(|| {
-            HypervisorError::new(
-                FailureKind::NotFound,
-                format!("domain {} does not exist", domain_name(vm_id)),
-            )
-        })
+    /// The VM's domain, and how it looks now, if it has one.
+    fn find_domain(
+        &mut self,
+        vm_id: VmId,
+    ) -> Result<Option<(Domain, ObservedDomain)>, HypervisorError> {
+        let Some(domain) = self.lookup_domain(vm_id)? else {
+            return Ok(None);
+        };
+        match self.observe(&domain) {
+            Ok(observed) => Ok(Some((domain, observed))),
+            // Gone between the lookup and the query.
+            Err(error) if has_code(&error, ErrorNumber::NoDomain) => Ok(None),
+            Err(error) => Err(failed(format!("reading domain {}", domain_name(vm_id)))(
+                error,
+            )),
+        }
     }
 
-    /// The domain, if it is active (`want_active`) or inactive (`!want_active`); otherwise
-    /// a conflict. Drivers disagree on the error for e.g. starting a running domain, so the
-    /// agent checks itself.
-    fn require_domain_in(&self, vm_id: VmId, want_active: bool) -> Result<Domain, HypervisorError> {
-        let domain = self.require_domain(vm_id)?;
-        let active = domain
-            .is_active()
-            .map_err(failed(format!("reading domain {}", domain_name(vm_id))))?;
-        match (want_active, active) {
-            (true, false) => Err(HypervisorError::new(
-                FailureKind::Conflict,
-                format!("domain {} is not running", domain_name(vm_id)),
-            )),
-            (false, true) => Err(HypervisorError::new(
-                FailureKind::Conflict,
-                format!("domain {} is already running", domain_name(vm_id)),
-            )),
-            _ => Ok(domain),
-        }
+    /// The product domain of `vm_id` and how it looks now: `NotFound` without a domain,
+    /// `Conflict` for a domain the product did not create.
+    fn require_managed(
+        &mut self,
+        vm_id: VmId,
+    ) -> Result<(Domain, ObservedDomain), HypervisorError> {
+        let (domain, observed) = self
+            .find_domain(vm_id)?
+            .ok_or_else(|| preconditions::not_found(vm_id))?;
+        preconditions::ensure_managed(vm_id, &observed)?;
+        Ok((domain, observed))
+    }
+
+    /// Reads the domain back after an operation changed it.
+    fn observe_after(
+        &mut self,
+        vm_id: VmId,
+        domain: &Domain,
+    ) -> Result<ObservedDomain, HypervisorError> {
+        self.observe(domain)
+            .map_err(failed(format!("reading domain {}", domain_name(vm_id))))
     }
 
     fn observe(&mut self, domain: &Domain) -> Result<ObservedDomain, LibvirtError> {
@@ -165,6 +186,22 @@ impl LibvirtHost {
             memory_mib: info.max_mem / 1024,
             detail,
         })
+    }
+
+    /// Check, act and read back, for the power operations.
+    fn power_operation(
+        &mut self,
+        vm_id: VmId,
+        action: PowerAction,
+        already: AlreadyThere,
+        act: impl FnOnce(&Domain) -> Result<(), HypervisorError>,
+    ) -> Result<ObservedDomain, HypervisorError> {
+        let (domain, observed) = self.require_managed(vm_id)?;
+        if preconditions::power(action, vm_id, &observed, already)? == Proceed::AlreadyThere {
+            return Ok(observed);
+        }
+        act(&domain)?;
+        self.observe_after(vm_id, &domain)
     }
 
     /// A `52:54:00:…` MAC that no domain on this host uses yet.
@@ -216,8 +253,7 @@ impl LibvirtHost {
                 .create()
                 .map_err(failed(format!("starting domain {}", domain_name(vm_id))))?;
         }
-        self.observe(&domain)
-            .map_err(failed(format!("reading domain {}", domain_name(vm_id))))
+        self.observe_after(vm_id, &domain)
     }
 
     /// Removes whatever a failed create left: the domain (if it got defined) and the volume.
@@ -236,56 +272,9 @@ impl LibvirtHost {
         }
         self.vm_ids.forget(&vm_id.to_string());
     }
-
-    /// Reopens the connection if libvirtd went away (e.g. was restarted), with backoff
-    /// between failed attempts. The call that follows fails on a dead connection, which is
-    /// how the poller learns that libvirt is unreachable and heartbeats say so.
-    ///
-    /// libvirt's client notices a closed socket only during a call (the agent runs no
-    /// libvirt event loop), so the first call after libvirtd died fails, and the connection
-    /// reads as dead from then on.
-    fn reconnect_if_dead(&mut self) {
-        if self.connection.is_alive().unwrap_or(false) {
-            return;
-        }
-        let now = std::time::Instant::now();
-        if !self.reconnect.may_attempt(now) {
-            return;
-        }
-        match Connect::open(Some(&self.settings.uri)) {
-            Ok(connection) => {
-                let failed_attempts = self.reconnect.succeeded();
-                tracing::info!(uri = %self.settings.uri, failed_attempts, "reconnected to libvirt");
-                self.connection = connection;
-                // A restarted libvirtd brings autostarted pools back; make sure of it.
-                if let Err(error) = ensure_storage_pool(&self.connection, &self.settings) {
-                    tracing::warn!(%error, "the storage pool is not ready after reconnecting");
-                }
-            }
-            Err(error) => {
-                let retry_in = self.reconnect.failed(now);
-                tracing::warn!(uri = %self.settings.uri, error = error.message(), ?retry_in,
-                    "libvirt is unreachable");
-            }
-        }
-    }
 }
 
 impl Hypervisor for LibvirtHost {
-    fn remove_orphan_volumes(&mut self) -> Result<Vec<String>, HypervisorError> {
-        self.sweep_orphan_volumes()
-    }
-
-    fn stats_sample(&mut self) -> Result<super::stats::StatsSample, HypervisorError> {
-        self.reconnect_if_dead();
-        super::stats::collect(
-            &self.connection,
-            &self.settings.storage_pool,
-            &mut self.stats_cache,
-            &mut self.vm_ids,
-        )
-    }
-
     fn host_facts(&mut self) -> Result<HostFacts, HypervisorError> {
         self.reconnect_if_dead();
         let node = self
@@ -340,23 +329,19 @@ impl Hypervisor for LibvirtHost {
 
     fn find_vm(&mut self, vm_id: VmId) -> Result<Option<ObservedDomain>, HypervisorError> {
         self.reconnect_if_dead();
-        let Some(domain) = self.lookup_domain(vm_id)? else {
-            return Ok(None);
-        };
-        match self.observe(&domain) {
-            Ok(observed) => Ok(Some(observed)),
-            Err(error) if has_code(&error, ErrorNumber::NoDomain) => Ok(None),
-            Err(error) => Err(failed(format!("reading domain {}", domain_name(vm_id)))(
-                error,
-            )),
-        }
+        Ok(self.find_domain(vm_id)?.map(|(_, observed)| observed))
     }
 
     fn create_vm(&mut self, vm_id: VmId, spec: &VmSpec) -> Result<ObservedDomain, HypervisorError> {
+        if let Some((_, existing)) = self.find_domain(vm_id)? {
+            preconditions::ensure_managed(vm_id, &existing)?;
+            tracing::info!(%vm_id, "the VM's domain exists already (made by an earlier delivery)");
+            return Ok(existing);
+        }
         let pool = self.storage_pool()?;
         let volume_name = volume_name(vm_id);
-        // The caller made sure no domain has this UUID, so a volume of that name is the
-        // leftover of an earlier attempt at this same VM that died half-way.
+        // No domain has this UUID, so a volume of that name is the leftover of an earlier
+        // attempt at this same VM that died half-way.
         if let Ok(leftover) = pool.lookup_storage_vol_by_name(&volume_name) {
             tracing::warn!(%vm_id, volume = %volume_name, "deleting a leftover disk volume");
             leftover
@@ -384,84 +369,102 @@ impl Hypervisor for LibvirtHost {
         }
     }
 
-    fn start_vm(&mut self, vm_id: VmId) -> Result<(), HypervisorError> {
-        self.require_domain_in(vm_id, false)?
-            .create()
-            .map_err(failed(format!("starting domain {}", domain_name(vm_id))))
+    fn start_vm(
+        &mut self,
+        vm_id: VmId,
+        already: AlreadyThere,
+    ) -> Result<ObservedDomain, HypervisorError> {
+        self.power_operation(vm_id, PowerAction::Start, already, |domain| {
+            domain
+                .create()
+                .map_err(failed(format!("starting domain {}", domain_name(vm_id))))
+        })
     }
 
-    fn request_shutdown(&mut self, vm_id: VmId) -> Result<(), HypervisorError> {
-        let domain = self.require_domain_in(vm_id, true)?;
-        let action = format!("shutting down domain {}", domain_name(vm_id));
-        match domain.shutdown_flags(virt::sys::VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN) {
-            Ok(()) => Ok(()),
-            // Some drivers (the test driver) refuse to be told how; let them choose.
-            Err(error) if is_unsupported(&error) => domain.shutdown().map_err(failed(action)),
-            Err(error) => Err(failed(action)(error)),
-        }
-    }
-
-    fn force_stop(&mut self, vm_id: VmId) -> Result<(), HypervisorError> {
-        self.require_domain_in(vm_id, true)?
-            .destroy()
-            .map_err(failed(format!("destroying domain {}", domain_name(vm_id))))
-    }
-
-    fn reboot_vm(&mut self, vm_id: VmId) -> Result<(), HypervisorError> {
-        let domain = self.require_domain_in(vm_id, true)?;
-        let action = format!("rebooting domain {}", domain_name(vm_id));
-        let error = match domain.reboot(virt::sys::VIR_DOMAIN_REBOOT_DEFAULT) {
-            Ok(()) => return Ok(()),
-            Err(error) if is_unsupported(&error) => error,
-            Err(error) => return Err(failed(action)(error)),
-        };
-        tracing::debug!(%vm_id, error = error.message(), "reboot unsupported; resetting instead");
-        match domain.reset() {
-            Ok(()) => Ok(()),
-            Err(error) if is_unsupported(&error) => {
-                domain.destroy().map_err(failed(action.clone()))?;
-                domain.create().map_err(failed(action))
+    fn request_shutdown(
+        &mut self,
+        vm_id: VmId,
+        already: AlreadyThere,
+    ) -> Result<ObservedDomain, HypervisorError> {
+        self.power_operation(vm_id, PowerAction::Shutdown, already, |domain| {
+            let action = format!("shutting down domain {}", domain_name(vm_id));
+            match domain.shutdown_flags(virt::sys::VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN) {
+                Ok(()) => Ok(()),
+                // Some drivers (the test driver) refuse to be told how; let them choose.
+                Err(error) if is_unsupported(&error) => domain.shutdown().map_err(failed(action)),
+                Err(error) => Err(failed(action)(error)),
             }
-            Err(error) => Err(failed(action)(error)),
-        }
+        })
     }
 
-    fn delete_vm(&mut self, vm_id: VmId) -> Result<(), HypervisorError> {
-        if let Some(domain) = self.lookup_domain(vm_id)? {
-            destroy_and_undefine(&domain)
-                .map_err(failed(format!("deleting domain {}", domain_name(vm_id))))?;
-        }
+    fn force_stop(
+        &mut self,
+        vm_id: VmId,
+        already: AlreadyThere,
+    ) -> Result<ObservedDomain, HypervisorError> {
+        self.power_operation(vm_id, PowerAction::ForceStop, already, |domain| {
+            domain
+                .destroy()
+                .map_err(failed(format!("destroying domain {}", domain_name(vm_id))))
+        })
+    }
+
+    fn reboot_vm(&mut self, vm_id: VmId) -> Result<ObservedDomain, HypervisorError> {
+        self.power_operation(vm_id, PowerAction::Reboot, AlreadyThere::Refuse, |domain| {
+            let action = format!("rebooting domain {}", domain_name(vm_id));
+            let error = match domain.reboot(virt::sys::VIR_DOMAIN_REBOOT_DEFAULT) {
+                Ok(()) => return Ok(()),
+                Err(error) if is_unsupported(&error) => error,
+                Err(error) => return Err(failed(action)(error)),
+            };
+            tracing::debug!(%vm_id, error = error.message(), "reboot unsupported; resetting instead");
+            match domain.reset() {
+                Ok(()) => Ok(()),
+                Err(error) if is_unsupported(&error) => {
+                    domain.destroy().map_err(failed(action.clone()))?;
+                    domain.create().map_err(failed(action))
+                }
+                Err(error) => Err(failed(action)(error)),
+            }
+        })
+    }
+
+    fn delete_vm(&mut self, vm_id: VmId) -> Result<Option<ObservedDomain>, HypervisorError> {
+        let existing = match self.find_domain(vm_id)? {
+            Some((domain, observed)) => {
+                preconditions::ensure_managed(vm_id, &observed)?;
+                destroy_and_undefine(&domain)
+                    .map_err(failed(format!("deleting domain {}", domain_name(vm_id))))?;
+                Some(observed)
+            }
+            None => None,
+        };
         self.vm_ids.forget(&vm_id.to_string());
         let volume_name = volume_name(vm_id);
         let pool = self.storage_pool()?;
         match pool.lookup_storage_vol_by_name(&volume_name) {
             Ok(volume) => volume
                 .delete(0)
-                .map_err(failed(format!("deleting disk volume {volume_name}"))),
-            Err(error) if has_code(&error, ErrorNumber::NoStorageVolume) => Ok(()),
-            Err(error) => Err(failed(format!("looking up disk volume {volume_name}"))(
-                error,
-            )),
+                .map_err(failed(format!("deleting disk volume {volume_name}")))?,
+            Err(error) if has_code(&error, ErrorNumber::NoStorageVolume) => {}
+            Err(error) => {
+                return Err(failed(format!("looking up disk volume {volume_name}"))(
+                    error,
+                ));
+            }
         }
+        Ok(existing)
     }
 
     fn list_snapshots(&mut self, vm_id: VmId) -> Result<Vec<ObservedSnapshot>, HypervisorError> {
         self.snapshots_of(vm_id)
     }
 
-    fn find_snapshot(
-        &mut self,
-        vm_id: VmId,
-        snapshot_id: SnapshotId,
-    ) -> Result<Option<ObservedSnapshot>, HypervisorError> {
-        self.snapshot_by_id(vm_id, snapshot_id)
-    }
-
     fn create_snapshot(
         &mut self,
         vm_id: VmId,
         snapshot_id: SnapshotId,
-    ) -> Result<ObservedSnapshot, HypervisorError> {
+    ) -> Result<SnapshotTaken, HypervisorError> {
         self.take_snapshot(vm_id, snapshot_id)
     }
 
@@ -469,7 +472,7 @@ impl Hypervisor for LibvirtHost {
         &mut self,
         vm_id: VmId,
         snapshot_id: SnapshotId,
-    ) -> Result<(), HypervisorError> {
+    ) -> Result<ObservedDomain, HypervisorError> {
         self.revert_to_snapshot(vm_id, snapshot_id)
     }
 
@@ -477,12 +480,26 @@ impl Hypervisor for LibvirtHost {
         &mut self,
         vm_id: VmId,
         snapshot_id: SnapshotId,
-    ) -> Result<(), HypervisorError> {
+    ) -> Result<ObservedDomain, HypervisorError> {
         self.remove_snapshot(vm_id, snapshot_id)
+    }
+
+    fn remove_orphan_volumes(&mut self) -> Result<Vec<String>, HypervisorError> {
+        self.sweep_orphan_volumes()
+    }
+
+    fn stats_sample(&mut self) -> Result<StatsSample, HypervisorError> {
+        self.reconnect_if_dead();
+        stats::collect(
+            &self.connection,
+            &self.settings.storage_pool,
+            &mut self.stats_cache,
+            &mut self.vm_ids,
+        )
     }
 }
 
-/// The product's view of a libvirt domain state. `Shutdown` means "shutting down": the guest
+/// The agent's view of a libvirt domain state. `Shutdown` means "shutting down": the guest
 /// still runs until it reaches `Shutoff`.
 pub fn power_state(state: Enum<DomainState, virt::sys::virDomainState>) -> PowerState {
     match state {
@@ -492,7 +509,7 @@ pub fn power_state(state: Enum<DomainState, virt::sys::virDomainState>) -> Power
         Enum::Known(DomainState::Paused | DomainState::PMSuspended) => PowerState::Paused,
         Enum::Known(DomainState::Shutoff | DomainState::NoState) => PowerState::Stopped,
         Enum::Known(DomainState::Crashed) => PowerState::Crashed,
-        Enum::Unknown(_) => PowerState::Unspecified,
+        Enum::Unknown(_) => PowerState::Unknown,
     }
 }
 
@@ -750,7 +767,7 @@ mod tests {
                 "{libvirt_state:?}"
             );
         }
-        assert_eq!(power_state(Enum::Unknown(99)), PowerState::Unspecified);
+        assert_eq!(power_state(Enum::Unknown(99)), PowerState::Unknown);
     }
 
     #[test]
@@ -766,6 +783,7 @@ mod tests {
 #[cfg(test)]
 pub(crate) mod test_driver_tests {
     use super::*;
+    use crate::hypervisor::contract_tests::{ContractHost, contract_tests, spec};
 
     pub(crate) fn open_test_host() -> LibvirtHost {
         virt::error::clear_error_callback();
@@ -782,27 +800,34 @@ pub(crate) mod test_driver_tests {
         .expect("open test:///default")
     }
 
-    fn spec(start: bool) -> VmSpec {
-        VmSpec {
-            // Not a valid name for the coordinator, but this layer must still keep it inert.
-            display_name: "a'><x/>&".into(),
-            cpu: 2,
-            memory_mib: 256,
-            disk_gb: 1,
-            start,
+    impl ContractHost for LibvirtHost {
+        fn pause(&mut self, vm_id: VmId) {
+            self.lookup_domain(vm_id)
+                .unwrap()
+                .expect("domain exists")
+                .suspend()
+                .unwrap();
+        }
+        fn volume_names(&mut self) -> Vec<String> {
+            self.storage_pool().unwrap().list_volumes().unwrap()
+        }
+        fn make_volume(&mut self, name: &str) {
+            let pool = self.storage_pool().unwrap();
+            StorageVol::create_xml(&pool, &domain_xml::volume_xml(name, BYTES_PER_GIB), 0).unwrap();
+        }
+        /// The driver's own sample domain, `test`: running, without instance metadata.
+        fn foreign_domain(&mut self) -> VmId {
+            self.connection
+                .lookup_domain_by_name("test")
+                .unwrap()
+                .uuid_string()
+                .unwrap()
+                .parse()
+                .unwrap()
         }
     }
 
-    fn state_of(host: &mut LibvirtHost, vm_id: VmId) -> PowerState {
-        host.find_vm(vm_id).unwrap().expect("domain exists").state
-    }
-
-    fn volume_exists(host: &LibvirtHost, vm_id: VmId) -> bool {
-        host.storage_pool()
-            .unwrap()
-            .lookup_storage_vol_by_name(&volume_name(vm_id))
-            .is_ok()
-    }
+    contract_tests!(open_test_host());
 
     #[test]
     fn host_facts_describe_the_test_driver() {
@@ -818,87 +843,6 @@ pub(crate) mod test_driver_tests {
             facts.hypervisor
         );
         assert_eq!(facts.libvirt_version.split('.').count(), 3);
-    }
-
-    #[test]
-    fn a_vm_goes_through_its_whole_life() {
-        let mut host = open_test_host();
-        let vm_id = VmId::new_random();
-
-        let created = host.create_vm(vm_id, &spec(true)).unwrap();
-        assert_eq!(created.state, PowerState::Running);
-        assert_eq!(created.vm_id, Some(vm_id));
-        assert_eq!(created.name, domain_name(vm_id));
-        assert_eq!((created.cpu, created.memory_mib), (2, 256));
-        assert!(volume_exists(&host, vm_id));
-        let listed = host.list_domains().unwrap();
-        assert!(listed.iter().any(|domain| domain.vm_id == Some(vm_id)));
-        // The driver's own sample domain is listed too, as unmanaged.
-        assert!(
-            listed
-                .iter()
-                .any(|domain| domain.name == "test" && domain.vm_id.is_none())
-        );
-
-        host.request_shutdown(vm_id).unwrap();
-        assert_eq!(state_of(&mut host, vm_id), PowerState::Stopped);
-        host.start_vm(vm_id).unwrap();
-        assert_eq!(state_of(&mut host, vm_id), PowerState::Running);
-        host.reboot_vm(vm_id).unwrap();
-        assert_eq!(state_of(&mut host, vm_id), PowerState::Running);
-        host.force_stop(vm_id).unwrap();
-        assert_eq!(state_of(&mut host, vm_id), PowerState::Stopped);
-        host.start_vm(vm_id).unwrap();
-
-        host.delete_vm(vm_id).unwrap();
-        assert_eq!(host.find_vm(vm_id).unwrap(), None);
-        assert!(!volume_exists(&host, vm_id));
-        // Deleting again is fine.
-        host.delete_vm(vm_id).unwrap();
-    }
-
-    #[test]
-    fn refused_operations_say_why() {
-        let mut host = open_test_host();
-        let vm_id = VmId::new_random();
-        assert_eq!(
-            host.start_vm(vm_id).unwrap_err().kind,
-            FailureKind::NotFound
-        );
-        host.create_vm(vm_id, &spec(false)).unwrap();
-        assert_eq!(state_of(&mut host, vm_id), PowerState::Stopped);
-        assert_eq!(
-            host.force_stop(vm_id).unwrap_err().kind,
-            FailureKind::Conflict
-        );
-        assert_eq!(
-            host.reboot_vm(vm_id).unwrap_err().kind,
-            FailureKind::Conflict
-        );
-        assert_eq!(
-            host.request_shutdown(vm_id).unwrap_err().kind,
-            FailureKind::Conflict
-        );
-        host.start_vm(vm_id).unwrap();
-        assert_eq!(
-            host.start_vm(vm_id).unwrap_err().kind,
-            FailureKind::Conflict
-        );
-    }
-
-    #[test]
-    fn a_failed_create_leaves_nothing_behind() {
-        let mut host = open_test_host();
-        let vm_id = VmId::new_random();
-        // libvirt refuses a domain without vCPUs after the volume was made.
-        let bad = VmSpec {
-            cpu: 0,
-            ..spec(true)
-        };
-        let error = host.create_vm(vm_id, &bad).unwrap_err();
-        assert!(error.message.contains(&domain_name(vm_id)), "{error}");
-        assert_eq!(host.find_vm(vm_id).unwrap(), None);
-        assert!(!volume_exists(&host, vm_id));
     }
 
     #[test]
@@ -995,10 +939,15 @@ mod real_qemu_tests {
                 return Err("no disk file in the pool directory".into());
             }
             host.reboot_vm(vm_id).map_err(|e| e.to_string())?;
-            host.force_stop(vm_id).map_err(|e| e.to_string())?;
+            let stopped = host
+                .force_stop(vm_id, AlreadyThere::Refuse)
+                .map_err(|e| e.to_string())?;
+            if stopped.state != PowerState::Stopped {
+                return Err(format!("not stopped after a force stop: {stopped:?}"));
+            }
             Ok(())
         })();
-        let deleted = host.delete_vm(vm_id).map_err(|e| e.to_string());
+        let deleted = host.delete_vm(vm_id).map(drop).map_err(|e| e.to_string());
         steps.and(deleted)?;
         if images_dir.join(volume_name(vm_id)).exists() {
             return Err("the disk file survived delete".into());

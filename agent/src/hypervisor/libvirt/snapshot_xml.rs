@@ -2,12 +2,14 @@
 //! libvirt's snapshot XML (the state the domain was in, the creation time).
 //!
 //! As in [`super::domain_xml`], documents are built from typed values and every
-//! interpolated string goes through [`escape`]. Nothing here talks to libvirt.
+//! interpolated string goes through [`escape`], and libvirt's XML is read with `roxmltree`.
+//! Nothing here talks to libvirt.
 
-use vmm_proto::PowerState;
+use roxmltree::Document;
 use vmm_shared::{SnapshotId, VmId};
 
-use super::domain_xml::{domain_name, escape};
+use super::domain_xml::escape;
+use crate::hypervisor::{PowerState, domain_name};
 
 /// What a new snapshot holds besides the disks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,36 +66,33 @@ pub struct SnapshotFacts {
 }
 
 /// Reads the state and creation time from a snapshot's XML (as returned by
-/// `virDomainSnapshotGetXMLDesc`). Only the part before the embedded `<domain>` copy is
-/// looked at, so nothing inside the domain definition can be mistaken for them.
+/// `virDomainSnapshotGetXMLDesc`): the `<state>` and `<creationTime>` children of
+/// `<domainsnapshot>` itself, so nothing inside the embedded `<domain>` copy can be taken
+/// for them.
 ///
 /// `<state>` uses libvirt's domain state names; `shutoff` (and the rare `nostate`) is a
 /// stopped domain, `disk-snapshot` an external disk-only snapshot of a running one.
 pub fn parse_snapshot_facts(snapshot_xml: &str) -> Option<SnapshotFacts> {
-    let own_part = snapshot_xml
-        .split("<domain ")
-        .next()
-        .unwrap_or(snapshot_xml);
-    let state = element_text(own_part, "state")?;
-    let created_at_unix = element_text(own_part, "creationTime")?.parse().ok()?;
-    let taken_in_state = match state {
+    let document = Document::parse(snapshot_xml).ok()?;
+    let snapshot = document.root_element();
+    let own_text = |tag: &str| {
+        snapshot
+            .children()
+            .find(|child| child.has_tag_name(tag))
+            .map(|child| child.text().unwrap_or_default().trim())
+    };
+    let created_at_unix = own_text("creationTime")?.parse().ok()?;
+    let taken_in_state = match own_text("state")? {
         "running" | "blocked" | "shutdown" => PowerState::Running,
         "paused" | "pmsuspended" => PowerState::Paused,
         "shutoff" | "nostate" => PowerState::Stopped,
         "crashed" => PowerState::Crashed,
-        _ => PowerState::Unspecified,
+        _ => PowerState::Unknown,
     };
     Some(SnapshotFacts {
         taken_in_state,
         created_at_unix,
     })
-}
-
-/// The trimmed text of the first `<tag>…</tag>` in `xml`.
-fn element_text<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
-    let after_open = xml.split(&format!("<{tag}>")).nth(1)?;
-    let text = after_open.split(&format!("</{tag}>")).next()?;
-    Some(text.trim())
 }
 
 #[cfg(test)]
@@ -161,6 +160,14 @@ mod tests {
     #[test]
     fn snapshot_xml_without_the_facts_is_not_understood() {
         assert_eq!(parse_snapshot_facts("<domainsnapshot/>"), None);
+        // Only in the embedded domain: not the snapshot's.
+        assert_eq!(
+            parse_snapshot_facts(
+                "<domainsnapshot><creationTime>1</creationTime>\
+                 <domain><state>running</state></domain></domainsnapshot>"
+            ),
+            None
+        );
         assert_eq!(
             parse_snapshot_facts(
                 "<domainsnapshot><state>running</state>\

@@ -1,0 +1,132 @@
+//! Operation records in the database. Finishing is guarded by `status = 'pending'`: an
+//! operation's outcome is recorded once, by whichever of its answer, its session's end or a
+//! restart comes first.
+
+use sqlx::{SqliteConnection, SqliteExecutor};
+use vmm_shared::{HostId, OperationId, OperationKind, SnapshotId, UserId, VmId};
+
+use super::{OperationRecord, OperationStatus};
+use crate::db;
+
+/// The columns of [`OperationRecord`], in a `SELECT`.
+macro_rules! operation_columns {
+    () => {
+        "id, kind, vm_id, snapshot_id, host_id, user_id, status, error, created_at, finished_at"
+    };
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("another operation on this VM is in progress; try again when it has finished")]
+    Busy,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// An operation about to start.
+#[derive(Clone, Copy, Debug)]
+pub struct NewOperation<'a> {
+    pub id: OperationId,
+    pub kind: OperationKind,
+    pub vm: VmId,
+    pub snapshot: Option<SnapshotId>,
+    pub host: &'a HostId,
+    pub user: UserId,
+}
+
+/// Records a pending operation, inside the caller's transaction; a second one in flight on
+/// the same VM is refused with [`Error::Busy`].
+pub async fn insert_pending(
+    conn: &mut SqliteConnection,
+    new: &NewOperation<'_>,
+) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO operations (id, kind, vm_id, snapshot_id, host_id, user_id, status, created_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(new.id)
+    .bind(new.kind)
+    .bind(new.vm)
+    .bind(new.snapshot)
+    .bind(new.host)
+    .bind(new.user)
+    .bind(OperationStatus::Pending)
+    .bind(db::now())
+    .execute(conn)
+    .await
+    .map_err(|err| {
+        if db::is_unique_violation(&err) {
+            Error::Busy
+        } else {
+            err.into()
+        }
+    })?;
+    Ok(())
+}
+
+pub async fn find<'e>(
+    executor: impl SqliteExecutor<'e>,
+    id: OperationId,
+) -> Result<Option<OperationRecord>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        operation_columns!(),
+        " FROM operations WHERE id = ?"
+    ))
+    .bind(id)
+    .fetch_optional(executor)
+    .await
+}
+
+/// Every pending operation, oldest first.
+pub async fn pending<'e>(
+    executor: impl SqliteExecutor<'e>,
+) -> Result<Vec<OperationRecord>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        operation_columns!(),
+        " FROM operations WHERE status = 'pending' ORDER BY created_at, id"
+    ))
+    .fetch_all(executor)
+    .await
+}
+
+/// Records the outcome of a pending operation (`Ok(())`: succeeded, `Err(reason)`: failed).
+/// Returns false, changing nothing, when it is no longer pending.
+pub async fn finish<'e>(
+    executor: impl SqliteExecutor<'e>,
+    id: OperationId,
+    outcome: Result<(), &str>,
+) -> Result<bool, sqlx::Error> {
+    let (status, error) = match outcome {
+        Ok(()) => (OperationStatus::Succeeded, None),
+        Err(reason) => (OperationStatus::Failed, Some(reason)),
+    };
+    let done = sqlx::query(
+        "UPDATE operations SET status = ?, error = ?, finished_at = ? WHERE id = ? AND status = ?",
+    )
+    .bind(status)
+    .bind(error)
+    .bind(db::now())
+    .bind(id)
+    .bind(OperationStatus::Pending)
+    .execute(executor)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Whether the VM's create was ever acknowledged by its host.
+pub async fn create_acknowledged<'e>(
+    executor: impl SqliteExecutor<'e>,
+    vm: VmId,
+) -> Result<bool, sqlx::Error> {
+    let succeeded: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM operations WHERE vm_id = ? AND kind = ? AND status = ?",
+    )
+    .bind(vm)
+    .bind(OperationKind::Create)
+    .bind(OperationStatus::Succeeded)
+    .fetch_one(executor)
+    .await?;
+    Ok(succeeded > 0)
+}

@@ -1,0 +1,43 @@
+//! What every request handler and the agent stream share: the database, the registry of
+//! connected agents, the token issuer, the password hasher, the rate limiter, the metrics
+//! handle, and the settings fixed at start.
+//!
+//! This module sits below every route and store: it imports none of them (only the types it
+//! holds), so no route or store ever needs `crate::app`, which assembles them all.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::auth::{PasswordHasher, TokenIssuer};
+use crate::config::{Placement, Registration};
+use crate::db::Db;
+use crate::hosts::AgentRegistry;
+use crate::quotas::QuotaLimits;
+use crate::ratelimit::RateLimits;
+
+/// Settings the request handlers and the agent stream need, fixed at start.
+#[derive(Debug)]
+pub struct Settings {
+    pub agent_token: String,
+    pub operation_timeout: Duration,
+    pub host_dead_after: Duration,
+    pub placement: Placement,
+    pub cpu_allocation_ratio: f64,
+    pub default_quota: QuotaLimits,
+    pub registration: Registration,
+    pub request_timeout: Duration,
+    pub api_metrics: bool,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub registry: Arc<AgentRegistry>,
+    pub tokens: Arc<TokenIssuer>,
+    pub passwords: PasswordHasher,
+    pub rate_limits: Arc<RateLimits>,
+    pub metrics: PrometheusHandle,
+    pub settings: Arc<Settings>,
+}

@@ -1,0 +1,68 @@
+//! What the coordinator's in-process tests share: the application state on a temporary
+//! SQLite database, with rate limiting off and small quotas.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use vmm_coordinator::auth::{PasswordHasher, TokenIssuer};
+use vmm_coordinator::config::{Placement, Registration};
+use vmm_coordinator::hosts::AgentRegistry;
+use vmm_coordinator::http::forwarded::ForwardedHeader;
+use vmm_coordinator::quotas::QuotaLimits;
+use vmm_coordinator::ratelimit::{RateLimitSettings, RateLimits};
+use vmm_coordinator::state::{AppState, Settings};
+
+/// The settings a test may choose.
+pub struct TestSettings {
+    pub agent_token: &'static str,
+    pub operation_timeout: Duration,
+    pub host_dead_after: Duration,
+}
+
+/// The state of a coordinator whose database lives in `dir`.
+pub async fn app_state(dir: &std::path::Path, settings: TestSettings) -> AppState {
+    let db = vmm_coordinator::db::connect(&vmm_coordinator::db::default_url(dir))
+        .await
+        .unwrap();
+    let one = NonZeroU32::new(1).unwrap();
+    AppState {
+        db,
+        registry: Arc::new(AgentRegistry::default()),
+        tokens: Arc::new(TokenIssuer::new(
+            b"in-process-test-secret-0123456789abcdef",
+            3600,
+        )),
+        passwords: PasswordHasher::new(4).await.unwrap(),
+        rate_limits: Arc::new(RateLimits::new(RateLimitSettings {
+            enabled: false,
+            requests_per_second: one,
+            burst: one,
+            login_per_minute: one,
+            login_burst: one,
+            trusted_proxies: Vec::new(),
+            forwarded_header: ForwardedHeader::XForwardedFor,
+        })),
+        metrics: metrics_exporter_prometheus::PrometheusBuilder::new()
+            .build_recorder()
+            .handle(),
+        settings: Arc::new(Settings {
+            agent_token: settings.agent_token.into(),
+            operation_timeout: settings.operation_timeout,
+            host_dead_after: settings.host_dead_after,
+            placement: Placement::Spread,
+            cpu_allocation_ratio: 4.0,
+            default_quota: QuotaLimits {
+                max_vms: 10,
+                max_cpu: 16,
+                max_memory: 16384,
+                max_disk_gb: 100,
+                max_snapshots: 10,
+            },
+            registration: Registration::Open,
+            request_timeout: settings.operation_timeout + Duration::from_secs(30),
+            api_metrics: true,
+        }),
+    }
+}

@@ -12,7 +12,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use tracing_subscriber::EnvFilter;
 
 use vmm_agent::commands::CommandExecutor;
 use vmm_agent::config::{self, AgentConfig, Args, LogFormat};
@@ -49,13 +48,10 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Text logs escape control characters and are coloured only on a terminal without
+/// `NO_COLOR` (`vmm_shared::logging`).
 fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    vmm_shared::logging::init(format == LogFormat::Json);
 }
 
 async fn run(config: AgentConfig) -> anyhow::Result<()> {

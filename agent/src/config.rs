@@ -69,8 +69,9 @@ pub struct Args {
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 60)]
     pub shutdown_timeout_secs: u64,
 
-    /// How often every domain's state is polled.
-    #[arg(long, env = "POLL_INTERVAL_MS", default_value_t = 2000)]
+    /// How often every domain's state is polled: the safety net behind libvirt's lifecycle
+    /// events (which show changes within milliseconds); every reconnect polls at once too.
+    #[arg(long, env = "POLL_INTERVAL_MS", default_value_t = 30_000)]
     pub poll_interval_ms: u64,
 
     /// How often a heartbeat is sent (more often if the coordinator asks for it).

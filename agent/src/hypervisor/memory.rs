@@ -351,8 +351,10 @@ impl MemoryHost {
     /// Calls work again, as after a reconnect: a new hint stream goes out.
     pub fn reconnect(&self) {
         let mut host = self.state();
-        host.connected = true;
-        host.open_hint_stream();
+        if !host.connected {
+            host.connected = true;
+            host.open_hint_stream();
+        }
     }
 
     /// Hint streams handed out from now on hold `capacity` hints (4096 by default) before

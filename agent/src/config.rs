@@ -71,8 +71,10 @@ pub struct Args {
           value_parser = vmm_shared::duration::seconds)]
     pub shutdown_timeout_secs: Duration,
 
-    /// How often every domain's state is polled: milliseconds, or a duration such as `2s`.
-    #[arg(long, env = "POLL_INTERVAL_MS", default_value = "2s",
+    /// How often every domain's state is polled: the safety net behind libvirt's lifecycle
+    /// events (which show changes within milliseconds); every reconnect polls at once too.
+    /// Milliseconds, or a duration such as `30s`.
+    #[arg(long, env = "POLL_INTERVAL_MS", default_value = "30s",
           value_parser = vmm_shared::duration::milliseconds)]
     pub poll_interval_ms: Duration,
 

@@ -7,7 +7,8 @@
 //! - [`config`]: flags and environment variables, checked into typed settings.
 //! - [`stream`]: the session with the coordinator ([`stream::CoordinatorLink`]).
 //! - [`commands`]: executing the coordinator's commands ([`commands::CommandExecutor`]).
-//! - [`poller`]: the periodic look at every domain ([`poller::StatePoller`]).
+//! - [`poller`]: watching every domain: the host's hints (libvirt's lifecycle events) and a
+//!   periodic poll as the safety net ([`poller::StatePoller`]).
 //! - [`recovery`]: what start-up does about an earlier run that died mid-operation.
 //! - [`state`]: generations and the last state reported per domain
 //!   ([`state::StateTracker`]); where observations become wire reports.

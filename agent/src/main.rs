@@ -16,6 +16,7 @@ use anyhow::Context as _;
 use vmm_agent::commands::CommandExecutor;
 use vmm_agent::config::{self, AgentConfig, Args, LogFormat};
 use vmm_agent::hypervisor::HypervisorHandle;
+use vmm_agent::hypervisor::hints;
 use vmm_agent::hypervisor::libvirt::{LibvirtHost, LibvirtSettings};
 use vmm_agent::metrics::{self, MetricsService};
 use vmm_agent::poller::StatePoller;
@@ -83,6 +84,12 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
 
     let tracker = Arc::new(StateTracker::new());
     let poller = Arc::new(StatePoller::new(hypervisor.clone(), Arc::clone(&tracker)));
+    // Lifecycle events first, then the first poll: nothing can fall between the two.
+    let (hint_outlet, hint_streams) = hints::outlet();
+    if let Err(error) = hypervisor.call(|hv| hv.send_hints_to(hint_outlet)).await {
+        tracing::warn!(%error, poll_interval = ?config.poll_interval,
+            "no lifecycle events for now; changes are seen at the next poll");
+    }
     poller.poll_once().await?;
     tracing::info!(
         host_id = %config.host_id,
@@ -111,7 +118,7 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
 
     let poll_interval = config.poll_interval;
     tokio::select! {
-        () = async move { poller.run(poll_interval).await } => {}
+        () = async move { poller.run(poll_interval, hint_streams).await } => {}
         () = link.run() => {}
         served = metrics::serve(metrics_listener, Arc::clone(&metrics_service)) => {
             served.context("the metrics endpoint stopped")?;

@@ -47,10 +47,22 @@ impl AgentControlService {
 }
 
 type OutboundStream = Pin<Box<dyn Stream<Item = Result<CoordinatorMessage, Status>> + Send>>;
+type ImageStream = Pin<Box<dyn Stream<Item = Result<vmm_proto::ImageChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl AgentControl for AgentControlService {
     type SessionStream = OutboundStream;
+    type FetchImageStream = ImageStream;
+
+    async fn fetch_image(
+        &self,
+        request: Request<vmm_proto::FetchImageRequest>,
+    ) -> Result<Response<Self::FetchImageStream>, Status> {
+        authenticate(&request, &self.app.settings.agent_token)?;
+        Err(Status::unimplemented(
+            "this coordinator serves no images yet",
+        ))
+    }
 
     async fn session(
         &self,

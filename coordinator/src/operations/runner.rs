@@ -297,6 +297,8 @@ fn command_for(kind: OperationKind, vm: &Vm, snapshot: Option<&Snapshot>) -> com
             memory_mib: vm.memory_mib,
             disk_gb: vm.disk_gb,
             start: true,
+            image: None,
+            cloud_init: None,
         }),
         K::Start => command::Action::Start(vmm_proto::StartVm {}),
         K::Stop => command::Action::Stop(vmm_proto::StopVm {}),

@@ -69,6 +69,7 @@ async fn main() -> anyhow::Result<()> {
                             memory_mib: 512,
                             disk_gb: 10,
                             start: true,
+                            ..Default::default()
                         })),
                     })
                     .await

@@ -72,7 +72,7 @@ pub struct CommandExecutor {
 /// What the journal says about a command about to run.
 enum Consulted {
     /// Done before: answer with this.
-    Done(CommandResult),
+    Done(Box<CommandResult>),
     /// Accepted before without a result: resume it.
     Interrupted,
     /// Never seen.
@@ -81,7 +81,7 @@ enum Consulted {
 
 /// What `execute` does once it holds the VM's lock.
 enum Next {
-    Answer(CommandResult),
+    Answer(Box<CommandResult>),
     Run { resume: bool },
 }
 
@@ -142,7 +142,7 @@ impl CommandExecutor {
         let _existence_change = changes_existence(kind).then(|| self.existence_changes.begin());
         // A repeat of a finished operation is answered without waiting for the VM's lock.
         match self.consult(&operation_id, vm_id, kind).await {
-            Ok(Consulted::Done(result)) => return result,
+            Ok(Consulted::Done(result)) => return *result,
             Ok(Consulted::Interrupted | Consulted::New) => {}
             Err(failure) => return failure_result(operation_id, &failure),
         }
@@ -153,7 +153,9 @@ impl CommandExecutor {
         let next = match self.consult(&operation_id, vm_id, kind).await {
             Ok(Consulted::New) => match self.accept(&operation_id, vm_id, kind).await {
                 Ok(()) => Next::Run { resume: false },
-                Err(failure) => Next::Answer(failure_result(operation_id.clone(), &failure)),
+                Err(failure) => {
+                    Next::Answer(Box::new(failure_result(operation_id.clone(), &failure)))
+                }
             },
             Ok(Consulted::Interrupted) => {
                 tracing::warn!(%operation_id, %vm_id, %kind,
@@ -161,10 +163,10 @@ impl CommandExecutor {
                 Next::Run { resume: true }
             }
             Ok(Consulted::Done(result)) => Next::Answer(result),
-            Err(failure) => Next::Answer(failure_result(operation_id.clone(), &failure)),
+            Err(failure) => Next::Answer(Box::new(failure_result(operation_id.clone(), &failure))),
         };
         let result = match next {
-            Next::Answer(result) => result,
+            Next::Answer(result) => *result,
             Next::Run { resume } => {
                 tracing::info!(%operation_id, %vm_id, %kind, resume, "executing command");
                 let outcome = self.run(vm_id, action, resume).await;
@@ -540,6 +542,7 @@ mod tests {
             memory_mib: 128,
             disk_gb: 1,
             start: true,
+            ..Default::default()
         })
     }
 
@@ -768,6 +771,7 @@ mod tests {
             memory_mib: 128,
             disk_gb: 1,
             start: false,
+            ..Default::default()
         });
         assert_eq!(
             error_kind_of(&executor.execute(command("op-2", vm_id, too_big)).await),

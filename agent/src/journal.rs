@@ -99,11 +99,12 @@ pub enum JournalEntry {
     /// Accepted, no result yet: running now, or cut short by the death of this or an
     /// earlier run of the agent.
     Accepted { vm_id: String, kind: OperationKind },
-    /// Done, with the result that was sent.
+    /// Done, with the result that was sent (boxed: a result is many times the size of the
+    /// other variant).
     Done {
         vm_id: String,
         kind: OperationKind,
-        result: CommandResult,
+        result: Box<CommandResult>,
     },
 }
 
@@ -276,7 +277,7 @@ impl Journal {
                     Ok(Some(JournalEntry::Done {
                         vm_id,
                         kind,
-                        result,
+                        result: Box::new(result),
                     }))
                 }
                 _ => Ok(Some(JournalEntry::Accepted { vm_id, kind })),
@@ -505,7 +506,7 @@ mod tests {
             Some(JournalEntry::Done {
                 vm_id: "vm-a".into(),
                 kind: OperationKind::Create,
-                result: result("op-1"),
+                result: Box::new(result("op-1")),
             })
         );
         assert_eq!(

@@ -217,6 +217,8 @@ fn report_of(domain: &ObservedDomain, generation: u64) -> DomainReport {
         detail: domain.detail.clone(),
         // Only inventories carry snapshots (see `StatePoller::inventory`).
         snapshots: Vec::new(),
+        addresses: Vec::new(),
+        ssh: None,
     }
 }
 

@@ -167,7 +167,7 @@ impl CoordinatorLink {
             Some(CoordinatorBody::Registered(registered)) => {
                 self.heartbeat_interval(registered.heartbeat_interval_ms)
             }
-            Some(CoordinatorBody::Command(_)) => {
+            Some(CoordinatorBody::Command(_) | CoordinatorBody::EvictImage(_)) => {
                 return Err(SessionError::Protocol("a command came before Registered"));
             }
             None => return Err(SessionError::Closed),
@@ -220,6 +220,9 @@ impl CoordinatorLink {
                     Some(Some(CoordinatorBody::Registered(_))) => {
                         tracing::debug!("ignoring a repeated Registered");
                     }
+                    Some(Some(CoordinatorBody::EvictImage(evict))) => {
+                        tracing::info!(image_id = %evict.image_id, "this agent caches no images; nothing to evict");
+                    }
                     Some(None) => tracing::debug!("ignoring an empty coordinator message"),
                     None => return Err(SessionError::Closed),
                 },
@@ -247,6 +250,7 @@ impl CoordinatorLink {
             hypervisor: facts.hypervisor,
             kvm_usable: facts.kvm_usable,
             inventory,
+            cached_images: Vec::new(),
         })
     }
 
@@ -303,6 +307,15 @@ mod tests {
     #[tonic::async_trait]
     impl AgentControl for FakeCoordinator {
         type SessionStream = Outbound;
+        type FetchImageStream =
+            Pin<Box<dyn Stream<Item = Result<vmm_proto::ImageChunk, Status>> + Send>>;
+
+        async fn fetch_image(
+            &self,
+            _request: Request<vmm_proto::FetchImageRequest>,
+        ) -> Result<Response<Self::FetchImageStream>, Status> {
+            Err(Status::not_found("the fake coordinator holds no images"))
+        }
 
         async fn session(
             &self,
@@ -429,6 +442,7 @@ mod tests {
             memory_mib: 128,
             disk_gb: 1,
             start: true,
+            ..Default::default()
         };
         to_agent
             .send(Command {

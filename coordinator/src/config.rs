@@ -234,6 +234,10 @@ pub struct Config {
     #[arg(long, env = "API_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
     pub api_metrics: bool,
 
+    /// Largest image file accepted, uploaded or downloaded, in bytes (at least 1 MiB).
+    #[arg(long, env = "IMAGE_MAX_BYTES", default_value_t = 20 * 1024 * 1024 * 1024)]
+    pub image_max_bytes: u64,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -260,6 +264,9 @@ pub struct AdminBootstrap {
     pub username: String,
     pub password: String,
 }
+
+/// The smallest `IMAGE_MAX_BYTES` accepted.
+pub const MIN_IMAGE_MAX_BYTES: u64 = 1 << 20;
 
 /// Arguments a config file may not set.
 pub const COMMAND_LINE_ONLY: &[&str] = &["check_config"];
@@ -395,6 +402,12 @@ impl Config {
         if !(self.cpu_allocation_ratio.is_finite() && self.cpu_allocation_ratio > 0.0) {
             return Err(invalid("CPU_ALLOCATION_RATIO", "must be a positive number"));
         }
+        if self.image_max_bytes < MIN_IMAGE_MAX_BYTES {
+            return Err(invalid(
+                "IMAGE_MAX_BYTES",
+                format!("must be at least {MIN_IMAGE_MAX_BYTES} (1 MiB)"),
+            ));
+        }
         Ok(())
     }
 
@@ -471,6 +484,11 @@ impl Config {
 
     pub fn operation_timeout(&self) -> Duration {
         self.operation_timeout_secs
+    }
+
+    /// Where image files are kept: `<data-dir>/images`.
+    pub fn images_dir(&self) -> PathBuf {
+        self.data_dir.join("images")
     }
 
     pub fn host_dead_after(&self) -> Duration {
@@ -555,6 +573,10 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.setting, "ADMIN_PASSWORD");
         assert!(parse(&["--agent-token", token]).validate().is_ok());
+        let err = parse(&["--agent-token", token, "--image-max-bytes", "1000"])
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.setting, "IMAGE_MAX_BYTES");
     }
 
     #[test]

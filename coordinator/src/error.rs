@@ -229,6 +229,7 @@ impl From<crate::vms::store::Error> for ApiError {
             Error::NameTaken(_) => ApiError::Conflict(err.to_string()),
             Error::QuotaExceeded(exceeded) => exceeded.into(),
             Error::NoHostConnected | Error::NoRoom(_) => ApiError::NoCapacity(err.to_string()),
+            Error::ImageUnavailable(_) => ApiError::Conflict(err.to_string()),
             Error::Operation(err) => err.into(),
             Error::Database(err) => err.into(),
         }
@@ -244,6 +245,28 @@ impl From<crate::snapshots::store::Error> for ApiError {
             Error::Refused(err) => err.into(),
             Error::QuotaExceeded(exceeded) => exceeded.into(),
             Error::Operation(err) => err.into(),
+            Error::Database(err) => err.into(),
+        }
+    }
+}
+
+impl From<crate::images::store::Error> for ApiError {
+    fn from(err: crate::images::store::Error) -> Self {
+        use crate::images::store::Error;
+        match err {
+            Error::NameTaken(_) | Error::InUse { .. } => ApiError::Conflict(err.to_string()),
+            Error::NotFound(_) => ApiError::NotFound(err.to_string()),
+            Error::Database(err) => err.into(),
+        }
+    }
+}
+
+impl From<crate::keys::store::Error> for ApiError {
+    fn from(err: crate::keys::store::Error) -> Self {
+        use crate::keys::store::Error;
+        match err {
+            Error::NameTaken(_) | Error::AlreadyStored(_) => ApiError::Conflict(err.to_string()),
+            Error::TooMany => ApiError::Unprocessable(err.to_string()),
             Error::Database(err) => err.into(),
         }
     }

@@ -98,6 +98,7 @@ pub fn sample_report(vm: VmId, state: PowerState, generation: u64) -> DomainRepo
         memory_mib: 128,
         detail: String::new(),
         snapshots: Vec::new(),
+        ..Default::default()
     }
 }
 

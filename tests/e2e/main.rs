@@ -16,6 +16,7 @@ mod bad_input;
 mod config;
 mod faults;
 mod hardening;
+mod images;
 mod late_results;
 mod lifecycle;
 mod metrics;

@@ -89,6 +89,7 @@ fn any_action() -> impl Strategy<Value = Action> {
                     memory_mib,
                     disk_gb,
                     start,
+                    ..Default::default()
                 })
             ),
         // Mostly plausible creates, with one field pushed out of range now and then.
@@ -99,6 +100,7 @@ fn any_action() -> impl Strategy<Value = Action> {
                 memory_mib,
                 disk_gb,
                 start,
+                ..Default::default()
             })
         ),
         Just(Action::Start(StartVm {})),

@@ -39,6 +39,7 @@ use crate::error::ApiError;
 use crate::hosts::DispatchError;
 use crate::hosts::registry::CommandSuccess;
 use crate::idempotency::{self, IdempotentRequest};
+use crate::images::store as image_store;
 use crate::lifecycle::{self, Phase, ReportSource, SnapshotEffect, VmEffect};
 use crate::snapshots::store as snapshot_store;
 use crate::snapshots::{CapturedState, Snapshot, SnapshotStatus, SnapshotView};
@@ -83,6 +84,17 @@ pub struct Began {
     pub snapshot: Option<Snapshot>,
     /// A create's idempotency key, answered when the operation completes.
     pub idempotency: Option<IdempotentRequest>,
+    /// What a create sends besides the VM's record; `None` for every other operation.
+    pub create: Option<CreateInputs>,
+}
+
+/// What a create tells the host besides the VM's name and size: the image its disk is made
+/// from and what its cloud-init is given (both unset: a blank disk, no seed). Sent once, with
+/// the command, and not stored: user data may hold secrets.
+#[derive(Clone, Debug, Default)]
+pub struct CreateInputs {
+    pub image: Option<vmm_proto::ImageRef>,
+    pub cloud_init: Option<vmm_proto::CloudInit>,
 }
 
 /// 503 unless the VM's host is connected now.
@@ -118,6 +130,7 @@ pub async fn begin(
         vm,
         snapshot,
         idempotency: None,
+        create: None,
     })
 }
 
@@ -212,9 +225,10 @@ async fn carry_out(app: AppState, began: Began) -> Result<Answer, ApiError> {
         vm,
         snapshot,
         idempotency,
+        create,
     } = began;
     let kind = operation.kind;
-    let action = command_for(kind, &vm, snapshot.as_ref());
+    let action = command_for(kind, &vm, snapshot.as_ref(), create.unwrap_or_default());
     let dispatched = app
         .registry
         .dispatch(&vm.host_id, operation.id, vm.id, action)
@@ -224,6 +238,14 @@ async fn carry_out(app: AppState, began: Began) -> Result<Answer, ApiError> {
     let subject = Subject::of(operation, &vm, snapshot.as_ref());
     let applied = complete(&app.db, &subject, &outcome).await?;
     let phase = outcome.phase();
+    if let (Phase::Succeeded, Some(image)) =
+        (phase, vm.image_id.filter(|_| kind == OperationKind::Create))
+    {
+        // A host makes a VM from an image only on a verified copy it then keeps.
+        if let Err(err) = image_store::record_copy(&app.db, &vm.host_id, image).await {
+            tracing::warn!(host = %vm.host_id, image_id = %image, error = %err, "cannot record the host's copy of an image");
+        }
+    }
     let result = match outcome.failure() {
         None => {
             tracing::info!(operation = %operation.id, %kind, vm_id = %vm.id, elapsed = ?operation.elapsed(), applied, "operation succeeded");
@@ -287,7 +309,12 @@ fn to_json(value: impl serde::Serialize) -> Result<Value, ApiError> {
 }
 
 /// The command that carries `kind` out on the host.
-fn command_for(kind: OperationKind, vm: &Vm, snapshot: Option<&Snapshot>) -> command::Action {
+fn command_for(
+    kind: OperationKind,
+    vm: &Vm,
+    snapshot: Option<&Snapshot>,
+    create: CreateInputs,
+) -> command::Action {
     use OperationKind as K;
     let snapshot_id = || snapshot.map(|s| s.id.to_string()).unwrap_or_default();
     match kind {
@@ -297,6 +324,8 @@ fn command_for(kind: OperationKind, vm: &Vm, snapshot: Option<&Snapshot>) -> com
             memory_mib: vm.memory_mib,
             disk_gb: vm.disk_gb,
             start: true,
+            image: create.image,
+            cloud_init: create.cloud_init,
         }),
         K::Start => command::Action::Start(vmm_proto::StartVm {}),
         K::Stop => command::Action::Stop(vmm_proto::StopVm {}),

@@ -123,17 +123,25 @@ fn own_client_ids() -> Vec<String> {
         .filter_map(|line| line.split_whitespace().next())
         .filter(|id| id.chars().all(|c| c.is_ascii_digit()))
         .filter(|id| {
-            virt_admin(&["client-info", "libvirtd", id])
-                .lines()
-                .any(|line| {
-                    line.split_once(':').is_some_and(|(key, value)| {
-                        key.trim() == "unix_process_id"
-                            && value.trim() == std::process::id().to_string()
-                    })
+            // A client listed a moment ago may be gone already (another process's).
+            client_info(id).lines().any(|line| {
+                line.split_once(':').is_some_and(|(key, value)| {
+                    key.trim() == "unix_process_id"
+                        && value.trim() == std::process::id().to_string()
                 })
+            })
         })
         .map(str::to_owned)
         .collect()
+}
+
+/// `virt-admin client-info` of one client; empty when it has gone meanwhile.
+fn client_info(id: &str) -> String {
+    let output = Command::new("virt-admin")
+        .args(["client-info", "libvirtd", id])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 fn virt_admin(args: &[&str]) -> String {

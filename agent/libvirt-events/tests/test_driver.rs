@@ -3,13 +3,16 @@
 //! deregistration, drops made visible, and deregistration while events arrive.
 //!
 //! Connections opened at the same time in one process share the test driver's in-memory
-//! host (and its events), so every test uses domains of its own and looks only at them.
+//! host (and its events), so every test uses domains of its own and looks only at them, and
+//! the tests run one at a time: a test that counts what its registration delivered must not
+//! count another test's events.
 // Test code: a failed `unwrap` is how a test says its precondition did not hold.
 #![allow(clippy::unwrap_used)]
 
 mod support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use support::{DomainGuard, Next, events_of, next, runtime, test_driver_domain_xml, unique_name};
@@ -17,6 +20,14 @@ use virt::connect::Connect;
 use vmm_libvirt_events::{LifecycleKind, Notice, RegisterError, register, start_event_loop};
 
 const WAIT: Duration = Duration::from_secs(5);
+
+/// Held for a whole test: one test at a time on the shared in-memory host.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 fn open() -> Connect {
     virt::error::clear_error_callback();
@@ -26,6 +37,7 @@ fn open() -> Connect {
 
 #[test]
 fn define_start_destroy_undefine_arrive_in_order_with_the_uuid_and_name() {
+    let _serial = one_at_a_time();
     let connection = open();
     let runtime = runtime();
     let (_registration, mut events) = register(&connection, 64).unwrap();
@@ -58,6 +70,7 @@ fn define_start_destroy_undefine_arrive_in_order_with_the_uuid_and_name() {
 
 #[test]
 fn suspend_and_resume_are_reported() {
+    let _serial = one_at_a_time();
     let connection = open();
     let runtime = runtime();
     let (_registration, mut events) = register(&connection, 64).unwrap();
@@ -81,6 +94,7 @@ fn suspend_and_resume_are_reported() {
 
 #[test]
 fn a_second_registration_on_one_connection_is_refused_and_the_first_keeps_working() {
+    let _serial = one_at_a_time();
     let connection = open();
     let runtime = runtime();
     let (_registration, mut events) = register(&connection, 64).unwrap();
@@ -110,6 +124,7 @@ fn a_second_registration_on_one_connection_is_refused_and_the_first_keeps_workin
 
 #[test]
 fn dropping_the_registration_ends_the_stream_after_what_was_queued() {
+    let _serial = one_at_a_time();
     let connection = open();
     let runtime = runtime();
     let (registration, mut events) = register(&connection, 64).unwrap();
@@ -154,6 +169,7 @@ fn dropping_the_registration_ends_the_stream_after_what_was_queued() {
 
 #[test]
 fn a_full_queue_drops_counts_and_says_so_first() {
+    let _serial = one_at_a_time();
     let connection = open();
     let runtime = runtime();
     let (registration, mut events) = register(&connection, 2).unwrap();
@@ -191,6 +207,7 @@ fn a_full_queue_drops_counts_and_says_so_first() {
 /// thread keeps domains changing on the same connection.
 #[test]
 fn deregistering_while_events_arrive_is_safe() {
+    let _serial = one_at_a_time();
     let connection = open();
     let runtime = runtime();
     let stop = AtomicBool::new(false);

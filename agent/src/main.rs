@@ -18,6 +18,7 @@ use vmm_agent::commands::CommandExecutor;
 use vmm_agent::config::{self, AgentConfig, Args, LogFormat};
 use vmm_agent::hypervisor::HypervisorHandle;
 use vmm_agent::hypervisor::libvirt::{LibvirtHost, LibvirtSettings};
+use vmm_agent::images::{GrpcImageSource, ImageCache};
 use vmm_agent::metrics::{self, MetricsService};
 use vmm_agent::poller::StatePoller;
 use vmm_agent::recovery;
@@ -73,10 +74,24 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
         uri: config.libvirt_uri.clone(),
         storage_pool: config.storage_pool.clone(),
         images_dir,
+        network: config.network.clone(),
+        accel: config.guest_accel,
     };
     let hypervisor = HypervisorHandle::spawn(move || LibvirtHost::open(libvirt_settings)).await?;
+    // Images come from the coordinator, over the session's URL with its credential.
+    let image_source = GrpcImageSource::new(
+        &config.coordinator_url,
+        config.host_id.clone(),
+        &config.agent_token,
+    )
+    .context("COORDINATOR_URL (--coordinator) cannot be used to fetch images")?;
+    let images = Arc::new(ImageCache::new(
+        hypervisor.clone(),
+        Arc::new(image_source),
+        config.data_dir.join("image-cache"),
+    ));
     // Before any command can arrive: the journal, and the sweep of what a killed run left.
-    let journal = recovery::recover_at_start(&config.data_dir, &hypervisor).await?;
+    let journal = recovery::recover_at_start(&config.data_dir, &hypervisor, &images).await?;
 
     let metrics_service = MetricsService::new(
         hypervisor.clone(),
@@ -99,6 +114,7 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
         tracker,
         config.shutdown_timeout,
         journal,
+        Arc::clone(&images),
     ));
     let service_hypervisor = hypervisor.clone();
     let link = CoordinatorLink::new(
@@ -111,6 +127,7 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
         hypervisor,
         Arc::clone(&poller),
         executor,
+        images,
     );
 
     let poll_interval = config.poll_interval;

@@ -23,6 +23,8 @@ async fn poller_on_a_host_with_a_vm() -> (MemoryHost, StatePoller, VmId) {
         memory_mib: 128,
         disk_gb: 1,
         start: true,
+        image: None,
+        seed: None,
     };
     hypervisor
         .call(move |hv| hv.create_vm(vm_id, &spec))
@@ -111,4 +113,27 @@ async fn the_inventory_fails_rather_than_leave_snapshots_out() {
     let inventory = poller.inventory().await.unwrap();
     assert_eq!(inventory.len(), 1);
     assert!(inventory[0].snapshots.is_empty());
+}
+
+#[tokio::test]
+async fn a_guest_getting_addresses_is_published_with_a_new_generation() {
+    let (host, poller, vm_id) = poller_on_a_host_with_a_vm().await;
+    let mut changes = poller.subscribe();
+    poller.poll_once().await.unwrap();
+    let first = changes.try_recv().unwrap();
+    assert!(first.addresses.is_empty());
+    let ssh = first.ssh.clone().expect("user mode forwards SSH");
+
+    // The guest's DHCP client got a lease.
+    host.set_addresses(vm_id, &["192.0.2.44"]);
+    poller.poll_once().await.unwrap();
+    let second = changes.try_recv().unwrap();
+    assert_eq!(second.addresses, ["192.0.2.44"]);
+    assert_eq!(second.ssh, Some(ssh));
+    assert!(second.generation > first.generation);
+    poller.poll_once().await.unwrap();
+    assert!(
+        changes.try_recv().is_err(),
+        "the same addresses are no change"
+    );
 }

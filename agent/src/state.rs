@@ -183,8 +183,11 @@ fn report_of(domain: &ObservedDomain, generation: u64) -> DomainReport {
         detail: domain.detail.clone(),
         // Only inventories carry snapshots (see `StatePoller::inventory`).
         snapshots: Vec::new(),
-        addresses: Vec::new(),
-        ssh: None,
+        addresses: domain.addresses.clone(),
+        ssh: domain.ssh.as_ref().map(|ssh| vmm_proto::SshEndpoint {
+            host: ssh.address.clone(),
+            port: u32::from(ssh.port),
+        }),
     }
 }
 
@@ -231,6 +234,8 @@ mod tests {
             cpu: 1,
             memory_mib: 128,
             detail: String::new(),
+            addresses: Vec::new(),
+            ssh: None,
         }
     }
 

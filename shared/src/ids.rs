@@ -64,6 +64,10 @@ uuid_id!(
     /// One state-changing operation, from the API request to the agent's answer.
     OperationId
 );
+uuid_id!(
+    /// An image in the coordinator's catalogue. Also names the host's cached copy of it.
+    ImageId
+);
 
 /// A hypervisor host, named by its agent (by default the machine's hostname).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

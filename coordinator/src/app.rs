@@ -27,9 +27,10 @@ use crate::auth::{PasswordHasher, TokenIssuer, load_or_create_jwt_secret};
 use crate::config::Config;
 use crate::db::{self, Db};
 use crate::hosts::{self, AgentRegistry};
+use crate::images::{self, ImageFiles, Images};
 use crate::ratelimit::{self, RateLimits};
 use crate::state::{AppState, Settings};
-use crate::{admin, health, http, operations, quotas, snapshots, telemetry, users, vms};
+use crate::{admin, health, http, keys, operations, quotas, snapshots, telemetry, users, vms};
 
 /// Largest request body the REST API reads.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -65,6 +66,28 @@ pub fn router(state: AppState) -> Router {
             "/api/operations/{id}",
             get(operations::routes::get_operation),
         )
+        .route(
+            "/api/images",
+            get(images::routes::list_images).post(images::routes::create_image),
+        )
+        .route(
+            "/api/images/{id}",
+            get(images::routes::get_image).delete(images::routes::delete_image),
+        )
+        .route(
+            "/api/images/{id}/file",
+            // The file is streamed to disk and counted against IMAGE_MAX_BYTES by the route.
+            put(images::routes::upload_file)
+                .layer(DefaultBodyLimit::disable())
+                .layer(axum::middleware::from_fn(
+                    images::routes::close_connection_when_refused,
+                )),
+        )
+        .route(
+            "/api/keys",
+            get(keys::routes::list_keys).post(keys::routes::add_key),
+        )
+        .route("/api/keys/{id}", delete(keys::routes::delete_key))
         .route("/api/hosts", get(hosts::routes::list_hosts))
         .route("/api/quota", get(quotas::routes::my_quota))
         .route(
@@ -134,6 +157,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let db = db::connect(&config.database_url()).await?;
     hosts::store::mark_all_unreachable(&db).await?;
     operations::runner::settle_after_restart(&db).await?;
+    let image_files = ImageFiles::open(&config.images_dir())?;
+    let leftovers = image_files
+        .remove_leftover_parts()
+        .with_context(|| format!("cannot clean {}", image_files.dir().display()))?;
+    if leftovers > 0 {
+        tracing::info!(
+            files = leftovers,
+            "removed image files left half-transferred by the last stop"
+        );
+    }
+    images::check::warn_if_unavailable().await;
 
     let secret = load_or_create_jwt_secret(config.jwt_secret.as_deref(), &config.data_dir)?;
     let passwords = PasswordHasher::new(config.bcrypt_cost).await?;
@@ -146,6 +180,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let state = AppState {
         db,
         registry: Arc::new(AgentRegistry::default()),
+        images: Arc::new(Images::new(image_files, config.image_max_bytes)?),
         tokens: Arc::new(TokenIssuer::new(&secret, config.jwt_ttl_secs)),
         passwords,
         rate_limits: Arc::new(RateLimits::new(config.rate_limits())),
@@ -167,6 +202,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on GRPC_ADDR {}", config.grpc_addr))?;
     tracing::info!(http = %http_listener.local_addr()?, grpc = %grpc_listener.local_addr()?, "coordinator listening");
+
+    images::download::resume_after_restart(&state.db, &state.images).await?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(upkeep(state.clone(), stop_rx.clone()));

@@ -161,6 +161,10 @@ pub struct Config {
     #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', value_parser = crate::ratelimit::parse_proxy)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
 
+    /// Largest image file accepted, uploaded or downloaded, in bytes (at least 1 MiB).
+    #[arg(long, env = "IMAGE_MAX_BYTES", default_value_t = 20 * 1024 * 1024 * 1024)]
+    pub image_max_bytes: u64,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -187,6 +191,9 @@ pub struct AdminBootstrap {
     pub username: String,
     pub password: String,
 }
+
+/// The smallest `IMAGE_MAX_BYTES` accepted.
+pub const MIN_IMAGE_MAX_BYTES: u64 = 1 << 20;
 
 /// Arguments a config file may not set.
 pub const COMMAND_LINE_ONLY: &[&str] = &["check_config"];
@@ -303,6 +310,12 @@ impl Config {
         if !(self.cpu_allocation_ratio.is_finite() && self.cpu_allocation_ratio > 0.0) {
             return Err(invalid("CPU_ALLOCATION_RATIO", "must be a positive number"));
         }
+        if self.image_max_bytes < MIN_IMAGE_MAX_BYTES {
+            return Err(invalid(
+                "IMAGE_MAX_BYTES",
+                format!("must be at least {MIN_IMAGE_MAX_BYTES} (1 MiB)"),
+            ));
+        }
         Ok(())
     }
 
@@ -342,6 +355,11 @@ impl Config {
 
     pub fn operation_timeout(&self) -> Duration {
         Duration::from_secs(self.operation_timeout_secs)
+    }
+
+    /// Where image files are kept: `<data-dir>/images`.
+    pub fn images_dir(&self) -> PathBuf {
+        self.data_dir.join("images")
     }
 
     pub fn host_dead_after(&self) -> Duration {

@@ -231,6 +231,28 @@ impl From<crate::snapshots::store::Error> for ApiError {
     }
 }
 
+impl From<crate::images::store::Error> for ApiError {
+    fn from(err: crate::images::store::Error) -> Self {
+        use crate::images::store::Error;
+        match err {
+            Error::NameTaken(_) | Error::InUse { .. } => ApiError::Conflict(err.to_string()),
+            Error::NotFound(_) => ApiError::NotFound(err.to_string()),
+            Error::Database(err) => err.into(),
+        }
+    }
+}
+
+impl From<crate::keys::store::Error> for ApiError {
+    fn from(err: crate::keys::store::Error) -> Self {
+        use crate::keys::store::Error;
+        match err {
+            Error::NameTaken(_) | Error::AlreadyStored(_) => ApiError::Conflict(err.to_string()),
+            Error::TooMany => ApiError::Unprocessable(err.to_string()),
+            Error::Database(err) => err.into(),
+        }
+    }
+}
+
 impl From<crate::users::store::Error> for ApiError {
     fn from(err: crate::users::store::Error) -> Self {
         use crate::users::store::Error;

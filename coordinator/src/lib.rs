@@ -14,6 +14,8 @@
 //!   every outcome, the SQL predicates derived from them
 //! - [`vms`]: VM routes, records, host reports
 //! - [`snapshots`]: VM snapshots
+//! - [`images`]: the image catalogue, its files, uploads and downloads
+//! - [`keys`]: users' SSH public keys
 //! - [`hosts`]: connected agents, host records, the scheduler
 //! - [`agents`]: the agent stream
 //! - [`operations`]: operation records and the runner that carries every operation out
@@ -35,6 +37,8 @@ pub mod health;
 pub mod hosts;
 pub mod http;
 pub mod idempotency;
+pub mod images;
+pub mod keys;
 pub mod lifecycle;
 pub mod operations;
 pub mod quotas;

@@ -1,5 +1,5 @@
 //! What every request handler and the agent stream share: the database, the registry of
-//! connected agents, the token issuer, the password hasher, the rate limiter, the metrics
+//! connected agents, the image files, the token issuer, the password hasher, the rate limiter, the metrics
 //! handle, and the settings fixed at start.
 //!
 //! This module sits below every route and store: it imports none of them (only the types it
@@ -14,6 +14,7 @@ use crate::auth::{PasswordHasher, TokenIssuer};
 use crate::config::Placement;
 use crate::db::Db;
 use crate::hosts::AgentRegistry;
+use crate::images::Images;
 use crate::quotas::QuotaLimits;
 use crate::ratelimit::RateLimits;
 
@@ -32,6 +33,8 @@ pub struct Settings {
 pub struct AppState {
     pub db: Db,
     pub registry: Arc<AgentRegistry>,
+    /// Image files, transfers in progress, and the client that downloads images.
+    pub images: Arc<Images>,
     pub tokens: Arc<TokenIssuer>,
     pub passwords: PasswordHasher,
     pub rate_limits: Arc<RateLimits>,

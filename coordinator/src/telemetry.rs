@@ -26,6 +26,7 @@ use vmm_shared::VmStatus;
 
 use crate::db::Db;
 use crate::error::ApiError;
+use crate::images::ImageStatus;
 use crate::state::AppState;
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -118,6 +119,15 @@ fn describe() {
         Unit::Seconds,
         "Operation latency, from request to the host's answer, by kind."
     );
+    describe_gauge!("image_total", "Images in the catalogue, by status.");
+    describe_counter!(
+        "image_imports_total",
+        "Image files taken in, by how (upload, download) and outcome (success, failure)."
+    );
+    describe_counter!(
+        "image_bytes_served_total",
+        "Bytes of image files sent to hosts (FetchImage), by host."
+    );
     describe_counter!(
         "quota_rejections_total",
         "Creates refused for quota, by the resource that was exceeded."
@@ -137,6 +147,7 @@ pub async fn scrape(State(app): State<AppState>) -> Result<Response, ApiError> {
 
 async fn refresh_gauges(app: &AppState) -> Result<(), sqlx::Error> {
     refresh_vm_gauges(&app.db).await?;
+    refresh_image_gauges(&app.db).await?;
     let users: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
         .fetch_one(&app.db)
         .await?;
@@ -158,6 +169,18 @@ async fn refresh_gauges(app: &AppState) -> Result<(), sqlx::Error> {
             .set(host.allocated.memory_mib as f64);
         gauge!("host_allocated_disk_gb", "host" => id.clone()).set(host.allocated.disk_gb as f64);
         gauge!("host_vms", "host" => id).set(host.vms as f64);
+    }
+    Ok(())
+}
+
+async fn refresh_image_gauges(db: &Db) -> Result<(), sqlx::Error> {
+    let rows = crate::images::store::count_by_status(db).await?;
+    for status in ImageStatus::ALL {
+        let count = rows
+            .iter()
+            .find(|row| row.0 == status)
+            .map_or(0, |row| row.1);
+        gauge!("image_total", "status" => status.as_str()).set(count as f64);
     }
     Ok(())
 }
@@ -222,6 +245,17 @@ pub fn record_operation(kind: &'static str, succeeded: bool, elapsed: Duration) 
             _ => {}
         }
     }
+}
+
+/// Records one image file taken in (or refused), by `how` (`upload` or `download`).
+pub fn record_image_import(how: &'static str, succeeded: bool) {
+    let outcome = if succeeded { "success" } else { "failure" };
+    counter!("image_imports_total", "how" => how, "outcome" => outcome).increment(1);
+}
+
+/// Records bytes of an image file sent to `host`.
+pub fn record_image_bytes_served(host: &str, bytes: u64) {
+    counter!("image_bytes_served_total", "host" => host.to_owned()).increment(bytes);
 }
 
 pub fn record_quota_rejection(resource: &'static str) {

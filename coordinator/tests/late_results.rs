@@ -56,6 +56,7 @@ async fn start_coordinator() -> Coordinator {
         agent_token: AGENT_TOKEN,
         operation_timeout: OPERATION_TIMEOUT,
         host_dead_after: Duration::from_secs(60),
+        image_max_bytes: 1 << 30,
     };
     let state = support::app_state(dir.path(), settings).await;
     let user = user_store::insert(&state.db, "patient", "not-a-real-hash", Role::User)

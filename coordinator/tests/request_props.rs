@@ -44,6 +44,7 @@ fn fixture() -> &'static Fixture {
                 agent_token: "unused",
                 operation_timeout: Duration::from_secs(5),
                 host_dead_after: Duration::from_secs(10),
+                image_max_bytes: 1 << 30,
             };
             let state = support::app_state(dir.path(), settings).await;
             let router = router(state);

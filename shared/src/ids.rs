@@ -68,6 +68,10 @@ uuid_id!(
     /// An image in the coordinator's catalogue. Also names the host's cached copy of it.
     ImageId
 );
+uuid_id!(
+    /// A user's stored SSH public key.
+    SshKeyId
+);
 
 /// A hypervisor host, named by its agent (by default the machine's hostname).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

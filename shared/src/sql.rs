@@ -65,6 +65,8 @@ text_column!(
     crate::UserId,
     crate::SnapshotId,
     crate::OperationId,
+    crate::ImageId,
+    crate::SshKeyId,
     crate::HostId,
     crate::VmStatus,
     crate::OperationKind,

@@ -60,6 +60,35 @@ pub struct Vm {
     pub created_at: String,
 }
 
+/// An image as the API shows it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Image {
+    pub id: String,
+    pub name: String,
+    pub os: Option<String>,
+    pub status: String,
+    pub error: Option<String>,
+    pub size_bytes: Option<u64>,
+    pub virtual_size_bytes: Option<u64>,
+    pub format: Option<String>,
+    pub sha256: Option<String>,
+    pub min_disk_gb: Option<u64>,
+    pub default_user: String,
+    pub created_at: String,
+}
+
+/// A stored SSH key as the API shows it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct SshKey {
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub key_type: String,
+    pub fingerprint: String,
+    pub public_key: String,
+    pub created_at: String,
+}
+
 /// A host as `GET /api/hosts` shows it.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Host {
@@ -319,6 +348,37 @@ impl Api {
         self.send(Method::PUT, path, Some(body)).await
     }
 
+    /// `PUT <path>` with raw bytes as `application/octet-stream` (an image file).
+    pub async fn put_bytes(&self, path: &str, bytes: Vec<u8>) -> Result<Response> {
+        let authorization = self.token.as_ref().map(|token| format!("Bearer {token}"));
+        let url = format!("{}{path}", self.base);
+        let mut request = self
+            .http
+            .put(&url)
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .body(bytes);
+        if let Some(authorization) = authorization {
+            request = request.header(AUTHORIZATION, authorization);
+        }
+        let response = request.send().await.with_context(|| format!("PUT {url}"))?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response
+            .text()
+            .await
+            .with_context(|| format!("reading PUT {url}"))?;
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Ok(Response {
+            status,
+            headers,
+            body,
+        })
+    }
+
     /// `GET <path>` and the body as text, whatever its type (e.g. Prometheus metrics);
     /// fails unless the answer is 200.
     pub async fn get_text(&self, path: &str) -> Result<String> {
@@ -451,6 +511,71 @@ impl Api {
     /// `GET /api/hosts` (admin only).
     pub async fn hosts(&self) -> Result<Vec<Host>> {
         self.get("/api/hosts").await?.expect_status(200)?.json()
+    }
+
+    /// `POST /api/images` (admin only); expects 201 and returns the image.
+    pub async fn create_image(&self, body: &Value) -> Result<Image> {
+        self.post("/api/images", body)
+            .await?
+            .expect_status(201)
+            .with_context(|| format!("creating image {body}"))?
+            .json()
+    }
+
+    pub async fn get_image(&self, id: &str) -> Result<Image> {
+        self.get(&format!("/api/images/{id}"))
+            .await?
+            .expect_status(200)
+            .with_context(|| format!("getting image {id}"))?
+            .json()
+    }
+
+    pub async fn list_images(&self) -> Result<Vec<Image>> {
+        self.get("/api/images").await?.expect_status(200)?.json()
+    }
+
+    /// `PUT /api/images/{id}/file` with the file's bytes, whatever the answer.
+    pub async fn try_upload_image(&self, id: &str, bytes: Vec<u8>) -> Result<Response> {
+        self.put_bytes(&format!("/api/images/{id}/file"), bytes)
+            .await
+    }
+
+    /// Uploads an image's file; expects 200 and returns the image (then `ready`).
+    pub async fn upload_image(&self, id: &str, bytes: Vec<u8>) -> Result<Image> {
+        self.try_upload_image(id, bytes)
+            .await?
+            .expect_status(200)
+            .with_context(|| format!("uploading the file of image {id}"))?
+            .json()
+    }
+
+    /// Waits until the image is no longer `downloading` and returns it.
+    pub async fn wait_for_download(&self, id: &str) -> Result<Image> {
+        crate::wait_until(
+            &format!("image {id} to finish downloading"),
+            Duration::from_secs(60),
+            || async {
+                let image = self.get_image(id).await?;
+                Ok((image.status != "downloading").then_some(image))
+            },
+        )
+        .await
+    }
+
+    /// `POST /api/keys`; expects 201 and returns the stored key.
+    pub async fn add_key(&self, name: &str, public_key: &str) -> Result<SshKey> {
+        self.post(
+            "/api/keys",
+            &json!({"name": name, "public_key": public_key}),
+        )
+        .await?
+        .expect_status(201)
+        .with_context(|| format!("adding key {name:?}"))?
+        .json()
+    }
+
+    pub async fn list_keys(&self) -> Result<Vec<SshKey>> {
+        self.get("/api/keys").await?.expect_status(200)?.json()
     }
 
     /// `GET /api/quota`: the caller's quota and usage.

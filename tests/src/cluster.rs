@@ -477,6 +477,15 @@ impl TestCluster {
             .find_map(|agent| agent.process.ensure_running().err())
     }
 
+    /// The coordinator's `DATA_DIR` (database, JWT secret, `images/`), to observe only.
+    pub fn coordinator_data_dir(&self) -> PathBuf {
+        self.dir
+            .as_ref()
+            .expect("the cluster's directory exists while it runs")
+            .path()
+            .join("coordinator")
+    }
+
     /// An API client without a token.
     pub fn api(&self) -> Api {
         Api::new(&self.http_url)

@@ -24,6 +24,7 @@
 pub mod api;
 pub mod audit;
 pub mod cluster;
+pub mod file_server;
 pub mod guest;
 pub mod jwt;
 pub mod process;
@@ -32,6 +33,6 @@ pub mod test_image;
 pub mod virsh;
 pub mod wait;
 
-pub use api::{Api, Host, Response, Vm};
+pub use api::{Api, Host, Image, Response, SshKey, Vm};
 pub use cluster::{AgentOptions, ClusterOptions, TestCluster};
 pub use wait::wait_until;

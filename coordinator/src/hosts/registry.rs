@@ -112,6 +112,25 @@ impl AgentRegistry {
         lock(&self.agents).len()
     }
 
+    /// Sends a message that expects no answer (e.g. `EvictImage`) to every connected host.
+    /// Returns how many hosts it was handed to.
+    pub async fn notify_all(&self, body: coordinator_message::Body) -> usize {
+        let senders: Vec<_> = lock(&self.agents)
+            .values()
+            .map(|agent| agent.sender.clone())
+            .collect();
+        let mut sent = 0;
+        for sender in senders {
+            let message = CoordinatorMessage {
+                body: Some(body.clone()),
+            };
+            if sender.send(Ok(message)).await.is_ok() {
+                sent += 1;
+            }
+        }
+        sent
+    }
+
     /// Sends `action` on `vm` to `host` as `operation_id` and waits for its result, for as
     /// long as the host's session lasts.
     pub async fn dispatch(

@@ -9,6 +9,7 @@ use std::time::Duration;
 use vmm_coordinator::auth::{PasswordHasher, TokenIssuer};
 use vmm_coordinator::config::Placement;
 use vmm_coordinator::hosts::AgentRegistry;
+use vmm_coordinator::images::{ImageFiles, Images};
 use vmm_coordinator::quotas::QuotaLimits;
 use vmm_coordinator::ratelimit::{RateLimitSettings, RateLimits};
 use vmm_coordinator::state::{AppState, Settings};
@@ -18,6 +19,19 @@ pub struct TestSettings {
     pub agent_token: &'static str,
     pub operation_timeout: Duration,
     pub host_dead_after: Duration,
+    pub image_max_bytes: u64,
+}
+
+impl TestSettings {
+    /// The settings most tests use: the given agent token, a generous operation timeout.
+    pub fn new(agent_token: &'static str) -> Self {
+        Self {
+            agent_token,
+            operation_timeout: Duration::from_secs(30),
+            host_dead_after: Duration::from_secs(60),
+            image_max_bytes: 1 << 30,
+        }
+    }
 }
 
 /// The state of a coordinator whose database lives in `dir`.
@@ -26,9 +40,11 @@ pub async fn app_state(dir: &std::path::Path, settings: TestSettings) -> AppStat
         .await
         .unwrap();
     let one = NonZeroU32::new(1).unwrap();
+    let files = ImageFiles::open(&dir.join("images")).unwrap();
     AppState {
         db,
         registry: Arc::new(AgentRegistry::default()),
+        images: Arc::new(Images::new(files, settings.image_max_bytes).unwrap()),
         tokens: Arc::new(TokenIssuer::new(
             b"in-process-test-secret-0123456789abcdef",
             3600,

@@ -32,8 +32,10 @@ use crate::ratelimit::{self, RateLimits};
 use crate::state::{AppState, Settings};
 use crate::{admin, health, http, keys, operations, quotas, snapshots, telemetry, users, vms};
 
-/// Largest request body the REST API reads.
+/// Largest request body the REST API reads (but for the routes below and image uploads).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest body of `POST /api/vms`.
+pub const CREATE_VM_MAX_BODY_BYTES: usize = 256 * 1024;
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -43,7 +45,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/auth/login", post(users::routes::login))
         .route(
             "/api/vms",
-            get(vms::routes::list_vms).post(vms::routes::create_vm),
+            get(vms::routes::list_vms)
+                .post(vms::routes::create_vm)
+                .layer(
+                    // A create may carry 64 KiB of user data and some keys.
+                    DefaultBodyLimit::max(CREATE_VM_MAX_BODY_BYTES),
+                ),
         )
         .route(
             "/api/vms/{id}",

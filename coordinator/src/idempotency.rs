@@ -14,6 +14,7 @@ use axum::Json;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
+use sha2::Digest as _;
 use sqlx::SqliteConnection;
 use vmm_shared::UserId;
 
@@ -30,7 +31,8 @@ pub const RETENTION: Duration = Duration::from_secs(24 * 3600);
 pub struct IdempotentRequest {
     pub user: UserId,
     pub key: String,
-    /// Method, path and body of the request, so a reused key for something else is caught.
+    /// Method, path and the SHA-256 of the body, so a reused key for something else is
+    /// caught without keeping the body (which may carry a VM's user data) for a day.
     pub fingerprint: String,
 }
 
@@ -62,7 +64,10 @@ impl IdempotentRequest {
         Ok(Some(Self {
             user,
             key: key.to_owned(),
-            fingerprint: format!("{method} {path} {body}"),
+            fingerprint: format!(
+                "{method} {path} sha256:{}",
+                crate::images::files::hex(&sha2::Sha256::digest(body.to_string()))
+            ),
         }))
     }
 }

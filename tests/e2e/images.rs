@@ -482,3 +482,151 @@ async fn fingerprint_of(path: &Path) -> Result<String> {
         .map(str::to_owned)
         .context("ssh-keygen -l printed no fingerprint")
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vms_from_images_are_checked_before_anything_is_created() {
+    let cluster = TestCluster::start(ClusterOptions::default()).await.unwrap();
+    vms_from_images(&cluster).await.unwrap();
+}
+
+/// On a test-driver agent, which makes a blank disk whatever the image (it ignores what it
+/// does not know): what is checked here is the coordinator's side.
+async fn vms_from_images(cluster: &TestCluster) -> Result<()> {
+    let admin = cluster.admin().await?;
+    let alice = cluster.user("alice").await?;
+    let bob = cluster.user("bob").await?;
+    let scratch = tempfile::tempdir()?;
+
+    // A 3 GiB (virtual) qcow2 that asks for at least 4 GB, and an image still pending.
+    let path = scratch.path().join("big.qcow2");
+    let status = tokio::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&path)
+        .arg("3G")
+        .status()
+        .await?;
+    ensure!(status.success());
+    let image = admin
+        .create_image(&json!({"name": "distro", "min_disk_gb": 4, "default_user": "debian"}))
+        .await?;
+    let image = admin.upload_image(&image.id, std::fs::read(&path)?).await?;
+    let pending = admin.create_image(&json!({"name": "not-yet"})).await?;
+
+    let key = SshKey::generate(scratch.path(), "alice").await?;
+    let stored = alice.add_key("alice-laptop", &key.public_key).await?;
+    let bobs_key = bob
+        .add_key(
+            "bob-laptop",
+            &SshKey::generate(scratch.path(), "bob").await?.public_key,
+        )
+        .await?;
+
+    let base = json!({"name": "web", "cpu": 1, "memory": 128, "image": "distro"});
+    let with = |extra: serde_json::Value| {
+        let mut body = base.clone();
+        for (key, value) in extra.as_object().unwrap() {
+            body[key] = value.clone();
+        }
+        body
+    };
+    let refusals: Vec<(serde_json::Value, u16, &str)> = vec![
+        (
+            with(json!({"disk_gb": 2})),
+            422,
+            "virtual size is 3221225472 bytes",
+        ),
+        (with(json!({"disk_gb": 3})), 422, "min_disk_gb 4"),
+        (
+            with(json!({"image": "no-such-image"})),
+            422,
+            "no-such-image",
+        ),
+        (with(json!({"image": pending.id})), 409, "pending"),
+        (
+            with(json!({"user_data": "x".repeat(64 * 1024 + 1)})),
+            422,
+            "user_data is 65537 bytes",
+        ),
+        (
+            with(json!({"ssh_authorized_keys": [key.public_key, "ssh-rsa AAAA"]})),
+            422,
+            "ssh_authorized_keys[1]",
+        ),
+        (with(json!({"ssh_authorized_keys": [DSA]})), 422, "DSA"),
+        (
+            with(json!({"ssh_keys": [bobs_key.id]})),
+            422,
+            "no key with ID",
+        ),
+        (
+            with(json!({"ssh_keys": ["not-an-id"]})),
+            422,
+            "no key with ID",
+        ),
+        (
+            json!({"name": "blank", "cpu": 1, "memory": 128, "user_data": "#cloud-config\n"}),
+            422,
+            "need an \"image\"",
+        ),
+        (with(json!({"ssh_keys": "all"})), 422, "ssh_keys"),
+    ];
+    for (body, status, says) in &refusals {
+        let message = alice
+            .try_create_vm(body)
+            .await?
+            .expect_error(*status)
+            .with_context(|| format!("creating with {body:.200}"))?;
+        ensure!(message.contains(says), "{body:.200}: {message}");
+    }
+    // A body over 256 KiB is refused before it is read.
+    let huge = with(json!({"user_data": "x".repeat(300 * 1024)}));
+    alice.try_create_vm(&huge).await?.expect_error(413)?;
+    // Nothing was created, no quota claimed.
+    ensure!(alice.list_vms().await?.is_empty());
+    ensure!(alice.quota().await?.usage == Default::default());
+
+    // The defaults: the disk holds the image and its minimum (at least 10 GB), all of the
+    // caller's keys, the user data as given.
+    let vm: vmm_e2e::Vm = alice
+        .try_create_vm(&with(
+            json!({"user_data": "#cloud-config\n", "image": image.id}),
+        ))
+        .await?
+        .expect_status(201)?
+        .json()?;
+    ensure!(vm.image.as_deref() == Some(image.id.as_str()), "{vm:?}");
+    ensure!(
+        vm.disk_gb == 10 && vm.addresses.is_empty() && vm.ssh.is_none(),
+        "{vm:?}"
+    );
+    let by_name: vmm_e2e::Vm = alice
+        .try_create_vm(&json!({
+            "name": "db", "cpu": 1, "memory": 128, "image": "distro", "disk_gb": 4,
+            "ssh_keys": [stored.id], "ssh_authorized_keys": [key.public_key]
+        }))
+        .await?
+        .expect_status(201)?
+        .json()?;
+    ensure!(
+        by_name.disk_gb == 4 && by_name.image == vm.image,
+        "{by_name:?}"
+    );
+    let blank = alice.create_vm("blank", 1, 128, None).await?;
+    ensure!(blank.image.is_none() && blank.disk_gb == 10, "{blank:?}");
+
+    // An image a VM uses cannot be deleted; once its VMs are gone it can.
+    let message = admin
+        .delete(&format!("/api/images/{}", image.id))
+        .await?
+        .expect_error(409)?;
+    ensure!(message.contains("2 VM(s)"), "{message}");
+    alice.delete_vm(&vm.id).await?;
+    alice.delete_vm(&by_name.id).await?;
+    admin
+        .delete(&format!("/api/images/{}", image.id))
+        .await?
+        .expect_status(204)?;
+    let message = alice.try_create_vm(&base).await?.expect_error(422)?;
+    ensure!(message.contains("distro"), "{message}");
+    Ok(())
+}

@@ -58,6 +58,23 @@ pub struct Vm {
     pub host: Option<String>,
     pub owner_id: String,
     pub created_at: String,
+    /// The image the VM was made from.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// The guest's addresses, as its host reports them.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// Where SSH reaches the guest through its host, when the host forwards it.
+    #[serde(default)]
+    pub ssh: Option<SshEndpoint>,
+}
+
+/// A VM's `ssh` object.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct SshEndpoint {
+    pub host: String,
+    pub port: u16,
+    pub user: Option<String>,
 }
 
 /// An image as the API shows it.

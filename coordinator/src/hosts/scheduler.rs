@@ -6,7 +6,9 @@
 //! `cpus × cpu_allocation_ratio`, allocated memory within the host's memory (memory is
 //! never overcommitted) and allocated disk within its storage pool's capacity.
 //! Among the hosts that fit, `spread` takes the one with the most free memory, `pack` the
-//! one with the least; ties go to the host with fewer VMs, then to the smaller host ID.
+//! one with the least; ties go first to a host that already caches the VM's image (its disk
+//! is then made at once, without a transfer), then to the host with fewer VMs, then to the
+//! smaller host ID. Caching never outweighs free memory: it only breaks ties.
 
 use vmm_shared::{HostId, VmSize};
 
@@ -30,6 +32,8 @@ pub struct HostLoad {
     pub allocated_disk_gb: u64,
     #[sqlx(try_from = "i64")]
     pub vm_count: u64,
+    /// Whether the host holds a verified copy of the new VM's image.
+    pub caches_image: bool,
 }
 
 impl HostLoad {
@@ -57,15 +61,21 @@ pub fn choose_host<'a>(
     let key = |host: &&HostLoad| {
         (
             host.free_memory_mib(),
+            host.caches_image,
             std::cmp::Reverse(host.vm_count),
             std::cmp::Reverse(host.id.clone()),
         )
     };
     match placement {
         Placement::Spread => fitting.max_by_key(key),
-        Placement::Pack => {
-            fitting.min_by_key(|host| (host.free_memory_mib(), host.vm_count, host.id.clone()))
-        }
+        Placement::Pack => fitting.min_by_key(|host| {
+            (
+                host.free_memory_mib(),
+                !host.caches_image,
+                host.vm_count,
+                host.id.clone(),
+            )
+        }),
     }
 }
 
@@ -83,6 +93,7 @@ mod tests {
             allocated_memory_mib,
             allocated_disk_gb: 0,
             vm_count: 0,
+            caches_image: false,
         }
     }
 
@@ -146,6 +157,46 @@ mod tests {
                 .id
                 .as_str(),
             "b"
+        );
+    }
+
+    #[test]
+    fn a_host_caching_the_image_wins_ties_only() {
+        let a = host("a", 4096, 0);
+        let mut b = host("b", 4096, 0);
+        b.vm_count = 3;
+        b.caches_image = true;
+        for placement in [Placement::Spread, Placement::Pack] {
+            assert_eq!(
+                choose_host(&[a.clone(), b.clone()], &SMALL, placement, 4.0)
+                    .unwrap()
+                    .id
+                    .as_str(),
+                "b",
+                "{placement:?}"
+            );
+        }
+        // More free memory still wins over a cached image under spread, less under pack.
+        let roomier = host("c", 8192, 0);
+        assert_eq!(
+            choose_host(
+                &[b.clone(), roomier.clone()],
+                &SMALL,
+                Placement::Spread,
+                4.0
+            )
+            .unwrap()
+            .id
+            .as_str(),
+            "c"
+        );
+        let fuller = host("d", 2048, 0);
+        assert_eq!(
+            choose_host(&[b, fuller], &SMALL, Placement::Pack, 4.0)
+                .unwrap()
+                .id
+                .as_str(),
+            "d"
         );
     }
 }

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 use sqlx::SqliteExecutor;
-use vmm_shared::HostId;
+use vmm_shared::{HostId, ImageId};
 
 use super::scheduler::HostLoad;
 use crate::db::{self, Db};
@@ -97,20 +97,25 @@ pub async fn mark_all_unreachable(db: &Db) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// Capacity and allocation of every connected host, read inside the caller's transaction.
+/// Capacity and allocation of every connected host, and whether it caches `image`, read
+/// inside the caller's transaction.
 pub async fn connected_loads<'e>(
     executor: impl SqliteExecutor<'e>,
+    image: Option<ImageId>,
 ) -> Result<Vec<HostLoad>, sqlx::Error> {
     sqlx::query_as(
         "SELECT h.id, h.cpus, h.memory_mib, h.disk_gb,
                 COALESCE(SUM(v.cpu), 0) AS allocated_cpu,
                 COALESCE(SUM(v.memory_mib), 0) AS allocated_memory_mib,
                 COALESCE(SUM(v.disk_gb), 0) AS allocated_disk_gb,
-                COUNT(v.id) AS vm_count
+                COUNT(v.id) AS vm_count,
+                EXISTS (SELECT 1 FROM host_images hi
+                        WHERE hi.host_id = h.id AND hi.image_id = ?) AS caches_image
          FROM hosts h LEFT JOIN vms v ON v.host_id = h.id
          WHERE h.status = 'connected'
          GROUP BY h.id, h.cpus, h.memory_mib, h.disk_gb ORDER BY h.id",
     )
+    .bind(image)
     .fetch_all(executor)
     .await
 }

@@ -83,6 +83,17 @@ pub struct Began {
     pub snapshot: Option<Snapshot>,
     /// A create's idempotency key, answered when the operation completes.
     pub idempotency: Option<IdempotentRequest>,
+    /// What a create sends besides the VM's record; `None` for every other operation.
+    pub create: Option<CreateInputs>,
+}
+
+/// What a create tells the host besides the VM's name and size: the image its disk is made
+/// from and what its cloud-init is given (both unset: a blank disk, no seed). Sent once, with
+/// the command, and not stored: user data may hold secrets.
+#[derive(Clone, Debug, Default)]
+pub struct CreateInputs {
+    pub image: Option<vmm_proto::ImageRef>,
+    pub cloud_init: Option<vmm_proto::CloudInit>,
 }
 
 /// 503 unless the VM's host is connected now.
@@ -118,6 +129,7 @@ pub async fn begin(
         vm,
         snapshot,
         idempotency: None,
+        create: None,
     })
 }
 
@@ -212,9 +224,10 @@ async fn carry_out(app: AppState, began: Began) -> Result<Answer, ApiError> {
         vm,
         snapshot,
         idempotency,
+        create,
     } = began;
     let kind = operation.kind;
-    let action = command_for(kind, &vm, snapshot.as_ref());
+    let action = command_for(kind, &vm, snapshot.as_ref(), create.unwrap_or_default());
     let dispatched = app
         .registry
         .dispatch(&vm.host_id, operation.id, vm.id, action)
@@ -287,7 +300,12 @@ fn to_json(value: impl serde::Serialize) -> Result<Value, ApiError> {
 }
 
 /// The command that carries `kind` out on the host.
-fn command_for(kind: OperationKind, vm: &Vm, snapshot: Option<&Snapshot>) -> command::Action {
+fn command_for(
+    kind: OperationKind,
+    vm: &Vm,
+    snapshot: Option<&Snapshot>,
+    create: CreateInputs,
+) -> command::Action {
     use OperationKind as K;
     let snapshot_id = || snapshot.map(|s| s.id.to_string()).unwrap_or_default();
     match kind {
@@ -297,8 +315,8 @@ fn command_for(kind: OperationKind, vm: &Vm, snapshot: Option<&Snapshot>) -> com
             memory_mib: vm.memory_mib,
             disk_gb: vm.disk_gb,
             start: true,
-            image: None,
-            cloud_init: None,
+            image: create.image,
+            cloud_init: create.cloud_init,
         }),
         K::Start => command::Action::Start(vmm_proto::StartVm {}),
         K::Stop => command::Action::Stop(vmm_proto::StopVm {}),

@@ -98,6 +98,7 @@ pub async fn create_snapshot(
         vm,
         snapshot: Some(snapshot),
         idempotency,
+        create: None,
     };
     Ok(runner::run_operation(&app, began).await)
 }

@@ -2,12 +2,13 @@
 //! change a VM's status. Which operation each status allows, and what each outcome does,
 //! is decided in `lifecycle`; operations are carried out by `operations::runner`.
 
+pub mod boot;
 pub mod reports;
 pub mod routes;
 pub mod store;
 
 use serde::Serialize;
-use vmm_shared::{HostId, UserId, VmId, VmStatus};
+use vmm_shared::{HostId, ImageId, UserId, VmId, VmStatus};
 
 /// A VM as recorded by the coordinator.
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -27,6 +28,47 @@ pub struct Vm {
     #[sqlx(try_from = "i64")]
     pub generation: u64,
     pub created_at: String,
+    /// The image its disk was made from; `None`: a blank disk.
+    pub image_id: Option<ImageId>,
+    /// The image's login user when the VM was created.
+    pub login_user: Option<String>,
+    /// The guest's addresses, from its host's reports.
+    pub addresses: Addresses,
+    /// Where the host forwards SSH to the guest, from its host's reports.
+    pub ssh_host: Option<String>,
+    /// The forward's port (1-65535), as stored.
+    pub ssh_port: Option<i64>,
+}
+
+/// A guest's IP addresses as its host reported them, stored as a JSON array of strings.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Addresses(pub Vec<String>);
+
+impl std::fmt::Display for Addresses {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let json = serde_json::to_string(&self.0).map_err(|_| std::fmt::Error)?;
+        f.write_str(&json)
+    }
+}
+
+impl std::str::FromStr for Addresses {
+    type Err = serde_json::Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        serde_json::from_str(s).map(Addresses)
+    }
+}
+
+vmm_shared::text_column!(Addresses);
+
+/// Where SSH reaches a VM through its host, in a VM's JSON.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SshView {
+    pub host: String,
+    pub port: u16,
+    /// The login user of the VM's image; `None` for a VM without an image.
+    pub user: Option<String>,
 }
 
 /// The JSON shape of a VM in every response.
@@ -44,6 +86,12 @@ pub struct VmView {
     pub host: HostId,
     pub owner_id: UserId,
     pub created_at: String,
+    /// The image the VM was made from.
+    pub image: Option<ImageId>,
+    /// The guest's IP addresses, as its host knows them (empty while unknown).
+    pub addresses: Vec<String>,
+    /// Set when the host forwards a port to the guest's SSH server.
+    pub ssh: Option<SshView>,
 }
 
 impl From<Vm> for VmView {
@@ -59,6 +107,19 @@ impl From<Vm> for VmView {
             host: vm.host_id,
             owner_id: vm.owner_id,
             created_at: vm.created_at,
+            image: vm.image_id,
+            addresses: vm.addresses.0,
+            ssh: match (
+                vm.ssh_host,
+                vm.ssh_port.and_then(|port| u16::try_from(port).ok()),
+            ) {
+                (Some(host), Some(port)) => Some(SshView {
+                    host,
+                    port,
+                    user: vm.login_user,
+                }),
+                _ => None,
+            },
         }
     }
 }

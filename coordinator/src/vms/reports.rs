@@ -7,8 +7,13 @@
 //! nothing, which is not an error. The exceptions (an inventory settles `unknown` and
 //! `error`; `creating` and `deleting` belong to the operation in flight) are the
 //! lifecycle's.
+//!
+//! Where the guest can be reached (its addresses and the host's SSH forward) travels in the
+//! same reports and is replaced by exactly the reports whose status applies: a stale report
+//! changes neither. Only valid IP addresses and ports are kept from what a host says.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 
 use sqlx::SqliteConnection;
 use vmm_proto::{DomainReport, PowerState};
@@ -18,7 +23,7 @@ use crate::db::Db;
 use crate::lifecycle::{self, MissingFromInventory, ReportSource, sql};
 use crate::operations::store as operation_store;
 use crate::snapshots::store as snapshot_store;
-use crate::vms::store;
+use crate::vms::{Addresses, store};
 
 /// What a report means for the VM's status, or `None` for a report without a state.
 pub fn status_from_report(report: &DomainReport) -> Option<(VmStatus, Option<String>)> {
@@ -50,8 +55,30 @@ fn detail_suffix(detail: &str) -> String {
     }
 }
 
+/// Most addresses kept for one VM.
+const MAX_ADDRESSES: usize = 32;
+
+/// Where the guest can be reached, as a report says: its addresses (only valid IP
+/// addresses, normalised) and the host's SSH forward (only with a valid host and port).
+pub fn reachability(report: &DomainReport) -> (Addresses, Option<(String, u16)>) {
+    let addresses = report
+        .addresses
+        .iter()
+        .filter_map(|text| text.parse::<IpAddr>().ok())
+        .map(|ip| ip.to_string())
+        .take(MAX_ADDRESSES)
+        .collect();
+    let ssh = report.ssh.as_ref().and_then(|ssh| {
+        let port = u16::try_from(ssh.port).ok().filter(|port| *port > 0)?;
+        let host = ssh.host.parse::<IpAddr>().ok()?.to_string();
+        Some((host, port))
+    });
+    (Addresses(addresses), ssh)
+}
+
 /// Applies one report about `vm` on `host`, inside the caller's transaction or on a pooled
-/// connection. Returns whether the record changed.
+/// connection: its status, and where the guest can be reached (replaced by every report
+/// that applies). Returns whether the record changed.
 pub async fn apply(
     conn: &mut SqliteConnection,
     host: &HostId,
@@ -64,15 +91,22 @@ pub async fn apply(
         return Ok(false);
     };
     let generation = i64::try_from(report.generation).unwrap_or(i64::MAX);
+    let (addresses, ssh) = reachability(report);
     let query = format!(
-        "UPDATE vms SET status = ?, status_reason = ?,
+        "UPDATE vms SET status = ?, status_reason = ?, addresses = ?, ssh_host = ?, ssh_port = ?,
                 generation = CASE WHEN generation < ? THEN ? ELSE generation END
          WHERE id = ? AND host_id = ? AND {}",
         sql::report_applies(source)
     );
+    let (ssh_host, ssh_port) = ssh.map_or((None, None), |(host, port)| {
+        (Some(host), Some(i64::from(port)))
+    });
     let done = sqlx::query(sqlx::AssertSqlSafe(query))
         .bind(status)
         .bind(reason)
+        .bind(&addresses)
+        .bind(ssh_host)
+        .bind(ssh_port)
         .bind(generation)
         .bind(generation)
         .bind(vm)
@@ -253,5 +287,54 @@ mod tests {
             "only the VM that never came to be is removed"
         );
         assert_eq!(t.status(acknowledged).await, VmStatus::Error);
+    }
+
+    #[tokio::test]
+    async fn addresses_and_ssh_follow_the_reports_that_apply() {
+        let t = TestDb::new().await;
+        let vm = t.vm_with_status(VmStatus::Running, 1).await;
+        let mut report = sample_report(vm, PowerState::Running, 2);
+        report.addresses = vec![
+            "192.0.2.10".into(),
+            "2001:DB8::10".into(),
+            "not an address".into(),
+            "<script>".into(),
+        ];
+        report.ssh = Some(vmm_proto::SshEndpoint {
+            host: "127.0.0.1".into(),
+            port: 22001,
+        });
+        assert!(apply_report(&t, &t.host, vm, &report, ReportSource::Change).await);
+        let recorded = store::find(&t.db, vm).await.unwrap().unwrap();
+        assert_eq!(recorded.addresses.0, ["192.0.2.10", "2001:db8::10"]);
+        assert_eq!(
+            (recorded.ssh_host.as_deref(), recorded.ssh_port),
+            (Some("127.0.0.1"), Some(22001))
+        );
+
+        // A stale report changes nothing; a newer one replaces everything, also with nothing.
+        let mut stale = sample_report(vm, PowerState::Running, 1);
+        stale.addresses = vec!["198.51.100.1".into()];
+        assert!(!apply_report(&t, &t.host, vm, &stale, ReportSource::Change).await);
+        let unchanged = store::find(&t.db, vm).await.unwrap().unwrap();
+        assert_eq!(unchanged.addresses, recorded.addresses);
+        let newer = sample_report(vm, PowerState::Stopped, 3);
+        assert!(apply_report(&t, &t.host, vm, &newer, ReportSource::Change).await);
+        let cleared = store::find(&t.db, vm).await.unwrap().unwrap();
+        assert!(cleared.addresses.0.is_empty());
+        assert_eq!((cleared.ssh_host, cleared.ssh_port), (None, None));
+
+        // A port out of range or a host that is not an address is not kept.
+        let mut odd = sample_report(vm, PowerState::Running, 4);
+        odd.ssh = Some(vmm_proto::SshEndpoint {
+            host: "127.0.0.1".into(),
+            port: 70000,
+        });
+        assert_eq!(reachability(&odd).1, None);
+        odd.ssh = Some(vmm_proto::SshEndpoint {
+            host: "evil host".into(),
+            port: 22,
+        });
+        assert_eq!(reachability(&odd).1, None);
     }
 }

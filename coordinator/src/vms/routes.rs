@@ -12,6 +12,7 @@ use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use vmm_shared::{OperationKind, VmId, VmSize, validate_resource_name};
 
+use super::boot::{self, BootRequest};
 use super::store::{self, NewVm, Recorded};
 use super::{Vm, VmView};
 use crate::auth::CurrentUser;
@@ -20,7 +21,7 @@ use crate::http::{ApiJson, ApiPath};
 use crate::idempotency::{self, IdempotentRequest};
 use crate::lifecycle::VmAction;
 use crate::operations::Operation;
-use crate::operations::runner::{self, Began};
+use crate::operations::runner::{self, Began, CreateInputs};
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -31,6 +32,18 @@ pub struct CreateVmRequest {
     /// MiB.
     memory: u64,
     disk_gb: Option<u64>,
+    /// ID or name of a ready image; absent: a blank disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    image: Option<String>,
+    /// IDs of the caller's stored keys; absent: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ssh_keys: Option<Vec<String>>,
+    /// Public keys given inline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ssh_authorized_keys: Option<Vec<String>>,
+    /// cloud-config or a script, at most 64 KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    user_data: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -70,10 +83,18 @@ pub async fn create_vm(
     let idempotency =
         IdempotentRequest::from_headers(&headers, user.id, "POST", "/api/vms", &request_json)?;
     validate_resource_name(&body.name).map_err(ApiError::Unprocessable)?;
+    let request = BootRequest {
+        image: body.image.as_deref(),
+        ssh_keys: body.ssh_keys.as_deref(),
+        ssh_authorized_keys: body.ssh_authorized_keys.as_deref(),
+        user_data: body.user_data.as_deref(),
+        disk_gb: body.disk_gb,
+    };
+    let boot = boot::resolve(&app, user.id, &body.name, &request).await?;
     let size = VmSize {
         cpu: body.cpu,
         memory_mib: body.memory,
-        disk_gb: body.disk_gb.unwrap_or(VmSize::DEFAULT_DISK_GB),
+        disk_gb: boot.disk_gb,
     };
     size.validate()
         .map_err(|err| ApiError::Unprocessable(err.to_string()))?;
@@ -84,6 +105,8 @@ pub async fn create_vm(
         owner_id: user.id,
         name: body.name,
         size,
+        image: boot.image.as_ref().map(|image| image.id),
+        login_user: boot.image.as_ref().map(|image| image.default_user.clone()),
     };
     let recorded = store::place_and_record(
         &app.db,
@@ -102,12 +125,18 @@ pub async fn create_vm(
             return idempotency::answer_repeat(&app.db, idempotency.as_ref(), patience).await;
         }
     };
-    tracing::info!(operation = %operation.id, vm_id = %vm.id, host = %vm.host_id, "creating VM");
+    tracing::info!(operation = %operation.id, vm_id = %vm.id, host = %vm.host_id,
+        image = ?vm.image_id, "creating VM");
+    let create = CreateInputs {
+        image: boot.image_ref(),
+        cloud_init: boot.cloud_init,
+    };
     let began = Began {
         operation,
         vm,
         snapshot: None,
         idempotency,
+        create: Some(create),
     };
     Ok(runner::run_operation(&app, began).await)
 }

@@ -3,13 +3,14 @@
 //! (`vms::reports`) or a lost host ([`mark_host_lost`], the one place that sets `unknown`).
 
 use sqlx::{SqliteConnection, SqliteExecutor};
-use vmm_shared::{HostId, OperationId, OperationKind, UserId, VmId, VmSize, VmStatus};
+use vmm_shared::{HostId, ImageId, OperationId, OperationKind, UserId, VmId, VmSize, VmStatus};
 
-use super::Vm;
+use super::{Addresses, Vm};
 use crate::config::Placement;
 use crate::db::{self, Db};
 use crate::hosts::{scheduler, store as host_store};
 use crate::idempotency::{self, IdempotentRequest};
+use crate::images::{ImageStatus, store as image_store};
 use crate::lifecycle::{self, sql};
 use crate::operations::store::{self as operation_store, NewOperation};
 use crate::quotas::{self, Claim, QuotaExceeded, QuotaLimits, store as quota_store};
@@ -17,7 +18,8 @@ use crate::quotas::{self, Claim, QuotaExceeded, QuotaLimits, store as quota_stor
 /// The columns of [`Vm`], in a `SELECT`.
 macro_rules! vm_columns {
     () => {
-        "id, owner_id, name, host_id, cpu, memory_mib, disk_gb, status, status_reason, generation, created_at"
+        "id, owner_id, name, host_id, cpu, memory_mib, disk_gb, status, status_reason, generation, \
+         created_at, image_id, login_user, addresses, ssh_host, ssh_port"
     };
 }
 
@@ -35,6 +37,9 @@ pub enum Error {
         .0.cpu, .0.memory_mib, .0.disk_gb
     )]
     NoRoom(VmSize),
+    /// The image was deleted, or is not ready, by the time the VM was to be recorded.
+    #[error("{0}")]
+    ImageUnavailable(String),
     #[error(transparent)]
     Operation(#[from] operation_store::Error),
     #[error(transparent)]
@@ -107,11 +112,18 @@ pub struct NewVm {
     pub owner_id: UserId,
     pub name: String,
     pub size: VmSize,
+    /// The image its disk is made from, checked ready again when the VM is recorded.
+    pub image: Option<ImageId>,
+    /// The image's login user, kept with the VM.
+    pub login_user: Option<String>,
 }
 
 /// Checks the owner's quota, chooses a host and records the VM (as its create starts it)
 /// and its create operation, all in one write transaction: the quota and capacity reads and
-/// the insert cannot interleave with another create.
+/// the insert cannot interleave with another create. A VM made from an image is recorded
+/// only if the image is still there and ready, in the same transaction, so an image being
+/// deleted (which checks that no VM uses it in a write transaction of its own) either sees
+/// this VM or is gone before it is recorded.
 pub async fn place_and_record(
     db: &Db,
     new: &NewVm,
@@ -136,7 +148,23 @@ pub async fn place_and_record(
     };
     quotas::check_claim(&limits, &usage, &claim)
         .inspect_err(|exceeded| crate::telemetry::record_quota_rejection(exceeded.resource))?;
-    let loads = host_store::connected_loads(&mut *tx).await?;
+    if let Some(image) = new.image {
+        match image_store::find(&mut *tx, image).await? {
+            Some(found) if found.status == ImageStatus::Ready => {}
+            Some(found) => {
+                return Err(Error::ImageUnavailable(format!(
+                    "image {:?} is {}, not ready",
+                    found.name, found.status
+                )));
+            }
+            None => {
+                return Err(Error::ImageUnavailable(format!(
+                    "image {image} was deleted meanwhile"
+                )));
+            }
+        }
+    }
+    let loads = host_store::connected_loads(&mut *tx, new.image).await?;
     if loads.is_empty() {
         return Err(Error::NoHostConnected);
     }
@@ -154,10 +182,16 @@ pub async fn place_and_record(
         status_reason: None,
         generation: 0,
         created_at: db::now(),
+        image_id: new.image,
+        login_user: new.login_user.clone(),
+        addresses: Addresses::default(),
+        ssh_host: None,
+        ssh_port: None,
     };
     let inserted = sqlx::query(
-        "INSERT INTO vms (id, owner_id, name, host_id, cpu, memory_mib, disk_gb, status, generation, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+        "INSERT INTO vms (id, owner_id, name, host_id, cpu, memory_mib, disk_gb, status, generation,
+                          created_at, image_id, login_user)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
     )
     .bind(vm.id)
     .bind(vm.owner_id)
@@ -168,6 +202,8 @@ pub async fn place_and_record(
     .bind(db::to_i64(vm.disk_gb))
     .bind(vm.status)
     .bind(&vm.created_at)
+    .bind(vm.image_id)
+    .bind(&vm.login_user)
     .execute(&mut *tx)
     .await;
     if let Err(err) = inserted {
@@ -278,6 +314,8 @@ mod tests {
                 owner_id: t.user,
                 name: format!("vm-{i}"),
                 size: SMALL_VM,
+                image: None,
+                login_user: None,
             };
             tasks.push(tokio::spawn(async move {
                 place_and_record(
@@ -323,6 +361,8 @@ mod tests {
                 owner_id: t.user,
                 name: format!("vm-{i}"),
                 size: SMALL_VM,
+                image: None,
+                login_user: None,
             };
             tasks.push(tokio::spawn(async move {
                 place_and_record(
@@ -376,6 +416,8 @@ mod tests {
                 owner_id: t.user,
                 name: "once".into(),
                 size: SMALL_VM,
+                image: None,
+                login_user: None,
             };
             tasks.push(tokio::spawn(async move {
                 let op = OperationId::new_random();
@@ -409,6 +451,8 @@ mod tests {
             owner_id: t.user,
             name: "web".into(),
             size: SMALL_VM,
+            image: None,
+            login_user: None,
         };
         place_and_record(
             &t.db,
@@ -437,5 +481,73 @@ mod tests {
         .await
         .unwrap_err();
         assert!(matches!(err, Error::NameTaken(_)), "{err:?}");
+    }
+
+    /// Creates from an image racing its deletion: whatever the interleaving, the image is
+    /// either still there (and the VMs recorded name it) or gone with no VM naming it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn an_image_is_never_deleted_from_under_a_new_vm() {
+        use crate::images::store::{self as images, NewImage};
+        use crate::images::{Checked, DiskFormat};
+        for round in 0..10 {
+            let t = TestDb::new().await;
+            let new_image = NewImage {
+                name: format!("image-{round}"),
+                os: None,
+                source_url: None,
+                expected_sha256: None,
+                min_disk_gb: None,
+                default_user: "root".into(),
+            };
+            let image = images::insert(&t.db, &new_image).await.unwrap();
+            let checked = Checked {
+                size_bytes: 1,
+                sha256: "aa".into(),
+                format: DiskFormat::Qcow2,
+                virtual_size_bytes: 1,
+            };
+            images::mark_ready(&t.db, image.id, ImageStatus::Pending, &checked)
+                .await
+                .unwrap();
+            let mut creates = Vec::new();
+            for i in 0..8 {
+                let db = t.db.clone();
+                let new = NewVm {
+                    id: VmId::new_random(),
+                    owner_id: t.user,
+                    name: format!("vm-{i}"),
+                    size: SMALL_VM,
+                    image: Some(image.id),
+                    login_user: Some("root".into()),
+                };
+                creates.push(tokio::spawn(async move {
+                    let op = OperationId::new_random();
+                    place_and_record(&db, &new, op, Placement::Spread, 4.0, &UNLIMITED, None).await
+                }));
+            }
+            let deleted = images::delete_unused(&t.db, image.id).await;
+            let mut recorded = 0;
+            for create in creates {
+                match create.await.unwrap() {
+                    Ok(_) => recorded += 1,
+                    Err(Error::ImageUnavailable(_)) => {}
+                    Err(other) => panic!("unexpected error: {other:?}"),
+                }
+            }
+            let naming: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM vms WHERE image_id = ?")
+                .bind(image.id)
+                .fetch_one(&t.db)
+                .await
+                .unwrap();
+            assert_eq!(naming, recorded);
+            match deleted {
+                Ok(_) => assert_eq!(recorded, 0, "round {round}: a VM names a deleted image"),
+                Err(images::Error::InUse { vms, .. }) => {
+                    assert!(vms >= 1);
+                    assert!(images::find(&t.db, image.id).await.unwrap().is_some());
+                }
+                Err(other) => panic!("unexpected error: {other:?}"),
+            }
+        }
     }
 }

@@ -42,9 +42,7 @@ async fn upload_test_image(admin: &Api, name: &str) -> Result<String> {
     let image = admin
         .create_image(&json!({"name": name, "os": "busybox", "default_user": "root"}))
         .await?;
-    let uploaded = admin
-        .upload_image(&image.id, std::fs::read(path)?)
-        .await?;
+    let uploaded = admin.upload_image(&image.id, std::fs::read(path)?).await?;
     ensure!(uploaded.status == "ready", "{uploaded:?}");
     Ok(image.id)
 }
@@ -175,7 +173,10 @@ async fn vm_from_image_answers_ssh(
     leftovers.add_domain(&domain_name(&vm_id));
     ensure!(text(&vm, "status")? == "running", "{vm}");
     ensure!(text(&vm, "image")? == image_id, "{vm}");
-    ensure!(vm["ssh"]["user"] == "root", "the image's default user: {vm}");
+    ensure!(
+        vm["ssh"]["user"] == "root",
+        "the image's default user: {vm}"
+    );
     let port = ssh_port(&vm)?;
 
     let printed = hostname_over_ssh(port, &key).await?;
@@ -362,7 +363,8 @@ async fn second_host_fetches(cluster: &TestCluster, leftovers: &mut QemuLeftover
     }
     let vms = user.list_vms().await?;
     ensure!(
-        vms.iter().all(|vm| vm.name != "from-tampered" || vm.status == "error"),
+        vms.iter()
+            .all(|vm| vm.name != "from-tampered" || vm.status == "error"),
         "the refused VM does not run: {vms:?}"
     );
     Ok(())
@@ -408,7 +410,10 @@ impl TestNetwork {
         let table = virsh::virsh_ok(&["net-dhcp-leases", &self.name]).await?;
         Ok(table
             .lines()
-            .filter(|line| line.to_ascii_lowercase().contains(&mac.to_ascii_lowercase()))
+            .filter(|line| {
+                line.to_ascii_lowercase()
+                    .contains(&mac.to_ascii_lowercase())
+            })
             .filter_map(|line| {
                 line.split_whitespace()
                     .find(|field| field.contains('/') && field.contains('.'))
@@ -475,7 +480,9 @@ impl Drop for TestBridge {
 
 /// Panics, naming the fix, unless libvirtd has its network driver.
 async fn require_network_driver() {
-    let output = virsh::virsh(&["net-list", "--all"]).await.expect("virsh runs");
+    let output = virsh::virsh(&["net-list", "--all"])
+        .await
+        .expect("virsh runs");
     assert!(
         output.status.success(),
         "`virsh net-list` failed: {}\nlibvirtd needs its network driver \
@@ -529,8 +536,12 @@ async fn network_and_bridge(
         leftovers.add_domain(&domain_name(text(&vm, "id")?));
         by_host.insert(text(&vm, "host")?.to_owned(), vm);
     }
-    let on_network = by_host.get("on-network").context("no VM on the network host")?;
-    let on_bridge = by_host.get("on-bridge").context("no VM on the bridge host")?;
+    let on_network = by_host
+        .get("on-network")
+        .context("no VM on the network host")?;
+    let on_bridge = by_host
+        .get("on-bridge")
+        .context("no VM on the bridge host")?;
     for vm in [on_network, on_bridge] {
         ensure!(vm["ssh"].is_null(), "only user mode forwards SSH: {vm}");
     }
@@ -576,7 +587,9 @@ async fn network_and_bridge(
     );
     let ports = bridge.ports().await?;
     ensure!(
-        ports.iter().any(|port| xml.contains(&format!("dev='{port}'"))),
+        ports
+            .iter()
+            .any(|port| xml.contains(&format!("dev='{port}'"))),
         "the VM's tap is not on the bridge: ports {ports:?}\n{xml}"
     );
     for vm in by_host.values() {

@@ -7,6 +7,12 @@
 //!
 //! An agent can only speak about its own host: reports and results are applied only to VMs
 //! recorded on the host that registered on this stream.
+//!
+//! Images reach hosts only from here (`FetchImage`, [`image_transfer`]): with the same
+//! credential as the stream, for a host that has a session, only ready images, read from
+//! the file in chunks as the host takes them. A registration's `cached_images` are recorded
+//! per host, and every copy the coordinator no longer has (or has as another file) is
+//! answered with `EvictImage` after `Registered`.
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -18,12 +24,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use vmm_proto::agent_control_server::AgentControl;
 use vmm_proto::{
-    AgentMessage, CoordinatorMessage, Register, Registered, agent_message, coordinator_message,
+    AgentMessage, CoordinatorMessage, EvictImage, Register, Registered, agent_message,
+    coordinator_message,
 };
 use vmm_shared::{HostId, VmId};
 
 use crate::hosts::registry::SessionId;
 use crate::hosts::store::{self as host_store, HostRegistration};
+use crate::images::store as image_store;
 use crate::lifecycle::ReportSource;
 use crate::operations::runner;
 use crate::state::AppState;
@@ -35,6 +43,8 @@ const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_HOST_CPUS: u64 = 65_536;
 const MAX_HOST_MEMORY_MIB: u64 = 1 << 40;
 const MAX_HOST_DISK_GB: u64 = 1 << 40;
+/// Most cached images a registration may list.
+const MAX_CACHED_IMAGES: usize = 4096;
 
 pub struct AgentControlService {
     app: AppState,
@@ -59,9 +69,9 @@ impl AgentControl for AgentControlService {
         request: Request<vmm_proto::FetchImageRequest>,
     ) -> Result<Response<Self::FetchImageStream>, Status> {
         authenticate(&request, &self.app.settings.agent_token)?;
-        Err(Status::unimplemented(
-            "this coordinator serves no images yet",
-        ))
+        let peer = request.remote_addr();
+        let chunks = image_transfer::open(&self.app, request.into_inner(), peer).await?;
+        Ok(Response::new(chunks))
     }
 
     async fn session(
@@ -105,6 +115,9 @@ impl AgentControl for AgentControlService {
         reports::reconcile_inventory(&self.app.db, &host, &register.inventory)
             .await
             .map_err(internal)?;
+        let evict = image_store::record_host_copies(&self.app.db, &host, &register.cached_images)
+            .await
+            .map_err(internal)?;
         tracing::info!(host = %host, ?peer, session, cpus = registration.cpus, memory_mib = registration.memory_mib,
             disk_gb = registration.disk_gb, hypervisor = %registration.hypervisor, kvm = registration.kvm_usable,
             domains = register.inventory.len(), "agent registered");
@@ -118,6 +131,18 @@ impl AgentControl for AgentControlService {
             .send(Ok(registered))
             .await
             .map_err(|_| Status::cancelled("agent went away"))?;
+        for image_id in evict {
+            tracing::info!(host = %host, %image_id, "host caches an image this coordinator no longer has; evicting it");
+            let evict = CoordinatorMessage {
+                body: Some(coordinator_message::Body::EvictImage(EvictImage {
+                    image_id,
+                })),
+            };
+            sender
+                .send(Ok(evict))
+                .await
+                .map_err(|_| Status::cancelled("agent went away"))?;
+        }
 
         tokio::spawn(run_session(self.app.clone(), host, session, inbound));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
@@ -171,6 +196,12 @@ fn validate_registration(register: &Register) -> Result<HostRegistration, Status
     {
         return Err(Status::invalid_argument(format!(
             "implausible capacity: {cpus} CPUs, {memory_mib} MiB, {disk_gb} GB"
+        )));
+    }
+    if register.cached_images.len() > MAX_CACHED_IMAGES {
+        return Err(Status::invalid_argument(format!(
+            "implausible registration: {} cached images",
+            register.cached_images.len()
         )));
     }
     let text = |s: &str| s.chars().take(128).collect::<String>();
@@ -266,6 +297,7 @@ async fn handle_message(
     Ok(())
 }
 
+mod image_transfer;
 #[cfg(test)]
 mod props;
 

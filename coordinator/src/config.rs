@@ -400,6 +400,10 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.setting, "ADMIN_PASSWORD");
         assert!(parse(&["--agent-token", token]).validate().is_ok());
+        let err = parse(&["--agent-token", token, "--image-max-bytes", "1000"])
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.setting, "IMAGE_MAX_BYTES");
     }
 
     #[test]

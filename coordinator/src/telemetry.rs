@@ -119,7 +119,7 @@ fn describe() {
         Unit::Seconds,
         "Operation latency, from request to the host's answer, by kind."
     );
-    describe_gauge!("image_total", "Images in the catalogue, by status.");
+    describe_gauge!("images", "Images in the catalogue, by status.");
     describe_counter!(
         "image_imports_total",
         "Image files taken in, by how (upload, download) and outcome (success, failure)."
@@ -180,7 +180,7 @@ async fn refresh_image_gauges(db: &Db) -> Result<(), sqlx::Error> {
             .iter()
             .find(|row| row.0 == status)
             .map_or(0, |row| row.1);
-        gauge!("image_total", "status" => status.as_str()).set(count as f64);
+        gauge!("images", "status" => status.as_str()).set(count as f64);
     }
     Ok(())
 }

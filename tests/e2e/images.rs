@@ -166,11 +166,11 @@ async fn import_the_test_image(cluster: &TestCluster) -> Result<()> {
     }
     let metrics = cluster.api().get_text("/api/metrics").await?;
     ensure!(
-        metrics.contains("image_total{status=\"ready\"} 2"),
+        metrics.contains("images{status=\"ready\"} 2"),
         "image gauges: {}",
         metrics
             .lines()
-            .filter(|line| line.contains("image_"))
+            .filter(|line| line.starts_with("image"))
             .collect::<Vec<_>>()
             .join("\n")
     );

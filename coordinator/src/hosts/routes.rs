@@ -1,4 +1,5 @@
-//! `GET /api/hosts`: every host with its capacity, allocation and connection state.
+//! `GET /api/hosts`: every host with its capacity, allocation, connection state and the
+//! images it caches.
 //! Administrators only.
 
 use axum::Json;

@@ -140,6 +140,9 @@ pub struct HostView {
     pub allocated: Allocation,
     #[sqlx(try_from = "i64", rename = "vm_count")]
     pub vms: u64,
+    /// The images the host keeps as verified base volumes.
+    #[sqlx(skip)]
+    pub cached_images: Vec<crate::images::store::CachedImageView>,
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
@@ -153,7 +156,7 @@ pub struct Allocation {
 }
 
 pub async fn list(db: &Db) -> Result<Vec<HostView>, sqlx::Error> {
-    sqlx::query_as(
+    let mut hosts: Vec<HostView> = sqlx::query_as(
         "SELECT h.id, h.cpus, h.memory_mib, h.disk_gb, h.status, h.kvm_usable, h.hypervisor,
                 h.libvirt_version, h.agent_version, h.libvirt_connected, h.last_seen_at,
                 COALESCE(SUM(v.cpu), 0) AS allocated_cpu,
@@ -166,5 +169,10 @@ pub async fn list(db: &Db) -> Result<Vec<HostView>, sqlx::Error> {
          ORDER BY h.id",
     )
     .fetch_all(db)
-    .await
+    .await?;
+    let mut copies = crate::images::store::copies_by_host(db).await?;
+    for host in &mut hosts {
+        host.cached_images = copies.remove(&host.id).unwrap_or_default();
+    }
+    Ok(hosts)
 }

@@ -1,4 +1,5 @@
-//! Images in the database, and which host caches which image (`host_images`).
+//! Images in the database, and which host caches which image (`host_images`: replaced by
+//! each registration's `cached_images`, and added to when a host makes a VM from an image).
 //!
 //! Status changes after a transfer are guarded by the status the transfer started from
 //! (`… WHERE status = ?`): an image deleted meanwhile matches nothing, and its file is then
@@ -309,9 +310,14 @@ pub async fn record_host_copies(
     Ok(evict)
 }
 
-/// Records that `host` holds a verified copy of `image` (it was just served the whole file).
-pub async fn record_copy(db: &Db, host: &HostId, image: &Image) -> Result<(), sqlx::Error> {
-    upsert_copy(db, host, image).await
+/// Records that `host` holds a verified copy of `image`: it has just made a VM's disk on
+/// it, which it does only on a copy whose checksum matched. Nothing for an image that is
+/// gone meanwhile.
+pub async fn record_copy(db: &Db, host: &HostId, image: ImageId) -> Result<(), sqlx::Error> {
+    match find(db, image).await? {
+        Some(image) if image.status == ImageStatus::Ready => upsert_copy(db, host, &image).await,
+        _ => Ok(()),
+    }
 }
 
 async fn upsert_copy<'e>(

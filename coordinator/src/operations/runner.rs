@@ -39,6 +39,7 @@ use crate::error::ApiError;
 use crate::hosts::DispatchError;
 use crate::hosts::registry::CommandSuccess;
 use crate::idempotency::{self, IdempotentRequest};
+use crate::images::store as image_store;
 use crate::lifecycle::{self, Phase, ReportSource, SnapshotEffect, VmEffect};
 use crate::snapshots::store as snapshot_store;
 use crate::snapshots::{CapturedState, Snapshot, SnapshotStatus, SnapshotView};
@@ -237,6 +238,14 @@ async fn carry_out(app: AppState, began: Began) -> Result<Answer, ApiError> {
     let subject = Subject::of(operation, &vm, snapshot.as_ref());
     let applied = complete(&app.db, &subject, &outcome).await?;
     let phase = outcome.phase();
+    if let (Phase::Succeeded, Some(image)) =
+        (phase, vm.image_id.filter(|_| kind == OperationKind::Create))
+    {
+        // A host makes a VM from an image only on a verified copy it then keeps.
+        if let Err(err) = image_store::record_copy(&app.db, &vm.host_id, image).await {
+            tracing::warn!(host = %vm.host_id, image_id = %image, error = %err, "cannot record the host's copy of an image");
+        }
+    }
     let result = match outcome.failure() {
         None => {
             tracing::info!(operation = %operation.id, %kind, vm_id = %vm.id, elapsed = ?operation.elapsed(), applied, "operation succeeded");

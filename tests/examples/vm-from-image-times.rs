@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use vmm_e2e::guest::{SshKey, ssh};
+use vmm_e2e::virsh::QemuLeftovers;
 use vmm_e2e::{AgentOptions, Api, ClusterOptions, TestCluster, test_image};
 
 fn stats(label: &str, samples: &[Duration]) {
@@ -64,7 +65,8 @@ async fn main() {
     assert!(runs > 0, "--runs must be at least 1");
     let image = test_image::image().await.unwrap();
     let agent = AgentOptions::qemu("bench-images").env("GUEST_ACCEL", &accel);
-    let pool = agent.storage_pool.clone();
+    // Dropped after the cluster, also on a panic: removes the pool (and any VM named).
+    let mut leftovers = QemuLeftovers::new(&agent.storage_pool);
     let cluster = TestCluster::start(ClusterOptions::with_agents(vec![agent]))
         .await
         .unwrap();
@@ -93,6 +95,7 @@ async fn main() {
             json!({"name": name, "cpu": 1, "memory": 256, "image": "bench-image"}),
         )
         .await;
+        leftovers.add_domain(&vmm_e2e::cluster::domain_name(&id));
         assert_eq!(vm["ssh"]["host"], "127.0.0.1", "{vm}");
         let port = u16::try_from(vm["ssh"]["port"].as_u64().unwrap()).unwrap();
         loop {
@@ -137,6 +140,7 @@ async fn main() {
                 body["image"] = json!("bench-image");
             }
             let (id, _, elapsed) = create(&user, body).await;
+            leftovers.add_domain(&vmm_e2e::cluster::domain_name(&id));
             if from_image {
                 cached.push(elapsed);
             } else {
@@ -148,10 +152,4 @@ async fn main() {
     stats("create to running, from the cached image", &cached);
     stats("create to running, blank disk", &blank);
     drop(cluster);
-    let _ = std::process::Command::new("virsh")
-        .args(["-c", "qemu:///system", "pool-destroy", &pool])
-        .output();
-    let _ = std::process::Command::new("virsh")
-        .args(["-c", "qemu:///system", "pool-undefine", &pool])
-        .output();
 }

@@ -120,7 +120,7 @@ impl AgentControl for AgentControlService {
             .map_err(internal)?;
         tracing::info!(host = %host, ?peer, session, cpus = registration.cpus, memory_mib = registration.memory_mib,
             disk_gb = registration.disk_gb, hypervisor = %registration.hypervisor, kvm = registration.kvm_usable,
-            domains = register.inventory.len(), "agent registered");
+            domains = register.inventory.len(), cached_images = register.cached_images.len(), "agent registered");
 
         let registered = CoordinatorMessage {
             body: Some(coordinator_message::Body::Registered(Registered {

@@ -7,6 +7,7 @@
 # syslinux; passt and openssh-client to reach the guest), libvirt's network driver with
 # dnsmasq (NETWORK=network:NAME, and the tests that define a NAT network), and the Python
 # libraries that let tests run Debian's cloud-init code on a seed (tests/cloud-init/).
+# Starts libvirtd under a prompt zombie reaper (tini -s, see scripts/start-libvirtd.sh).
 # Idempotent: safe to run again. Needs root.
 set -euo pipefail
 
@@ -35,7 +36,7 @@ fi
 
 need_install=0
 for bin in virsh virt-admin libvirtd qemu-system-x86_64 protoc pkg-config qemu-io qemu-img \
-    prometheus promtool systemd-analyze pgrep pkill; do
+    prometheus promtool systemd-analyze pgrep pkill tini setsid; do
     command -v "$bin" >/dev/null 2>&1 || need_install=1
 done
 [[ -f /usr/include/libvirt/libvirt.h ]] || need_install=1
@@ -57,6 +58,8 @@ if [[ $need_install -eq 1 ]]; then
         systemd
     # prometheus: the metrics tests run promtool and a real Prometheus server.
     apt-get install -y -q --no-install-recommends protobuf-compiler procps prometheus
+    # tini: reaps QEMU's zombies at once on machines whose PID 1 does not (start-libvirtd.sh).
+    apt-get install -y -q --no-install-recommends tini util-linux
 fi
 
 # The test image (tests/image/build.sh) and the tests that boot it: image build tools,
@@ -85,25 +88,23 @@ if [[ -e /dev/kvm ]]; then
 fi
 
 # A libvirtd started before the storage or network driver was installed answers, but has
-# no pools or no networks: restart it so it loads the drivers.
+# no pools or no networks: stop it so that it starts again below with the drivers.
 if virsh -c qemu:///system version >/dev/null 2>&1 \
     && { ! virsh -c qemu:///system pool-list --all >/dev/null 2>&1 \
         || ! virsh -c qemu:///system net-list --all >/dev/null 2>&1; }; then
     echo "setup-host.sh: restarting libvirtd to load the storage and network drivers" >&2
-    pkill -x libvirtd || true
-    for _ in $(seq 1 50); do pgrep -x libvirtd >/dev/null || break; sleep 0.1; done
+    pid=$(pgrep -x libvirtd | head -n 1 || true)
+    if [[ -n $pid ]]; then
+        kill -TERM "$pid"
+        for _ in $(seq 1 50); do [[ -d /proc/$pid ]] || break; sleep 0.1; done
+    fi
 fi
 
-# There is no systemd as PID 1 on these machines: start the daemons by hand when they are
-# not already answering.
-if ! virsh -c qemu:///system version >/dev/null 2>&1; then
-    pgrep -x virtlogd >/dev/null || virtlogd -d
-    pgrep -x libvirtd >/dev/null || libvirtd -d
-    for _ in $(seq 1 50); do
-        virsh -c qemu:///system version >/dev/null 2>&1 && break
-        sleep 0.2
-    done
-fi
+# There is no systemd as PID 1 on these machines: start virtlogd and libvirtd by hand,
+# libvirtd under a subreaper that reaps QEMU's zombies at once (PID 1 here takes ~2 s, and
+# libvirt reports a destroyed or crashed domain only once its QEMU is reaped). A libvirtd
+# already running that way is left alone; one running without it is restarted.
+"$(dirname "$0")/start-libvirtd.sh"
 virsh -c qemu:///system version
 virsh -c qemu:///system pool-list --all >/dev/null
 virsh -c qemu:///system net-list --all >/dev/null

@@ -90,17 +90,24 @@ pub struct Args {
     #[arg(long, env = "GUEST_ACCEL", value_enum, default_value_t = GuestAccel::Auto)]
     pub guest_accel: GuestAccel,
 
-    /// How long `stop` waits for the guest to power off before destroying it.
-    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 60)]
-    pub shutdown_timeout_secs: u64,
+    /// How long `stop` waits for the guest to power off before destroying it: seconds, or a
+    /// duration such as `1m`.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value = "60s",
+          value_parser = vmm_shared::duration::seconds)]
+    pub shutdown_timeout_secs: Duration,
 
-    /// How often every domain's state is polled.
-    #[arg(long, env = "POLL_INTERVAL_MS", default_value_t = 2000)]
-    pub poll_interval_ms: u64,
+    /// How often every domain's state is polled: the safety net behind libvirt's lifecycle
+    /// events (which show changes within milliseconds); every reconnect polls at once too.
+    /// Milliseconds, or a duration such as `30s`.
+    #[arg(long, env = "POLL_INTERVAL_MS", default_value = "30s",
+          value_parser = vmm_shared::duration::milliseconds)]
+    pub poll_interval_ms: Duration,
 
-    /// How often a heartbeat is sent (more often if the coordinator asks for it).
-    #[arg(long, env = "HEARTBEAT_INTERVAL_MS", default_value_t = 2000)]
-    pub heartbeat_interval_ms: u64,
+    /// How often a heartbeat is sent (more often if the coordinator asks for it):
+    /// milliseconds, or a duration such as `2s`.
+    #[arg(long, env = "HEARTBEAT_INTERVAL_MS", default_value = "2s",
+          value_parser = vmm_shared::duration::milliseconds)]
+    pub heartbeat_interval_ms: Duration,
 
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -111,10 +118,11 @@ pub struct Args {
     #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:9177")]
     pub metrics_addr: SocketAddr,
 
-    /// How often libvirt statistics are collected for `/metrics` while someone scrapes;
-    /// 0 collects during every scrape instead.
-    #[arg(long, env = "METRICS_SAMPLE_INTERVAL_MS", default_value_t = 5000)]
-    pub metrics_sample_interval_ms: u64,
+    /// How often libvirt statistics are collected for `/metrics` while someone scrapes
+    /// (milliseconds, or a duration such as `5s`); 0 collects during every scrape instead.
+    #[arg(long, env = "METRICS_SAMPLE_INTERVAL_MS", default_value = "5s",
+          value_parser = vmm_shared::duration::milliseconds)]
+    pub metrics_sample_interval_ms: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -274,19 +282,19 @@ impl AgentConfig {
             storage_pool: args.storage_pool,
             network,
             guest_accel: args.guest_accel,
-            shutdown_timeout: Duration::from_secs(args.shutdown_timeout_secs),
-            poll_interval: positive_millis(
+            shutdown_timeout: args.shutdown_timeout_secs,
+            poll_interval: positive(
                 args.poll_interval_ms,
                 "POLL_INTERVAL_MS (--poll-interval-ms)",
             )?,
-            heartbeat_interval: positive_millis(
+            heartbeat_interval: positive(
                 args.heartbeat_interval_ms,
                 "HEARTBEAT_INTERVAL_MS (--heartbeat-interval-ms)",
             )?,
             log_format: args.log_format,
             metrics: crate::metrics::MetricsSettings {
                 addr: args.metrics_addr,
-                sample_interval: Duration::from_millis(args.metrics_sample_interval_ms),
+                sample_interval: args.metrics_sample_interval_ms,
             },
         })
     }
@@ -330,11 +338,11 @@ fn add_permissions(path: &Path, bits: u32) -> std::io::Result<()> {
     Ok(())
 }
 
-fn positive_millis(millis: u64, setting: &'static str) -> Result<Duration, ConfigError> {
-    if millis == 0 {
+fn positive(duration: Duration, setting: &'static str) -> Result<Duration, ConfigError> {
+    if duration.is_zero() {
         Err(ConfigError::ZeroDuration { setting })
     } else {
-        Ok(Duration::from_millis(millis))
+        Ok(duration)
     }
 }
 
@@ -417,6 +425,28 @@ mod tests {
         }
         let refused = Args::try_parse_from(["agent", "--guest-accel", "xen"]).unwrap_err();
         assert!(refused.to_string().contains("--guest-accel"), "{refused}");
+    }
+
+    #[test]
+    fn durations_take_units_and_bare_numbers_keep_their_unit() {
+        let config = AgentConfig::from_args(args(&[
+            "--agent-token",
+            "t",
+            "--poll-interval-ms",
+            "1500",
+            "--heartbeat-interval-ms",
+            "1s",
+            "--shutdown-timeout-secs",
+            "90",
+            "--metrics-sample-interval-ms",
+            "1m",
+        ]))
+        .unwrap();
+        assert_eq!(config.poll_interval, Duration::from_millis(1500));
+        assert_eq!(config.heartbeat_interval, Duration::from_secs(1));
+        assert_eq!(config.shutdown_timeout, Duration::from_secs(90));
+        assert_eq!(config.metrics.sample_interval, Duration::from_secs(60));
+        assert!(Args::try_parse_from(["agent", "--poll-interval-ms", "2 s"]).is_err());
     }
 
     #[test]

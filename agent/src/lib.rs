@@ -9,7 +9,8 @@
 //! - [`commands`]: executing the coordinator's commands ([`commands::CommandExecutor`]).
 //! - [`images`]: the host's image cache ([`images::ImageCache`]): fetching images from an
 //!   [`images::ImageSource`] (the coordinator, over gRPC), verifying and caching them.
-//! - [`poller`]: the periodic look at every domain ([`poller::StatePoller`]).
+//! - [`poller`]: watching every domain: the host's hints (libvirt's lifecycle events) and a
+//!   periodic poll as the safety net ([`poller::StatePoller`]).
 //! - [`recovery`]: what start-up does about an earlier run that died mid-operation.
 //! - [`state`]: generations and the last state reported per domain
 //!   ([`state::StateTracker`]); where observations become wire reports.

@@ -12,11 +12,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use tracing_subscriber::EnvFilter;
 
 use vmm_agent::commands::CommandExecutor;
 use vmm_agent::config::{self, AgentConfig, Args, LogFormat};
 use vmm_agent::hypervisor::HypervisorHandle;
+use vmm_agent::hypervisor::hints;
 use vmm_agent::hypervisor::libvirt::{LibvirtHost, LibvirtSettings};
 use vmm_agent::images::{GrpcImageSource, ImageCache};
 use vmm_agent::metrics::{self, MetricsService};
@@ -24,6 +24,10 @@ use vmm_agent::poller::StatePoller;
 use vmm_agent::recovery;
 use vmm_agent::state::StateTracker;
 use vmm_agent::stream::{CoordinatorLink, SessionSettings};
+
+/// How often running VMs without an address are read again, so a guest's DHCP lease shows
+/// in the API within seconds rather than at the next poll.
+const ADDRESS_LOOK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3);
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -50,13 +54,10 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Text logs escape control characters and are coloured only on a terminal without
+/// `NO_COLOR` (`vmm_shared::logging`).
 fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    vmm_shared::logging::init(format == LogFormat::Json);
 }
 
 async fn run(config: AgentConfig) -> anyhow::Result<()> {
@@ -101,7 +102,16 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
     tracing::info!(addr = %metrics_addr, "serving metrics at /metrics");
 
     let tracker = Arc::new(StateTracker::new());
-    let poller = Arc::new(StatePoller::new(hypervisor.clone(), Arc::clone(&tracker)));
+    let poller = Arc::new(
+        StatePoller::new(hypervisor.clone(), Arc::clone(&tracker))
+            .watching_addresses(ADDRESS_LOOK_INTERVAL),
+    );
+    // Lifecycle events first, then the first poll: nothing can fall between the two.
+    let (hint_outlet, hint_streams) = hints::outlet();
+    if let Err(error) = hypervisor.call(|hv| hv.send_hints_to(hint_outlet)).await {
+        tracing::warn!(%error, poll_interval = ?config.poll_interval,
+            "no lifecycle events for now; changes are seen at the next poll");
+    }
     poller.poll_once().await?;
     tracing::info!(
         host_id = %config.host_id,
@@ -132,7 +142,7 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
 
     let poll_interval = config.poll_interval;
     tokio::select! {
-        () = async move { poller.run(poll_interval).await } => {}
+        () = async move { poller.run(poll_interval, hint_streams).await } => {}
         () = link.run() => {}
         served = metrics::serve(metrics_listener, Arc::clone(&metrics_service)) => {
             served.context("the metrics endpoint stopped")?;

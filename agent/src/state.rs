@@ -13,6 +13,9 @@
 //! Polls and operations race: a poll may list a domain, then an operation changes it and
 //! records its result, then the poll's (now stale) observation arrives. A poll therefore
 //! takes a [`PollTicket`] before listing and leaves alone every domain recorded after it.
+//! The same rule holds for the refresh of one domain after a hint
+//! ([`StateTracker::apply_refresh`]): it takes a ticket before reading the domain, and what
+//! it records has a newer generation than any poll or refresh that began before it.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -144,6 +147,49 @@ impl StateTracker {
             }
         }
         changes
+    }
+
+    /// Applies what one domain looks like now (`observed`; `None`: there is no domain with
+    /// `uuid` any more), read after `ticket` was taken, and returns the report if it
+    /// changed. Leaves the domain alone if it was recorded after the ticket.
+    pub fn apply_refresh(
+        &self,
+        ticket: PollTicket,
+        uuid: &str,
+        observed: Option<&ObservedDomain>,
+    ) -> Option<DomainReport> {
+        let mut inner = self.lock();
+        let known = inner.reports.get(uuid);
+        if known.is_some_and(|report| report.generation > ticket.generation_at_start) {
+            return None;
+        }
+        match observed {
+            Some(domain) => {
+                if known.is_some_and(|report| same_observation(report, domain)) {
+                    return None;
+                }
+                let report = report_of(domain, inner.clock.next_generation());
+                inner.reports.insert(uuid.to_owned(), report.clone());
+                Some(report)
+            }
+            None => {
+                let last = inner.reports.remove(uuid)?;
+                let generation = inner.clock.next_generation();
+                Some(absent_report(&last.vm_id, &last.domain_name, generation))
+            }
+        }
+    }
+
+    /// The running product VMs whose guests have reported no address yet.
+    pub fn running_without_addresses(&self) -> Vec<vmm_shared::VmId> {
+        self.lock()
+            .reports
+            .values()
+            .filter(|report| {
+                report.state() == vmm_proto::PowerState::Running && report.addresses.is_empty()
+            })
+            .filter_map(|report| report.vm_id.parse().ok())
+            .collect()
     }
 
     /// Records the state an operation left a domain in; always a fresh generation.
@@ -324,6 +370,84 @@ mod tests {
         assert!(
             next.iter()
                 .all(|report| report.generation > result.generation)
+        );
+    }
+
+    #[test]
+    fn a_refresh_reports_one_domains_change_or_its_absence_once() {
+        let tracker = StateTracker::new();
+        let first = tracker.apply_poll(
+            tracker.begin_poll(),
+            &[
+                domain("a", PowerState::Running),
+                domain("b", PowerState::Running),
+            ],
+        );
+        let refresh = |uuid: &str, observed: Option<ObservedDomain>| {
+            tracker.apply_refresh(tracker.begin_poll(), uuid, observed.as_ref())
+        };
+        assert_eq!(refresh("a", Some(domain("a", PowerState::Running))), None);
+        let stopped = refresh("a", Some(domain("a", PowerState::Stopped))).unwrap();
+        assert_eq!(stopped.state(), vmm_proto::PowerState::Stopped);
+        assert!(
+            first
+                .iter()
+                .all(|report| stopped.generation > report.generation)
+        );
+        assert_eq!(refresh("a", Some(domain("a", PowerState::Stopped))), None);
+
+        // Gone: reported absent once; an unknown domain that is gone says nothing.
+        let gone = refresh("b", None).unwrap();
+        assert_eq!(gone.state(), vmm_proto::PowerState::Absent);
+        assert_eq!(gone.domain_name, "vmm-b");
+        assert_eq!(refresh("b", None), None);
+        assert_eq!(refresh("never-seen", None), None);
+
+        // A new domain.
+        let new = refresh("c", Some(domain("c", PowerState::Paused))).unwrap();
+        assert_eq!(new.state(), vmm_proto::PowerState::Paused);
+        assert_eq!(tracker.reports().len(), 2, "a and c");
+    }
+
+    #[test]
+    fn an_older_poll_or_refresh_never_overwrites_a_refresh() {
+        let tracker = StateTracker::new();
+        tracker.apply_poll(tracker.begin_poll(), &[domain("a", PowerState::Running)]);
+
+        // A poll lists the domain running; meanwhile a hint's refresh reads it stopped.
+        let poll_ticket = tracker.begin_poll();
+        let stale_refresh_ticket = tracker.begin_poll();
+        let refreshed = tracker
+            .apply_refresh(
+                tracker.begin_poll(),
+                "a",
+                Some(&domain("a", PowerState::Stopped)),
+            )
+            .unwrap();
+        assert!(
+            tracker
+                .apply_poll(poll_ticket, &[domain("a", PowerState::Running)])
+                .is_empty()
+        );
+        assert_eq!(
+            tracker.apply_refresh(
+                stale_refresh_ticket,
+                "a",
+                Some(&domain("a", PowerState::Running))
+            ),
+            None
+        );
+        // Nor does an older read that found it gone.
+        assert_eq!(tracker.apply_refresh(poll_ticket, "a", None), None);
+        let now = tracker.reports();
+        assert_eq!(now, vec![refreshed.clone()]);
+
+        // A command's result recorded after the refresh began wins over it too.
+        let ticket = tracker.begin_poll();
+        tracker.record_result(&domain("a", PowerState::Running));
+        assert_eq!(
+            tracker.apply_refresh(ticket, "a", Some(&domain("a", PowerState::Stopped))),
+            None
         );
     }
 }

@@ -605,6 +605,71 @@ mod tests {
         agent.abort();
     }
 
+    /// A change behind the agent's back reaches the coordinator through the host's hint,
+    /// with the poll an hour away.
+    #[tokio::test]
+    async fn a_hinted_change_reaches_the_coordinator_without_a_poll() {
+        let coordinator = start_fake_coordinator(HashMap::new()).await;
+        let (url, mut from_agent) = (coordinator.url, coordinator.from_agent);
+        let host = MemoryHost::new();
+        let foreign = host.add_foreign_domain("test", crate::hypervisor::PowerState::Running);
+        let hypervisor = host.spawn_handle().await.unwrap();
+        let tracker = Arc::new(StateTracker::new());
+        let poller = Arc::new(StatePoller::new(hypervisor.clone(), Arc::clone(&tracker)));
+        let dir = tempfile::tempdir().unwrap();
+        let images = Arc::new(ImageCache::new(
+            hypervisor.clone(),
+            Arc::new(crate::images::NoImageSource),
+            dir.path().to_path_buf(),
+        ));
+        let executor = Arc::new(CommandExecutor::new(
+            hypervisor.clone(),
+            tracker,
+            Duration::from_secs(5),
+            crate::journal::Journal::in_memory().unwrap(),
+            Arc::clone(&images),
+        ));
+        let (outlet, streams) = crate::hypervisor::hints::outlet();
+        hypervisor
+            .call(|hv| hv.send_hints_to(outlet))
+            .await
+            .unwrap();
+        let watching = Arc::clone(&poller);
+        let watcher =
+            tokio::spawn(async move { watching.run(Duration::from_secs(3600), streams).await });
+        let settings = SessionSettings {
+            coordinator_url: url,
+            host_id: "host-1".parse().unwrap(),
+            agent_token: crate::config::AgentToken::new(TOKEN).unwrap(),
+            heartbeat_interval: Duration::from_secs(2),
+        };
+        let link = CoordinatorLink::new(settings, hypervisor, poller, executor, images);
+        let agent = tokio::spawn(async move { link.run().await });
+        let AgentBody::Register(_) = next_message(&mut from_agent).await else {
+            panic!("the first message must be Register");
+        };
+
+        host.set_state(foreign, crate::hypervisor::PowerState::Paused, "");
+        // The start-up poll's report may come first; the paused one must follow in time
+        // (heartbeats keep coming meanwhile).
+        let paused = async {
+            loop {
+                if let AgentBody::VmStateChanged(changed) = next_message(&mut from_agent).await {
+                    let domain = changed.domain.unwrap();
+                    assert_eq!(domain.domain_name, "test");
+                    if domain.state() == PowerState::Paused {
+                        break;
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), paused)
+            .await
+            .expect("the paused state reaches the coordinator in time");
+        agent.abort();
+        watcher.abort();
+    }
+
     #[tokio::test]
     async fn a_refused_token_ends_the_session_as_unauthenticated() {
         let coordinator = start_fake_coordinator(HashMap::new()).await;

@@ -32,6 +32,7 @@ fn main() {
         login_per_minute: NonZeroU32::new(10).unwrap(),
         login_burst: NonZeroU32::new(5).unwrap(),
         trusted_proxies: Vec::new(),
+        forwarded_header: vmm_coordinator::http::forwarded::ForwardedHeader::XForwardedFor,
     });
     for (family, make) in [
         (

@@ -1,5 +1,7 @@
 //! User administration, for administrators only: `GET /api/admin/users` (with each user's
-//! quota usage), `PUT /api/admin/users/{id}/role` and `DELETE /api/admin/users/{id}`.
+//! quota usage), `POST /api/admin/users` (create an account: the only way when
+//! `REGISTRATION=closed`), `PUT /api/admin/users/{id}/role` and
+//! `DELETE /api/admin/users/{id}`.
 //!
 //! Guard rails: a user who still owns VMs cannot be deleted (409), and the last
 //! administrator can neither be demoted nor deleted, so the system always keeps one.
@@ -45,6 +47,47 @@ pub async fn list_users(
     .fetch_all(&app.db)
     .await?;
     Ok(Json(views))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    username: String,
+    password: String,
+    #[serde(default = "user_role")]
+    role: Role,
+}
+
+fn user_role() -> Role {
+    Role::User
+}
+
+impl std::fmt::Debug for NewUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewUser")
+            .field("username", &self.username)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `POST /api/admin/users` `{"username", "password", "role"?}`: 201 `{"id", "username",
+/// "role"}`; the same rules as registration (422, 409 for a taken name).
+pub async fn create_user(
+    State(app): State<AppState>,
+    AdminUser(admin): AdminUser,
+    ApiJson(new): ApiJson<NewUser>,
+) -> Result<(StatusCode, Json<RoleView>), ApiError> {
+    let user = users::routes::create_account(&app, &new.username, &new.password, new.role).await?;
+    tracing::info!(admin = %admin.id, user_id = %user.id, username = %user.username, role = user.role.as_str(), "user created");
+    Ok((
+        StatusCode::CREATED,
+        Json(RoleView {
+            id: user.id,
+            username: user.username,
+            role: user.role,
+        }),
+    ))
 }
 
 #[derive(Debug, Deserialize)]

@@ -37,6 +37,9 @@ use crate::operations::runner;
 use crate::state::AppState;
 use crate::vms::reports;
 
+mod listener;
+pub use listener::incoming;
+
 /// How long a freshly connected agent has to send its `Register`.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Upper bounds for what a host may claim, against absurd or hostile registrations.

@@ -4,7 +4,6 @@
 //! `READY=1` once both listeners serve, feeds the watchdog while the database answers, and
 //! reports `STOPPING=1` on the way out.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +14,6 @@ use axum::http::Request;
 use axum::routing::{delete, get, post, put};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tower_http::request_id::{
     MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
@@ -25,6 +23,7 @@ use vmm_proto::agent_control_server::AgentControlServer;
 use crate::agents::AgentControlService;
 use crate::auth::{PasswordHasher, TokenIssuer, load_or_create_jwt_secret};
 use crate::config::Config;
+use crate::connections::Admission;
 use crate::db::{self, Db};
 use crate::hosts::{self, AgentRegistry};
 use crate::images::{self, ImageFiles, Images};
@@ -40,7 +39,7 @@ pub const CREATE_VM_MAX_BODY_BYTES: usize = 256 * 1024;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/health", get(health::health))
-        .route("/api/metrics", get(telemetry::scrape))
+        .route("/api/metrics", get(telemetry::scrape_on_api))
         .route("/api/auth/register", post(users::routes::register))
         .route("/api/auth/login", post(users::routes::login))
         .route(
@@ -101,12 +100,22 @@ pub fn router(state: AppState) -> Router {
             "/api/quota/{user_id}",
             get(quotas::routes::user_quota).put(quotas::routes::set_user_quota),
         )
-        .route("/api/admin/users", get(admin::list_users))
+        .route(
+            "/api/admin/users",
+            get(admin::list_users).post(admin::create_user),
+        )
         .route("/api/admin/users/{id}", delete(admin::delete_user))
         .route("/api/admin/users/{id}/role", put(admin::set_role))
         .fallback(http::route_not_found)
         .method_not_allowed_fallback(http::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            http::panic_response,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            http::timeout::limit_request_time,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             ratelimit::limit_requests,
@@ -183,12 +192,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         users::store::upsert_admin(&db, &admin.username, &hash).await?;
         tracing::info!(username = %admin.username, "admin account ensured");
     }
+    for username in users::store::shadowed_by_case(&db).await? {
+        tracing::warn!(
+            username = %username,
+            "this account cannot log in: an older account has the same name in another case \
+             (see migration 0006); delete it or hand its VMs over"
+        );
+    }
 
     let state = AppState {
         db,
         registry: Arc::new(AgentRegistry::default()),
         images: Arc::new(Images::new(image_files, config.image_max_bytes)?),
-        tokens: Arc::new(TokenIssuer::new(&secret, config.jwt_ttl_secs)),
+        tokens: Arc::new(TokenIssuer::new(&secret, config.jwt_ttl_secs.as_secs())),
         passwords,
         rate_limits: Arc::new(RateLimits::new(config.rate_limits())),
         metrics: telemetry::install()?,
@@ -199,6 +215,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             placement: config.placement,
             cpu_allocation_ratio: config.cpu_allocation_ratio,
             default_quota: config.default_quota(),
+            registration: config.registration,
+            request_timeout: config.http_request_timeout(),
+            api_metrics: config.api_metrics,
         }),
     };
 
@@ -208,7 +227,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let grpc_listener = TcpListener::bind(config.grpc_addr)
         .await
         .with_context(|| format!("cannot listen on GRPC_ADDR {}", config.grpc_addr))?;
-    tracing::info!(http = %http_listener.local_addr()?, grpc = %grpc_listener.local_addr()?, "coordinator listening");
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on METRICS_ADDR {addr}"))?,
+        ),
+        None => None,
+    };
+    tracing::info!(
+        http = %http_listener.local_addr()?,
+        grpc = %grpc_listener.local_addr()?,
+        metrics = ?metrics_listener.as_ref().and_then(|l| l.local_addr().ok()),
+        "coordinator listening"
+    );
 
     images::download::resume_after_restart(&state.db, &state.images).await?;
 
@@ -216,21 +248,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(upkeep(state.clone(), stop_rx.clone()));
     let http_server = {
         let stop = stopped(stop_rx.clone());
-        let service = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        tokio::spawn(async move {
-            axum::serve(http_listener, service)
-                .with_graceful_shutdown(stop)
-                .await
-        })
+        let service = router(state.clone());
+        let admission = Admission::new(config.http_connection_limits());
+        tokio::spawn(http::server::serve(http_listener, service, admission, stop))
     };
+    let metrics_server = metrics_listener.map(|listener| {
+        let stop = stopped(stop_rx.clone());
+        let service = telemetry::metrics_router(state.clone());
+        let admission = Admission::new(config.metrics_connection_limits());
+        tokio::spawn(http::server::serve(listener, service, admission, stop))
+    });
     let grpc_server = {
         let stop = stopped(stop_rx);
         let service = AgentControlServer::new(AgentControlService::new(state.clone()));
+        let incoming = crate::agents::incoming(
+            grpc_listener,
+            Admission::new(config.grpc_connection_limits()),
+        );
         tokio::spawn(
             tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(10)))
                 .add_service(service)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), stop),
+                .serve_with_incoming_shutdown(incoming, stop),
         )
     };
 
@@ -248,6 +287,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Agent streams never end by themselves; give in-flight requests a bounded grace.
     let drained = tokio::time::timeout(Duration::from_secs(10), async {
         let _ = http_server.await;
+        if let Some(metrics_server) = metrics_server {
+            let _ = metrics_server.await;
+        }
         let _ = grpc_server.await;
     })
     .await;

@@ -26,6 +26,25 @@ pub enum LogFormat {
     Json,
 }
 
+/// Who may create accounts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Registration {
+    /// Anyone, with `POST /api/auth/register`.
+    Open,
+    /// Only administrators, with `POST /api/admin/users`; registration answers 403.
+    Closed,
+}
+
+/// Open files the coordinator needs besides its connections: the database and its
+/// journal, the listening sockets, log and standard streams, the connections each listener
+/// is closing to make room (`crate::connections::MAX_PENDING_EVICTIONS`), with room to spare.
+pub const RESERVED_FILES: u64 = 128;
+/// How much longer than `OPERATION_TIMEOUT_SECS` a whole request must be allowed: a handler
+/// waits for an operation's outcome up to 5 s past the operation timeout before answering.
+pub const REQUEST_TIMEOUT_MARGIN: Duration = Duration::from_secs(5);
+/// Connections the metrics listener (`METRICS_ADDR`) accepts at once.
+pub const METRICS_MAX_CONNECTIONS: usize = 16;
+
 /// Control plane for KVM hosts: users, quotas and the REST API; schedules VMs onto agents.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "coordinator", version, about, after_help = vmm_shared::settings::PRECEDENCE_HELP)]
@@ -67,9 +86,10 @@ pub struct Config {
     #[arg(long, env = "JWT_SECRET_FILE", value_name = "PATH")]
     pub jwt_secret_file: Option<PathBuf>,
 
-    /// Lifetime of a login token, in seconds.
-    #[arg(long, env = "JWT_TTL_SECS", default_value_t = 3600)]
-    pub jwt_ttl_secs: u64,
+    /// Lifetime of a login token: seconds, or a duration such as `1h`.
+    #[arg(long, env = "JWT_TTL_SECS", default_value = "1h",
+          value_parser = vmm_shared::duration::seconds)]
+    pub jwt_ttl_secs: Duration,
 
     /// Name of an admin account to create (or promote) at start; needs ADMIN_PASSWORD
     /// [default: none].
@@ -100,13 +120,17 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(4..=31))]
     pub bcrypt_cost: u32,
 
-    /// How long a request waits for a host's answer before answering 504.
-    #[arg(long, env = "OPERATION_TIMEOUT_SECS", default_value_t = 120)]
-    pub operation_timeout_secs: u64,
+    /// How long a request waits for a host's answer before answering 504: seconds, or a
+    /// duration such as `2m`.
+    #[arg(long, env = "OPERATION_TIMEOUT_SECS", default_value = "2m",
+          value_parser = vmm_shared::duration::seconds)]
+    pub operation_timeout_secs: Duration,
 
-    /// A host whose agent is silent this long is marked unreachable, its VMs unknown.
-    #[arg(long, env = "HOST_DEAD_AFTER", default_value_t = 10)]
-    pub host_dead_after_secs: u64,
+    /// A host whose agent is silent this long is marked unreachable, its VMs unknown:
+    /// seconds, or a duration such as `10s`.
+    #[arg(long, env = "HOST_DEAD_AFTER", default_value = "10s",
+          value_parser = vmm_shared::duration::seconds)]
+    pub host_dead_after_secs: Duration,
 
     /// How the scheduler picks a host for a new VM.
     #[arg(long, env = "PLACEMENT", value_enum, default_value_t = Placement::Spread)]
@@ -156,10 +180,59 @@ pub struct Config {
     #[arg(long, env = "LOGIN_RATE_LIMIT_BURST", default_value_t = NonZeroU32::new(5).unwrap())]
     pub login_rate_limit_burst: NonZeroU32,
 
-    /// Comma-separated CIDRs or addresses of reverse proxies whose X-Forwarded-For and
-    /// X-Real-IP headers are believed [default: none].
+    /// Comma-separated CIDRs or addresses of reverse proxies whose forwarding header
+    /// (FORWARDED_HEADER) is believed [default: none].
     #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', value_parser = crate::ratelimit::parse_proxy)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
+
+    /// The header the trusted proxies put the client's address in; any other is ignored.
+    #[arg(long, env = "FORWARDED_HEADER", value_enum,
+          default_value_t = crate::http::forwarded::ForwardedHeader::XForwardedFor)]
+    pub forwarded_header: crate::http::forwarded::ForwardedHeader,
+
+    /// Who may create accounts: `open` (anyone may register) or `closed` (administrators
+    /// create them with POST /api/admin/users).
+    #[arg(long, env = "REGISTRATION", value_enum, default_value_t = Registration::Open)]
+    pub registration: Registration,
+
+    /// Most connections the REST API keeps open at once; when all are busy with requests,
+    /// new ones get 503 (idle ones are closed to make room first).
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = NonZeroU32::new(512).unwrap())]
+    pub http_max_connections: NonZeroU32,
+
+    /// Most connections to the REST API from one client address (trusted proxies exempt).
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS_PER_CLIENT", default_value_t = NonZeroU32::new(64).unwrap())]
+    pub http_max_connections_per_client: NonZeroU32,
+
+    /// How long a client may take to send a request's headers, from connecting (or from the
+    /// first byte of a later request on the connection).
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT", default_value = "10s",
+          value_parser = vmm_shared::duration::seconds)]
+    pub http_header_timeout: Duration,
+
+    /// How long a connection may wait for its next request, or leave an answer unread.
+    #[arg(long, env = "HTTP_IDLE_TIMEOUT", default_value = "60s",
+          value_parser = vmm_shared::duration::seconds)]
+    pub http_idle_timeout: Duration,
+
+    /// How long a whole request may take, from its headers to the answer (408 after); at
+    /// least 5s longer than OPERATION_TIMEOUT_SECS [default: OPERATION_TIMEOUT_SECS + 30s].
+    #[arg(long, env = "HTTP_REQUEST_TIMEOUT", value_parser = vmm_shared::duration::seconds)]
+    pub http_request_timeout: Option<Duration>,
+
+    /// Most connections the agents' gRPC listener keeps open at once (one per agent);
+    /// connections that have not started talking are closed to make room.
+    #[arg(long, env = "GRPC_MAX_CONNECTIONS", default_value_t = NonZeroU32::new(256).unwrap())]
+    pub grpc_max_connections: NonZeroU32,
+
+    /// Address of a separate Prometheus endpoint (`GET /metrics`), to keep metrics off the
+    /// public port [default: none].
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
+    /// Also serve the metrics at `GET /api/metrics` on the REST API port, without a token.
+    #[arg(long, env = "API_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub api_metrics: bool,
 
     /// Largest image file accepted, uploaded or downloaded, in bytes (at least 1 MiB).
     #[arg(long, env = "IMAGE_MAX_BYTES", default_value_t = 20 * 1024 * 1024 * 1024)]
@@ -208,6 +281,7 @@ impl Config {
         if let Err(error) = config
             .resolve_secret_files()
             .and_then(|()| config.validate())
+            .and_then(|()| config.check_open_file_limit(crate::connections::open_file_limit().0))
         {
             eprintln!("coordinator: {error}");
             std::process::exit(2);
@@ -298,15 +372,33 @@ impl Config {
             }
             (None, None) => {}
         }
-        if self.jwt_ttl_secs == 0 {
-            return Err(invalid("JWT_TTL_SECS", "must be at least 1"));
+        if self.jwt_ttl_secs < Duration::from_secs(1) {
+            return Err(invalid("JWT_TTL_SECS", "must be at least 1 second"));
         }
-        if self.operation_timeout_secs == 0 {
-            return Err(invalid("OPERATION_TIMEOUT_SECS", "must be at least 1"));
+        if self.operation_timeout_secs.is_zero() {
+            return Err(invalid("OPERATION_TIMEOUT_SECS", "must be more than 0"));
         }
-        if self.host_dead_after_secs == 0 {
-            return Err(invalid("HOST_DEAD_AFTER", "must be at least 1"));
+        if self.host_dead_after_secs.is_zero() {
+            return Err(invalid("HOST_DEAD_AFTER", "must be more than 0"));
         }
+        if self.http_header_timeout.is_zero() {
+            return Err(invalid("HTTP_HEADER_TIMEOUT", "must be more than 0"));
+        }
+        if self.http_idle_timeout.is_zero() {
+            return Err(invalid("HTTP_IDLE_TIMEOUT", "must be more than 0"));
+        }
+        if self.http_request_timeout() < self.operation_timeout() + REQUEST_TIMEOUT_MARGIN {
+            return Err(invalid(
+                "HTTP_REQUEST_TIMEOUT",
+                format!(
+                    "must be longer than OPERATION_TIMEOUT_SECS ({}) by at least {}, or requests \
+                     waiting for a host would be cut off before they can answer",
+                    vmm_shared::duration::display(self.operation_timeout()),
+                    vmm_shared::duration::display(REQUEST_TIMEOUT_MARGIN)
+                ),
+            ));
+        }
+
         if !(self.cpu_allocation_ratio.is_finite() && self.cpu_allocation_ratio > 0.0) {
             return Err(invalid("CPU_ALLOCATION_RATIO", "must be a positive number"));
         }
@@ -314,6 +406,42 @@ impl Config {
             return Err(invalid(
                 "IMAGE_MAX_BYTES",
                 format!("must be at least {MIN_IMAGE_MAX_BYTES} (1 MiB)"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses connection caps the process's open-file limit cannot hold: past it, accepting
+    /// fails and nothing, health checks and agents included, gets through.
+    pub fn check_open_file_limit(&self, soft_limit: Option<u64>) -> Result<(), ConfigError> {
+        let Some(limit) = soft_limit else {
+            return Ok(());
+        };
+        let metrics = if self.metrics_addr.is_some() {
+            METRICS_MAX_CONNECTIONS as u64
+        } else {
+            0
+        };
+        let needed = u64::from(self.http_max_connections.get())
+            + u64::from(self.grpc_max_connections.get())
+            + metrics
+            + RESERVED_FILES;
+        if needed > limit {
+            return Err(invalid(
+                "HTTP_MAX_CONNECTIONS",
+                format!(
+                    "HTTP_MAX_CONNECTIONS ({}) + GRPC_MAX_CONNECTIONS ({}){} + {RESERVED_FILES} \
+                     files for the database and logs need {needed} open files, but the \
+                     process may open only {limit}: lower them, or raise the limit \
+                     (LimitNOFILE= in the systemd unit, `ulimit -n`)",
+                    self.http_max_connections,
+                    self.grpc_max_connections,
+                    if metrics > 0 {
+                        format!(" + {metrics} for METRICS_ADDR")
+                    } else {
+                        String::new()
+                    }
+                ),
             ));
         }
         Ok(())
@@ -350,11 +478,12 @@ impl Config {
             login_per_minute: self.login_rate_limit_per_minute,
             login_burst: self.login_rate_limit_burst,
             trusted_proxies: self.trusted_proxies.clone(),
+            forwarded_header: self.forwarded_header,
         }
     }
 
     pub fn operation_timeout(&self) -> Duration {
-        Duration::from_secs(self.operation_timeout_secs)
+        self.operation_timeout_secs
     }
 
     /// Where image files are kept: `<data-dir>/images`.
@@ -363,7 +492,51 @@ impl Config {
     }
 
     pub fn host_dead_after(&self) -> Duration {
-        Duration::from_secs(self.host_dead_after_secs)
+        self.host_dead_after_secs
+    }
+
+    /// `HTTP_REQUEST_TIMEOUT`, or 30 s more than the operation timeout.
+    pub fn http_request_timeout(&self) -> Duration {
+        self.http_request_timeout
+            .unwrap_or(self.operation_timeout() + Duration::from_secs(30))
+    }
+
+    /// The REST API's connection limits.
+    pub fn http_connection_limits(&self) -> crate::connections::ConnectionLimits {
+        crate::connections::ConnectionLimits {
+            listener: "http",
+            protocol: crate::connections::Protocol::Http1,
+            max_connections: self.http_max_connections.get() as usize,
+            max_per_client: Some(self.http_max_connections_per_client.get() as usize),
+            exempt_from_per_client: self.trusted_proxies.clone(),
+            header_timeout: self.http_header_timeout,
+            idle_timeout: self.http_idle_timeout,
+        }
+    }
+
+    /// The metrics listener's connection limits: few, for a scraper or two.
+    pub fn metrics_connection_limits(&self) -> crate::connections::ConnectionLimits {
+        crate::connections::ConnectionLimits {
+            listener: "metrics",
+            max_connections: METRICS_MAX_CONNECTIONS,
+            max_per_client: None,
+            exempt_from_per_client: Vec::new(),
+            ..self.http_connection_limits()
+        }
+    }
+
+    /// The agents' gRPC listener's connection limits. An agent's stream lives for days: after
+    /// its first bytes only HTTP/2 keep-alive watches it.
+    pub fn grpc_connection_limits(&self) -> crate::connections::ConnectionLimits {
+        crate::connections::ConnectionLimits {
+            listener: "grpc",
+            protocol: crate::connections::Protocol::Grpc,
+            max_connections: self.grpc_max_connections.get() as usize,
+            max_per_client: None,
+            exempt_from_per_client: Vec::new(),
+            header_timeout: self.http_header_timeout,
+            idle_timeout: self.http_idle_timeout,
+        }
     }
 }
 
@@ -404,6 +577,61 @@ mod tests {
             .validate()
             .unwrap_err();
         assert_eq!(err.setting, "IMAGE_MAX_BYTES");
+    }
+
+    #[test]
+    fn durations_take_units_and_the_request_timeout_outlasts_operations() {
+        let token = "0123456789abcdef0123";
+        let config = parse(&[
+            "--agent-token",
+            token,
+            "--operation-timeout-secs",
+            "2m",
+            "--host-dead-after-secs",
+            "1500ms",
+            "--jwt-ttl-secs",
+            "7200",
+        ]);
+        config.validate().unwrap();
+        assert_eq!(config.operation_timeout(), Duration::from_secs(120));
+        assert_eq!(config.host_dead_after(), Duration::from_millis(1500));
+        assert_eq!(config.jwt_ttl_secs, Duration::from_secs(7200));
+        assert_eq!(config.http_request_timeout(), Duration::from_secs(150));
+
+        let err = parse(&[
+            "--agent-token",
+            token,
+            "--operation-timeout-secs",
+            "60",
+            "--http-request-timeout",
+            "64s",
+        ])
+        .validate()
+        .unwrap_err();
+        assert_eq!(err.setting, "HTTP_REQUEST_TIMEOUT");
+        let err = parse(&["--agent-token", token, "--jwt-ttl-secs", "500ms"])
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.setting, "JWT_TTL_SECS");
+        assert!(Config::try_parse_from(["coordinator", "--http-idle-timeout", "soon"]).is_err());
+    }
+
+    #[test]
+    fn connection_caps_must_fit_the_open_file_limit() {
+        let config = parse(&["--agent-token", "0123456789abcdef0123"]);
+        // 512 + 256 + 128 reserved.
+        config.check_open_file_limit(Some(896)).unwrap();
+        config.check_open_file_limit(None).unwrap();
+        let err = config.check_open_file_limit(Some(895)).unwrap_err();
+        assert_eq!(err.setting, "HTTP_MAX_CONNECTIONS");
+        assert!(err.reason.contains("LimitNOFILE"), "{err}");
+        let with_metrics = parse(&[
+            "--agent-token",
+            "0123456789abcdef0123",
+            "--metrics-addr",
+            "127.0.0.1:9178",
+        ]);
+        assert!(with_metrics.check_open_file_limit(Some(896)).is_err());
     }
 
     #[test]

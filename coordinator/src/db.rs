@@ -106,3 +106,111 @@ macro_rules! stored_enum {
     };
 }
 pub(crate) use stored_enum;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Migration 0006 on a database whose users differ only in case: the oldest keeps the
+    /// name and logs in, the later look-alikes keep their rows but no login name reaches
+    /// them, and from then on no such pair can be created.
+    #[tokio::test]
+    async fn usernames_equal_but_for_case_keep_the_oldest() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = default_url(dir.path());
+        let before = dir.path().join("migrations-before-0006");
+        std::fs::create_dir(&before).unwrap();
+        let all = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        for entry in std::fs::read_dir(&all).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+            if name.as_str() < "0006" {
+                std::fs::copy(&path, before.join(&name)).unwrap();
+            }
+        }
+        {
+            let options = SqliteConnectOptions::from_str(&url)
+                .unwrap()
+                .create_if_missing(true);
+            let pool = SqlitePoolOptions::new()
+                .connect_with(options)
+                .await
+                .unwrap();
+            sqlx::migrate::Migrator::new(before.as_path())
+                .await
+                .unwrap()
+                .run(&pool)
+                .await
+                .unwrap();
+            for (id, name, created) in [
+                (
+                    "00000000-0000-4000-8000-000000000002",
+                    "Admin",
+                    "2025-01-02T00:00:00.000Z",
+                ),
+                (
+                    "00000000-0000-4000-8000-000000000001",
+                    "admin",
+                    "2025-01-01T00:00:00.000Z",
+                ),
+                (
+                    "00000000-0000-4000-8000-000000000003",
+                    "ADMIN",
+                    "2025-01-03T00:00:00.000Z",
+                ),
+                (
+                    "00000000-0000-4000-8000-000000000004",
+                    "bob",
+                    "2025-01-01T00:00:00.000Z",
+                ),
+            ] {
+                sqlx::query(
+                    "INSERT INTO users (id, username, password_hash, role, created_at)
+                     VALUES (?, ?, 'hash', 'user', ?)",
+                )
+                .bind(id)
+                .bind(name)
+                .bind(created)
+                .execute(&pool)
+                .await
+                .unwrap();
+            }
+            pool.close().await;
+        }
+
+        let db = connect(&url).await.unwrap();
+        let found = crate::users::store::find_by_username(&db, "ADMIN")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.username, "admin", "the oldest keeps the name");
+        assert_eq!(
+            crate::users::store::find_by_username(&db, "Bob")
+                .await
+                .unwrap()
+                .unwrap()
+                .username,
+            "bob"
+        );
+        assert_eq!(
+            crate::users::store::shadowed_by_case(&db).await.unwrap(),
+            ["ADMIN", "Admin"],
+            "the later look-alikes are kept, and named for the operator"
+        );
+        let users: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        assert_eq!(users, 4, "no row is lost");
+        let taken = crate::users::store::insert(&db, "BOB", "hash", crate::users::Role::User)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(taken, crate::users::store::Error::UsernameTaken(_)),
+            "{taken}"
+        );
+        crate::users::store::insert(&db, "carol", "hash", crate::users::Role::User)
+            .await
+            .unwrap();
+    }
+}

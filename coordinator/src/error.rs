@@ -38,9 +38,17 @@ pub enum ApiError {
     /// A host's agent carried out the command and failed.
     #[error("{0}")]
     HostFailed(String),
-    /// Nothing can serve the request now (no host has room, the host is not connected).
+    /// Nothing can serve the request now (the host is not connected).
     #[error("{0}")]
     Unavailable(String),
+    /// No connected host has room for the VM, or no host is connected: a capacity
+    /// condition, answered 503 like `Unavailable` but counted apart
+    /// (`http_capacity_refusals_total`) so that alerts can tell it from a failure.
+    #[error("{0}")]
+    NoCapacity(String),
+    /// The request took longer than `HTTP_REQUEST_TIMEOUT` (a slow body, typically).
+    #[error("{0}")]
+    RequestTimeout(String),
     /// The host did not answer in time; the operation's outcome is not known yet.
     #[error("{0}")]
     Timeout(String),
@@ -71,7 +79,8 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::HostFailed(_) => StatusCode::BAD_GATEWAY,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::NoCapacity(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -111,6 +120,9 @@ impl IntoResponse for ApiError {
             );
         }
         let mut response = (status, Json(self.body())).into_response();
+        if let ApiError::NoCapacity(_) = &self {
+            response.extensions_mut().insert(CapacityRefusal);
+        }
         if let ApiError::TooManyRequests {
             retry_after_secs, ..
         } = &self
@@ -123,6 +135,10 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+/// Marks a response as a capacity refusal (see [`ApiError::NoCapacity`]) for the metrics.
+#[derive(Clone, Copy, Debug)]
+pub struct CapacityRefusal;
 
 impl From<ApiError> for tonic::Status {
     fn from(err: ApiError) -> Self {
@@ -142,10 +158,12 @@ impl From<ApiError> for tonic::Status {
             ApiError::MethodNotAllowed(_) | ApiError::UnsupportedMediaType(_) => {
                 tonic::Status::unimplemented(message)
             }
-            ApiError::Unavailable(_) | ApiError::HostFailed(_) => {
+            ApiError::Unavailable(_) | ApiError::NoCapacity(_) | ApiError::HostFailed(_) => {
                 tonic::Status::unavailable(message)
             }
-            ApiError::Timeout(_) => tonic::Status::deadline_exceeded(message),
+            ApiError::Timeout(_) | ApiError::RequestTimeout(_) => {
+                tonic::Status::deadline_exceeded(message)
+            }
             ApiError::Internal(cause) => {
                 tracing::error!(error = format!("{cause:#}"), "agent stream internal error");
                 tonic::Status::internal("internal error")
@@ -210,7 +228,7 @@ impl From<crate::vms::store::Error> for ApiError {
         match err {
             Error::NameTaken(_) => ApiError::Conflict(err.to_string()),
             Error::QuotaExceeded(exceeded) => exceeded.into(),
-            Error::NoHostConnected | Error::NoRoom(_) => ApiError::Unavailable(err.to_string()),
+            Error::NoHostConnected | Error::NoRoom(_) => ApiError::NoCapacity(err.to_string()),
             Error::ImageUnavailable(_) => ApiError::Conflict(err.to_string()),
             Error::Operation(err) => err.into(),
             Error::Database(err) => err.into(),

@@ -6,8 +6,11 @@
 //! - [`app`]: start-up, router, servers, shutdown
 //! - [`state`]: what handlers share (`AppState`) and the settings fixed at start
 //! - [`config`]: flags and environment variables
+//! - [`connections`]: connection caps and deadlines of every listener
 //! - [`db`]: the database and its migrations
 //! - [`error`]: the one error type and its HTTP and gRPC mappings
+//! - [`http`]: extractors, fallbacks, the server loop, the request deadline, forwarded
+//!   headers
 //! - [`auth`]: passwords, tokens, the `CurrentUser` extractor
 //! - [`users`]: register and login
 //! - [`lifecycle`]: the state machine of VMs and snapshots: preconditions, the effect of
@@ -31,6 +34,7 @@ pub mod agents;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod connections;
 pub mod db;
 pub mod error;
 pub mod health;

@@ -1,8 +1,7 @@
 //! The `coordinator` binary: reads its configuration (flags, environment, `--config` file,
-//! secret files), sets up logging, and runs.
+//! secret files), sets up logging (`vmm_shared::logging`), and runs.
 #![forbid(unsafe_code)]
 
-use tracing_subscriber::EnvFilter;
 use vmm_coordinator::Config;
 use vmm_coordinator::config::LogFormat;
 
@@ -13,14 +12,7 @@ async fn main() -> std::process::ExitCode {
         println!("coordinator: the configuration is valid");
         return std::process::ExitCode::SUCCESS;
     }
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    match config.log_format {
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
-        LogFormat::Json => tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init(),
-    }
+    vmm_shared::logging::init(config.log_format == LogFormat::Json);
     match vmm_coordinator::run(config).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

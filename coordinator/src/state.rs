@@ -11,7 +11,7 @@ use std::time::Duration;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::auth::{PasswordHasher, TokenIssuer};
-use crate::config::Placement;
+use crate::config::{Placement, Registration};
 use crate::db::Db;
 use crate::hosts::AgentRegistry;
 use crate::images::Images;
@@ -27,6 +27,9 @@ pub struct Settings {
     pub placement: Placement,
     pub cpu_allocation_ratio: f64,
     pub default_quota: QuotaLimits,
+    pub registration: Registration,
+    pub request_timeout: Duration,
+    pub api_metrics: bool,
 }
 
 #[derive(Clone)]

@@ -1,9 +1,16 @@
 //! Prometheus metrics of the coordinator, through the `metrics` facade, served at
-//! `GET /api/metrics` (no token).
+//! `GET /api/metrics` (no token; `API_METRICS=false` turns it off) and, with `METRICS_ADDR`,
+//! at `GET /metrics` on a listener of their own.
 //!
-//! Counters and histograms are recorded where things happen. Gauges that describe what
-//! exists (VMs by status, users, hosts, allocation) are computed from the database at each
-//! scrape, so they are right from the first scrape after a restart.
+//! Counters and histograms are recorded where things happen; every counter without labels,
+//! and every labelled one whose label values are a fixed set, exists at 0 from the first
+//! scrape, so that `increase()` sees its first event. Gauges that describe what exists (VMs
+//! by status, users, hosts, allocation) are computed from the database at each scrape, so
+//! they are right from the first scrape after a restart.
+//!
+//! No value a client chooses becomes a label as it is: the HTTP method is one of the
+//! standard ones or `other`, the endpoint is the route template or `unmatched`, the status a
+//! number. So no request, however odd, adds a series.
 //!
 //! Names kept from the system this project replaces: `http_requests_total`,
 //! `http_request_duration_seconds`, `vm_total`, `vm_cpu_cores`, `vm_memory_mb`,
@@ -13,19 +20,22 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
+use axum::http::{Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use metrics::{
     Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use vmm_shared::VmStatus;
 
+use crate::connections::Refusal;
 use crate::db::Db;
-use crate::error::ApiError;
+use crate::error::{ApiError, CapacityRefusal};
 use crate::images::ImageStatus;
 use crate::state::AppState;
 
@@ -41,7 +51,42 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         .install_recorder()
         .context("cannot install the metrics recorder")?;
     describe();
+    zero_counters();
     Ok(handle)
+}
+
+/// Registers every counter whose labels are known in advance at 0.
+fn zero_counters() {
+    for name in [
+        "vm_create_total",
+        "vm_delete_total",
+        "vm_snapshot_total",
+        "vm_snapshot_restore_total",
+        "user_login_total",
+        "user_login_failures_total",
+        "http_capacity_refusals_total",
+    ] {
+        counter!(name).absolute(0);
+    }
+    for kind in vmm_shared::OperationKind::ALL {
+        for outcome in ["success", "failure"] {
+            counter!("operations_total", "kind" => kind.as_str(), "outcome" => outcome).absolute(0);
+        }
+    }
+    for resource in ["vms", "cpu", "memory", "disk_gb", "snapshots"] {
+        counter!("quota_rejections_total", "resource" => resource).absolute(0);
+    }
+    for listener in ["http", "metrics", "grpc"] {
+        for reason in [Refusal::PerClient, Refusal::Full] {
+            counter!("connections_refused_total", "listener" => listener, "reason" => reason.as_str())
+                .absolute(0);
+        }
+        counter!("connections_evicted_total", "listener" => listener).absolute(0);
+        for phase in ["header", "idle", "write"] {
+            counter!("connections_timed_out_total", "listener" => listener, "phase" => phase)
+                .absolute(0);
+        }
+    }
 }
 
 /// The HELP text of every metric the coordinator exposes.
@@ -58,6 +103,28 @@ fn describe() {
     describe_counter!(
         "rate_limited_requests_total",
         "Requests refused with 429, by route template."
+    );
+    describe_counter!(
+        "http_capacity_refusals_total",
+        "Requests answered 503 because no connected host had room for the VM (or no host was \
+         connected); also counted in http_requests_total."
+    );
+    describe_gauge!(
+        "connections_open",
+        "Open connections, by listener (http, metrics, grpc)."
+    );
+    describe_counter!(
+        "connections_refused_total",
+        "Connections refused at accept, by listener and reason (per_client: the address has \
+         too many open; full: every connection is busy)."
+    );
+    describe_counter!(
+        "connections_evicted_total",
+        "Idle connections closed to make room for a new one, by listener."
+    );
+    describe_counter!(
+        "connections_timed_out_total",
+        "Connections closed for a deadline, by listener and phase (header, idle, write)."
     );
     describe_gauge!("vm_total", "VMs that exist, by status.");
     describe_gauge!("vm_cpu_cores", "vCPUs of the VMs that exist, by status.");
@@ -134,7 +201,25 @@ fn describe() {
     );
 }
 
-/// `GET /api/metrics`.
+/// `GET /api/metrics`: the metrics, unless `API_METRICS=false` (then 404 like any unknown
+/// endpoint).
+pub async fn scrape_on_api(state: State<AppState>, uri: Uri) -> Result<Response, ApiError> {
+    if !state.settings.api_metrics {
+        return Err(crate::http::route_not_found(uri).await);
+    }
+    scrape(state).await
+}
+
+/// The router of the metrics listener (`METRICS_ADDR`): `GET /metrics` and nothing else.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(scrape))
+        .fallback(crate::http::route_not_found)
+        .method_not_allowed_fallback(crate::http::method_not_allowed)
+        .with_state(state)
+}
+
+/// `GET /metrics` on `METRICS_ADDR`, and `GET /api/metrics`.
 pub async fn scrape(State(app): State<AppState>) -> Result<Response, ApiError> {
     refresh_gauges(&app).await?;
     let body = app.metrics.render();
@@ -205,11 +290,25 @@ async fn refresh_vm_gauges(db: &Db) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// The `method` label: a standard method, or `other`.
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
 /// Middleware: counts and times every request by method, route template (never the raw
-/// path, which would carry IDs) and status.
+/// path, which would carry IDs and anything a client makes up) and status.
 pub async fn track_http(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().to_string();
+    let method = method_label(request.method());
     let endpoint = request
         .extensions()
         .get::<MatchedPath>()
@@ -218,10 +317,13 @@ pub async fn track_http(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
     let labels = [
-        ("method", method),
+        ("method", method.to_owned()),
         ("endpoint", endpoint),
         ("status", status),
     ];
+    if response.extensions().get::<CapacityRefusal>().is_some() {
+        counter!("http_capacity_refusals_total").increment(1);
+    }
     counter!("http_requests_total", &labels).increment(1);
     histogram!("http_request_duration_seconds", &labels[..2])
         .record(started.elapsed().as_secs_f64());

@@ -1,12 +1,15 @@
 //! Types the agent and the coordinator both use that are not wire types: typed IDs, the VM
 //! status the coordinator shows, and the rules for what a VM may be called and how big it
-//! may be; and two pieces of process plumbing both binaries need at start: reading settings
-//! from flags, environment and a TOML file ([`settings`]) and telling systemd how the
-//! service is doing ([`systemd`]). Only those two do I/O.
+//! may be; and the process plumbing both binaries need at start: reading settings from
+//! flags, environment and a TOML file ([`settings`], with [`duration`]s), setting up logs
+//! ([`logging`]) and telling systemd how the service is doing ([`systemd`]). Only those do
+//! I/O.
 #![forbid(unsafe_code)]
 
+pub mod duration;
 pub mod ids;
 pub mod limits;
+pub mod logging;
 pub mod operation;
 pub mod settings;
 #[cfg(feature = "sqlx")]

@@ -266,6 +266,8 @@ enum Kind {
     Integer,
     Float,
     Boolean,
+    /// A [`crate::duration`]: an integer (in the setting's unit) or a string with a unit.
+    Duration,
 }
 
 impl Kind {
@@ -292,7 +294,9 @@ impl Kind {
             TypeId::of::<NonZeroU64>(),
             TypeId::of::<NonZeroUsize>(),
         ];
-        if integers.into_iter().any(is) {
+        if is(TypeId::of::<std::time::Duration>()) {
+            Self::Duration
+        } else if integers.into_iter().any(is) {
             Self::Integer
         } else if is(TypeId::of::<f64>()) || is(TypeId::of::<f32>()) {
             Self::Float
@@ -309,10 +313,12 @@ impl Kind {
             (Self::Integer, false) => "an integer",
             (Self::Float, false) => "a number",
             (Self::Boolean, false) => "true or false",
+            (Self::Duration, false) => "a duration (an integer, or a string such as \"10s\")",
             (Self::String, true) => "an array of strings",
             (Self::Integer, true) => "an array of integers",
             (Self::Float, true) => "an array of numbers",
             (Self::Boolean, true) => "an array of booleans",
+            (Self::Duration, true) => "an array of durations",
         }
     }
 }
@@ -359,6 +365,8 @@ fn setting_texts(
             (Kind::Integer | Kind::Float, toml::Value::Integer(number)) => Some(number.to_string()),
             (Kind::Float, toml::Value::Float(number)) => Some(number.to_string()),
             (Kind::Boolean, toml::Value::Boolean(flag)) => Some(flag.to_string()),
+            (Kind::Duration, toml::Value::Integer(number)) => Some(number.to_string()),
+            (Kind::Duration, toml::Value::String(text)) => Some(text.clone()),
             _ => None,
         }
     };
@@ -605,6 +613,9 @@ mod tests {
         /// without changing this process's environment.
         #[arg(long, env = "PATH", default_value = "unset")]
         search_path: String,
+        #[arg(long, env = "VMM_TEST_DEMO_WAIT_SECS", default_value = "10s",
+              value_parser = crate::duration::seconds)]
+        wait_secs: std::time::Duration,
     }
 
     struct File {
@@ -675,6 +686,33 @@ mod tests {
         assert_eq!(demo.dir, Path::new("/var/lib/demo"));
         let demo = load("ratio = 0.5", &[]).unwrap();
         assert_eq!(demo.ratio, 0.5);
+    }
+
+    #[test]
+    fn durations_come_from_the_file_as_numbers_or_with_units() {
+        use std::time::Duration;
+        assert_eq!(load("", &[]).unwrap().wait_secs, Duration::from_secs(10));
+        assert_eq!(
+            load("wait_secs = 5", &[]).unwrap().wait_secs,
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            load("wait_secs = \"500ms\"", &[]).unwrap().wait_secs,
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            load("wait_secs = \"2m\"", &["--wait-secs", "3s"])
+                .unwrap()
+                .wait_secs,
+            Duration::from_secs(3)
+        );
+        let text = file_error("wait_secs = true").to_string();
+        assert!(text.contains("must be a duration"), "{text}");
+        let text = file_error("wait_secs = \"soon\"").to_string();
+        assert!(
+            text.contains("`wait_secs`") && text.contains("soon"),
+            "{text}"
+        );
     }
 
     #[test]

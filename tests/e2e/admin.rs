@@ -253,3 +253,91 @@ async fn concurrent_listings(cluster: &TestCluster) -> Result<()> {
     );
     Ok(())
 }
+
+/// Issue 13: `REGISTRATION=closed`. Registering answers 403 and creates nothing; an
+/// administrator creates accounts with `POST /api/admin/users` (same rules as registration,
+/// a role if wanted), users cannot, and the accounts so made log in.
+#[tokio::test(flavor = "multi_thread")]
+async fn closed_registration_leaves_account_creation_to_admins() {
+    let options = ClusterOptions::with_agents(Vec::new()).coordinator_env("REGISTRATION", "closed");
+    let cluster = TestCluster::start(options).await.unwrap();
+    closed_registration(&cluster).await.unwrap();
+}
+
+async fn closed_registration(cluster: &TestCluster) -> Result<()> {
+    let api = cluster.api();
+    let refused = api.try_register("walk-in", USER_PASSWORD).await?;
+    let message = refused.expect_error(403)?;
+    ensure!(message.contains("closed"), "says why: {message}");
+    api.try_login("walk-in", USER_PASSWORD)
+        .await?
+        .expect_error(401)
+        .context("the refused registration created nothing")?;
+
+    let admin = cluster.admin().await?;
+    let created = admin
+        .post(
+            "/api/admin/users",
+            &json!({"username": "Invited", "password": USER_PASSWORD}),
+        )
+        .await?
+        .expect_status(201)?;
+    ensure!(
+        created.body["username"] == "Invited" && created.body["role"] == "user",
+        "{}",
+        created.body
+    );
+    let invited = api.login("invited", USER_PASSWORD).await?;
+    ensure!(invited.user().role == "user", "{:?}", invited.user());
+    let operator = admin
+        .post(
+            "/api/admin/users",
+            &json!({"username": "operator", "password": USER_PASSWORD, "role": "admin"}),
+        )
+        .await?
+        .expect_status(201)?;
+    ensure!(operator.body["role"] == "admin", "{}", operator.body);
+    api.login("operator", USER_PASSWORD).await?;
+
+    // The rules of registration hold; a user cannot create accounts.
+    for (what, body, status) in [
+        (
+            "a taken name",
+            json!({"username": "INVITED", "password": USER_PASSWORD}),
+            409,
+        ),
+        (
+            "a short password",
+            json!({"username": "shorty", "password": "short"}),
+            422,
+        ),
+        (
+            "a bad role",
+            json!({"username": "roley", "password": USER_PASSWORD, "role": "root"}),
+            422,
+        ),
+        (
+            "an unknown field",
+            json!({"username": "extra", "password": USER_PASSWORD, "x": 1}),
+            422,
+        ),
+    ] {
+        admin
+            .post("/api/admin/users", &body)
+            .await?
+            .expect_error(status)
+            .context(what)?;
+    }
+    invited
+        .post(
+            "/api/admin/users",
+            &json!({"username": "sneaky", "password": USER_PASSWORD}),
+        )
+        .await?
+        .expect_error(403)
+        .context("a user creating an account")?;
+    api.try_login("sneaky", USER_PASSWORD)
+        .await?
+        .expect_error(401)?;
+    Ok(())
+}

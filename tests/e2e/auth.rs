@@ -1,6 +1,7 @@
 //! Authentication and isolation: every kind of bad token is refused with 401, users never see
 //! each other's VMs (404, exactly as for a VM that does not exist), registration and login
-//! validate their input.
+//! validate their input, a password longer than bcrypt reads never logs in, and usernames
+//! are one account whatever their case.
 
 use anyhow::{Context, Result, ensure};
 use reqwest::Method;
@@ -282,5 +283,84 @@ async fn login_failures(cluster: &TestCluster) -> Result<()> {
         "{:?}",
         carol.user()
     );
+    Ok(())
+}
+
+/// Issue 13, finding 6: registration refuses passwords over 72 bytes, but login used to
+/// hand them to bcrypt, which reads only 72: `password + anything` logged in.
+#[tokio::test(flavor = "multi_thread")]
+async fn passwords_over_72_bytes_never_log_in() {
+    let cluster = TestCluster::start(ClusterOptions::with_agents(Vec::new()))
+        .await
+        .unwrap();
+    long_passwords(&cluster).await.unwrap();
+}
+
+async fn long_passwords(cluster: &TestCluster) -> Result<()> {
+    let api = cluster.api();
+    let password = "p".repeat(72);
+    api.register("long-pass", &password).await?;
+    api.login("long-pass", &password)
+        .await
+        .context("the 72-byte password itself")?;
+    let wrong = api.try_login("long-pass", "not-the-password").await?;
+    let wrong_message = wrong.expect_error(401)?;
+    for suffix in ["x", "anything at all", &"p".repeat(100)] {
+        let longer = format!("{password}{suffix}");
+        let response = api.try_login("long-pass", &longer).await?;
+        let message = response
+            .expect_error(401)
+            .with_context(|| format!("the password plus {} more bytes", suffix.len()))?;
+        ensure!(
+            message == wrong_message,
+            "the same answer as any failed login: {message:?} vs {wrong_message:?}"
+        );
+    }
+    Ok(())
+}
+
+/// Issue 13, finding 7: `Admin` and `admin` were different accounts. Now a name is taken in
+/// every case, login finds the account whatever the case typed, and the name is shown as it
+/// was registered.
+#[tokio::test(flavor = "multi_thread")]
+async fn usernames_are_one_account_whatever_their_case() {
+    let cluster = TestCluster::start(ClusterOptions::with_agents(Vec::new()))
+        .await
+        .unwrap();
+    username_case(&cluster).await.unwrap();
+}
+
+async fn username_case(cluster: &TestCluster) -> Result<()> {
+    let api = cluster.api();
+    let registered = api.register("Alice.Smith", "alice-password").await?;
+    ensure!(
+        registered.username == "Alice.Smith",
+        "shown as registered: {registered:?}"
+    );
+    for taken in ["alice.smith", "ALICE.SMITH", "aLiCe.SmItH"] {
+        api.try_register(taken, "another-password")
+            .await?
+            .expect_error(409)
+            .with_context(|| format!("{taken} is Alice.Smith"))?;
+    }
+    // The admin account from ADMIN_USER (`admin`) cannot be shadowed either.
+    let (admin_user, admin_password) = cluster.admin_credentials();
+    api.try_register(&admin_user.to_uppercase(), "impostor-password")
+        .await?
+        .expect_error(409)
+        .context("the admin's name in capitals")?;
+    api.login(&admin_user.to_uppercase(), admin_password)
+        .await
+        .context("the admin logs in whatever the case typed")?;
+
+    let alice = api.login("ALICE.smith", "alice-password").await?;
+    ensure!(
+        alice.user().username == "Alice.Smith" && alice.user().id == registered.id,
+        "the account as registered: {:?}",
+        alice.user()
+    );
+    api.try_login("alice.smith", "wrong-password")
+        .await?
+        .expect_error(401)?;
     Ok(())
 }

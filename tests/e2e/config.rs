@@ -341,13 +341,20 @@ async fn bad_configs() -> Result<()> {
         },
         BadConfig {
             binary: "agent",
-            file: "poll_interval_ms = \"2s\"\n".into(),
+            // A duration is a number or a string with a unit ("2s"), never a boolean.
+            file: "poll_interval_ms = true\n".into(),
             env: agent_env(vec![token()]),
             expected: strings(&[
                 "`poll_interval_ms`",
                 "POLL_INTERVAL_MS",
-                "must be an integer",
+                "must be a duration",
             ]),
+        },
+        BadConfig {
+            binary: "agent",
+            file: "heartbeat_interval_ms = \"2 seconds\"\n".into(),
+            env: agent_env(vec![token()]),
+            expected: strings(&["`heartbeat_interval_ms`", "is not a duration", "\"10s\""]),
         },
         BadConfig {
             binary: "agent",

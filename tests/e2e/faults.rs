@@ -426,19 +426,16 @@ fn libvirtd_pid() -> Result<u32> {
     Ok(pid)
 }
 
-/// Starts libvirtd again on drop if it does not answer, whatever happened to the test.
+/// Starts libvirtd again on drop if it does not answer, whatever happened to the test, the
+/// way `scripts/setup-host.sh` starts it (under a subreaper).
 struct LibvirtdBack;
 
 impl Drop for LibvirtdBack {
     fn drop(&mut self) {
-        if virsh_sync(&["version"]).is_none() {
-            let _ = StdCommand::new("libvirtd").arg("-d").status();
-            for _ in 0..100 {
-                if virsh_sync(&["version"]).is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
+        if virsh_sync(&["version"]).is_none()
+            && let Err(error) = virsh::start_libvirtd()
+        {
+            eprintln!("cannot start libvirtd again: {error:#}");
         }
     }
 }
@@ -453,8 +450,9 @@ async fn libvirt_connection_status(cluster: &TestCluster, host: &str) -> Result<
         .and_then(|value| value.trim().parse().ok()))
 }
 
-/// Restarts the host's libvirtd (SIGTERM to its pid, then `libvirtd -d`), which every
-/// other QEMU test must not see: this test holds the exclusive guard.
+/// Restarts the host's libvirtd (SIGTERM to its pid, then `scripts/start-libvirtd.sh`, as
+/// the host was set up), which every other QEMU test must not see: this test holds the
+/// exclusive guard.
 #[tokio::test(flavor = "multi_thread")]
 async fn libvirtd_restart_under_a_running_agent_is_survived() {
     let guard = virsh::qemu_exclusive_guard().await;
@@ -506,12 +504,8 @@ async fn libvirtd_restart(cluster: &mut TestCluster) -> Result<()> {
     ensure!(user.get_vm(&running.id).await?.status == "running");
     ensure!(user.get_vm(&stopped.id).await?.status == "stopped");
 
-    let status = tokio::process::Command::new("libvirtd")
-        .arg("-d")
-        .status()
-        .await?;
-    ensure!(status.success(), "libvirtd -d failed");
     let restarted = Instant::now();
+    tokio::task::spawn_blocking(virsh::start_libvirtd).await??;
     wait_until("libvirtd to answer", Duration::from_secs(30), || async {
         Ok(virsh::virsh(&["version"])
             .await?

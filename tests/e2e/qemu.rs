@@ -1,6 +1,7 @@
 //! The VM lifecycle on real QEMU under libvirtd (`qemu:///system`; TCG where KVM does not
 //! work), checked on the host with `virsh` at every step, plus a change made behind the
-//! product's back. Needs root and libvirtd: `scripts/setup-host.sh` provides both. When
+//! product's back; and out-of-band changes followed with the agent's poll an hour away,
+//! through libvirt's lifecycle events alone. Needs root and libvirtd: `scripts/setup-host.sh` provides both. When
 //! libvirtd does not answer the test fails and says so; it is never skipped.
 
 use std::time::{Duration, Instant};
@@ -10,8 +11,9 @@ use vmm_e2e::cluster::domain_name;
 use vmm_e2e::virsh::{self, QemuLeftovers};
 use vmm_e2e::{AgentOptions, ClusterOptions, TestCluster, wait_until};
 
-/// How long an out-of-band change on the host may take to show in the API: the agent polls
-/// every 300 ms in tests, and lifecycle events are faster still.
+/// How long an out-of-band change on the host may take to show in the API: lifecycle
+/// events bring it within a second; the agent polls every 300 ms in tests (the events
+/// test: every hour).
 const OUT_OF_BAND_DEADLINE: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread")]
@@ -141,5 +143,66 @@ async fn qemu_lifecycle(cluster: &TestCluster, leftovers: &mut QemuLeftovers) ->
         "{domain} must be gone from libvirt"
     );
     ensure!(!disk.exists(), "the disk {} must be gone", disk.display());
+    Ok(())
+}
+
+/// With the agent's poll an hour away, out-of-band changes still reach the API: only the
+/// libvirt lifecycle events can have carried them. The agent's metrics count the events.
+#[tokio::test(flavor = "multi_thread")]
+async fn out_of_band_changes_reach_the_api_through_lifecycle_events_alone() {
+    let _libvirtd = virsh::qemu_guard().await;
+    virsh::require_qemu_system().await;
+    virsh::require_storage_driver().await;
+    let mut agent = AgentOptions::qemu("qemu-events");
+    agent.poll_interval_ms = 3_600_000;
+    let mut leftovers = QemuLeftovers::new(&agent.storage_pool);
+    let cluster = TestCluster::start(ClusterOptions::with_agents(vec![agent]))
+        .await
+        .unwrap();
+    events_alone(&cluster, &mut leftovers).await.unwrap();
+}
+
+async fn events_alone(cluster: &TestCluster, leftovers: &mut QemuLeftovers) -> Result<()> {
+    let user = cluster.user("events-user").await?;
+    let vm = user.create_vm("evented", 1, 64, Some(1)).await?;
+    let domain = domain_name(&vm.id);
+    leftovers.add_domain(&domain);
+    ensure!(vm.status == "running", "{vm:?}");
+
+    for (command, status) in [
+        ("suspend", "paused"),
+        ("resume", "running"),
+        ("destroy", "stopped"),
+        ("start", "running"),
+    ] {
+        virsh::virsh_ok(&[command, &domain]).await?;
+        let changed = Instant::now();
+        wait_until(
+            &format!("virsh {command} to show as {status}"),
+            OUT_OF_BAND_DEADLINE,
+            || async {
+                let vm = user.get_vm(&vm.id).await?;
+                Ok((vm.status == status).then_some(()))
+            },
+        )
+        .await?;
+        eprintln!(
+            "virsh {command} → {status} in the API {:.3}s after virsh returned",
+            changed.elapsed().as_secs_f64()
+        );
+    }
+
+    let metrics = reqwest::get(cluster.agent("qemu-events").metrics_url())
+        .await?
+        .text()
+        .await?;
+    let events = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("agent_domain_events_total "))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .context("agent_domain_events_total in the agent's metrics")?;
+    ensure!(events >= 4.0, "the agent counted {events} lifecycle events");
+
+    user.delete_vm(&vm.id).await?;
     Ok(())
 }

@@ -1,6 +1,8 @@
-//! Rate limiting (issue 4), with small budgets: 429 with `Retry-After` once a budget is
-//! spent, `X-Forwarded-For` believed only from a trusted proxy, a per-user budget that no
-//! change of address escapes, and a login budget that refuses even the right password.
+//! Rate limiting (issues 4 and 13), with small budgets: 429 with `Retry-After` once a budget
+//! is spent, `X-Forwarded-For` believed only from a trusted proxy, a per-user budget that no
+//! change of address escapes, a login budget per client that refuses even the right
+//! password, and failed logins that slow the guessers of a username without locking its
+//! owner out.
 //!
 //! The general budget refills at 1 request per second, so a test cannot assume that no token
 //! came back while it ran: from a full bucket of `burst`, at most `burst + ⌊elapsed × rps⌋`
@@ -232,6 +234,60 @@ async fn trusted_proxy(cluster: &TestCluster) -> Result<()> {
     Ok(())
 }
 
+/// Issue 13: behind a trusted proxy, one unparsable entry a client put in X-Forwarded-For
+/// used to throw the header away, and the limiter then believed the X-Real-IP the client
+/// sent: a fresh budget for every request.
+#[tokio::test(flavor = "multi_thread")]
+async fn garbage_and_spoofed_forwarding_entries_buy_no_fresh_budget() {
+    let cluster = TestCluster::start(limited().coordinator_env("TRUSTED_PROXIES", "127.0.0.1/32"))
+        .await
+        .unwrap();
+    garbage_forwarding(&cluster).await.unwrap();
+}
+
+async fn garbage_forwarding(cluster: &TestCluster) -> Result<()> {
+    let api = cluster.api();
+    // What the proxy forwards: the client's own entries (garbage, spoofed addresses), then
+    // the address the proxy saw, 198.51.100.50. The client also sends its own X-Real-IP and
+    // Forwarded, new each time.
+    let spent = send_until_refused(|i| {
+        let api = api.clone();
+        async move {
+            let garbage = ["not-an-ip", "<script>", "", "1.2.3.4:99999", "unknown"][i % 5];
+            let forwarded_for = format!("{garbage}, 203.0.113.{i}, 198.51.100.50");
+            let real_ip = format!("192.0.2.{i}");
+            let rfc_forwarded = format!("for=192.0.2.{}", i + 100);
+            probe(
+                &api,
+                &[
+                    ("x-forwarded-for", &forwarded_for),
+                    ("x-real-ip", &real_ip),
+                    ("forwarded", &rfc_forwarded),
+                ],
+            )
+            .await
+        }
+    })
+    .await?;
+    ensure!(
+        spent.passed >= BURST && spent.passed <= allowance(BURST, spent.elapsed),
+        "every request counts for 198.51.100.50, whatever came before it: {} passed in {:.2}s",
+        spent.passed,
+        spent.elapsed.as_secs_f64()
+    );
+    check_429(&spent.refused, 1)?;
+    // The client's address is not refused because of garbage the proxy forwarded for
+    // another one: a different client still has its budget.
+    let other = probe(&api, &[("x-forwarded-for", "garbage, 198.51.100.51")]).await?;
+    ensure!(
+        other.status == 401,
+        "198.51.100.51 has its own budget: {} {}",
+        other.status,
+        other.body
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_users_budget_is_shared_across_addresses() {
     let cluster = TestCluster::start(limited().coordinator_env("TRUSTED_PROXIES", "127.0.0.1/32"))
@@ -388,8 +444,11 @@ async fn login_from_one_address(cluster: &TestCluster) -> Result<()> {
     Ok(())
 }
 
+/// The targeted lockout of issue 13: a few wrong passwords for a username from anywhere
+/// used to lock its owner out, even with the right password from a client that never
+/// failed. Now the guessers are slowed and the owner logs in.
 #[tokio::test(flavor = "multi_thread")]
-async fn login_budget_per_username_holds_across_addresses() {
+async fn failed_logins_slow_the_guessers_but_never_lock_out_the_owner() {
     let cluster =
         TestCluster::start(login_limited().coordinator_env("TRUSTED_PROXIES", "127.0.0.1/32"))
             .await
@@ -422,7 +481,7 @@ async fn login_from_many_addresses(cluster: &TestCluster) -> Result<()> {
     .await?
     .expect_status(201)?;
 
-    // A botnet: every guess from a new address, each with a full budget of its own.
+    // A botnet: every guess from a new address. They spend victim's budget of failures.
     for i in 0..LOGIN_BURST {
         attempt(
             "victim",
@@ -431,25 +490,35 @@ async fn login_from_many_addresses(cluster: &TestCluster) -> Result<()> {
         )
         .await?
         .expect_error(401)
-        .with_context(|| format!("guess {} is within victim's budget", i + 1))?;
+        .with_context(|| format!("guess {} is answered", i + 1))?;
     }
+    // The owner, from an address that never failed, logs in with the right password …
     let response = attempt(
         "victim",
         vmm_e2e::cluster::USER_PASSWORD,
-        "198.51.100.200".into(),
+        "203.0.113.200".into(),
     )
     .await?;
-    check_429(&response, 60)
-        .context("the right password from a fresh address once victim's budget is spent")?;
-    // The budget is per username, case-insensitively, not per address.
-    let response = attempt(
-        "VICTIM",
-        vmm_e2e::cluster::USER_PASSWORD,
-        "198.51.100.201".into(),
-    )
-    .await?;
-    check_429(&response, 60).context("the same username in capitals")?;
-    // Other accounts are not locked by it, from any of those addresses.
+    response
+        .expect_status(200)
+        .context("the owner logs in from a client that never failed, during the attack")?;
+    // … while a guesser that failed before is slowed, with the right password too, whatever
+    // the case of the name.
+    for (username, password, address) in [
+        ("victim", "wrong-password-456", "198.51.100.1"),
+        ("victim", vmm_e2e::cluster::USER_PASSWORD, "198.51.100.2"),
+        ("VICTIM", "wrong-password-789", "198.51.100.3"),
+    ] {
+        let response = attempt(username, password, address.into()).await?;
+        check_429(&response, 60)
+            .with_context(|| format!("{username} from {address}, which failed before"))?;
+        let message = response.expect_error(429)?;
+        ensure!(
+            message.contains("failed logins"),
+            "the 429 says why: {message}"
+        );
+    }
+    // Other accounts are untouched, also from the guessing addresses.
     let response = attempt("somebody-else", "wrong-password-123", "198.51.100.1".into()).await?;
     response
         .expect_error(401)

@@ -1,7 +1,10 @@
 //! Running under systemd, without systemd: the units in deploy/systemd/ pass
-//! `systemd-analyze verify`, and each binary, given a `NOTIFY_SOCKET` this test listens on
-//! and a `WATCHDOG_USEC`, says `READY=1` only once it answers on its ports, then pings
-//! `WATCHDOG=1`, then says `STOPPING=1` on SIGTERM and exits 0.
+//! `systemd-analyze verify`, take their secrets as credentials and never restart on a
+//! configuration error (the exit code the binaries use for one), the sysusers.d and
+//! tmpfiles.d files create the users and directories the units name, and each binary,
+//! given a `NOTIFY_SOCKET` this test listens on and a `WATCHDOG_USEC`, says `READY=1` only
+//! once it answers on its ports, then pings `WATCHDOG=1`, then says `STOPPING=1` on SIGTERM
+//! and exits 0.
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -65,11 +68,22 @@ fn verify_unit(unit: &str, installed: &str, binary: &str) -> Result<()> {
         "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
         "SystemCallFilter=@system-service",
         "CapabilityBoundingSet=\n",
+        // Issue 13: a bad setting (exit code 2) is not restarted every 5 s for ever, and
+        // the agent token arrives as a credential, not in the environment.
+        "RestartPreventExitStatus=2\n",
+        "LoadCredential=agent-token:/etc/vmm/credentials/agent-token\n",
+        "Environment=AGENT_TOKEN_FILE=%d/agent-token\n",
     ] {
         ensure!(
             text.contains(directive),
             "{unit} has no `{}`",
             directive.trim()
+        );
+    }
+    for forbidden in ["useradd", "AGENT_TOKEN=", "ADMIN_PASSWORD=", "JWT_SECRET="] {
+        ensure!(
+            !text.contains(forbidden),
+            "{unit} mentions `{forbidden}`: users come from sysusers.d, secrets from credentials"
         );
     }
 
@@ -307,4 +321,184 @@ async fn agent_notifies() -> Result<()> {
     let scrape = reqwest::get(format!("http://{metrics}/metrics")).await?;
     ensure!(scrape.status() == 200, "GET /metrics: {}", scrape.status());
     pings_then_stops(&notify, &mut agent).await
+}
+
+/// The exit code the units do not restart on (`RestartPreventExitStatus=`).
+fn prevented_exit_status(unit: &str) -> Result<i32> {
+    let text = std::fs::read_to_string(deploy_dir().join(unit))?;
+    let value = text
+        .lines()
+        .find_map(|line| line.strip_prefix("RestartPreventExitStatus="))
+        .with_context(|| format!("{unit} has RestartPreventExitStatus="))?;
+    value
+        .trim()
+        .parse()
+        .with_context(|| format!("{unit}: RestartPreventExitStatus={value}"))
+}
+
+/// Issue 13: a configuration error used to restart the service every 5 s for ever. The
+/// units do not restart on the exit code the binaries use for one, and every kind of
+/// configuration error exits with it: a bad setting, an unreadable credential, connection
+/// caps the open-file limit cannot hold.
+#[tokio::test(flavor = "multi_thread")]
+async fn configuration_errors_exit_with_the_code_the_units_do_not_restart_on() {
+    config_error_exit_codes().await.unwrap();
+}
+
+async fn config_error_exit_codes() -> Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("vmm-e2e-systemd-")
+        .tempdir()?;
+    let token = random_secret();
+    let data_dir = dir.path().join("data").display().to_string();
+    let missing = dir
+        .path()
+        .join("credentials/agent-token")
+        .display()
+        .to_string();
+    /// The unit, the binary, and the settings that make the configuration wrong.
+    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>);
+    let cases: [Case; 5] = [
+        (
+            "coordinator.service",
+            "coordinator",
+            vec![("AGENT_TOKEN", &token), ("HOST_DEAD_AFTER", "soon")],
+        ),
+        (
+            "coordinator.service",
+            "coordinator",
+            vec![("AGENT_TOKEN_FILE", &missing)],
+        ),
+        (
+            "coordinator.service",
+            "coordinator",
+            vec![
+                ("AGENT_TOKEN", &token),
+                ("HTTP_MAX_CONNECTIONS", "4000000000"),
+            ],
+        ),
+        (
+            "agent.service",
+            "agent",
+            vec![("AGENT_TOKEN", &token), ("POLL_INTERVAL_MS", "2 s")],
+        ),
+        (
+            "agent.service",
+            "agent",
+            vec![("AGENT_TOKEN_FILE", &missing)],
+        ),
+    ];
+    for (index, (unit, binary, settings)) in cases.into_iter().enumerate() {
+        let prevented = prevented_exit_status(unit)?;
+        let mut env = vec![
+            ("DATA_DIR", data_dir.as_str()),
+            ("AGENT_DATA_DIR", data_dir.as_str()),
+            ("HTTP_ADDR", "127.0.0.1:0"),
+            ("GRPC_ADDR", "127.0.0.1:0"),
+            ("HOST_ID", "kvm-1"),
+            ("LIBVIRT_URI", TEST_DRIVER_URI),
+        ];
+        env.extend(settings.iter().copied());
+        let mut process = start(binary, dir.path(), &format!("{binary}-{index}"), &[], &env)?;
+        let status = wait_for_exit(&mut process, Duration::from_secs(30)).await?;
+        ensure!(
+            status.code() == Some(prevented),
+            "{binary} with {settings:?} exits {prevented} (RestartPreventExitStatus= of \
+             {unit}), not {status}: {}",
+            process.log_tail(10)
+        );
+    }
+    Ok(())
+}
+
+/// The sysusers.d files create the users the units run as, with the state directory as
+/// home and no login; the tmpfiles.d file creates /etc/vmm and the root-only
+/// /etc/vmm/credentials the units load credentials from. Both run for real, into a
+/// temporary root.
+#[test]
+fn sysusers_and_tmpfiles_create_what_the_units_need() {
+    users_and_directories().unwrap();
+}
+
+fn users_and_directories() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir()?;
+    let deploy = deploy_dir().join("..");
+    for (unit, conf, user) in [
+        (
+            "coordinator.service",
+            "vmm-coordinator.conf",
+            "vmm-coordinator",
+        ),
+        ("agent.service", "vmm-agent.conf", "vmm-agent"),
+    ] {
+        let text = std::fs::read_to_string(deploy_dir().join(unit))?;
+        ensure!(
+            text.contains(&format!("User={user}\n")),
+            "{unit} runs as {user}"
+        );
+        ensure!(
+            text.contains(&format!("StateDirectory={user}\n")),
+            "{unit}'s state directory is /var/lib/{user}"
+        );
+        run_tool(
+            "systemd-sysusers",
+            &[
+                &format!("--root={}", root.path().display()),
+                &deploy.join("sysusers.d").join(conf).display().to_string(),
+            ],
+        )?;
+        let passwd = std::fs::read_to_string(root.path().join("etc/passwd"))?;
+        let entry = passwd
+            .lines()
+            .find(|line| line.starts_with(&format!("{user}:")))
+            .with_context(|| format!("{conf} creates {user}: {passwd}"))?;
+        let fields: Vec<&str> = entry.split(':').collect();
+        ensure!(
+            fields.get(5) == Some(&format!("/var/lib/{user}").as_str())
+                && fields.get(6) == Some(&"/usr/sbin/nologin"),
+            "{user}: home /var/lib/{user}, no login: {entry}"
+        );
+        let uid: u32 = fields.get(2).context("a UID")?.parse()?;
+        ensure!(uid > 0 && uid < 1000, "{user} is a system user: {entry}");
+        let group = std::fs::read_to_string(root.path().join("etc/group"))?;
+        ensure!(
+            group
+                .lines()
+                .any(|line| line.starts_with(&format!("{user}:"))),
+            "{user} has a group of its own: {group}"
+        );
+    }
+    run_tool(
+        "systemd-tmpfiles",
+        &[
+            &format!("--root={}", root.path().display()),
+            "--create",
+            &deploy.join("tmpfiles.d/vmm.conf").display().to_string(),
+        ],
+    )?;
+    for (dir, mode) in [("etc/vmm", 0o755), ("etc/vmm/credentials", 0o700)] {
+        let meta = std::fs::metadata(root.path().join(dir))
+            .with_context(|| format!("tmpfiles.d/vmm.conf creates /{dir}"))?;
+        ensure!(
+            meta.is_dir() && meta.permissions().mode() & 0o7777 == mode,
+            "/{dir} has mode {:o}, expected {mode:o}",
+            meta.permissions().mode() & 0o7777
+        );
+    }
+    Ok(())
+}
+
+fn run_tool(program: &str, args: &[&str]) -> Result<()> {
+    let tool = which(program).with_context(|| {
+        format!("{program} is not installed: it comes with Debian's `systemd` package")
+    })?;
+    let output = std::process::Command::new(tool).args(args).output()?;
+    ensure!(
+        output.status.success(),
+        "{program} {args:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
 }

@@ -251,6 +251,20 @@ impl Api {
         }
     }
 
+    /// A client without a token whose connections come from `local` (any 127.0.0.0/8
+    /// address works on loopback): another client, as the coordinator sees it.
+    pub fn from_address(base: &str, local: std::net::IpAddr) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .local_address(local)
+            .build()
+            .expect("building an HTTP client without TLS cannot fail");
+        Self {
+            http,
+            ..Self::new(base)
+        }
+    }
+
     /// The same client sending `Authorization: Bearer <token>`.
     pub fn with_token(&self, token: &str) -> Self {
         Self {

@@ -441,6 +441,21 @@ impl TestCluster {
         self.coordinator.pid()
     }
 
+    /// Everything the current coordinator process has logged so far.
+    pub fn coordinator_log(&self) -> String {
+        std::fs::read_to_string(self.coordinator.log_path()).unwrap_or_default()
+    }
+
+    /// The address agents connect to (`GRPC_ADDR`).
+    pub fn grpc_url(&self) -> &str {
+        &self.grpc_url
+    }
+
+    /// The admin account's name and password.
+    pub fn admin_credentials(&self) -> (&str, &str) {
+        (&self.admin_user, &self.admin_password)
+    }
+
     /// Kills the coordinator (SIGKILL: nothing is flushed or said goodbye to) and starts it
     /// again with the same settings, addresses and data directory, then waits for its health
     /// check only: the agents reconnect on their own, see

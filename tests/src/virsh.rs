@@ -129,6 +129,28 @@ impl Drop for QemuLeftovers {
     }
 }
 
+/// `scripts/start-libvirtd.sh`: starts libvirtd the way `scripts/setup-host.sh` does (under
+/// a subreaper that reaps QEMU's zombies at once), unless it already runs so. Returns once
+/// libvirtd answers, or fails with the script's message.
+pub fn start_libvirtd() -> Result<()> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("scripts")
+        .join("start-libvirtd.sh");
+    let output = Command::new(&script)
+        .output()
+        .with_context(|| format!("cannot run {}", script.display()))?;
+    if !output.status.success() {
+        bail!(
+            "{} failed ({}): {}",
+            script.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 /// Serialises QEMU tests against the one test that restarts libvirtd: every test that uses
 /// `qemu:///system` holds [`qemu_guard`] for its whole duration, and the libvirtd restart
 /// holds [`qemu_exclusive_guard`], so no other test in this binary talks to libvirtd while

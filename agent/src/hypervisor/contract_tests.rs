@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use vmm_shared::{SnapshotId, VmId};
 
+use super::hints::{self, Hint, HintStream};
 use super::{
     AlreadyThere, BYTES_PER_GIB, BaseImage, Eviction, FailureKind, Hypervisor, ImageFormat,
     ImageId, ObservedSnapshot, PowerState, VmSpec, domain_name, image_volume_name,
@@ -321,6 +322,51 @@ pub(crate) fn only_product_volumes_without_a_domain_are_swept(host: &mut impl Co
     host.delete_vm(alive).unwrap();
 }
 
+/// The next hint of `stream`, or `None` after a generous wait (libvirt delivers events on
+/// its own thread, within milliseconds).
+fn next_hint(stream: &mut HintStream) -> Option<Hint> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        tokio::time::timeout(std::time::Duration::from_secs(10), stream.recv())
+            .await
+            .ok()
+            .flatten()
+    })
+}
+
+/// Hints until one names `vm_id` (other domains' hints are skipped).
+fn hinted(stream: &mut HintStream, vm_id: VmId) -> bool {
+    let uuid = vm_id.to_string();
+    while let Some(hint) = next_hint(stream) {
+        if hint == (Hint::DomainChanged { uuid: uuid.clone() }) {
+            return true;
+        }
+    }
+    false
+}
+
+pub(crate) fn changes_are_hinted_on_the_stream_handed_out(host: &mut impl ContractHost) {
+    let vm_id = VmId::new_random();
+    host.create_vm(vm_id, &spec(false)).unwrap();
+    let (outlet, mut streams) = hints::outlet();
+    host.send_hints_to(outlet).unwrap();
+    let mut stream = streams
+        .streams_now()
+        .pop()
+        .expect("the current connection's stream is handed out at once");
+
+    // Through the agent's own operations, and behind its back.
+    host.start_vm(vm_id, AlreadyThere::Refuse).unwrap();
+    assert!(hinted(&mut stream, vm_id), "no hint after a start");
+    host.pause(vm_id);
+    assert!(hinted(&mut stream, vm_id), "no hint after a pause");
+    host.delete_vm(vm_id).unwrap();
+    assert!(hinted(&mut stream, vm_id), "no hint after a delete");
+}
+
 /// A raw image of 1 MiB in `dir` (a file the host is to take as a base).
 pub(crate) fn stage_raw_image(dir: &Path, fill: u8) -> PathBuf {
     let path = dir.join(format!("staged-{}", uuid::Uuid::new_v4()));
@@ -576,6 +622,10 @@ macro_rules! contract_tests {
             #[test]
             fn user_mode_vms_get_ssh_ports_of_their_own() {
                 contract::user_mode_vms_get_ssh_ports_of_their_own(&mut $open);
+            }
+            #[test]
+            fn changes_are_hinted_on_the_stream_handed_out() {
+                contract::changes_are_hinted_on_the_stream_handed_out(&mut $open);
             }
         }
     };

@@ -19,7 +19,11 @@
 //!   given [`FailureKind`] before it does anything, and [`MemoryHost::disconnect`] makes
 //!   every call fail as a lost connection does until [`MemoryHost::reconnect`];
 //! - what the agent asked: [`MemoryHost::calls`] counts the calls per method, which is how
-//!   tests see that a command made one trip to the hypervisor.
+//!   tests see that a command made one trip to the hypervisor;
+//! - hints, as libvirt's lifecycle events are ([`super::hints`]): once the agent asked
+//!   for them, every change of a domain (by the agent or behind its back) hints at it, a
+//!   [`MemoryHost::disconnect`] closes the stream and a [`MemoryHost::reconnect`] hands
+//!   out a new one; [`MemoryHost::limit_hints`] makes the queue small enough to overflow.
 //!
 //! The rules every implementation shares (which domains may be changed, which state allows
 //! what) come from [`super::preconditions`], as for libvirt.
@@ -32,6 +36,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use vmm_shared::{SnapshotId, VmId};
 
+use super::hints::{self, Hint, HintOutlet, HintSender};
 use super::preconditions::{self, PowerAction, Proceed};
 use super::sample::{
     BlockSample, DomainSample, HostSample, InterfaceSample, PoolSample, StatsSample, state_code,
@@ -65,10 +70,14 @@ pub enum Call {
     CachedImages,
     ImportImage,
     EvictImage,
+    SendHintsTo,
 }
 
 /// The name of the in-memory host's storage pool.
 pub const POOL_NAME: &str = "memory";
+
+/// How many hints the queue of a connection holds by default, as for libvirt.
+const HINT_CAPACITY: usize = 4096;
 
 /// CPU time a running vCPU adds between two statistics samples.
 const CPU_NANOS_PER_SAMPLE: u64 = 10_000_000;
@@ -107,6 +116,11 @@ struct HostState {
     images: BTreeMap<ImageId, CachedBase>,
     /// The bytes of each VM's seed volume, by VM.
     seeds: HashMap<VmId, Vec<u8>>,
+    /// Where each connection's hint stream goes, once the agent asked for hints.
+    hint_outlet: Option<HintOutlet>,
+    /// The current connection's hints; `None` without an outlet or while disconnected.
+    hints: Option<HintSender>,
+    hint_capacity: usize,
 }
 
 impl Default for HostState {
@@ -122,6 +136,9 @@ impl Default for HostState {
             network: NetworkMode::default(),
             images: BTreeMap::new(),
             seeds: HashMap::new(),
+            hint_outlet: None,
+            hints: None,
+            hint_capacity: HINT_CAPACITY,
         }
     }
 }
@@ -238,6 +255,7 @@ impl MemoryHost {
         let uuid = VmId::new_random();
         let mut host = self.state();
         let device = host.take_device();
+        host.hint(&uuid.to_string());
         host.domains.insert(
             uuid.to_string(),
             MemoryDomain {
@@ -305,12 +323,18 @@ impl MemoryHost {
         };
         domain.set_state(state);
         detail.clone_into(&mut domain.detail);
+        host.hint(&uuid.to_string());
         true
     }
 
     /// Undefines a domain behind the agent's back; its volume stays. False if there was none.
     pub fn remove_domain(&self, uuid: VmId) -> bool {
-        self.state().domains.remove(&uuid.to_string()).is_some()
+        let mut host = self.state();
+        let removed = host.domains.remove(&uuid.to_string()).is_some();
+        if removed {
+            host.hint(&uuid.to_string());
+        }
+        removed
     }
 
     /// Makes the guest ignore (or again obey) the ACPI power button.
@@ -378,14 +402,31 @@ impl MemoryHost {
     }
 
     /// From now on every call fails as on a lost connection ([`FailureKind::Unavailable`]);
-    /// what the test does to the host still works.
+    /// what the test does to the host still works. The hint stream says the connection
+    /// closed, and ends.
     pub fn disconnect(&self) {
-        self.state().connected = false;
+        let mut host = self.state();
+        host.connected = false;
+        if let Some(hints) = host.hints.take() {
+            hints.send(Hint::ConnectionClosed {
+                reason: "the in-memory host was disconnected".into(),
+            });
+        }
     }
 
-    /// Calls work again.
+    /// Calls work again, as after a reconnect: a new hint stream goes out.
     pub fn reconnect(&self) {
-        self.state().connected = true;
+        let mut host = self.state();
+        if !host.connected {
+            host.connected = true;
+            host.open_hint_stream();
+        }
+    }
+
+    /// Hint streams handed out from now on hold `capacity` hints (4096 by default) before
+    /// they drop them.
+    pub fn limit_hints(&self, capacity: usize) {
+        self.state().hint_capacity = capacity;
     }
 
     /// How often each method was called (failed calls included).
@@ -416,6 +457,24 @@ impl HostState {
             ));
         }
         Ok(())
+    }
+
+    /// Hints that the domain with `uuid` changed, if the agent asked for hints.
+    fn hint(&self, uuid: &str) {
+        if let Some(hints) = &self.hints {
+            hints.send(Hint::DomainChanged {
+                uuid: uuid.to_owned(),
+            });
+        }
+    }
+
+    /// A new hint stream for the current connection, handed out (if there is an outlet).
+    fn open_hint_stream(&mut self) {
+        let Some(outlet) = &self.hint_outlet else {
+            return;
+        };
+        let (sender, stream) = hints::queue(self.hint_capacity);
+        self.hints = outlet.hand_out(stream).then_some(sender);
     }
 
     fn take_device(&mut self) -> u32 {
@@ -493,7 +552,9 @@ impl HostState {
             PowerAction::Shutdown | PowerAction::ForceStop => domain.set_state(PowerState::Stopped),
             PowerAction::Reboot => domain.boots += 1,
         }
-        Ok(domain.observed())
+        let observed = domain.observed();
+        self.hint(&observed.uuid);
+        Ok(observed)
     }
 }
 
@@ -594,6 +655,7 @@ impl Hypervisor for MemoryHost {
         };
         let observed = domain.observed();
         host.domains.insert(vm_id.to_string(), domain);
+        host.hint(&observed.uuid);
         Ok(observed)
     }
 
@@ -641,6 +703,7 @@ impl Hypervisor for MemoryHost {
                 let observed = domain.observed();
                 preconditions::ensure_managed(vm_id, &observed)?;
                 host.domains.remove(&vm_id.to_string());
+                host.hint(&observed.uuid);
                 Some(observed)
             }
             None => None,
@@ -716,7 +779,9 @@ impl Hypervisor for MemoryHost {
         }
         domain.set_state(taken_in_state);
         domain.disk = disk;
-        Ok(domain.observed())
+        let observed = domain.observed();
+        host.hint(&observed.uuid);
+        Ok(observed)
     }
 
     fn delete_snapshot(
@@ -855,6 +920,14 @@ impl Hypervisor for MemoryHost {
                 }),
             },
         })
+    }
+
+    fn send_hints_to(&mut self, outlet: HintOutlet) -> Result<(), HypervisorError> {
+        let mut host = self.state();
+        host.hint_outlet = Some(outlet);
+        host.enter(Call::SendHintsTo)?;
+        host.open_hint_stream();
+        Ok(())
     }
 }
 

@@ -10,6 +10,9 @@
 //!   snapshots, volumes, statistics) and lets a test change the host behind the agent's back
 //!   or make calls fail.
 //!
+//! Beside the calls, a host gives hints that domains changed ([`hints`]: libvirt's
+//! lifecycle events, and the same from the in-memory host), which the poller follows.
+//!
 //! Each VM operation is ONE call, run as one job on the hypervisor thread (see [`worker`]):
 //! it checks the precondition, acts, and reads the domain back for the report, so nothing
 //! can change between the check and the act, and no command waits in the thread's queue
@@ -24,6 +27,7 @@
 //! This layer decides nothing about the protocol: it does not know operation IDs or
 //! generations, and it never stops a VM on its own.
 
+pub mod hints;
 pub mod images;
 pub mod libvirt;
 pub mod memory;
@@ -307,4 +311,11 @@ pub trait Hypervisor {
     /// Statistics of every domain and the host's capacity, for the metrics endpoint. Only
     /// reads.
     fn stats_sample(&mut self) -> Result<StatsSample, HypervisorError>;
+
+    /// From now on, hints that domains may have changed (see [`hints`]): the
+    /// [`hints::HintStream`] of the current connection goes out on `outlet` now, and that
+    /// of every later connection (after a reconnect) as soon as it is open. Call it once.
+    /// Fails when this connection cannot give hints; a later connection is tried again, and
+    /// the poll covers everything meanwhile.
+    fn send_hints_to(&mut self, outlet: hints::HintOutlet) -> Result<(), HypervisorError>;
 }

@@ -1,5 +1,6 @@
-//! The agent's own event metrics (its coordinator session and the commands it carried out),
-//! through the `metrics` facade and rendered by `metrics-exporter-prometheus`.
+//! The agent's own event metrics (its coordinator session, the commands it carried out, and
+//! the libvirt lifecycle events it received), through the `metrics` facade and rendered by
+//! `metrics-exporter-prometheus`.
 //!
 //! The recording functions are cheap and work whether or not a recorder is installed (tests
 //! run without one): only `main` installs it, once per process.
@@ -16,6 +17,9 @@ const COORDINATOR_CONNECTED: &str = "agent_coordinator_connected";
 const COORDINATOR_RECONNECTS: &str = "agent_coordinator_reconnects_total";
 const COMMANDS: &str = "agent_commands_total";
 const COMMAND_DURATION: &str = "agent_command_duration_seconds";
+const DOMAIN_EVENTS: &str = "agent_domain_events_total";
+const DOMAIN_EVENTS_DROPPED: &str = "agent_domain_events_dropped_total";
+const EVENT_LOOP_FAILURES: &str = "agent_libvirt_event_loop_failures_total";
 
 /// From a quick start to a stop that waits for a guest's full shutdown timeout.
 const COMMAND_BUCKETS: &[f64] = &[
@@ -48,9 +52,41 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
         metrics::Unit::Seconds,
         "Time to carry out a coordinator command, by kind."
     );
+    describe_counter!(
+        DOMAIN_EVENTS,
+        "Domain lifecycle events (hints that a domain changed) the agent received from libvirt."
+    );
+    describe_counter!(
+        DOMAIN_EVENTS_DROPPED,
+        "Domain lifecycle events dropped because the agent fell a whole queue behind (each \
+         drop made it poll every domain)."
+    );
+    describe_counter!(
+        EVENT_LOOP_FAILURES,
+        "Failed iterations of libvirt's event loop in the agent (each is logged)."
+    );
     gauge!(COORDINATOR_CONNECTED).set(0.0);
     counter!(COORDINATOR_RECONNECTS).absolute(0);
+    counter!(DOMAIN_EVENTS).absolute(0);
+    counter!(DOMAIN_EVENTS_DROPPED).absolute(0);
+    update_event_loop_failures();
     Ok(handle)
+}
+
+/// `count` lifecycle events reached the agent.
+pub fn domain_events_received(count: u64) {
+    counter!(DOMAIN_EVENTS).increment(count);
+}
+
+/// `count` lifecycle events were dropped before they reached the agent.
+pub fn domain_events_dropped(count: u64) {
+    counter!(DOMAIN_EVENTS_DROPPED).increment(count);
+}
+
+/// Brings the event-loop failure count up to date; the loop counts them itself, so a
+/// scrape calls this before rendering.
+pub fn update_event_loop_failures() {
+    counter!(EVENT_LOOP_FAILURES).absolute(vmm_libvirt_events::event_loop_failures());
 }
 
 /// The coordinator accepted a registration.
@@ -126,5 +162,27 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("create_snapshot"), "{text}");
+    }
+
+    #[test]
+    fn lifecycle_events_received_and_dropped_are_counted() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            domain_events_received(1);
+            domain_events_received(2);
+            domain_events_dropped(5);
+            update_event_loop_failures();
+        });
+        let text = handle.render();
+        assert!(text.contains("agent_domain_events_total 3"), "{text}");
+        assert!(
+            text.contains("agent_domain_events_dropped_total 5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("agent_libvirt_event_loop_failures_total 0"),
+            "{text}"
+        );
     }
 }

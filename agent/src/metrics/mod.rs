@@ -8,8 +8,8 @@
 //!   hypervisor thread, and the host's capacity;
 //! - when that collection was made and how long it took;
 //! - the agent's process metrics (`process`);
-//! - the agent's own event metrics ([`agent`]: coordinator session, commands), rendered by
-//!   `metrics-exporter-prometheus`.
+//! - the agent's own event metrics ([`agent`]: coordinator session, commands, libvirt
+//!   lifecycle events), rendered by `metrics-exporter-prometheus`.
 //!
 //! When libvirt statistics are collected. On QEMU the bulk call costs several QEMU monitor
 //! round trips per running domain (block, balloon, vCPU and CPU groups each ask QEMU), so
@@ -105,7 +105,10 @@ impl MetricsService {
         let recorded = self
             .recorder
             .as_ref()
-            .map(PrometheusHandle::render)
+            .map(|recorder| {
+                agent::update_event_loop_failures();
+                recorder.render()
+            })
             .unwrap_or_default();
         let mut body = String::with_capacity(collection.text.len() + own.len() + recorded.len());
         body.push_str(&collection.text);

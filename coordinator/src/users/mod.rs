@@ -1,4 +1,5 @@
 //! User accounts: registration, login, roles, and the admin account ensured at start.
+//! Usernames are unique regardless of case and shown as registered.
 
 pub mod routes;
 pub mod store;
@@ -39,6 +40,11 @@ impl std::fmt::Debug for User {
 }
 
 pub const USERNAME_LEN: (usize, usize) = (3, 64);
+
+/// What makes two usernames the same: case does not count (usernames are ASCII).
+pub fn username_key(username: &str) -> String {
+    username.to_ascii_lowercase()
+}
 /// bcrypt reads at most 72 bytes; longer passwords are refused rather than cut silently.
 pub const PASSWORD_BYTES: (usize, usize) = (8, 72);
 

@@ -1,4 +1,10 @@
 //! `POST /api/auth/register` and `POST /api/auth/login`.
+//!
+//! Registration is open unless `REGISTRATION=closed`; then it answers 403 and
+//! administrators create accounts (`POST /api/admin/users`, [`create_account`]).
+//! Every failed login, whatever the reason (unknown user, wrong password, a name or a
+//! password that could never have been registered), does the same work and gets the same
+//! 401.
 
 use axum::Extension;
 use axum::Json;
@@ -7,7 +13,8 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use vmm_shared::UserId;
 
-use super::{Role, store, validate_password, validate_username};
+use super::{PASSWORD_BYTES, Role, User, store, validate_password, validate_username};
+use crate::config::Registration;
 use crate::error::ApiError;
 use crate::http::ApiJson;
 use crate::ratelimit::ClientIp;
@@ -40,14 +47,12 @@ pub async fn register(
     ApiJson(body): ApiJson<Credentials>,
 ) -> Result<(StatusCode, Json<RegisteredUser>), ApiError> {
     app.rate_limits.check_login(client, None)?;
-    validate_username(&body.username).map_err(ApiError::Unprocessable)?;
-    validate_password(&body.password).map_err(ApiError::Unprocessable)?;
-    let hash = app
-        .passwords
-        .hash(&body.password)
-        .await
-        .map_err(ApiError::internal)?;
-    let user = store::insert(&app.db, &body.username, &hash, Role::User).await?;
+    if app.settings.registration == Registration::Closed {
+        return Err(ApiError::Forbidden(
+            "registration is closed: an administrator creates accounts".into(),
+        ));
+    }
+    let user = create_account(&app, &body.username, &body.password, Role::User).await?;
     tracing::info!(user_id = %user.id, username = %user.username, "user registered");
     Ok((
         StatusCode::CREATED,
@@ -56,6 +61,24 @@ pub async fn register(
             username: user.username,
         }),
     ))
+}
+
+/// Checks the name and password and creates the account. A name taken in any case answers
+/// 409.
+pub async fn create_account(
+    app: &AppState,
+    username: &str,
+    password: &str,
+    role: Role,
+) -> Result<User, ApiError> {
+    validate_username(username).map_err(ApiError::Unprocessable)?;
+    validate_password(password).map_err(ApiError::Unprocessable)?;
+    let hash = app
+        .passwords
+        .hash(password)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(store::insert(&app.db, username, &hash, role).await?)
 }
 
 #[derive(Serialize)]
@@ -79,7 +102,15 @@ pub async fn login(
 ) -> Result<Json<LoginResponse>, ApiError> {
     // Checked before the password, so a spent budget refuses even the right one.
     app.rate_limits.check_login(client, Some(&body.username))?;
-    let user = store::find_by_username(&app.db, &body.username).await?;
+    // bcrypt reads only the first 72 bytes: a longer password is refused here as at
+    // registration, or `password + anything` would log in.
+    let could_exist =
+        validate_username(&body.username).is_ok() && body.password.len() <= PASSWORD_BYTES.1;
+    let user = if could_exist {
+        store::find_by_username(&app.db, &body.username).await?
+    } else {
+        None
+    };
     let verified = app
         .passwords
         .verify(
@@ -90,7 +121,8 @@ pub async fn login(
     let user = match user {
         Some(user) if verified => user,
         _ => {
-            tracing::info!(username = %body.username, "login refused");
+            tracing::info!(username = %body.username, client = %client, "login refused");
+            app.rate_limits.record_login_failure(client, &body.username);
             crate::telemetry::record_login(false);
             return Err(ApiError::Unauthorized(
                 "invalid username or password".into(),
@@ -98,6 +130,7 @@ pub async fn login(
         }
     };
     let issued = app.tokens.issue(&user).map_err(ApiError::internal)?;
+    app.rate_limits.record_login_success(client, &body.username);
     tracing::info!(user_id = %user.id, "user logged in");
     crate::telemetry::record_login(true);
     Ok(Json(LoginResponse {

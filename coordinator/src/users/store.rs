@@ -2,7 +2,7 @@
 
 use vmm_shared::UserId;
 
-use super::{Role, User};
+use super::{Role, User, username_key};
 use crate::db::{self, Db};
 
 /// The columns of [`User`], in a `SELECT`.
@@ -31,18 +31,19 @@ pub async fn find_by_id(db: &Db, id: UserId) -> Result<Option<User>, sqlx::Error
     .await
 }
 
+/// The user whose name is `username` regardless of case.
 pub async fn find_by_username(db: &Db, username: &str) -> Result<Option<User>, sqlx::Error> {
     sqlx::query_as(concat!(
         "SELECT ",
         user_columns!(),
-        " FROM users WHERE username = ?"
+        " FROM users WHERE username_key = ?"
     ))
-    .bind(username)
+    .bind(username_key(username))
     .fetch_optional(db)
     .await
 }
 
-/// Inserts a new user; a taken username is [`Error::UsernameTaken`].
+/// Inserts a new user; a username taken (in any case) is [`Error::UsernameTaken`].
 pub async fn insert(
     db: &Db,
     username: &str,
@@ -57,10 +58,12 @@ pub async fn insert(
         created_at: db::now(),
     };
     sqlx::query(
-        "INSERT INTO users (id, username, password_hash, role, created_at) VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO users (id, username, username_key, password_hash, role, created_at)
+         VALUES (?, ?, ?, ?, ?, ?)",
     )
     .bind(user.id)
     .bind(&user.username)
+    .bind(username_key(&user.username))
     .bind(&user.password_hash)
     .bind(role)
     .bind(&user.created_at)
@@ -76,18 +79,29 @@ pub async fn insert(
     Ok(user)
 }
 
-/// Creates the account, or gives an existing one this password and the admin role.
+/// Creates the account, or gives an existing one (the same name in any case) this password
+/// and the admin role.
 pub async fn upsert_admin(db: &Db, username: &str, password_hash: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO users (id, username, password_hash, role, created_at) VALUES (?, ?, ?, ?, ?)
-         ON CONFLICT (username) DO UPDATE SET password_hash = excluded.password_hash, role = excluded.role",
+        "INSERT INTO users (id, username, username_key, password_hash, role, created_at)
+         VALUES (?, ?, ?, ?, ?, ?)
+         ON CONFLICT (username_key) DO UPDATE SET password_hash = excluded.password_hash, role = excluded.role",
     )
     .bind(UserId::new_random())
     .bind(username)
+    .bind(username_key(username))
     .bind(password_hash)
     .bind(Role::Admin)
     .bind(db::now())
     .execute(db)
     .await?;
     Ok(())
+}
+
+/// Accounts that cannot log in because an older account has the same name in another case
+/// (see migration 0006): their names, for the operator.
+pub async fn shadowed_by_case(db: &Db) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT username FROM users WHERE username_key LIKE '%#%' ORDER BY username")
+        .fetch_all(db)
+        .await
 }

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use vmm_coordinator::auth::{PasswordHasher, TokenIssuer};
-use vmm_coordinator::config::Placement;
+use vmm_coordinator::config::{Placement, Registration};
 use vmm_coordinator::hosts::AgentRegistry;
+use vmm_coordinator::http::forwarded::ForwardedHeader;
 use vmm_coordinator::images::{ImageFiles, Images};
 use vmm_coordinator::quotas::QuotaLimits;
 use vmm_coordinator::ratelimit::{RateLimitSettings, RateLimits};
@@ -57,6 +58,7 @@ pub async fn app_state(dir: &std::path::Path, settings: TestSettings) -> AppStat
             login_per_minute: one,
             login_burst: one,
             trusted_proxies: Vec::new(),
+            forwarded_header: ForwardedHeader::XForwardedFor,
         })),
         metrics: metrics_exporter_prometheus::PrometheusBuilder::new()
             .build_recorder()
@@ -74,6 +76,9 @@ pub async fn app_state(dir: &std::path::Path, settings: TestSettings) -> AppStat
                 max_disk_gb: 100,
                 max_snapshots: 10,
             },
+            registration: Registration::Open,
+            request_timeout: settings.operation_timeout + Duration::from_secs(30),
+            api_metrics: true,
         }),
     }
 }

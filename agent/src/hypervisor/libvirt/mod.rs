@@ -2,8 +2,9 @@
 //! `test:///default` anywhere else) and the storage pool the agent owns, with everything
 //! that only libvirt needs: the XML the agent writes and reads ([`domain_xml`],
 //! [`snapshot_xml`]), the statistics collection (`stats`), the cache of which domain is
-//! which VM (`vm_ids`), reconnecting after libvirtd went away (`reconnect`), snapshots
-//! (`snapshots`) and the start-up sweep of orphaned disks (`sweep`).
+//! which VM (`vm_ids`), reconnecting after libvirtd went away (`reconnect`), lifecycle
+//! events as hints to the poller (`events`), snapshots (`snapshots`) and the start-up sweep
+//! of orphaned disks (`sweep`).
 //!
 //! At open it decides once how VMs are run: the host's hvm guest arch, and `kvm` only when a
 //! throw-away probe domain of that type really starts (a `/dev/kvm` that exists is not
@@ -23,6 +24,7 @@ use virt::storage_pool::StoragePool;
 use virt::storage_vol::StorageVol;
 use vmm_shared::{SnapshotId, VmId};
 
+use super::hints::HintOutlet;
 use super::preconditions::{self, PowerAction, Proceed};
 use super::{
     AlreadyThere, BYTES_PER_GIB, BaseImage, CachedBase, Eviction, FailureKind, HostFacts,
@@ -32,6 +34,7 @@ use super::{
 use domain_xml::{DiskDefinition, DomainDefinition};
 
 pub mod domain_xml;
+mod events;
 mod images;
 mod networking;
 mod reconnect;
@@ -90,12 +93,16 @@ pub struct LibvirtHost {
     reconnect: reconnect::ReconnectSchedule,
     /// Whether the driver's volumes are files with contents (false for the test driver).
     holds_files: bool,
+    /// The connection's lifecycle-event registration and where its hints go.
+    events: events::ConnectionEvents,
 }
 
 impl LibvirtHost {
     /// Opens the connection, decides the guest placement and makes sure the storage pool
-    /// exists and is active.
+    /// exists and is active. Starts libvirt's event loop first (once per process), so the
+    /// connection can deliver lifecycle events.
     pub fn open(settings: LibvirtSettings) -> Result<Self, HypervisorError> {
+        events::start_loop_before_connecting();
         let connection = Connect::open(Some(&settings.uri)).map_err(|error| {
             HypervisorError::new(
                 FailureKind::Unavailable,
@@ -106,6 +113,7 @@ impl LibvirtHost {
                 ),
             )
         })?;
+        events::enable_keepalive(&connection);
         let guest = choose_guest_placement(&connection, settings.accel)?;
         let holds_files = !connection
             .driver_type()
@@ -133,6 +141,7 @@ impl LibvirtHost {
             stats_cache: stats::StatsCache::default(),
             reconnect: reconnect::ReconnectSchedule::default(),
             holds_files,
+            events: events::ConnectionEvents::default(),
         })
     }
 
@@ -617,6 +626,10 @@ impl Hypervisor for LibvirtHost {
             &mut self.stats_cache,
             &mut self.vm_ids,
         )
+    }
+
+    fn send_hints_to(&mut self, outlet: HintOutlet) -> Result<(), HypervisorError> {
+        self.send_hints_from_now_on(outlet)
     }
 }
 

@@ -2,17 +2,22 @@
 //! time, then on the agent's [`Backoff`] schedule, so a libvirtd that is down for long is
 //! not hammered by every poll, and one that comes back is found again within seconds.
 //!
-//! libvirt's client notices a closed socket only during a call (the agent runs no libvirt
-//! event loop), so the first call after libvirtd died fails, and the connection reads as
-//! dead from then on. The call that follows a failed reconnect fails on the dead
-//! connection, which is how the poller learns that libvirt is unreachable and heartbeats
-//! say so.
+//! libvirt's event loop notices a closed socket at once (or, with keepalives, a libvirtd
+//! that stopped answering) and the connection's event stream says so; the poller then
+//! polls at once, and that call reconnects here. The call that follows a failed reconnect
+//! fails on the dead connection, which is how the poller learns that libvirt is
+//! unreachable and heartbeats say so; it polls again on the same kind of schedule until
+//! a reconnect works.
+//!
+//! A new connection gets a lifecycle-event registration of its own (the old one is
+//! dropped with the old connection) and its hint stream goes out to the poller, which
+//! polls every domain on receiving it: whatever happened meanwhile produced no event.
 
 use std::time::{Duration, Instant};
 
 use virt::connect::Connect;
 
-use super::{LibvirtHost, ensure_storage_pool};
+use super::{LibvirtHost, ensure_storage_pool, events};
 use crate::backoff::Backoff;
 
 /// The wait after the first failed attempt.
@@ -71,10 +76,15 @@ impl LibvirtHost {
             Ok(connection) => {
                 let failed_attempts = self.reconnect.succeeded();
                 tracing::info!(uri = %self.settings.uri, failed_attempts, "reconnected to libvirt");
+                events::enable_keepalive(&connection);
+                self.forget_connection_events();
                 self.connection = connection;
                 // A restarted libvirtd brings autostarted pools back; make sure of it.
                 if let Err(error) = ensure_storage_pool(&self.connection, &self.settings) {
                     tracing::warn!(%error, "the storage pool is not ready after reconnecting");
+                }
+                if let Err(error) = self.register_for_events() {
+                    tracing::warn!(%error, "no lifecycle events on the new libvirt connection; polling only");
                 }
             }
             Err(error) => {

@@ -4,10 +4,11 @@
 # pkg-config, Prometheus (promtool and the server, for the metrics tests), systemd's tools
 # (systemd-analyze verifies the units in deploy/systemd/; systemd does not run), the tools
 # that build and boot the test image (tests/image/build.sh: fdisk, dosfstools, mtools,
-# syslinux; passt and openssh-client to reach the guest), and the Python libraries that
-# let tests run Debian's cloud-init code on a seed (tests/cloud-init/). Starts libvirtd
-# under a prompt zombie reaper (tini -s, see scripts/start-libvirtd.sh). Idempotent: safe
-# to run again. Needs root.
+# syslinux; passt and openssh-client to reach the guest), libvirt's network driver with
+# dnsmasq (NETWORK=network:NAME, and the tests that define a NAT network), and the Python
+# libraries that let tests run Debian's cloud-init code on a seed (tests/cloud-init/).
+# Starts libvirtd under a prompt zombie reaper (tini -s, see scripts/start-libvirtd.sh).
+# Idempotent: safe to run again. Needs root.
 set -euo pipefail
 
 if [[ $(id -u) -ne 0 ]]; then
@@ -39,8 +40,11 @@ for bin in virsh virt-admin libvirtd qemu-system-x86_64 protoc pkg-config qemu-i
     command -v "$bin" >/dev/null 2>&1 || need_install=1
 done
 [[ -f /usr/include/libvirt/libvirt.h ]] || need_install=1
-# The agent keeps VM disks in a libvirt storage pool: the storage driver is a package of its own.
+# The agent keeps VM disks in a libvirt storage pool, and puts VMs on libvirt networks: the
+# storage and network drivers are packages of their own (the network driver runs dnsmasq).
 [[ -f /usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_storage.so ]] || need_install=1
+[[ -f /usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_network.so ]] || need_install=1
+command -v dnsmasq >/dev/null 2>&1 || need_install=1
 
 if [[ $need_install -eq 1 ]]; then
     export DEBIAN_FRONTEND=noninteractive
@@ -49,7 +53,7 @@ if [[ $need_install -eq 1 ]]; then
     # libvirt, which pulls in that suite's libsystemd0.
     apt-get install -y -q --no-install-recommends -t bookworm-backports \
         libvirt-dev libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu \
-        libvirt-daemon-driver-storage \
+        libvirt-daemon-driver-storage libvirt-daemon-driver-network dnsmasq-base \
         qemu-system-x86 qemu-utils pkg-config \
         systemd
     # prometheus: the metrics tests run promtool and a real Prometheus server.
@@ -83,11 +87,12 @@ if [[ -e /dev/kvm ]]; then
     chmod 0660 /dev/kvm
 fi
 
-# A libvirtd started before the storage driver was installed answers, but has no pools:
-# stop it so that it starts again below with the driver.
+# A libvirtd started before the storage or network driver was installed answers, but has
+# no pools or no networks: stop it so that it starts again below with the drivers.
 if virsh -c qemu:///system version >/dev/null 2>&1 \
-    && ! virsh -c qemu:///system pool-list --all >/dev/null 2>&1; then
-    echo "setup-host.sh: restarting libvirtd to load the storage driver" >&2
+    && { ! virsh -c qemu:///system pool-list --all >/dev/null 2>&1 \
+        || ! virsh -c qemu:///system net-list --all >/dev/null 2>&1; }; then
+    echo "setup-host.sh: restarting libvirtd to load the storage and network drivers" >&2
     pid=$(pgrep -x libvirtd | head -n 1 || true)
     if [[ -n $pid ]]; then
         kill -TERM "$pid"
@@ -102,3 +107,4 @@ fi
 "$(dirname "$0")/start-libvirtd.sh"
 virsh -c qemu:///system version
 virsh -c qemu:///system pool-list --all >/dev/null
+virsh -c qemu:///system net-list --all >/dev/null

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use vmm_agent::commands::CommandExecutor;
 use vmm_agent::hypervisor::memory::MemoryHost;
+use vmm_agent::images::{ImageCache, NoImageSource};
 use vmm_agent::journal::Journal;
 use vmm_agent::poller::StatePoller;
 use vmm_agent::state::StateTracker;
@@ -47,6 +48,12 @@ async fn main() -> anyhow::Result<()> {
             Arc::clone(&tracker),
             Duration::from_secs(5),
             Journal::in_memory()?,
+            // Simulated hosts have no coordinator to fetch images from.
+            Arc::new(ImageCache::new(
+                hypervisor.clone(),
+                Arc::new(NoImageSource),
+                std::env::temp_dir().join("vmm-memory-hosts-images"),
+            )),
         ));
         let poller = StatePoller::new(hypervisor, tracker);
         agents.push((host, executor, poller));

@@ -19,6 +19,10 @@
 //!   - create snapshot: a snapshot of that ID that exists is reported, not taken twice;
 //!   - restore snapshot: reverted again, which leaves the VM as the snapshot has it, the
 //!     state the command asked for.
+//! - A create from an image gets the image from the [`ImageCache`] (fetched and verified if
+//!   the host has no copy) and holds the image's lock until the VM's disk exists; a create
+//!   with cloud-init data gets its NoCloud seed built here (`vmm-cloud-init`), with the VM
+//!   ID as instance ID. The hypervisor makes the overlay, the seed volume and the NIC.
 //! - Only domains the product created (carrying our metadata) are ever changed.
 //! - Each command is one call to the hypervisor, which checks the precondition, acts and
 //!   reads the domain back in one job on its thread (see [`crate::hypervisor`]); only a stop
@@ -44,20 +48,23 @@ use std::time::Duration;
 use tokio::time::Instant;
 use vmm_proto::command::Action;
 use vmm_proto::{
-    Command, CommandError, CommandResult, CreateVm, DomainReport, ErrorKind, SnapshotReport,
-    command_result,
+    CloudInit, Command, CommandError, CommandResult, CreateVm, DomainReport, ErrorKind,
+    SnapshotReport, command_result,
 };
 use vmm_shared::{OperationKind, VmId, VmSize, error_chain, validate_resource_name};
 
 use crate::hypervisor::{
-    AlreadyThere, FailureKind, HypervisorError, HypervisorHandle, ObservedDomain, VmSpec,
-    domain_name, preconditions,
+    AlreadyThere, BYTES_PER_GIB, FailureKind, HypervisorError, HypervisorHandle, ObservedDomain,
+    VmSpec, domain_name, preconditions,
 };
+use crate::images::{ImageCache, ImageError, WantedImage};
 use crate::journal::{Journal, JournalEntry, JournalError};
 use crate::state::StateTracker;
 
 /// How often `stop` looks whether the guest has powered off.
 const SHUTDOWN_POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// The most user data a seed carries, as the protocol says.
+const MAX_USER_DATA_BYTES: usize = 64 * 1024;
 
 /// Executes commands; shared by every coordinator session of the process.
 pub struct CommandExecutor {
@@ -67,6 +74,7 @@ pub struct CommandExecutor {
     vm_locks: Mutex<HashMap<VmId, Arc<tokio::sync::Mutex<()>>>>,
     journal: Journal,
     existence_changes: settling::ExistenceChanges,
+    images: Arc<ImageCache>,
 }
 
 /// What the journal says about a command about to run.
@@ -107,6 +115,7 @@ impl CommandExecutor {
         tracker: Arc<StateTracker>,
         shutdown_timeout: Duration,
         journal: Journal,
+        images: Arc<ImageCache>,
     ) -> Self {
         Self {
             hypervisor,
@@ -115,6 +124,7 @@ impl CommandExecutor {
             vm_locks: Mutex::new(HashMap::new()),
             journal,
             existence_changes: settling::ExistenceChanges::default(),
+            images,
         }
     }
 
@@ -250,17 +260,46 @@ impl CommandExecutor {
         };
         size.validate()
             .map_err(|error| CommandFailure::invalid(error.to_string()))?;
+        let wanted = create
+            .image
+            .as_ref()
+            .map(WantedImage::from_ref)
+            .transpose()?;
+        if let Some(image) = &create.image {
+            let disk_bytes = size.disk_gb.saturating_mul(BYTES_PER_GIB);
+            if disk_bytes < image.virtual_size_bytes {
+                return Err(CommandFailure::invalid(format!(
+                    "a disk of {} GB is smaller than image {}, which declares {} bytes",
+                    size.disk_gb, image.image_id, image.virtual_size_bytes
+                )));
+            }
+        }
+        let seed = create
+            .cloud_init
+            .as_ref()
+            .map(|cloud_init| seed_volume(vm_id, &create.name, cloud_init))
+            .transpose()?;
+        // Held until the disk exists: an eviction waits for it, and then the disk keeps the
+        // base in use.
+        let lease = match &wanted {
+            Some(wanted) => Some(self.images.acquire(wanted).await?),
+            None => None,
+        };
         let spec = VmSpec {
             display_name: create.name,
             cpu: size.cpu,
             memory_mib: size.memory_mib,
             disk_gb: size.disk_gb,
             start: create.start,
+            image: lease.as_ref().map(|lease| lease.base),
+            seed,
         };
-        Ok(self
+        let created = self
             .hypervisor
             .call(move |hv| hv.create_vm(vm_id, &spec))
-            .await?)
+            .await;
+        drop(lease);
+        Ok(created?)
     }
 
     /// ACPI shutdown, then destroy once the timeout has passed. The wait happens here, in
@@ -412,6 +451,37 @@ impl CommandExecutor {
     }
 }
 
+/// The NoCloud seed of a new VM: the VM ID as instance ID, the hostname the coordinator
+/// chose (the VM's name when it sent none), the keys merged into the user data.
+fn seed_volume(
+    vm_id: VmId,
+    vm_name: &str,
+    cloud_init: &CloudInit,
+) -> Result<Vec<u8>, CommandFailure> {
+    if cloud_init.user_data.len() > MAX_USER_DATA_BYTES {
+        return Err(CommandFailure::invalid(format!(
+            "user data of {} bytes is over the limit of {MAX_USER_DATA_BYTES}",
+            cloud_init.user_data.len()
+        )));
+    }
+    let hostname = if cloud_init.hostname.is_empty() {
+        vm_name
+    } else {
+        &cloud_init.hostname
+    };
+    let seed = vmm_cloud_init::Seed {
+        instance_id: vm_id.to_string(),
+        hostname: hostname.to_owned(),
+        ssh_authorized_keys: cloud_init.ssh_authorized_keys.clone(),
+        user_data: Some(cloud_init.user_data.clone()).filter(|data| !data.is_empty()),
+        // Every network mode gives the VM one NIC with DHCP, which is cloud-init's fallback
+        // configuration: a network-config would only say it again.
+        network_config: None,
+    };
+    vmm_cloud_init::build_volume(&seed)
+        .map_err(|error| CommandFailure::invalid(format!("the cloud-init seed: {error}")))
+}
+
 fn journal_failure(error: JournalError) -> CommandFailure {
     tracing::error!(error = %error_chain(&error), "the operation journal failed; command refused");
     CommandFailure::new(
@@ -472,6 +542,16 @@ impl CommandFailure {
     }
 }
 
+impl From<ImageError> for CommandFailure {
+    fn from(error: ImageError) -> Self {
+        match error {
+            ImageError::Invalid(message) => Self::new(ErrorKind::Invalid, message),
+            ImageError::Unavailable(message) => Self::new(ErrorKind::Unavailable, message),
+            ImageError::Hypervisor(error) => error.into(),
+        }
+    }
+}
+
 impl From<HypervisorError> for CommandFailure {
     fn from(error: HypervisorError) -> Self {
         let kind = match error.kind {
@@ -505,11 +585,17 @@ mod tests {
     use crate::hypervisor::memory::{Call, MemoryHost};
 
     fn executor_on(hypervisor: HypervisorHandle, shutdown_timeout: Duration) -> CommandExecutor {
+        let images = Arc::new(ImageCache::new(
+            hypervisor.clone(),
+            Arc::new(crate::images::NoImageSource),
+            std::env::temp_dir().join("vmm-agent-tests-no-images"),
+        ));
         CommandExecutor::new(
             hypervisor,
             Arc::new(StateTracker::new()),
             shutdown_timeout,
             Journal::in_memory().unwrap(),
+            images,
         )
     }
 

@@ -15,6 +15,10 @@ use clap::{Parser, ValueEnum};
 use tonic::metadata::{Ascii, MetadataValue};
 use vmm_shared::HostId;
 
+use crate::hypervisor::libvirt::GuestAccel;
+use crate::hypervisor::network::parse_network_kind;
+use crate::hypervisor::{NetworkMode, PortRange};
+
 /// Per-host agent of the VM manager: owns this host's libvirt connection, carries out the
 /// coordinator's commands and reports every domain's state.
 #[derive(Debug, Parser)]
@@ -64,6 +68,27 @@ pub struct Args {
     /// Name of the libvirt storage pool the agent owns (defined if missing).
     #[arg(long, env = "STORAGE_POOL", default_value = "vmm")]
     pub storage_pool: String,
+
+    /// How new VMs are networked: `user` (passt, with a TCP forward from
+    /// SSH_FORWARD_ADDRESS to the guest's port 22), `network:NAME` (a libvirt network) or
+    /// `bridge:NAME` (an existing host bridge).
+    #[arg(long, env = "NETWORK", default_value = "user")]
+    pub network: String,
+
+    /// In `user` mode: the host address the SSH port forwards listen on. Loopback by
+    /// default: give an address others reach only where they should reach the VMs.
+    #[arg(long, env = "SSH_FORWARD_ADDRESS", default_value = "127.0.0.1")]
+    pub ssh_forward_address: std::net::IpAddr,
+
+    /// In `user` mode: the host ports SSH forwards are allocated from, `FIRST-LAST`.
+    #[arg(long, env = "SSH_FORWARD_PORTS", default_value = "22000-22999")]
+    pub ssh_forward_ports: String,
+
+    /// How guests' CPUs run: `auto` (KVM when a probe domain really runs under it, else
+    /// TCG), `kvm` (refuse to start without KVM) or `tcg` (software emulation always: for
+    /// hosts whose KVM starts a guest's firmware but fails in its boot loader).
+    #[arg(long, env = "GUEST_ACCEL", value_enum, default_value_t = GuestAccel::Auto)]
+    pub guest_accel: GuestAccel,
 
     /// How long `stop` waits for the guest to power off before destroying it: seconds, or a
     /// duration such as `1m`.
@@ -165,6 +190,10 @@ pub enum ConfigError {
         "STORAGE_POOL (--storage-pool) {0:?} is invalid: use letters, digits, '-', '_' and '.'"
     )]
     InvalidStoragePool(String),
+    #[error("NETWORK (--network): {0}")]
+    InvalidNetwork(String),
+    #[error("SSH_FORWARD_PORTS (--ssh-forward-ports): {0}")]
+    InvalidSshForwardPorts(String),
     #[error("AGENT_DATA_DIR (--data-dir) {path} cannot be prepared")]
     DataDir {
         path: PathBuf,
@@ -182,6 +211,8 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     pub agent_token: AgentToken,
     pub storage_pool: String,
+    pub network: NetworkMode,
+    pub guest_accel: GuestAccel,
     pub shutdown_timeout: Duration,
     pub poll_interval: Duration,
     pub heartbeat_interval: Duration,
@@ -227,6 +258,21 @@ impl AgentConfig {
             return Err(ConfigError::InvalidStoragePool(args.storage_pool));
         }
 
+        let ports: PortRange = args.ssh_forward_ports.parse().map_err(
+            |error: crate::hypervisor::network::InvalidNetworkMode| {
+                ConfigError::InvalidSshForwardPorts(error.to_string())
+            },
+        )?;
+        let network = match parse_network_kind(&args.network)
+            .map_err(|error| ConfigError::InvalidNetwork(error.to_string()))?
+        {
+            NetworkMode::User { .. } => NetworkMode::User {
+                forward_address: args.ssh_forward_address,
+                ports,
+            },
+            other => other,
+        };
+
         Ok(Self {
             coordinator_url: url,
             libvirt_uri: args.libvirt_uri,
@@ -234,6 +280,8 @@ impl AgentConfig {
             data_dir: args.data_dir,
             agent_token,
             storage_pool: args.storage_pool,
+            network,
+            guest_accel: args.guest_accel,
             shutdown_timeout: args.shutdown_timeout_secs,
             poll_interval: positive(
                 args.poll_interval_ms,
@@ -335,6 +383,48 @@ mod tests {
             AgentConfig::from_args(args(&["--agent-token", "t", "--poll-interval-ms", "0"]))
                 .unwrap_err();
         assert!(error.to_string().contains("POLL_INTERVAL_MS"));
+    }
+
+    #[test]
+    fn network_settings_are_checked_and_combined() {
+        let config = AgentConfig::from_args(args(&["--agent-token", "t"])).unwrap();
+        assert_eq!(config.network, NetworkMode::default());
+        assert_eq!(config.guest_accel, GuestAccel::Auto);
+        let config = AgentConfig::from_args(args(&[
+            "--agent-token",
+            "t",
+            "--ssh-forward-address",
+            "::1",
+            "--ssh-forward-ports",
+            "2200-2299",
+            "--guest-accel",
+            "tcg",
+        ]))
+        .unwrap();
+        assert_eq!(
+            config.network,
+            NetworkMode::User {
+                forward_address: "::1".parse().unwrap(),
+                ports: PortRange::new(2200, 2299).unwrap(),
+            }
+        );
+        assert_eq!(config.guest_accel, GuestAccel::Tcg);
+        let config =
+            AgentConfig::from_args(args(&["--agent-token", "t", "--network", "bridge:br0"]))
+                .unwrap();
+        assert_eq!(config.network, NetworkMode::Bridge("br0".into()));
+        for (flag, value, named) in [
+            ("--network", "nat", "NETWORK"),
+            ("--network", "network:a b", "NETWORK"),
+            ("--ssh-forward-ports", "9-1", "SSH_FORWARD_PORTS"),
+        ] {
+            let error = AgentConfig::from_args(args(&["--agent-token", "t", flag, value]))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(named), "{error}");
+        }
+        let refused = Args::try_parse_from(["agent", "--guest-accel", "xen"]).unwrap_err();
+        assert!(refused.to_string().contains("--guest-accel"), "{refused}");
     }
 
     #[test]

@@ -2,11 +2,13 @@
 //! fleet simulator can run many agents in one process, each on a host of its own (the
 //! in-memory [`hypervisor::memory::MemoryHost`]).
 //!
-//! Modules, each layer using only those below it (stream → commands and poller → state and
-//! metrics → hypervisor → journal):
+//! Modules, each layer using only those below it (stream → commands and poller → images,
+//! state and metrics → hypervisor → journal):
 //! - [`config`]: flags and environment variables, checked into typed settings.
 //! - [`stream`]: the session with the coordinator ([`stream::CoordinatorLink`]).
 //! - [`commands`]: executing the coordinator's commands ([`commands::CommandExecutor`]).
+//! - [`images`]: the host's image cache ([`images::ImageCache`]): fetching images from an
+//!   [`images::ImageSource`] (the coordinator, over gRPC), verifying and caching them.
 //! - [`poller`]: watching every domain: the host's hints (libvirt's lifecycle events) and a
 //!   periodic poll as the safety net ([`poller::StatePoller`]).
 //! - [`recovery`]: what start-up does about an earlier run that died mid-operation.
@@ -25,6 +27,7 @@ pub mod backoff;
 pub mod commands;
 pub mod config;
 pub mod hypervisor;
+pub mod images;
 pub mod journal;
 pub mod metrics;
 pub mod poller;

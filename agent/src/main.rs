@@ -18,11 +18,16 @@ use vmm_agent::config::{self, AgentConfig, Args, LogFormat};
 use vmm_agent::hypervisor::HypervisorHandle;
 use vmm_agent::hypervisor::hints;
 use vmm_agent::hypervisor::libvirt::{LibvirtHost, LibvirtSettings};
+use vmm_agent::images::{GrpcImageSource, ImageCache};
 use vmm_agent::metrics::{self, MetricsService};
 use vmm_agent::poller::StatePoller;
 use vmm_agent::recovery;
 use vmm_agent::state::StateTracker;
 use vmm_agent::stream::{CoordinatorLink, SessionSettings};
+
+/// How often running VMs without an address are read again, so a guest's DHCP lease shows
+/// in the API within seconds rather than at the next poll.
+const ADDRESS_LOOK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3);
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -70,10 +75,24 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
         uri: config.libvirt_uri.clone(),
         storage_pool: config.storage_pool.clone(),
         images_dir,
+        network: config.network.clone(),
+        accel: config.guest_accel,
     };
     let hypervisor = HypervisorHandle::spawn(move || LibvirtHost::open(libvirt_settings)).await?;
+    // Images come from the coordinator, over the session's URL with its credential.
+    let image_source = GrpcImageSource::new(
+        &config.coordinator_url,
+        config.host_id.clone(),
+        &config.agent_token,
+    )
+    .context("COORDINATOR_URL (--coordinator) cannot be used to fetch images")?;
+    let images = Arc::new(ImageCache::new(
+        hypervisor.clone(),
+        Arc::new(image_source),
+        config.data_dir.join("image-cache"),
+    ));
     // Before any command can arrive: the journal, and the sweep of what a killed run left.
-    let journal = recovery::recover_at_start(&config.data_dir, &hypervisor).await?;
+    let journal = recovery::recover_at_start(&config.data_dir, &hypervisor, &images).await?;
 
     let metrics_service = MetricsService::new(
         hypervisor.clone(),
@@ -83,7 +102,10 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
     tracing::info!(addr = %metrics_addr, "serving metrics at /metrics");
 
     let tracker = Arc::new(StateTracker::new());
-    let poller = Arc::new(StatePoller::new(hypervisor.clone(), Arc::clone(&tracker)));
+    let poller = Arc::new(
+        StatePoller::new(hypervisor.clone(), Arc::clone(&tracker))
+            .watching_addresses(ADDRESS_LOOK_INTERVAL),
+    );
     // Lifecycle events first, then the first poll: nothing can fall between the two.
     let (hint_outlet, hint_streams) = hints::outlet();
     if let Err(error) = hypervisor.call(|hv| hv.send_hints_to(hint_outlet)).await {
@@ -102,6 +124,7 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
         tracker,
         config.shutdown_timeout,
         journal,
+        Arc::clone(&images),
     ));
     let service_hypervisor = hypervisor.clone();
     let link = CoordinatorLink::new(
@@ -114,6 +137,7 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
         hypervisor,
         Arc::clone(&poller),
         executor,
+        images,
     );
 
     let poll_interval = config.poll_interval;

@@ -12,7 +12,10 @@
 //! - hints were dropped, the connection closed, a new connection's stream arrived (after
 //!   a reconnect), or the poll interval passed: every domain is read;
 //! - a look that fails (libvirt away) is retried soon, then less and less often (up to
-//!   every 5 s), not only at the next interval: a retry is also what reconnects.
+//!   every 5 s), not only at the next interval: a retry is also what reconnects;
+//! - with [`StatePoller::watching_addresses`], every running product VM that has no
+//!   address yet is read again that often: a guest's DHCP lease or guest agent comes
+//!   without any lifecycle event, and its addresses should not wait for the next poll.
 //!
 //! Reads race with operations; the tracker's poll tickets keep an older read from
 //! overwriting a newer one (see [`crate::state`]). Watching only reads; it never changes a
@@ -45,6 +48,9 @@ pub struct StatePoller {
     tracker: Arc<StateTracker>,
     changes: broadcast::Sender<DomainReport>,
     libvirt_connected: AtomicBool,
+    /// How often running product VMs without addresses are read again; `None`: only at
+    /// the poll interval.
+    address_interval: Option<Duration>,
 }
 
 impl StatePoller {
@@ -55,7 +61,15 @@ impl StatePoller {
             tracker,
             changes,
             libvirt_connected: AtomicBool::new(true),
+            address_interval: None,
         }
+    }
+
+    /// Reads every running product VM that has no address yet every `interval` (see the
+    /// module docs).
+    pub fn watching_addresses(mut self, interval: Duration) -> Self {
+        self.address_interval = Some(interval);
+        self
     }
 
     /// Changes from now on. Subscribe before taking an inventory, so nothing falls between.
@@ -164,14 +178,24 @@ impl StatePoller {
         let mut next_poll = Instant::now();
         let mut retry = Backoff::new(RETRY_FIRST, RETRY_MAX);
         let mut failing = false;
+        let mut next_address_look = self.address_interval.map(|every| Instant::now() + every);
         loop {
             let wake = tokio::select! {
                 () = tokio::time::sleep_until(next_poll) => Wake::PollDue,
+                () = sleep_until_some(next_address_look) => Wake::AddressesDue,
                 stream = hint_streams.next(), if streams_open => Wake::NewStream(stream),
                 hint = next_hint(hints.as_mut()) => Wake::Hint(hint),
             };
             let look = match wake {
                 Wake::PollDue => Look::Everything,
+                Wake::AddressesDue => {
+                    next_address_look = self.address_interval.map(|every| Instant::now() + every);
+                    let awaiting = self.tracker.running_without_addresses();
+                    if awaiting.is_empty() || failing {
+                        continue;
+                    }
+                    Look::Domains(awaiting.into_iter().collect())
+                }
                 Wake::NewStream(Some(stream)) => {
                     tracing::debug!("a new stream of libvirt events; polling every domain");
                     hints = Some(stream);
@@ -221,9 +245,19 @@ impl StatePoller {
     }
 }
 
+/// Sleeps until `deadline`; never resolves without one.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// What woke [`StatePoller::run`].
 enum Wake {
     PollDue,
+    /// Time to read the running product VMs that have no address yet.
+    AddressesDue,
     /// A new connection's hint stream, or `None`: the host will send no more.
     NewStream(Option<HintStream>),
     /// The next hint, or `None`: the stream ended.

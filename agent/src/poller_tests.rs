@@ -25,6 +25,8 @@ async fn poller_on_a_host_with_a_vm() -> (MemoryHost, StatePoller, VmId) {
         memory_mib: 128,
         disk_gb: 1,
         start: true,
+        image: None,
+        seed: None,
     };
     hypervisor
         .call(move |hv| hv.create_vm(vm_id, &spec))
@@ -113,6 +115,29 @@ async fn the_inventory_fails_rather_than_leave_snapshots_out() {
     let inventory = poller.inventory().await.unwrap();
     assert_eq!(inventory.len(), 1);
     assert!(inventory[0].snapshots.is_empty());
+}
+
+#[tokio::test]
+async fn a_guest_getting_addresses_is_published_with_a_new_generation() {
+    let (host, poller, vm_id) = poller_on_a_host_with_a_vm().await;
+    let mut changes = poller.subscribe();
+    poller.poll_once().await.unwrap();
+    let first = changes.try_recv().unwrap();
+    assert!(first.addresses.is_empty());
+    let ssh = first.ssh.clone().expect("user mode forwards SSH");
+
+    // The guest's DHCP client got a lease.
+    host.set_addresses(vm_id, &["192.0.2.44"]);
+    poller.poll_once().await.unwrap();
+    let second = changes.try_recv().unwrap();
+    assert_eq!(second.addresses, ["192.0.2.44"]);
+    assert_eq!(second.ssh, Some(ssh));
+    assert!(second.generation > first.generation);
+    poller.poll_once().await.unwrap();
+    assert!(
+        changes.try_recv().is_err(),
+        "the same addresses are no change"
+    );
 }
 
 // ---- hints: the poller reads what changed at once, and polls everything when it must ----
@@ -316,6 +341,8 @@ async fn a_libvirt_event_makes_the_poller_read_the_domain() {
         memory_mib: 128,
         disk_gb: 1,
         start: true,
+        image: None,
+        seed: None,
     };
     hypervisor
         .call(move |hv| hv.create_vm(vm_id, &spec))
@@ -363,4 +390,50 @@ async fn a_libvirt_event_makes_the_poller_read_the_domain() {
         }
     };
     assert_eq!(gone.state(), vmm_proto::PowerState::Absent);
+}
+
+/// A guest's lease comes without a lifecycle event: with the poll an hour away, the
+/// address watch reads the running VM again and publishes its addresses; once it has them,
+/// it is not read for them any more.
+#[tokio::test]
+async fn addresses_are_watched_for_between_polls() {
+    let host = MemoryHost::new();
+    let hypervisor = host.spawn_handle().await.unwrap();
+    let vm_id = VmId::new_random();
+    let spec = VmSpec {
+        display_name: "leased".into(),
+        cpu: 1,
+        memory_mib: 128,
+        disk_gb: 1,
+        start: true,
+        image: None,
+        seed: None,
+    };
+    hypervisor
+        .call(move |hv| hv.create_vm(vm_id, &spec))
+        .await
+        .unwrap();
+    let poller = Arc::new(
+        StatePoller::new(hypervisor, Arc::new(StateTracker::new()))
+            .watching_addresses(Duration::from_millis(50)),
+    );
+    let mut changes = poller.subscribe();
+    let (_outlet, streams) = hints::outlet();
+    let watching = Arc::clone(&poller);
+    let watcher = tokio::spawn(async move { watching.run(NO_POLL, streams).await });
+    let first = next_change(&mut changes).await;
+    assert!(first.addresses.is_empty());
+
+    host.set_addresses(vm_id, &["192.0.2.80"]);
+    let leased = next_change(&mut changes).await;
+    assert_eq!(leased.addresses, ["192.0.2.80"]);
+    assert!(leased.generation > first.generation);
+    let finds = calls_of(&host, Call::FindVm);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        calls_of(&host, Call::FindVm),
+        finds,
+        "a VM with addresses is left to the poll"
+    );
+    watcher.abort();
 }

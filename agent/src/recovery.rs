@@ -5,8 +5,11 @@
 //!    result. Nothing is redone here: the coordinator already treats the operation as
 //!    failed or unknown, and the agent's inventory tells it what exists. A repeat of such an
 //!    operation resumes it (see [`crate::commands`]).
-//! 2. Delete the disk volumes of product VMs that have no domain: what a create cut short
-//!    between making the disk and defining the domain leaves. Every deletion is logged.
+//! 2. Delete the disk and seed volumes of product VMs that have no domain: what a create
+//!    cut short between making them and defining the domain leaves. Every deletion is
+//!    logged.
+//! 3. Remove the temporary files of image fetches cut short, and records of images whose
+//!    base is gone (see [`crate::images`]): neither ever counts as cached.
 //!
 //! Never stops, starts or undefines a domain.
 
@@ -15,12 +18,15 @@ use std::path::Path;
 use anyhow::Context as _;
 
 use crate::hypervisor::HypervisorHandle;
+use crate::images::ImageCache;
 use crate::journal::Journal;
 
-/// Opens the journal in `data_dir` and sweeps the storage pool; returns the journal.
+/// Opens the journal in `data_dir`, sweeps the storage pool and the image cache; returns
+/// the journal.
 pub async fn recover_at_start(
     data_dir: &Path,
     hypervisor: &HypervisorHandle,
+    images: &ImageCache,
 ) -> anyhow::Result<Journal> {
     let dir = data_dir.to_path_buf();
     let journal = tokio::task::spawn_blocking(move || Journal::open(&dir))
@@ -45,9 +51,14 @@ pub async fn recover_at_start(
         .call(|hv| hv.remove_orphan_volumes())
         .await
         .context("cannot sweep the storage pool for disks left by interrupted creates")?;
+    let image_files_removed = images
+        .sweep()
+        .await
+        .context("cannot sweep the image cache for fetches cut short")?;
     tracing::info!(
         interrupted_operations = interrupted.len(),
         orphaned_volumes_removed = removed.len(),
+        image_files_removed,
         "start-up recovery done"
     );
     Ok(journal)

@@ -180,6 +180,18 @@ impl StateTracker {
         }
     }
 
+    /// The running product VMs whose guests have reported no address yet.
+    pub fn running_without_addresses(&self) -> Vec<vmm_shared::VmId> {
+        self.lock()
+            .reports
+            .values()
+            .filter(|report| {
+                report.state() == vmm_proto::PowerState::Running && report.addresses.is_empty()
+            })
+            .filter_map(|report| report.vm_id.parse().ok())
+            .collect()
+    }
+
     /// Records the state an operation left a domain in; always a fresh generation.
     pub fn record_result(&self, domain: &ObservedDomain) -> DomainReport {
         let mut inner = self.lock();
@@ -217,8 +229,11 @@ fn report_of(domain: &ObservedDomain, generation: u64) -> DomainReport {
         detail: domain.detail.clone(),
         // Only inventories carry snapshots (see `StatePoller::inventory`).
         snapshots: Vec::new(),
-        addresses: Vec::new(),
-        ssh: None,
+        addresses: domain.addresses.clone(),
+        ssh: domain.ssh.as_ref().map(|ssh| vmm_proto::SshEndpoint {
+            host: ssh.address.clone(),
+            port: u32::from(ssh.port),
+        }),
     }
 }
 
@@ -265,6 +280,8 @@ mod tests {
             cpu: 1,
             memory_mib: 128,
             detail: String::new(),
+            addresses: Vec::new(),
+            ssh: None,
         }
     }
 

@@ -4,6 +4,9 @@
 //!
 //! The coordinator being away changes nothing on the host: VMs keep running, polling goes
 //! on, and the next registration's inventory tells the coordinator the truth.
+//!
+//! A registration also lists the images the host caches; an `EvictImage` from the
+//! coordinator is handed to the image cache, which keeps a base that a disk still uses.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,13 +18,14 @@ use tonic::{Code, Request, Status};
 use vmm_proto::agent_control_client::AgentControlClient;
 use vmm_proto::agent_message::Body as AgentBody;
 use vmm_proto::coordinator_message::Body as CoordinatorBody;
-use vmm_proto::{AgentMessage, Heartbeat, HostCapacity, Register, VmStateChanged};
+use vmm_proto::{AgentMessage, CachedImage, Heartbeat, HostCapacity, Register, VmStateChanged};
 use vmm_shared::{HostId, error_chain};
 
 use crate::backoff::Backoff;
 use crate::commands::{CommandExecutor, operation_kind};
 use crate::config::AgentToken;
-use crate::hypervisor::{HypervisorError, HypervisorHandle};
+use crate::hypervisor::{Eviction, HypervisorError, HypervisorHandle};
+use crate::images::{ImageCache, ImageError};
 use crate::metrics::agent as agent_metrics;
 use crate::poller::StatePoller;
 
@@ -52,6 +56,7 @@ pub struct CoordinatorLink {
     hypervisor: HypervisorHandle,
     poller: Arc<StatePoller>,
     executor: Arc<CommandExecutor>,
+    images: Arc<ImageCache>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +73,8 @@ enum SessionError {
     Closed,
     #[error("cannot read the host's state")]
     Hypervisor(#[source] HypervisorError),
+    #[error("cannot list the cached images")]
+    Images(#[source] ImageError),
 }
 
 impl From<Status> for SessionError {
@@ -92,12 +99,14 @@ impl CoordinatorLink {
         hypervisor: HypervisorHandle,
         poller: Arc<StatePoller>,
         executor: Arc<CommandExecutor>,
+        images: Arc<ImageCache>,
     ) -> Self {
         Self {
             settings,
             hypervisor,
             poller,
             executor,
+            images,
         }
     }
 
@@ -221,7 +230,9 @@ impl CoordinatorLink {
                         tracing::debug!("ignoring a repeated Registered");
                     }
                     Some(Some(CoordinatorBody::EvictImage(evict))) => {
-                        tracing::info!(image_id = %evict.image_id, "this agent caches no images; nothing to evict");
+                        let images = Arc::clone(&self.images);
+                        // Waits for creates of the same image; the session goes on meanwhile.
+                        tokio::spawn(async move { evict_image(&images, &evict.image_id).await });
                     }
                     Some(None) => tracing::debug!("ignoring an empty coordinator message"),
                     None => return Err(SessionError::Closed),
@@ -238,6 +249,18 @@ impl CoordinatorLink {
             .await;
         let inventory = self.poller.inventory().await?;
         let facts = self.hypervisor.call(|hv| hv.host_facts()).await?;
+        let cached_images = self
+            .images
+            .held()
+            .await
+            .map_err(SessionError::Images)?
+            .into_iter()
+            .map(|held| CachedImage {
+                image_id: held.image_id.to_string(),
+                sha256: held.sha256,
+                size_bytes: held.size_bytes,
+            })
+            .collect();
         Ok(Register {
             host_id: self.settings.host_id.to_string(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -250,7 +273,7 @@ impl CoordinatorLink {
             hypervisor: facts.hypervisor,
             kvm_usable: facts.kvm_usable,
             inventory,
-            cached_images: Vec::new(),
+            cached_images,
         })
     }
 
@@ -266,6 +289,25 @@ impl CoordinatorLink {
     }
 }
 
+/// Carries out the coordinator's `EvictImage`, which has no answer: the next registration
+/// says what is left.
+async fn evict_image(images: &ImageCache, image_id: &str) {
+    let Ok(parsed) = image_id.parse() else {
+        tracing::warn!(%image_id, "EvictImage names no image ID; ignored");
+        return;
+    };
+    match images.evict(parsed).await {
+        Ok(Eviction::Removed) => tracing::info!(%image_id, "evicted a cached image"),
+        Ok(Eviction::InUse { disks }) => {
+            tracing::info!(%image_id, disks, "a cached image the coordinator evicts is in use by disks; kept");
+        }
+        Ok(Eviction::NotCached) => {
+            tracing::debug!(%image_id, "evicting an image this host does not cache")
+        }
+        Err(error) => tracing::warn!(%image_id, %error, "cannot evict a cached image"),
+    }
+}
+
 async fn send(outgoing: &mpsc::Sender<AgentMessage>, body: AgentBody) -> Result<(), SessionError> {
     outgoing
         .send(AgentMessage { body: Some(body) })
@@ -274,9 +316,10 @@ async fn send(outgoing: &mpsc::Sender<AgentMessage>, body: AgentBody) -> Result<
 }
 
 /// Sessions against an in-process fake coordinator (the real generated gRPC server trait)
-/// and an in-memory host.
+/// and an in-memory host; images are fetched over the real gRPC client.
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
     use std::pin::Pin;
 
     use futures::{Stream, StreamExt};
@@ -286,48 +329,76 @@ mod tests {
     use vmm_proto::agent_control_server::{AgentControl, AgentControlServer};
     use vmm_proto::command::Action;
     use vmm_proto::{
-        Command, CoordinatorMessage, CreateVm, PowerState, Registered, command_result,
+        CloudInit, Command, CoordinatorMessage, CreateVm, EvictImage, FetchImageRequest,
+        ImageChunk, ImageRef, PowerState, Registered, command_result,
     };
 
     use super::*;
     use crate::hypervisor::memory::MemoryHost;
+    use crate::images::GrpcImageSource;
     use crate::state::StateTracker;
 
     const TOKEN: &str = "test-token";
+    const CHUNK: usize = 1024 * 1024;
 
     /// Accepts sessions with [`TOKEN`], answers Register, passes every agent message to the
-    /// test and sends the test's commands down.
+    /// test and sends the test's messages down; serves the images it holds to a caller with
+    /// the token, counting the fetches.
     struct FakeCoordinator {
         from_agent: mpsc::UnboundedSender<AgentMessage>,
-        to_agent: tokio::sync::Mutex<Option<mpsc::UnboundedReceiver<Command>>>,
+        to_agent: tokio::sync::Mutex<Option<mpsc::UnboundedReceiver<CoordinatorBody>>>,
+        images: HashMap<String, Vec<u8>>,
+        fetches: Arc<std::sync::atomic::AtomicUsize>,
     }
 
     type Outbound = Pin<Box<dyn Stream<Item = Result<CoordinatorMessage, Status>> + Send>>;
 
+    fn authorized<T>(request: &Request<T>) -> Result<(), Status> {
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        if authorization == Some(&format!("Bearer {TOKEN}")) {
+            Ok(())
+        } else {
+            Err(Status::unauthenticated("unknown agent token"))
+        }
+    }
+
     #[tonic::async_trait]
     impl AgentControl for FakeCoordinator {
         type SessionStream = Outbound;
-        type FetchImageStream =
-            Pin<Box<dyn Stream<Item = Result<vmm_proto::ImageChunk, Status>> + Send>>;
+        type FetchImageStream = Pin<Box<dyn Stream<Item = Result<ImageChunk, Status>> + Send>>;
 
         async fn fetch_image(
             &self,
-            _request: Request<vmm_proto::FetchImageRequest>,
+            request: Request<FetchImageRequest>,
         ) -> Result<Response<Self::FetchImageStream>, Status> {
-            Err(Status::not_found("the fake coordinator holds no images"))
+            authorized(&request)?;
+            let request = request.into_inner();
+            let bytes = self
+                .images
+                .get(&request.image_id)
+                .ok_or_else(|| Status::not_found("no such image"))?;
+            self.fetches
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let offset = usize::try_from(request.offset).unwrap().min(bytes.len());
+            let chunks: Vec<Result<ImageChunk, Status>> = bytes[offset..]
+                .chunks(CHUNK)
+                .map(|chunk| {
+                    Ok(ImageChunk {
+                        data: chunk.to_vec(),
+                    })
+                })
+                .collect();
+            Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
         }
 
         async fn session(
             &self,
             request: Request<Streaming<AgentMessage>>,
         ) -> Result<Response<Outbound>, Status> {
-            let authorization = request
-                .metadata()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok());
-            if authorization != Some(&format!("Bearer {TOKEN}")) {
-                return Err(Status::unauthenticated("unknown agent token"));
-            }
+            authorized(&request)?;
             let mut inbound = request.into_inner();
             let from_agent = self.from_agent.clone();
             let commands = self.to_agent.lock().await.take().expect("one session");
@@ -344,54 +415,110 @@ mod tests {
                 }
             });
             let replies = tokio_stream::wrappers::UnboundedReceiverStream::new(replies_rx);
-            let commands = tokio_stream::wrappers::UnboundedReceiverStream::new(commands)
-                .map(CoordinatorBody::Command);
+            let commands = tokio_stream::wrappers::UnboundedReceiverStream::new(commands);
             let outbound = futures::stream::select(replies, commands)
                 .map(|body| Ok(CoordinatorMessage { body: Some(body) }));
             Ok(Response::new(Box::pin(outbound)))
         }
     }
 
-    async fn start_fake_coordinator() -> (
-        String,
-        mpsc::UnboundedReceiver<AgentMessage>,
-        mpsc::UnboundedSender<Command>,
-    ) {
+    struct Coordinator {
+        url: String,
+        from_agent: mpsc::UnboundedReceiver<AgentMessage>,
+        to_agent: mpsc::UnboundedSender<CoordinatorBody>,
+        fetches: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Coordinator {
+        fn send_command(&self, operation_id: &str, vm_id: vmm_shared::VmId, action: Action) {
+            self.to_agent
+                .send(CoordinatorBody::Command(Command {
+                    operation_id: operation_id.into(),
+                    vm_id: vm_id.to_string(),
+                    action: Some(action),
+                }))
+                .unwrap();
+        }
+
+        /// The next result of a command (heartbeats and state changes are skipped).
+        async fn next_result(&mut self) -> vmm_proto::CommandResult {
+            loop {
+                if let AgentBody::CommandResult(result) = next_message(&mut self.from_agent).await {
+                    return result;
+                }
+            }
+        }
+    }
+
+    async fn start_fake_coordinator(images: HashMap<String, Vec<u8>>) -> Coordinator {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (from_agent, from_agent_rx) = mpsc::unbounded_channel();
         let (to_agent, to_agent_rx) = mpsc::unbounded_channel();
+        let fetches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let fake = FakeCoordinator {
             from_agent,
             to_agent: tokio::sync::Mutex::new(Some(to_agent_rx)),
+            images,
+            fetches: Arc::clone(&fetches),
         };
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(AgentControlServer::new(fake))
                 .serve_with_incoming(TcpListenerStream::new(listener)),
         );
-        (url, from_agent_rx, to_agent)
+        Coordinator {
+            url,
+            from_agent: from_agent_rx,
+            to_agent,
+            fetches,
+        }
     }
 
-    async fn agent_link(url: String, token: &str) -> CoordinatorLink {
-        let host = MemoryHost::new();
-        host.add_foreign_domain("test", crate::hypervisor::PowerState::Running);
+    /// An agent on `host` for the coordinator at `url`, fetching images over gRPC into
+    /// `cache_dir`.
+    async fn agent_link_on(
+        host: &MemoryHost,
+        url: String,
+        token: &str,
+        cache_dir: &std::path::Path,
+    ) -> CoordinatorLink {
         let hypervisor = host.spawn_handle().await.unwrap();
         let tracker = Arc::new(StateTracker::new());
         let poller = Arc::new(StatePoller::new(hypervisor.clone(), Arc::clone(&tracker)));
-        let executor = Arc::new(CommandExecutor::new(
-            hypervisor.clone(),
-            tracker,
-            Duration::from_secs(5),
-            crate::journal::Journal::in_memory().unwrap(),
-        ));
         let settings = SessionSettings {
             coordinator_url: url,
             host_id: "host-1".parse().unwrap(),
             agent_token: crate::config::AgentToken::new(token).unwrap(),
             heartbeat_interval: Duration::from_secs(2),
         };
-        CoordinatorLink::new(settings, hypervisor, poller, executor)
+        let source = GrpcImageSource::new(
+            &settings.coordinator_url,
+            settings.host_id.clone(),
+            &settings.agent_token,
+        )
+        .unwrap();
+        let images = Arc::new(ImageCache::new(
+            hypervisor.clone(),
+            Arc::new(source),
+            cache_dir.to_path_buf(),
+        ));
+        let executor = Arc::new(CommandExecutor::new(
+            hypervisor.clone(),
+            tracker,
+            Duration::from_secs(5),
+            crate::journal::Journal::in_memory().unwrap(),
+            Arc::clone(&images),
+        ));
+        CoordinatorLink::new(settings, hypervisor, poller, executor, images)
+    }
+
+    async fn agent_link(url: String, token: &str) -> (CoordinatorLink, tempfile::TempDir) {
+        let host = MemoryHost::new();
+        host.add_foreign_domain("test", crate::hypervisor::PowerState::Running);
+        let dir = tempfile::tempdir().unwrap();
+        let link = agent_link_on(&host, url, token, dir.path()).await;
+        (link, dir)
     }
 
     async fn next_message(from_agent: &mut mpsc::UnboundedReceiver<AgentMessage>) -> AgentBody {
@@ -404,11 +531,12 @@ mod tests {
 
     #[tokio::test]
     async fn the_agent_registers_heartbeats_and_answers_commands() {
-        let (url, mut from_agent, to_agent) = start_fake_coordinator().await;
-        let link = agent_link(url, TOKEN).await;
+        let mut coordinator = start_fake_coordinator(HashMap::new()).await;
+        let (link, _dir) = agent_link(coordinator.url.clone(), TOKEN).await;
         let agent = tokio::spawn(async move { link.run().await });
+        let from_agent = &mut coordinator.from_agent;
 
-        let AgentBody::Register(register) = next_message(&mut from_agent).await else {
+        let AgentBody::Register(register) = next_message(from_agent).await else {
             panic!("the first message must be Register");
         };
         assert_eq!(register.host_id, "host-1");
@@ -434,6 +562,7 @@ mod tests {
                 .iter()
                 .all(|domain| domain.generation > 0)
         );
+        assert!(register.cached_images.is_empty());
 
         let vm_id = vmm_shared::VmId::new_random();
         let create = CreateVm {
@@ -444,17 +573,12 @@ mod tests {
             start: true,
             ..Default::default()
         };
-        to_agent
-            .send(Command {
-                operation_id: "op-1".into(),
-                vm_id: vm_id.to_string(),
-                action: Some(Action::Create(create)),
-            })
-            .unwrap();
+        coordinator.send_command("op-1", vm_id, Action::Create(create));
 
+        let from_agent = &mut coordinator.from_agent;
         let mut heartbeats = 0;
         let result = loop {
-            match next_message(&mut from_agent).await {
+            match next_message(from_agent).await {
                 AgentBody::Heartbeat(heartbeat) => {
                     assert!(heartbeat.libvirt_connected);
                     heartbeats += 1;
@@ -469,8 +593,12 @@ mod tests {
         };
         assert_eq!(domain.vm_id, vm_id.to_string());
         assert_eq!(domain.state(), PowerState::Running);
+        // User-mode networking (the default) forwards a port to the guest's SSH.
+        let ssh = domain.ssh.expect("an SSH endpoint in user mode");
+        assert_eq!(ssh.host, "127.0.0.1");
+        assert!((22000..=22999).contains(&ssh.port), "{ssh:?}");
         while heartbeats < 2 {
-            if let AgentBody::Heartbeat(_) = next_message(&mut from_agent).await {
+            if let AgentBody::Heartbeat(_) = next_message(from_agent).await {
                 heartbeats += 1;
             }
         }
@@ -481,17 +609,25 @@ mod tests {
     /// with the poll an hour away.
     #[tokio::test]
     async fn a_hinted_change_reaches_the_coordinator_without_a_poll() {
-        let (url, mut from_agent, _to_agent) = start_fake_coordinator().await;
+        let coordinator = start_fake_coordinator(HashMap::new()).await;
+        let (url, mut from_agent) = (coordinator.url, coordinator.from_agent);
         let host = MemoryHost::new();
         let foreign = host.add_foreign_domain("test", crate::hypervisor::PowerState::Running);
         let hypervisor = host.spawn_handle().await.unwrap();
         let tracker = Arc::new(StateTracker::new());
         let poller = Arc::new(StatePoller::new(hypervisor.clone(), Arc::clone(&tracker)));
+        let dir = tempfile::tempdir().unwrap();
+        let images = Arc::new(ImageCache::new(
+            hypervisor.clone(),
+            Arc::new(crate::images::NoImageSource),
+            dir.path().to_path_buf(),
+        ));
         let executor = Arc::new(CommandExecutor::new(
             hypervisor.clone(),
             tracker,
             Duration::from_secs(5),
             crate::journal::Journal::in_memory().unwrap(),
+            Arc::clone(&images),
         ));
         let (outlet, streams) = crate::hypervisor::hints::outlet();
         hypervisor
@@ -507,7 +643,7 @@ mod tests {
             agent_token: crate::config::AgentToken::new(TOKEN).unwrap(),
             heartbeat_interval: Duration::from_secs(2),
         };
-        let link = CoordinatorLink::new(settings, hypervisor, poller, executor);
+        let link = CoordinatorLink::new(settings, hypervisor, poller, executor, images);
         let agent = tokio::spawn(async move { link.run().await });
         let AgentBody::Register(_) = next_message(&mut from_agent).await else {
             panic!("the first message must be Register");
@@ -536,8 +672,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_token_ends_the_session_as_unauthenticated() {
-        let (url, _from_agent, _to_agent) = start_fake_coordinator().await;
-        let link = agent_link(url, "wrong-token").await;
+        let coordinator = start_fake_coordinator(HashMap::new()).await;
+        let (link, _dir) = agent_link(coordinator.url.clone(), "wrong-token").await;
         let mut registered = false;
         let outcome = link.run_session(&mut registered).await;
         assert!(
@@ -546,5 +682,208 @@ mod tests {
         );
         assert!(!registered);
         assert!(error_chain(&outcome.unwrap_err()).contains("AGENT_TOKEN"));
+    }
+
+    fn sha256_hex(bytes: &[u8]) -> String {
+        use sha2::{Digest as _, Sha256};
+        Sha256::digest(bytes)
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
+    }
+
+    fn create_from(image: &ImageRef, name: &str) -> Action {
+        Action::Create(CreateVm {
+            name: name.into(),
+            cpu: 1,
+            memory_mib: 128,
+            disk_gb: 1,
+            start: true,
+            image: Some(image.clone()),
+            cloud_init: Some(CloudInit {
+                hostname: name.into(),
+                ssh_authorized_keys: vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA test".into()],
+                user_data: String::new(),
+            }),
+        })
+    }
+
+    /// Over the real gRPC client and server: concurrent creates from an image fetch it once
+    /// (three chunks), verify it and make overlays of it with seeds; the next registration
+    /// lists it with its checksum; an eviction keeps it while disks use it and removes it
+    /// once they are gone; an image whose bytes do not match its checksum is refused and
+    /// nothing of it stays.
+    #[tokio::test]
+    async fn images_are_fetched_over_grpc_once_verified_cached_and_evicted() {
+        let image_id = crate::hypervisor::ImageId::new_random();
+        let bytes: Vec<u8> = (0..(2 * CHUNK + 123)).map(|n| (n % 251) as u8).collect();
+        let tampered_id = crate::hypervisor::ImageId::new_random();
+        let images = HashMap::from([
+            (image_id.to_string(), bytes.clone()),
+            (tampered_id.to_string(), vec![7_u8; 4096]),
+        ]);
+        let mut coordinator = start_fake_coordinator(images).await;
+        let host = MemoryHost::new();
+        let dir = tempfile::tempdir().unwrap();
+        let link = agent_link_on(&host, coordinator.url.clone(), TOKEN, dir.path()).await;
+        let agent = tokio::spawn(async move { link.run().await });
+        let AgentBody::Register(_) = next_message(&mut coordinator.from_agent).await else {
+            panic!("the first message must be Register");
+        };
+
+        let image = ImageRef {
+            image_id: image_id.to_string(),
+            sha256: sha256_hex(&bytes),
+            size_bytes: bytes.len() as u64,
+            format: "raw".into(),
+            virtual_size_bytes: bytes.len() as u64,
+        };
+        let vms: Vec<_> = (0..3).map(|_| vmm_shared::VmId::new_random()).collect();
+        for (n, vm_id) in vms.iter().enumerate() {
+            coordinator.send_command(&format!("op-{n}"), *vm_id, create_from(&image, "web"));
+        }
+        for _ in &vms {
+            let result = coordinator.next_result().await;
+            assert!(
+                matches!(result.outcome, Some(command_result::Outcome::Domain(_))),
+                "{result:?}"
+            );
+        }
+        assert_eq!(
+            coordinator
+                .fetches
+                .load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "three creates, one fetch"
+        );
+        for vm_id in &vms {
+            assert_eq!(host.base_image_of(*vm_id), Some(image_id));
+            let seed = host.seed(*vm_id).expect("a seed volume");
+            let contents = vmm_cloud_init::read_volume(&seed).unwrap();
+            let meta_data = String::from_utf8_lossy(&contents.files["meta-data"]).into_owned();
+            assert!(meta_data.contains(&vm_id.to_string()), "{meta_data}");
+        }
+
+        // Kept while disks use it.
+        coordinator
+            .to_agent
+            .send(CoordinatorBody::EvictImage(EvictImage {
+                image_id: image_id.to_string(),
+            }))
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            host.volumes()
+                .contains(&crate::hypervisor::image_volume_name(image_id))
+        );
+
+        // A transfer that does not match its checksum: refused, nothing cached.
+        let tampered = ImageRef {
+            image_id: tampered_id.to_string(),
+            sha256: sha256_hex(b"what the coordinator recorded"),
+            size_bytes: 4096,
+            format: "raw".into(),
+            virtual_size_bytes: 4096,
+        };
+        let refused_vm = vmm_shared::VmId::new_random();
+        coordinator.send_command("op-tampered", refused_vm, create_from(&tampered, "bad"));
+        let result = coordinator.next_result().await;
+        let Some(command_result::Outcome::Error(error)) = result.outcome else {
+            panic!("a mismatching image must be refused: {result:?}");
+        };
+        assert_eq!(error.kind(), vmm_proto::ErrorKind::Invalid);
+        assert!(
+            error.message.contains(&tampered.sha256)
+                && error.message.contains(&sha256_hex(&[7_u8; 4096])),
+            "{}",
+            error.message
+        );
+        assert!(host.domain(refused_vm).is_none());
+        assert!(
+            !host
+                .volumes()
+                .iter()
+                .any(|name| name.contains(&tampered_id.to_string()))
+        );
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            left.iter()
+                .all(|name| !name.contains(&tampered_id.to_string())),
+            "{left:?}"
+        );
+
+        // Delete the VMs, evict: gone.
+        for (n, vm_id) in vms.iter().enumerate() {
+            coordinator.send_command(
+                &format!("op-delete-{n}"),
+                *vm_id,
+                Action::Delete(vmm_proto::DeleteVm {}),
+            );
+            coordinator.next_result().await;
+        }
+        coordinator
+            .to_agent
+            .send(CoordinatorBody::EvictImage(EvictImage {
+                image_id: image_id.to_string(),
+            }))
+            .unwrap();
+        let base = crate::hypervisor::image_volume_name(image_id);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while host.volumes().contains(&base) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the base was not evicted"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        agent.abort();
+    }
+
+    /// A registration lists the cached images with the checksum verified at fetch time.
+    #[tokio::test]
+    async fn a_registration_lists_the_cached_images() {
+        let image_id = crate::hypervisor::ImageId::new_random();
+        let bytes = vec![1_u8; 10_000];
+        let mut coordinator =
+            start_fake_coordinator(HashMap::from([(image_id.to_string(), bytes.clone())])).await;
+        let host = MemoryHost::new();
+        let dir = tempfile::tempdir().unwrap();
+        let link = agent_link_on(&host, coordinator.url.clone(), TOKEN, dir.path()).await;
+        let image = ImageRef {
+            image_id: image_id.to_string(),
+            sha256: sha256_hex(&bytes),
+            size_bytes: 10_000,
+            format: "raw".into(),
+            virtual_size_bytes: 10_000,
+        };
+        let vm_id = vmm_shared::VmId::new_random();
+        let created = link
+            .executor
+            .execute(Command {
+                operation_id: "op-1".into(),
+                vm_id: vm_id.to_string(),
+                action: Some(create_from(&image, "web")),
+            })
+            .await;
+        assert!(
+            matches!(created.outcome, Some(command_result::Outcome::Domain(_))),
+            "{created:?}"
+        );
+        let agent = tokio::spawn(async move { link.run().await });
+        let AgentBody::Register(register) = next_message(&mut coordinator.from_agent).await else {
+            panic!("the first message must be Register");
+        };
+        assert_eq!(
+            register.cached_images,
+            [CachedImage {
+                image_id: image_id.to_string(),
+                sha256: image.sha256.clone(),
+                size_bytes: 10_000,
+            }]
+        );
+        agent.abort();
     }
 }

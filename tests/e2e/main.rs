@@ -28,3 +28,4 @@ mod scheduling;
 mod snapshots;
 mod systemd;
 mod test_image;
+mod vms_from_images;

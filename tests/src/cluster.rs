@@ -91,6 +91,8 @@ pub struct AgentOptions {
     /// A BIOS-only test guest ignores ACPI; a short wait keeps `stop` fast.
     pub shutdown_timeout_secs: u64,
     pub poll_interval_ms: u64,
+    /// Further agent settings, as environment variables (e.g. `NETWORK`, `GUEST_ACCEL`).
+    pub env: Vec<(String, String)>,
 }
 
 impl AgentOptions {
@@ -102,7 +104,14 @@ impl AgentOptions {
             storage_pool: "vmm".to_owned(),
             shutdown_timeout_secs: 2,
             poll_interval_ms: 300,
+            env: Vec::new(),
         }
+    }
+
+    /// Sets one more agent environment variable.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
     }
 
     /// An agent on real QEMU under libvirtd, with a storage pool name of its own.
@@ -143,9 +152,26 @@ impl AgentHandle {
 
     /// Where the agent keeps a VM's disk: `<data-dir>/images/vmm-<vm_id>.qcow2`.
     pub fn disk_path(&self, vm_id: &str) -> PathBuf {
-        self.data_dir
-            .join("images")
-            .join(format!("vmm-{vm_id}.qcow2"))
+        self.pool_dir().join(format!("vmm-{vm_id}.qcow2"))
+    }
+
+    /// The directory of the agent's storage pool: `<data-dir>/images`.
+    pub fn pool_dir(&self) -> PathBuf {
+        self.data_dir.join("images")
+    }
+
+    /// The names of the files in the agent's storage pool, sorted.
+    pub fn pool_files(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.pool_dir())
+            .map(|entries| {
+                entries
+                    .filter_map(|entry| entry.ok())
+                    .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
@@ -324,7 +350,7 @@ impl TestCluster {
         metrics_addr: SocketAddr,
         log_path: PathBuf,
     ) -> Result<ChildProcess> {
-        let env: Vec<(String, OsString)> = vec![
+        let mut env: Vec<(String, OsString)> = vec![
             ("METRICS_ADDR".into(), metrics_addr.to_string().into()),
             ("COORDINATOR_URL".into(), self.grpc_url.clone().into()),
             ("LIBVIRT_URI".into(), options.libvirt_uri.clone().into()),
@@ -341,6 +367,7 @@ impl TestCluster {
                 options.poll_interval_ms.to_string().into(),
             ),
         ];
+        env.extend(options.env.iter().map(|(k, v)| (k.clone(), v.into())));
         ChildProcess::spawn(
             &format!("agent {}", options.host_id),
             agent_bin,

@@ -11,6 +11,11 @@
 //! memory with `virDomainStatsRecordListFree` on every path.
 //!
 //! The call blocks like every libvirt call: run it off the async runtime.
+//!
+//! [`addresses`] does the same for `virDomainInterfaceAddresses` (a guest's IP addresses
+//! from DHCP leases or the guest agent), which `virt` leaks the same way.
+
+pub mod addresses;
 
 use std::ffi::{CStr, c_char};
 use std::ptr;

@@ -41,6 +41,11 @@ impl Host {
             Arc::new(StateTracker::new()),
             Duration::from_secs(2),
             Journal::open(self.dir.path()).unwrap(),
+            Arc::new(crate::images::ImageCache::new(
+                self.hypervisor.clone(),
+                Arc::new(crate::images::NoImageSource),
+                self.dir.path().join("image-cache"),
+            )),
         )
     }
 
@@ -120,6 +125,8 @@ async fn an_interrupted_create_whose_domain_exists_reports_it_without_a_second_d
         memory_mib: 128,
         disk_gb: 1,
         start: false,
+        image: None,
+        seed: None,
     };
     host.hypervisor
         .call(move |hv| hv.create_vm(vm_id, &spec))

@@ -3,12 +3,16 @@
 //! [`super::memory`]). A behaviour the in-memory host fakes differently from libvirt fails
 //! here.
 
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
 use vmm_shared::{SnapshotId, VmId};
 
 use super::hints::{self, Hint, HintStream};
 use super::{
-    AlreadyThere, FailureKind, Hypervisor, ObservedSnapshot, PowerState, VmSpec, domain_name,
-    volume_name,
+    AlreadyThere, BYTES_PER_GIB, BaseImage, Eviction, FailureKind, Hypervisor, ImageFormat,
+    ImageId, ObservedSnapshot, PowerState, VmSpec, domain_name, image_volume_name,
+    seed_volume_name, volume_name,
 };
 
 /// What a contract test needs beyond the trait: the hand of someone on the host.
@@ -23,6 +27,15 @@ pub(crate) trait ContractHost: Hypervisor {
     fn foreign_domain(&mut self) -> VmId;
 }
 
+/// What the image contract tests need beyond [`ContractHost`]: looking into a host that
+/// holds images.
+pub(crate) trait ImageContractHost: ContractHost {
+    /// The image the VM's disk is an overlay of, as the host's storage says.
+    fn backing_image(&mut self, vm_id: VmId) -> Option<ImageId>;
+    /// The bytes of the VM's seed volume, as stored.
+    fn seed_bytes(&mut self, vm_id: VmId) -> Option<Vec<u8>>;
+}
+
 pub(crate) fn spec(start: bool) -> VmSpec {
     VmSpec {
         // Not a valid name for the coordinator, but this layer must still keep it inert.
@@ -31,6 +44,8 @@ pub(crate) fn spec(start: bool) -> VmSpec {
         memory_mib: 256,
         disk_gb: 1,
         start,
+        image: None,
+        seed: None,
     }
 }
 
@@ -352,6 +367,219 @@ pub(crate) fn changes_are_hinted_on_the_stream_handed_out(host: &mut impl Contra
     assert!(hinted(&mut stream, vm_id), "no hint after a delete");
 }
 
+/// A raw image of 1 MiB in `dir` (a file the host is to take as a base).
+pub(crate) fn stage_raw_image(dir: &Path, fill: u8) -> PathBuf {
+    let path = dir.join(format!("staged-{}", uuid::Uuid::new_v4()));
+    std::fs::write(&path, vec![fill; 1024 * 1024]).unwrap();
+    path
+}
+
+pub(crate) fn image_spec(image: BaseImage, seed: &[u8]) -> VmSpec {
+    VmSpec {
+        display_name: "from-image".into(),
+        cpu: 1,
+        memory_mib: 128,
+        disk_gb: 1,
+        start: false,
+        image: Some(image),
+        seed: Some(seed.to_vec()),
+    }
+}
+
+/// Import, overlays with seeds, eviction refused while in use, deletion keeping the base.
+pub(crate) fn vms_are_made_from_cached_images(host: &mut impl ImageContractHost, dir: &Path) {
+    let image = BaseImage {
+        image_id: ImageId::new_random(),
+        format: ImageFormat::Raw,
+    };
+    host.image_support().unwrap();
+    let staged = stage_raw_image(dir, 0x5a);
+    let cached = host.import_image(&image, &staged).unwrap();
+    assert_eq!(cached.image_id, image.image_id);
+    assert_eq!(cached.virtual_size_bytes, 1024 * 1024);
+    assert!(!staged.exists(), "the host takes the staged file");
+    assert!(
+        host.cached_images()
+            .unwrap()
+            .iter()
+            .any(|base| base.image_id == image.image_id)
+    );
+    assert!(
+        host.volume_names()
+            .contains(&image_volume_name(image.image_id))
+    );
+
+    let (first, second) = (VmId::new_random(), VmId::new_random());
+    let seed = b"a seed volume's bytes".repeat(100);
+    for vm_id in [first, second] {
+        let created = host.create_vm(vm_id, &image_spec(image, &seed)).unwrap();
+        assert_eq!(created.state, PowerState::Stopped);
+        assert_eq!(host.backing_image(vm_id), Some(image.image_id));
+        assert_eq!(host.seed_bytes(vm_id).as_deref(), Some(&seed[..]));
+        let volumes = host.volume_names();
+        assert!(volumes.contains(&volume_name(vm_id)), "{volumes:?}");
+        assert!(volumes.contains(&seed_volume_name(vm_id)), "{volumes:?}");
+    }
+    assert_eq!(
+        host.evict_image(image.image_id).unwrap(),
+        Eviction::InUse { disks: 2 }
+    );
+    host.delete_vm(first).unwrap();
+    let volumes = host.volume_names();
+    assert!(!volumes.contains(&volume_name(first)), "{volumes:?}");
+    assert!(!volumes.contains(&seed_volume_name(first)), "{volumes:?}");
+    assert!(
+        volumes.contains(&image_volume_name(image.image_id)),
+        "the base stays"
+    );
+    assert_eq!(
+        host.evict_image(image.image_id).unwrap(),
+        Eviction::InUse { disks: 1 }
+    );
+    // A stale copy in use is not replaced.
+    let again = stage_raw_image(dir, 0x11);
+    let refused = host.import_image(&image, &again).unwrap_err();
+    assert_eq!(refused.kind, FailureKind::Conflict, "{refused}");
+    let _ = std::fs::remove_file(&again);
+    host.delete_vm(second).unwrap();
+    assert_eq!(host.evict_image(image.image_id).unwrap(), Eviction::Removed);
+    assert!(
+        !host
+            .volume_names()
+            .contains(&image_volume_name(image.image_id))
+    );
+    assert!(host.cached_images().unwrap().is_empty());
+    assert_eq!(
+        host.evict_image(image.image_id).unwrap(),
+        Eviction::NotCached
+    );
+}
+
+pub(crate) fn creates_from_images_that_cannot_be_used_leave_nothing(
+    host: &mut impl ImageContractHost,
+    dir: &Path,
+) {
+    let vm_id = VmId::new_random();
+    let missing = BaseImage {
+        image_id: ImageId::new_random(),
+        format: ImageFormat::Raw,
+    };
+    let error = host
+        .create_vm(vm_id, &image_spec(missing, b"seed"))
+        .unwrap_err();
+    assert_eq!(error.kind, FailureKind::Unavailable, "{error}");
+    assert!(error.message.contains("not cached"), "{error}");
+
+    // An image larger than the disk is refused, naming it.
+    let image = BaseImage {
+        image_id: ImageId::new_random(),
+        format: ImageFormat::Raw,
+    };
+    let staged = dir.join(format!("big-{}", uuid::Uuid::new_v4()));
+    let file = std::fs::File::create(&staged).unwrap();
+    file.set_len(2 * BYTES_PER_GIB).unwrap();
+    drop(file);
+    host.import_image(&image, &staged).unwrap();
+    let error = host
+        .create_vm(vm_id, &image_spec(image, b"seed"))
+        .unwrap_err();
+    assert_eq!(error.kind, FailureKind::Invalid, "{error}");
+    assert!(
+        error.message.contains(&image.image_id.to_string()),
+        "{error}"
+    );
+    assert_eq!(host.find_vm(vm_id).unwrap(), None);
+    let volumes = host.volume_names();
+    assert!(!volumes.contains(&volume_name(vm_id)), "{volumes:?}");
+    assert!(!volumes.contains(&seed_volume_name(vm_id)), "{volumes:?}");
+    assert_eq!(host.evict_image(image.image_id).unwrap(), Eviction::Removed);
+}
+
+pub(crate) fn orphan_seeds_are_swept_and_cached_images_never(
+    host: &mut impl ImageContractHost,
+    dir: &Path,
+) {
+    let image = BaseImage {
+        image_id: ImageId::new_random(),
+        format: ImageFormat::Raw,
+    };
+    host.import_image(&image, &stage_raw_image(dir, 1)).unwrap();
+    let orphan = VmId::new_random();
+    host.make_volume(&seed_volume_name(orphan));
+    let alive = VmId::new_random();
+    host.create_vm(alive, &image_spec(image, b"seed")).unwrap();
+    let removed = host.remove_orphan_volumes().unwrap();
+    assert_eq!(removed, vec![seed_volume_name(orphan)]);
+    let left = host.volume_names();
+    for kept in [
+        image_volume_name(image.image_id),
+        volume_name(alive),
+        seed_volume_name(alive),
+    ] {
+        assert!(left.contains(&kept), "{kept} in {left:?}");
+    }
+    host.delete_vm(alive).unwrap();
+    assert_eq!(host.evict_image(image.image_id).unwrap(), Eviction::Removed);
+}
+
+/// In user mode every VM gets a port of its own from the range, recorded with the domain.
+pub(crate) fn user_mode_vms_get_ssh_ports_of_their_own(host: &mut impl ContractHost) {
+    let vms: Vec<VmId> = (0..3).map(|_| VmId::new_random()).collect();
+    let mut ports = HashSet::new();
+    for vm_id in &vms {
+        let created = host.create_vm(*vm_id, &spec(false)).unwrap();
+        let ssh = created.ssh.expect("user mode forwards SSH");
+        assert_eq!(ssh.address, "127.0.0.1");
+        assert!((22000..=22999).contains(&ssh.port), "{ssh:?}");
+        assert!(ports.insert(ssh.port), "port {} given twice", ssh.port);
+        // Read back from the host: the port is the domain's.
+        assert_eq!(host.find_vm(*vm_id).unwrap().unwrap().ssh, Some(ssh));
+    }
+    let listed = host.list_domains().unwrap();
+    for vm_id in &vms {
+        let domain = listed.iter().find(|d| d.vm_id == Some(*vm_id)).unwrap();
+        assert!(ports.contains(&domain.ssh.as_ref().unwrap().port));
+        assert!(
+            domain.addresses.is_empty(),
+            "a stopped guest has no addresses"
+        );
+    }
+    for vm_id in vms {
+        host.delete_vm(vm_id).unwrap();
+    }
+}
+
+/// Declares one `#[test]` per image contract test, each on a fresh host from `$open` with
+/// a directory for staged files from `$dir`.
+macro_rules! image_contract_tests {
+    ($open:expr, $dir:expr) => {
+        mod image_contract {
+            use super::*;
+            use crate::hypervisor::contract_tests as contract;
+
+            #[test]
+            fn vms_are_made_from_cached_images() {
+                let dir = $dir;
+                contract::vms_are_made_from_cached_images(&mut $open, dir.path());
+            }
+            #[test]
+            fn creates_from_images_that_cannot_be_used_leave_nothing() {
+                let dir = $dir;
+                contract::creates_from_images_that_cannot_be_used_leave_nothing(
+                    &mut $open,
+                    dir.path(),
+                );
+            }
+            #[test]
+            fn orphan_seeds_are_swept_and_cached_images_never() {
+                let dir = $dir;
+                contract::orphan_seeds_are_swept_and_cached_images_never(&mut $open, dir.path());
+            }
+        }
+    };
+}
+pub(crate) use image_contract_tests;
+
 /// Declares one `#[test]` per contract test, each on a fresh host from `$open`.
 macro_rules! contract_tests {
     ($open:expr) => {
@@ -390,6 +618,10 @@ macro_rules! contract_tests {
             #[test]
             fn only_product_volumes_without_a_domain_are_swept() {
                 contract::only_product_volumes_without_a_domain_are_swept(&mut $open);
+            }
+            #[test]
+            fn user_mode_vms_get_ssh_ports_of_their_own() {
+                contract::user_mode_vms_get_ssh_ports_of_their_own(&mut $open);
             }
             #[test]
             fn changes_are_hinted_on_the_stream_handed_out() {

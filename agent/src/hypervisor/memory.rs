@@ -1,6 +1,8 @@
 //! A whole host in memory, implementing every [`Hypervisor`] method for real: domains with
 //! their power states, snapshots that capture and restore a domain's state and disk,
-//! disk volumes in a pool, host facts and statistics. No libvirt, no threads of its own, a
+//! disk volumes in a pool, cached images (taken from a file, as libvirt's pool takes it),
+//! overlays of them, seed volumes with their bytes, NICs per network mode with SSH port
+//! forwards, guest addresses, host facts and statistics. No libvirt, no threads of its own, a
 //! few hundred bytes per domain: tests of the layers above run on it in microseconds, and a
 //! fleet simulator can give each of many agents in one process a host of its own.
 //!
@@ -10,8 +12,9 @@
 //! - the guest and the host's own tools, behind the agent's back: [`MemoryHost::set_state`]
 //!   (a guest that powers itself off, crashes or is paused), [`MemoryHost::remove_domain`],
 //!   [`MemoryHost::add_foreign_domain`] (a domain the product did not create),
-//!   [`MemoryHost::add_volume`], a guest that ignores the ACPI power button, and the disk's
-//!   contents ([`MemoryHost::write_disk`]) so a restore can be seen to bring data back;
+//!   [`MemoryHost::add_volume`], a guest that ignores the ACPI power button, the disk's
+//!   contents ([`MemoryHost::write_disk`]) so a restore can be seen to bring data back,
+//!   and the addresses a guest got ([`MemoryHost::set_addresses`]);
 //! - failures: [`MemoryHost::fail_next`] makes the next call of one method fail with a
 //!   given [`FailureKind`] before it does anything, and [`MemoryHost::disconnect`] makes
 //!   every call fail as a lost connection does until [`MemoryHost::reconnect`];
@@ -25,7 +28,9 @@
 //! The rules every implementation shares (which domains may be changed, which state allows
 //! what) come from [`super::preconditions`], as for libvirt.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::io::Read as _;
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -37,9 +42,10 @@ use super::sample::{
     BlockSample, DomainSample, HostSample, InterfaceSample, PoolSample, StatsSample, state_code,
 };
 use super::{
-    AlreadyThere, BYTES_PER_GIB, FailureKind, HostFacts, Hypervisor, HypervisorError,
-    HypervisorHandle, ObservedDomain, ObservedSnapshot, PowerState, SnapshotTaken, VmSpec,
-    domain_name, vm_id_of_volume, volume_name,
+    AlreadyThere, BYTES_PER_GIB, BaseImage, CachedBase, Eviction, FailureKind, HostFacts,
+    Hypervisor, HypervisorError, HypervisorHandle, ImageFormat, ImageId, NetworkMode,
+    ObservedDomain, ObservedSnapshot, PowerState, SnapshotTaken, SshForward, VmSpec, domain_name,
+    image_volume_name, seed_volume_name, vm_id_of_seed_volume, vm_id_of_volume, volume_name,
 };
 
 /// The methods of [`Hypervisor`], for failure injection and call counts.
@@ -60,6 +66,10 @@ pub enum Call {
     DeleteSnapshot,
     RemoveOrphanVolumes,
     StatsSample,
+    ImageSupport,
+    CachedImages,
+    ImportImage,
+    EvictImage,
     SendHintsTo,
 }
 
@@ -100,6 +110,12 @@ struct HostState {
     calls: HashMap<Call, u64>,
     /// Numbers the domains' host-side network devices (`vnet0`, ...).
     next_device: u32,
+    /// The NIC new VMs get.
+    network: NetworkMode,
+    /// Cached images, each also a volume `vmm-image-<id>` in `volumes`.
+    images: BTreeMap<ImageId, CachedBase>,
+    /// The bytes of each VM's seed volume, by VM.
+    seeds: HashMap<VmId, Vec<u8>>,
     /// Where each connection's hint stream goes, once the agent asked for hints.
     hint_outlet: Option<HintOutlet>,
     /// The current connection's hints; `None` without an outlet or while disconnected.
@@ -117,6 +133,9 @@ impl Default for HostState {
             connected: true,
             calls: HashMap::new(),
             next_device: 0,
+            network: NetworkMode::default(),
+            images: BTreeMap::new(),
+            seeds: HashMap::new(),
             hint_outlet: None,
             hints: None,
             hint_capacity: HINT_CAPACITY,
@@ -142,6 +161,11 @@ struct MemoryDomain {
     boots: u64,
     cpu_time_ns: u64,
     device: u32,
+    /// The image the disk is an overlay of.
+    base_image: Option<ImageId>,
+    ssh: Option<SshForward>,
+    /// What the guest's DHCP lease or guest agent says, shown while it runs.
+    addresses: Vec<String>,
 }
 
 struct MemorySnapshot {
@@ -161,6 +185,12 @@ impl MemoryDomain {
             cpu: self.cpu,
             memory_mib: self.memory_mib,
             detail: self.detail.clone(),
+            addresses: if self.state == PowerState::Running && self.vm_id.is_some() {
+                self.addresses.clone()
+            } else {
+                Vec::new()
+            },
+            ssh: self.ssh.clone(),
         }
     }
 
@@ -242,9 +272,45 @@ impl MemoryHost {
                 boots: u64::from(state.is_active()),
                 cpu_time_ns: 0,
                 device,
+                base_image: None,
+                ssh: None,
+                addresses: Vec::new(),
             },
         );
         uuid
+    }
+
+    /// An empty host whose new VMs get `network`'s NIC.
+    pub fn with_network(network: NetworkMode) -> Self {
+        let host = Self::default();
+        host.state().network = network;
+        host
+    }
+
+    /// Sets the addresses the guest of a domain got (a DHCP lease, the guest agent's
+    /// answer), shown while the domain runs. False if there is no such domain.
+    pub fn set_addresses(&self, uuid: VmId, addresses: &[&str]) -> bool {
+        let mut host = self.state();
+        let Some(domain) = host.domains.get_mut(&uuid.to_string()) else {
+            return false;
+        };
+        let mut sorted: Vec<String> = addresses.iter().map(|a| (*a).to_owned()).collect();
+        sorted.sort();
+        domain.addresses = sorted;
+        true
+    }
+
+    /// The bytes of the VM's seed volume, if it has one.
+    pub fn seed(&self, vm_id: VmId) -> Option<Vec<u8>> {
+        self.state().seeds.get(&vm_id).cloned()
+    }
+
+    /// The image the VM's disk is an overlay of.
+    pub fn base_image_of(&self, vm_id: VmId) -> Option<ImageId> {
+        self.state()
+            .domains
+            .get(&vm_id.to_string())
+            .and_then(|domain| domain.base_image)
     }
 
     /// Changes a domain's power state behind the agent's back (the guest powered off, it
@@ -417,6 +483,44 @@ impl HostState {
         device
     }
 
+    /// How many disks are overlays of the image.
+    fn overlays_of(&self, image_id: ImageId) -> usize {
+        self.domains
+            .values()
+            .filter(|domain| domain.base_image == Some(image_id))
+            .count()
+    }
+
+    /// In user mode, a port of the range that no domain forwards yet (from a random
+    /// point of the range, as on libvirt); `None` in the other modes.
+    fn ssh_forward_for_new_vm(&self) -> Result<Option<SshForward>, HypervisorError> {
+        let NetworkMode::User {
+            forward_address,
+            ports,
+        } = &self.network
+        else {
+            return Ok(None);
+        };
+        let taken: HashSet<u16> = self
+            .domains
+            .values()
+            .filter_map(|domain| domain.ssh.as_ref().map(|ssh| ssh.port))
+            .collect();
+        let port = ports
+            .ports_from(rand::random())
+            .find(|port| !taken.contains(port))
+            .ok_or_else(|| {
+                HypervisorError::new(
+                    FailureKind::Unavailable,
+                    format!("no free port in SSH_FORWARD_PORTS {ports}: all are forwarded to VMs"),
+                )
+            })?;
+        Ok(Some(SshForward {
+            address: forward_address.to_string(),
+            port,
+        }))
+    }
+
     /// The product domain of `vm_id`: `NotFound` without one, `Conflict` for a domain of
     /// that UUID the product did not create.
     fn managed(&mut self, vm_id: VmId) -> Result<&mut MemoryDomain, HypervisorError> {
@@ -497,8 +601,34 @@ impl Hypervisor for MemoryHost {
                 format!("disk of {} GB is too large", spec.disk_gb),
             )
         })?;
-        // No domain has this UUID, so a volume of that name is a leftover: replaced.
+        if let Some(image) = spec.image {
+            let base = host.images.get(&image.image_id).ok_or_else(|| {
+                HypervisorError::new(
+                    FailureKind::Unavailable,
+                    format!("image {} is not cached on this host", image.image_id),
+                )
+            })?;
+            if capacity_bytes < base.virtual_size_bytes {
+                return Err(HypervisorError::new(
+                    FailureKind::Invalid,
+                    format!(
+                        "a disk of {capacity_bytes} bytes is smaller than image {}, which \
+                         declares {} bytes",
+                        image.image_id, base.virtual_size_bytes
+                    ),
+                ));
+            }
+        }
+        let ssh = host.ssh_forward_for_new_vm()?;
+        // No domain has this UUID, so volumes of these names are leftovers: replaced.
         host.volumes.insert(volume_name(vm_id), capacity_bytes);
+        host.volumes.remove(&seed_volume_name(vm_id));
+        host.seeds.remove(&vm_id);
+        if let Some(seed) = &spec.seed {
+            let length = u64::try_from(seed.len()).unwrap_or(u64::MAX);
+            host.volumes.insert(seed_volume_name(vm_id), length);
+            host.seeds.insert(vm_id, seed.clone());
+        }
         let device = host.take_device();
         let state = if spec.start {
             PowerState::Running
@@ -519,6 +649,9 @@ impl Hypervisor for MemoryHost {
             boots: u64::from(spec.start),
             cpu_time_ns: 0,
             device,
+            base_image: spec.image.map(|image| image.image_id),
+            ssh,
+            addresses: Vec::new(),
         };
         let observed = domain.observed();
         host.domains.insert(vm_id.to_string(), domain);
@@ -576,6 +709,8 @@ impl Hypervisor for MemoryHost {
             None => None,
         };
         host.volumes.remove(&volume_name(vm_id));
+        host.volumes.remove(&seed_volume_name(vm_id));
+        host.seeds.remove(&vm_id);
         Ok(existing)
     }
 
@@ -671,14 +806,92 @@ impl Hypervisor for MemoryHost {
             .keys()
             .filter(|name| {
                 vm_id_of_volume(name)
+                    .or_else(|| vm_id_of_seed_volume(name))
                     .is_some_and(|vm_id| !host.domains.contains_key(&vm_id.to_string()))
             })
             .cloned()
             .collect();
         for name in &orphans {
             host.volumes.remove(name);
+            if let Some(vm_id) = vm_id_of_seed_volume(name) {
+                host.seeds.remove(&vm_id);
+            }
         }
         Ok(orphans)
+    }
+
+    fn image_support(&mut self) -> Result<(), HypervisorError> {
+        self.state().enter(Call::ImageSupport)
+    }
+
+    fn cached_images(&mut self) -> Result<Vec<CachedBase>, HypervisorError> {
+        let mut host = self.state();
+        host.enter(Call::CachedImages)?;
+        Ok(host.images.values().cloned().collect())
+    }
+
+    fn import_image(
+        &mut self,
+        image: &BaseImage,
+        staged: &Path,
+    ) -> Result<CachedBase, HypervisorError> {
+        let mut host = self.state();
+        host.enter(Call::ImportImage)?;
+        let in_use = host.overlays_of(image.image_id);
+        if host.images.contains_key(&image.image_id) && in_use > 0 {
+            return Err(HypervisorError::new(
+                FailureKind::Conflict,
+                format!(
+                    "image {} is cached already and {in_use} disk(s) are overlays of that \
+                     copy; it is not replaced",
+                    image.image_id
+                ),
+            ));
+        }
+        let (size_bytes, virtual_size_bytes) =
+            read_image_sizes(staged, image.format).map_err(|error| {
+                HypervisorError::new(
+                    FailureKind::Unavailable,
+                    format!(
+                        "reading the fetched file of image {}: {error}",
+                        image.image_id
+                    ),
+                )
+            })?;
+        // The pool takes the file.
+        std::fs::remove_file(staged).map_err(|error| {
+            HypervisorError::new(
+                FailureKind::Unavailable,
+                format!(
+                    "taking the fetched file of image {}: {error}",
+                    image.image_id
+                ),
+            )
+        })?;
+        let cached = CachedBase {
+            image_id: image.image_id,
+            size_bytes,
+            virtual_size_bytes,
+        };
+        host.volumes
+            .insert(image_volume_name(image.image_id), size_bytes);
+        host.images.insert(image.image_id, cached.clone());
+        Ok(cached)
+    }
+
+    fn evict_image(&mut self, image_id: ImageId) -> Result<Eviction, HypervisorError> {
+        let mut host = self.state();
+        host.enter(Call::EvictImage)?;
+        if !host.images.contains_key(&image_id) {
+            return Ok(Eviction::NotCached);
+        }
+        let disks = host.overlays_of(image_id);
+        if disks > 0 {
+            return Ok(Eviction::InUse { disks });
+        }
+        host.images.remove(&image_id);
+        host.volumes.remove(&image_volume_name(image_id));
+        Ok(Eviction::Removed)
     }
 
     fn stats_sample(&mut self) -> Result<StatsSample, HypervisorError> {
@@ -757,6 +970,26 @@ fn domain_sample(domain: &mut MemoryDomain) -> DomainSample {
         ..InterfaceSample::default()
     }];
     sample
+}
+
+/// The size of an image file and the disk size it declares: a qcow2 header's size field,
+/// or the file's size for a raw image.
+fn read_image_sizes(path: &Path, format: ImageFormat) -> std::io::Result<(u64, u64)> {
+    let size = std::fs::metadata(path)?.len();
+    if format == ImageFormat::Raw {
+        return Ok((size, size));
+    }
+    let mut header = [0_u8; 32];
+    std::fs::File::open(path)?.read_exact(&mut header)?;
+    if header[..4] != *b"QFI\xfb" {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a qcow2 file",
+        ));
+    }
+    let mut virtual_size = [0_u8; 8];
+    virtual_size.copy_from_slice(&header[24..32]);
+    Ok((size, u64::from_be_bytes(virtual_size)))
 }
 
 fn now_unix() -> i64 {

@@ -2,7 +2,9 @@
 //! (changes behind the agent's back, failure injection, call counts, statistics).
 
 use super::*;
-use crate::hypervisor::contract_tests::{ContractHost, contract_tests, spec};
+use crate::hypervisor::contract_tests::{
+    ContractHost, ImageContractHost, contract_tests, image_contract_tests, spec,
+};
 
 impl ContractHost for MemoryHost {
     fn pause(&mut self, vm_id: VmId) {
@@ -19,7 +21,54 @@ impl ContractHost for MemoryHost {
     }
 }
 
+impl ImageContractHost for MemoryHost {
+    fn backing_image(&mut self, vm_id: VmId) -> Option<ImageId> {
+        self.base_image_of(vm_id)
+    }
+    fn seed_bytes(&mut self, vm_id: VmId) -> Option<Vec<u8>> {
+        self.seed(vm_id)
+    }
+}
+
 contract_tests!(MemoryHost::new());
+image_contract_tests!(MemoryHost::new(), tempfile::tempdir().unwrap());
+
+#[test]
+fn addresses_a_guest_gets_are_shown_while_it_runs() {
+    let mut host = MemoryHost::new();
+    let vm_id = VmId::new_random();
+    host.create_vm(vm_id, &spec(true)).unwrap();
+    assert!(host.set_addresses(vm_id, &["192.0.2.20", "192.0.2.10"]));
+    assert_eq!(
+        host.find_vm(vm_id).unwrap().unwrap().addresses,
+        ["192.0.2.10", "192.0.2.20"]
+    );
+    host.force_stop(vm_id, AlreadyThere::Refuse).unwrap();
+    assert!(host.find_vm(vm_id).unwrap().unwrap().addresses.is_empty());
+}
+
+#[test]
+fn other_network_modes_forward_no_ssh() {
+    for mode in [
+        NetworkMode::Network("default".into()),
+        NetworkMode::Bridge("br0".into()),
+    ] {
+        let mut host = MemoryHost::with_network(mode);
+        let created = host.create_vm(VmId::new_random(), &spec(false)).unwrap();
+        assert_eq!(created.ssh, None);
+    }
+    let full = NetworkMode::User {
+        forward_address: "127.0.0.1".parse().unwrap(),
+        ports: crate::hypervisor::PortRange::new(2222, 2222).unwrap(),
+    };
+    let mut host = MemoryHost::with_network(full);
+    host.create_vm(VmId::new_random(), &spec(false)).unwrap();
+    let error = host
+        .create_vm(VmId::new_random(), &spec(false))
+        .unwrap_err();
+    assert_eq!(error.kind, FailureKind::Unavailable);
+    assert!(error.message.contains("SSH_FORWARD_PORTS"), "{error}");
+}
 
 #[test]
 fn clones_share_a_host_and_new_hosts_are_separate() {

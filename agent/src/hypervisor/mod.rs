@@ -28,9 +28,11 @@
 //! generations, and it never stops a VM on its own.
 
 pub mod hints;
+pub mod images;
 pub mod libvirt;
 pub mod memory;
 pub mod naming;
+pub mod network;
 pub mod preconditions;
 pub mod sample;
 pub mod worker;
@@ -38,9 +40,16 @@ pub mod worker;
 #[cfg(test)]
 mod contract_tests;
 
+use std::path::Path;
+
 use vmm_shared::{SnapshotId, VmId};
 
-pub use naming::{BYTES_PER_GIB, domain_name, vm_id_of_volume, volume_name};
+pub use images::{BaseImage, CachedBase, Eviction, ImageFormat, ImageId};
+pub use naming::{
+    BYTES_PER_GIB, domain_name, image_id_of_volume, image_volume_name, seed_volume_name,
+    vm_id_of_seed_volume, vm_id_of_volume, volume_name,
+};
+pub use network::{NetworkMode, PortRange, SshForward};
 pub use sample::StatsSample;
 pub use worker::HypervisorHandle;
 
@@ -104,6 +113,13 @@ pub struct ObservedDomain {
     pub memory_mib: u64,
     /// Why the domain is in its state, where that matters (e.g. the crash reason).
     pub detail: String,
+    /// The guest's IP addresses as the host knows them (a libvirt network's DHCP leases,
+    /// or the QEMU guest agent), without prefix, sorted; empty when unknown. Only for
+    /// running product VMs.
+    pub addresses: Vec<String>,
+    /// Where a port forward on the host reaches the guest's SSH port (user-mode
+    /// networking), as recorded in the domain's definition.
+    pub ssh: Option<SshForward>,
 }
 
 /// One snapshot of a product VM, as the hypervisor shows it.
@@ -134,6 +150,10 @@ pub struct VmSpec {
     pub disk_gb: u64,
     /// Start the domain once it is defined.
     pub start: bool,
+    /// The cached image the disk is a copy-on-write overlay of; `None`: a blank disk.
+    pub image: Option<BaseImage>,
+    /// The bytes of the cloud-init seed volume to attach read-only; `None`: no seed.
+    pub seed: Option<Vec<u8>>,
 }
 
 /// What a power operation does when the domain is already in the state the operation
@@ -194,9 +214,11 @@ pub trait Hypervisor {
     /// The domain whose UUID is `vm_id`, if there is one (whoever created it).
     fn find_vm(&mut self, vm_id: VmId) -> Result<Option<ObservedDomain>, HypervisorError>;
 
-    /// Creates the disk and the domain, and starts it if asked. A product domain of that VM
-    /// that exists already (made by an earlier delivery of the same create) is returned as
-    /// it is. On failure nothing of the VM is left behind.
+    /// Creates the disk (blank, or an overlay of a cached image grown to `disk_gb`), the
+    /// seed volume if there is one, and the domain with its NIC as the host's network mode
+    /// says; starts it if asked. A product domain of that VM that exists already (made by an
+    /// earlier delivery of the same create) is returned as it is. On failure nothing of the
+    /// VM is left behind. An image that is not cached is `Unavailable`.
     fn create_vm(&mut self, vm_id: VmId, spec: &VmSpec) -> Result<ObservedDomain, HypervisorError>;
 
     /// Starts a stopped VM.
@@ -224,7 +246,8 @@ pub trait Hypervisor {
     /// Reboots a running VM.
     fn reboot_vm(&mut self, vm_id: VmId) -> Result<ObservedDomain, HypervisorError>;
 
-    /// Destroys and undefines the domain and deletes its disk. Parts already gone are fine.
+    /// Destroys and undefines the domain and deletes its disk and seed (never the cached
+    /// image its disk is an overlay of). Parts already gone are fine.
     /// The disk holds the VM's snapshots, so their data goes with it. Returns the domain as
     /// it was before, `None` if there was none.
     fn delete_vm(&mut self, vm_id: VmId) -> Result<Option<ObservedDomain>, HypervisorError>;
@@ -259,10 +282,31 @@ pub trait Hypervisor {
         snapshot_id: SnapshotId,
     ) -> Result<ObservedDomain, HypervisorError>;
 
-    /// Deletes the disk volumes of product VMs that have no domain (what a create cut short
-    /// by the agent's death leaves) and returns their names. Only safe at start, before any
-    /// command runs: later, such a volume may belong to a create in progress.
+    /// Deletes the disk and seed volumes of product VMs that have no domain, and half-made
+    /// imports of images (what a create or an import cut short by the agent's death
+    /// leaves), and returns their names. Only safe at start, before any command runs:
+    /// later, such a volume may belong to a create in progress.
     fn remove_orphan_volumes(&mut self) -> Result<Vec<String>, HypervisorError>;
+
+    /// Whether this host can keep images at all: `Ok`, or why not (a driver whose storage
+    /// holds no file contents). Asked before an image is fetched.
+    fn image_support(&mut self) -> Result<(), HypervisorError>;
+
+    /// The images cached as base volumes in the pool. Only reads.
+    fn cached_images(&mut self) -> Result<Vec<CachedBase>, HypervisorError>;
+
+    /// Makes the verified file `staged` the base volume of `image` (`vmm-image-<id>`),
+    /// taking the file (it is moved, not copied, where the file system allows). The base is
+    /// made read-only and is never written or chowned afterwards. A stale base of that
+    /// image that no disk uses is replaced; one in use is a `Conflict`.
+    fn import_image(
+        &mut self,
+        image: &BaseImage,
+        staged: &Path,
+    ) -> Result<CachedBase, HypervisorError>;
+
+    /// Removes the cached base of `image_id` unless a disk is an overlay of it.
+    fn evict_image(&mut self, image_id: ImageId) -> Result<Eviction, HypervisorError>;
 
     /// Statistics of every domain and the host's capacity, for the metrics endpoint. Only
     /// reads.

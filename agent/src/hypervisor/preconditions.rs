@@ -133,6 +133,8 @@ mod tests {
             cpu: 1,
             memory_mib: 128,
             detail: String::new(),
+            addresses: Vec::new(),
+            ssh: None,
         }
     }
 

@@ -339,6 +339,8 @@ mod tests {
             memory_mib: 128,
             disk_gb: 1,
             start: true,
+            image: None,
+            seed: None,
         };
         hypervisor
             .call(move |hv| hv.create_vm(vm_id, &spec))

@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use roxmltree::{Document, Node};
 use vmm_shared::VmId;
 
-use crate::hypervisor::domain_name;
+use crate::hypervisor::{ImageFormat, SshForward, domain_name};
 
 /// The XML namespace of the metadata element the agent puts into every domain it creates.
 /// A domain carrying it is managed by the product; its `vm-id` names the coordinator's VM.
@@ -46,9 +46,40 @@ pub struct DomainDefinition<'a> {
     pub arch: &'a str,
     pub cpu: u32,
     pub memory_mib: u64,
-    pub disk_path: &'a str,
+    pub disk: DiskDefinition<'a>,
+    /// The cloud-init seed volume, attached as a read-only virtio disk.
+    pub seed_path: Option<&'a str>,
+    pub nic: NicDefinition<'a>,
     pub mac_address: &'a str,
 }
+
+/// The VM's disk: a qcow2 file, on its own or an overlay of a cached image.
+#[derive(Debug, Clone, Copy)]
+pub struct DiskDefinition<'a> {
+    pub path: &'a str,
+    pub backing: Option<BackingFile<'a>>,
+}
+
+/// The cached image a disk is an overlay of.
+#[derive(Debug, Clone, Copy)]
+pub struct BackingFile<'a> {
+    pub path: &'a str,
+    pub format: ImageFormat,
+}
+
+/// The VM's one NIC, per network mode.
+#[derive(Debug, Clone, Copy)]
+pub enum NicDefinition<'a> {
+    /// passt, with a TCP forward from `forward_address:port` on the host to the guest's 22.
+    User { forward_address: &'a str, port: u16 },
+    /// A libvirt network.
+    Network(&'a str),
+    /// A host bridge.
+    Bridge(&'a str),
+}
+
+/// The name of the virtio-serial port the QEMU guest agent listens on.
+pub const GUEST_AGENT_CHANNEL: &str = "org.qemu.guest_agent.0";
 
 impl DomainDefinition<'_> {
     pub fn to_xml(&self) -> String {
@@ -57,10 +88,12 @@ impl DomainDefinition<'_> {
         let display_name = escape(self.display_name);
         let domain_type = escape(self.domain_type);
         let arch = escape(self.arch);
-        let disk_path = escape(self.disk_path);
-        let mac = escape(self.mac_address);
         let namespace = escape(INSTANCE_METADATA_NAMESPACE);
         let (cpu, memory) = (self.cpu, self.memory_mib);
+        let disk = disk_xml(&self.disk);
+        let seed = self.seed_path.map(seed_xml).unwrap_or_default();
+        let nic = nic_xml(&self.nic, self.mac_address);
+        let guest_agent = escape(GUEST_AGENT_CHANNEL);
         format!(
             "<domain type='{domain_type}'>
   <name>{name}</name>
@@ -87,15 +120,9 @@ impl DomainDefinition<'_> {
   <on_reboot>restart</on_reboot>
   <on_crash>destroy</on_crash>
   <devices>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2'/>
-      <source file='{disk_path}'/>
-      <target dev='vda' bus='virtio'/>
-    </disk>
-    <interface type='user'>
-      <mac address='{mac}'/>
-      <model type='virtio'/>
-    </interface>
+{disk}{seed}{nic}    <channel type='unix'>
+      <target type='virtio' name='{guest_agent}'/>
+    </channel>
     <graphics type='vnc' autoport='yes' listen='127.0.0.1'>
       <listen type='address' address='127.0.0.1'/>
     </graphics>
@@ -109,6 +136,93 @@ impl DomainDefinition<'_> {
 </domain>
 "
         )
+    }
+}
+
+/// The disk on the virtio bus. An overlay names its backing file with `relabel='no'`:
+/// libvirt would otherwise chown the shared base to the QEMU user when a VM starts and
+/// never give it back; the base is world-readable instead. The empty `<backingStore/>`
+/// inside says the base has no backing file of its own.
+fn disk_xml(disk: &DiskDefinition<'_>) -> String {
+    let path = escape(disk.path);
+    let backing = disk
+        .backing
+        .map(|backing| {
+            format!(
+                "      <backingStore type='file'>
+        <format type='{}'/>
+        <source file='{}'>
+          <seclabel model='dac' relabel='no'/>
+        </source>
+        <backingStore/>
+      </backingStore>
+",
+                escape(backing.format.as_str()),
+                escape(backing.path)
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='{path}'/>
+{backing}      <target dev='vda' bus='virtio'/>
+    </disk>
+"
+    )
+}
+
+/// The seed: a read-only virtio disk (every machine type has virtio; Debian's cloud kernel
+/// has no AHCI driver, so a SATA CD-ROM would be invisible to it on q35).
+fn seed_xml(path: &str) -> String {
+    format!(
+        "    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file='{}'/>
+      <target dev='vdb' bus='virtio'/>
+      <readonly/>
+    </disk>
+",
+        escape(path)
+    )
+}
+
+fn nic_xml(nic: &NicDefinition<'_>, mac_address: &str) -> String {
+    let mac = escape(mac_address);
+    match *nic {
+        NicDefinition::User {
+            forward_address,
+            port,
+        } => format!(
+            "    <interface type='user'>
+      <mac address='{mac}'/>
+      <backend type='passt'/>
+      <model type='virtio'/>
+      <portForward proto='tcp' address='{}'>
+        <range start='{port}' to='22'/>
+      </portForward>
+    </interface>
+",
+            escape(forward_address)
+        ),
+        NicDefinition::Network(network) => format!(
+            "    <interface type='network'>
+      <mac address='{mac}'/>
+      <source network='{}'/>
+      <model type='virtio'/>
+    </interface>
+",
+            escape(network)
+        ),
+        NicDefinition::Bridge(bridge) => format!(
+            "    <interface type='bridge'>
+      <mac address='{mac}'/>
+      <source bridge='{}'/>
+      <model type='virtio'/>
+    </interface>
+",
+            escape(bridge)
+        ),
     }
 }
 
@@ -137,6 +251,49 @@ pub fn volume_xml(name: &str, capacity_bytes: u64) -> String {
   <capacity unit='bytes'>{capacity_bytes}</capacity>
   <target>
     <format type='qcow2'/>
+  </target>
+</volume>
+",
+        escape(name)
+    )
+}
+
+/// A qcow2 volume of `capacity_bytes` that is a copy-on-write overlay of `backing_path`
+/// (whose format is given, never probed).
+pub fn overlay_volume_xml(
+    name: &str,
+    capacity_bytes: u64,
+    backing_path: &str,
+    backing_format: ImageFormat,
+) -> String {
+    format!(
+        "<volume>
+  <name>{}</name>
+  <capacity unit='bytes'>{capacity_bytes}</capacity>
+  <target>
+    <format type='qcow2'/>
+  </target>
+  <backingStore>
+    <path>{}</path>
+    <format type='{}'/>
+  </backingStore>
+</volume>
+",
+        escape(name),
+        escape(backing_path),
+        escape(backing_format.as_str())
+    )
+}
+
+/// A raw volume of exactly `capacity_bytes`, for the seed.
+pub fn raw_volume_xml(name: &str, capacity_bytes: u64) -> String {
+    format!(
+        "<volume>
+  <name>{}</name>
+  <capacity unit='bytes'>{capacity_bytes}</capacity>
+  <allocation unit='bytes'>{capacity_bytes}</allocation>
+  <target>
+    <format type='raw'/>
   </target>
 </volume>
 ",
@@ -233,6 +390,85 @@ pub fn mac_addresses(domain_xml: &str) -> Vec<String> {
         .collect()
 }
 
+/// What the agent needs to know of a domain's networking, read from its XML.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DomainNetworking {
+    /// A TCP forward from the host to the guest's port 22 (a user-mode NIC's).
+    pub ssh: Option<SshForward>,
+    /// Every host port a port forward of the domain takes.
+    pub forwarded_ports: Vec<u16>,
+    /// Whether a NIC is on a libvirt network (whose DHCP leases then name its addresses).
+    pub on_libvirt_network: bool,
+    /// Whether the domain has the QEMU guest agent's channel.
+    pub guest_agent_channel: bool,
+    /// Whether a guest agent is connected to that channel (live XML of a running domain).
+    pub guest_agent_connected: bool,
+}
+
+/// Reads [`DomainNetworking`] out of a domain's XML; a document that does not parse has
+/// none of it.
+pub fn domain_networking(domain_xml: &str) -> DomainNetworking {
+    let Ok(document) = Document::parse(domain_xml) else {
+        return DomainNetworking::default();
+    };
+    let Some(devices) = child(document.root_element(), "devices") else {
+        return DomainNetworking::default();
+    };
+    let mut networking = DomainNetworking::default();
+    for interface in children(devices, "interface") {
+        let kind = interface.attribute("type").unwrap_or_default();
+        if kind == "network" {
+            networking.on_libvirt_network = true;
+        }
+        for forward in children(interface, "portForward") {
+            let tcp = forward
+                .attribute("proto")
+                .is_none_or(|proto| proto == "tcp");
+            let address = forward.attribute("address").unwrap_or("0.0.0.0");
+            for range in children(forward, "range") {
+                let Some(start) = range.attribute("start").and_then(|p| p.parse::<u16>().ok())
+                else {
+                    continue;
+                };
+                let end = range
+                    .attribute("end")
+                    .and_then(|p| p.parse::<u16>().ok())
+                    .unwrap_or(start)
+                    .max(start);
+                networking.forwarded_ports.extend(start..=end);
+                let to_ssh = range.attribute("to").and_then(|p| p.parse::<u16>().ok()) == Some(22);
+                if tcp && to_ssh && start == end && networking.ssh.is_none() {
+                    networking.ssh = Some(SshForward {
+                        address: address.to_owned(),
+                        port: start,
+                    });
+                }
+            }
+        }
+    }
+    let agent_target = children(devices, "channel")
+        .filter_map(|channel| child(channel, "target"))
+        .find(|target| target.attribute("name") == Some(GUEST_AGENT_CHANNEL));
+    networking.guest_agent_channel = agent_target.is_some();
+    networking.guest_agent_connected =
+        agent_target.is_some_and(|target| target.attribute("state") == Some("connected"));
+    networking
+}
+
+/// The backing file a volume's XML names (`<backingStore><path>`), if any.
+pub fn volume_backing_path(volume_xml: &str) -> Option<String> {
+    let document = Document::parse(volume_xml).ok()?;
+    let backing = child(document.root_element(), "backingStore")?;
+    Some(text(child(backing, "path")?).to_owned()).filter(|path| !path.is_empty())
+}
+
+/// The directory of a directory pool (`<target><path>`), if its XML names one.
+pub fn pool_target_path(pool_xml: &str) -> Option<String> {
+    let document = Document::parse(pool_xml).ok()?;
+    let target = child(document.root_element(), "target")?;
+    Some(text(child(target, "path")?).to_owned()).filter(|path| !path.is_empty())
+}
+
 /// The child elements of `node` named `tag` (no namespace).
 fn children<'a, 'input: 'a>(
     node: Node<'a, 'input>,
@@ -272,7 +508,15 @@ mod tests {
             arch: "x86_64",
             cpu: 2,
             memory_mib: 512,
-            disk_path: "/var/lib/vmm/images/vmm-x.qcow2",
+            disk: DiskDefinition {
+                path: "/var/lib/vmm/images/vmm-x.qcow2",
+                backing: None,
+            },
+            seed_path: None,
+            nic: NicDefinition::User {
+                forward_address: "127.0.0.1",
+                port: 22001,
+            },
             mac_address: "52:54:00:12:34:56",
         }
         .to_xml()
@@ -367,5 +611,125 @@ mod tests {
     #[test]
     fn qemu_macs_are_well_formed() {
         assert_eq!(qemu_mac_address([0, 0xab, 0x0f]), "52:54:00:00:ab:0f");
+    }
+
+    fn image_definition(nic: NicDefinition<'_>) -> String {
+        DomainDefinition {
+            vm_id: VmId::new_random(),
+            display_name: "from-image",
+            domain_type: "qemu",
+            arch: "x86_64",
+            cpu: 1,
+            memory_mib: 256,
+            disk: DiskDefinition {
+                path: "/pool/vmm-x.qcow2",
+                backing: Some(BackingFile {
+                    path: "/pool/vmm-image-x",
+                    format: ImageFormat::Raw,
+                }),
+            },
+            seed_path: Some("/pool/vmm-x-seed.img"),
+            nic,
+            mac_address: "52:54:00:00:00:01",
+        }
+        .to_xml()
+    }
+
+    #[test]
+    fn an_overlay_names_its_base_without_relabelling_it_and_the_seed_is_read_only() {
+        let xml = image_definition(NicDefinition::Network("default"));
+        let document = Document::parse(&xml).unwrap();
+        let disks: Vec<Node<'_, '_>> = document
+            .descendants()
+            .filter(|node| node.has_tag_name("disk"))
+            .collect();
+        assert_eq!(disks.len(), 2, "{xml}");
+        let backing = child(disks[0], "backingStore").expect("the overlay's backing store");
+        assert_eq!(
+            child(backing, "format").and_then(|f| f.attribute("type")),
+            Some("raw")
+        );
+        let source = child(backing, "source").unwrap();
+        assert_eq!(source.attribute("file"), Some("/pool/vmm-image-x"));
+        let seclabel = child(source, "seclabel").unwrap();
+        assert_eq!(
+            (seclabel.attribute("model"), seclabel.attribute("relabel")),
+            (Some("dac"), Some("no"))
+        );
+        let seed = disks[1];
+        assert!(child(seed, "readonly").is_some(), "{xml}");
+        assert_eq!(
+            child(seed, "target").and_then(|t| t.attribute("bus")),
+            Some("virtio")
+        );
+        let networking = domain_networking(&xml);
+        assert!(networking.on_libvirt_network && networking.guest_agent_channel);
+        assert_eq!(networking.ssh, None);
+    }
+
+    #[test]
+    fn each_network_mode_gets_its_nic_and_hostile_names_stay_inert() {
+        let user = image_definition(NicDefinition::User {
+            forward_address: "127.0.0.1",
+            port: 22007,
+        });
+        assert!(user.contains("<backend type='passt'/>"), "{user}");
+        let networking = domain_networking(&user);
+        assert_eq!(
+            networking.ssh,
+            Some(SshForward {
+                address: "127.0.0.1".into(),
+                port: 22007
+            })
+        );
+        assert_eq!(networking.forwarded_ports, [22007]);
+        assert!(!networking.on_libvirt_network);
+
+        let bridge = image_definition(NicDefinition::Bridge("br0'/><x/>"));
+        assert!(!bridge.contains("<x/>"), "{bridge}");
+        assert!(bridge.contains("<source bridge='br0&apos;/&gt;&lt;x/&gt;'/>"));
+        let network = image_definition(NicDefinition::Network("nat"));
+        assert!(network.contains("<interface type='network'>"));
+        assert!(network.contains("<source network='nat'/>"));
+    }
+
+    #[test]
+    fn forwarded_ports_of_any_domain_are_read() {
+        let xml = "<domain><devices><interface type='user'><portForward proto='udp' \
+            address='0.0.0.0'><range start='5000' end='5002'/></portForward>\
+            <portForward proto='tcp'><range start='2222' to='22'/></portForward>\
+            </interface></devices></domain>";
+        let networking = domain_networking(xml);
+        assert_eq!(networking.forwarded_ports, [5000, 5001, 5002, 2222]);
+        assert_eq!(
+            networking.ssh,
+            Some(SshForward {
+                address: "0.0.0.0".into(),
+                port: 2222
+            })
+        );
+        assert_eq!(domain_networking("not xml"), DomainNetworking::default());
+        let live = "<domain><devices><channel type='unix'><target type='virtio' \
+            name='org.qemu.guest_agent.0' state='connected'/></channel></devices></domain>";
+        let networking = domain_networking(live);
+        assert!(networking.guest_agent_channel && networking.guest_agent_connected);
+        assert!(
+            !domain_networking(&live.replace("connected", "disconnected")).guest_agent_connected
+        );
+    }
+
+    #[test]
+    fn volume_and_pool_paths_are_read() {
+        let overlay = overlay_volume_xml("o", 1 << 30, "/pool/vmm-image-a&b", ImageFormat::Qcow2);
+        assert_eq!(
+            volume_backing_path(&overlay).as_deref(),
+            Some("/pool/vmm-image-a&b")
+        );
+        assert_eq!(volume_backing_path(&volume_xml("v", 1)), None);
+        assert_eq!(
+            pool_target_path(&dir_pool_xml("p", "/var/lib/vmm/images")).as_deref(),
+            Some("/var/lib/vmm/images")
+        );
+        assert_eq!(pool_target_path("<pool/>"), None);
     }
 }

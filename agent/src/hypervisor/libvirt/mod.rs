@@ -14,7 +14,7 @@
 
 use std::collections::HashSet;
 use std::fmt::Display;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use virt::connect::Connect;
 use virt::domain::{Domain, DomainState, DomainStateReason};
@@ -27,14 +27,16 @@ use vmm_shared::{SnapshotId, VmId};
 use super::hints::HintOutlet;
 use super::preconditions::{self, PowerAction, Proceed};
 use super::{
-    AlreadyThere, BYTES_PER_GIB, FailureKind, HostFacts, Hypervisor, HypervisorError,
-    ObservedDomain, ObservedSnapshot, PowerState, SnapshotTaken, StatsSample, VmSpec, domain_name,
-    volume_name,
+    AlreadyThere, BYTES_PER_GIB, BaseImage, CachedBase, Eviction, FailureKind, HostFacts,
+    Hypervisor, HypervisorError, ImageId, NetworkMode, ObservedDomain, ObservedSnapshot,
+    PowerState, SnapshotTaken, StatsSample, VmSpec, domain_name, seed_volume_name, volume_name,
 };
-use domain_xml::DomainDefinition;
+use domain_xml::{DiskDefinition, DomainDefinition};
 
 pub mod domain_xml;
 mod events;
+mod images;
+mod networking;
 mod reconnect;
 pub mod snapshot_xml;
 mod snapshots;
@@ -50,6 +52,23 @@ pub struct LibvirtSettings {
     pub storage_pool: String,
     /// Absolute directory used as the pool's target if the agent has to define the pool.
     pub images_dir: PathBuf,
+    /// The NIC new VMs get.
+    pub network: NetworkMode,
+    /// Whether VMs may, must or must not use KVM.
+    pub accel: GuestAccel,
+}
+
+/// How guests' CPUs are run (`GUEST_ACCEL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum GuestAccel {
+    /// KVM when a probe domain really runs under it, else TCG.
+    #[default]
+    Auto,
+    /// KVM or nothing: the agent refuses to start when KVM does not work.
+    Kvm,
+    /// Software emulation (`type='qemu'`) always, also where KVM seems to work: for hosts
+    /// whose KVM starts a guest's firmware but cannot run its boot loader.
+    Tcg,
 }
 
 /// How new VMs are run on this host, decided once at open.
@@ -72,6 +91,8 @@ pub struct LibvirtHost {
     stats_cache: stats::StatsCache,
     /// When to try again after libvirtd went away.
     reconnect: reconnect::ReconnectSchedule,
+    /// Whether the driver's volumes are files with contents (false for the test driver).
+    holds_files: bool,
     /// The connection's lifecycle-event registration and where its hints go.
     events: events::ConnectionEvents,
 }
@@ -93,15 +114,25 @@ impl LibvirtHost {
             )
         })?;
         events::enable_keepalive(&connection);
-        let guest = choose_guest_placement(&connection)?;
+        let guest = choose_guest_placement(&connection, settings.accel)?;
+        let holds_files = !connection
+            .driver_type()
+            .map_err(failed("reading the driver type"))?
+            .eq_ignore_ascii_case("test");
         tracing::info!(
             uri = %settings.uri,
             domain_type = %guest.domain_type,
             arch = %guest.arch,
             kvm_usable = guest.kvm_usable,
+            accel = ?settings.accel,
+            network = %settings.network,
             "connected to libvirt"
         );
+        if !holds_files {
+            tracing::warn!(uri = %settings.uri, "this driver keeps volumes without contents: VMs from images are refused here");
+        }
         ensure_storage_pool(&connection, &settings)?;
+        networking::check_network_mode(&connection, &settings)?;
         Ok(Self {
             connection,
             settings,
@@ -109,6 +140,7 @@ impl LibvirtHost {
             vm_ids: vm_ids::VmIdCache::default(),
             stats_cache: stats::StatsCache::default(),
             reconnect: reconnect::ReconnectSchedule::default(),
+            holds_files,
             events: events::ConnectionEvents::default(),
         })
     }
@@ -186,14 +218,22 @@ impl LibvirtHost {
             Enum::Known(DomainStateReason::Crashed(crash)) => format!("crashed: {crash}"),
             _ => String::new(),
         };
+        let state = power_state(state);
+        // Only product VMs: the coordinator has no use for a hand-made domain's network.
+        let view = match vm_id {
+            Some(_) => networking::observe(domain, state),
+            None => networking::NetworkView::default(),
+        };
         Ok(ObservedDomain {
             uuid,
             name,
             vm_id,
-            state: power_state(state),
+            state,
             cpu: info.nr_virt_cpu,
             memory_mib: info.max_mem / 1024,
             detail,
+            addresses: view.addresses,
+            ssh: view.ssh,
         })
     }
 
@@ -213,35 +253,43 @@ impl LibvirtHost {
         self.observe_after(vm_id, &domain)
     }
 
-    /// A `52:54:00:…` MAC that no domain on this host uses yet.
-    fn unused_mac_address(&self) -> Result<String, HypervisorError> {
+    /// The XML of every domain on the host (persistent definitions and live ones).
+    fn all_domain_xml(&self) -> Result<Vec<String>, HypervisorError> {
         let domains = self
             .connection
             .list_all_domains(0)
             .map_err(failed("listing domains"))?;
-        let in_use: HashSet<String> = domains
+        Ok(domains
             .iter()
             .filter_map(|domain| domain.xml_desc(0).ok())
-            .flat_map(|xml| domain_xml::mac_addresses(&xml))
-            .collect();
-        std::iter::repeat_with(|| domain_xml::qemu_mac_address(rand::random()))
-            .take(64)
-            .find(|mac| !in_use.contains(mac))
-            .ok_or_else(|| {
-                HypervisorError::new(FailureKind::Unavailable, "no unused MAC address found")
-            })
+            .collect())
     }
 
     fn define_and_maybe_start(
         &mut self,
         vm_id: VmId,
         spec: &VmSpec,
-        volume: &StorageVol,
+        made: &CreatedVolumes,
     ) -> Result<ObservedDomain, HypervisorError> {
-        let disk_path = volume
+        let disk_path = made
+            .disk
             .path()
             .map_err(failed("reading the disk volume's path"))?;
-        let mac_address = self.unused_mac_address()?;
+        let seed_path = made
+            .seed
+            .as_ref()
+            .map(|seed| {
+                seed.path()
+                    .map_err(failed("reading the seed volume's path"))
+            })
+            .transpose()?;
+        let backing = made
+            .backing
+            .as_ref()
+            .map(|(path, format)| (path.as_str(), *format));
+        let others = self.all_domain_xml()?;
+        let mac_address = networking::unused_mac_address(&others)?;
+        let nic = networking::NicChoice::for_new_vm(&self.settings.network, &others)?;
         let xml = DomainDefinition {
             vm_id,
             display_name: &spec.display_name,
@@ -249,7 +297,12 @@ impl LibvirtHost {
             arch: &self.guest.arch,
             cpu: spec.cpu,
             memory_mib: spec.memory_mib,
-            disk_path: &disk_path,
+            disk: DiskDefinition {
+                path: &disk_path,
+                backing: backing.map(|(path, format)| domain_xml::BackingFile { path, format }),
+            },
+            seed_path: seed_path.as_deref(),
+            nic: nic.definition(),
             mac_address: &mac_address,
         }
         .to_xml();
@@ -265,8 +318,9 @@ impl LibvirtHost {
         self.observe_after(vm_id, &domain)
     }
 
-    /// Removes whatever a failed create left: the domain (if it got defined) and the volume.
-    fn undo_create(&mut self, vm_id: VmId, volume: &StorageVol) {
+    /// Removes whatever a failed create left: the domain (if it got defined) and the
+    /// volumes it made.
+    fn undo_create(&mut self, vm_id: VmId, made: &CreatedVolumes) {
         match self.lookup_domain(vm_id) {
             Ok(Some(domain)) => {
                 if let Err(error) = destroy_and_undefine(&domain) {
@@ -276,11 +330,39 @@ impl LibvirtHost {
             Ok(None) => {}
             Err(error) => tracing::warn!(%vm_id, %error, "cannot look up a failed create"),
         }
-        if let Err(error) = volume.delete(0) {
-            tracing::warn!(%vm_id, error = error.message(), "cannot delete the disk of a failed create");
+        for volume in std::iter::once(&made.disk).chain(&made.seed) {
+            if let Err(error) = volume.delete(0) {
+                tracing::warn!(%vm_id, error = error.message(), "cannot delete a volume of a failed create");
+            }
         }
         self.vm_ids.forget(&vm_id.to_string());
     }
+
+    /// Deletes the volume `name` of the pool if it exists.
+    fn delete_volume_if_present(
+        &self,
+        pool: &StoragePool,
+        name: &str,
+    ) -> Result<bool, HypervisorError> {
+        match pool.lookup_storage_vol_by_name(name) {
+            Ok(volume) => {
+                volume
+                    .delete(0)
+                    .map_err(failed(format!("deleting volume {name}")))?;
+                Ok(true)
+            }
+            Err(error) if has_code(&error, ErrorNumber::NoStorageVolume) => Ok(false),
+            Err(error) => Err(failed(format!("looking up volume {name}"))(error)),
+        }
+    }
+}
+
+/// The volumes a create made, to define the domain with or to remove again.
+struct CreatedVolumes {
+    disk: StorageVol,
+    /// The base image's path and format, for an overlay.
+    backing: Option<(String, super::ImageFormat)>,
+    seed: Option<StorageVol>,
 }
 
 impl Hypervisor for LibvirtHost {
@@ -348,14 +430,12 @@ impl Hypervisor for LibvirtHost {
             return Ok(existing);
         }
         let pool = self.storage_pool()?;
-        let volume_name = volume_name(vm_id);
-        // No domain has this UUID, so a volume of that name is the leftover of an earlier
+        // No domain has this UUID, so volumes of these names are the leftovers of an earlier
         // attempt at this same VM that died half-way.
-        if let Ok(leftover) = pool.lookup_storage_vol_by_name(&volume_name) {
-            tracing::warn!(%vm_id, volume = %volume_name, "deleting a leftover disk volume");
-            leftover
-                .delete(0)
-                .map_err(failed(format!("deleting leftover volume {volume_name}")))?;
+        for name in [volume_name(vm_id), seed_volume_name(vm_id)] {
+            if self.delete_volume_if_present(&pool, &name)? {
+                tracing::warn!(%vm_id, volume = %name, "deleted a leftover volume");
+            }
         }
         let capacity_bytes = spec.disk_gb.checked_mul(BYTES_PER_GIB).ok_or_else(|| {
             HypervisorError::new(
@@ -363,16 +443,41 @@ impl Hypervisor for LibvirtHost {
                 format!("disk of {} GB is too large", spec.disk_gb),
             )
         })?;
-        let volume = StorageVol::create_xml(
-            &pool,
-            &domain_xml::volume_xml(&volume_name, capacity_bytes),
-            0,
-        )
-        .map_err(failed(format!("creating disk volume {volume_name}")))?;
-        match self.define_and_maybe_start(vm_id, spec, &volume) {
+        if spec.image.is_some() || spec.seed.is_some() {
+            self.require_file_storage()?;
+        }
+        let (disk, backing) = match &spec.image {
+            None => {
+                let name = volume_name(vm_id);
+                let disk = StorageVol::create_xml(
+                    &pool,
+                    &domain_xml::volume_xml(&name, capacity_bytes),
+                    0,
+                )
+                .map_err(failed(format!("creating disk volume {name}")))?;
+                (disk, None)
+            }
+            Some(image) => {
+                let (disk, base_path) = self.create_overlay(&pool, vm_id, image, capacity_bytes)?;
+                (disk, Some((base_path, image.format)))
+            }
+        };
+        let mut made = CreatedVolumes {
+            disk,
+            backing,
+            seed: None,
+        };
+        let outcome = match &spec.seed {
+            Some(bytes) => self.create_seed(&pool, vm_id, bytes).map(|seed| {
+                made.seed = Some(seed);
+            }),
+            None => Ok(()),
+        }
+        .and_then(|()| self.define_and_maybe_start(vm_id, spec, &made));
+        match outcome {
             Ok(observed) => Ok(observed),
             Err(error) => {
-                self.undo_create(vm_id, &volume);
+                self.undo_create(vm_id, &made);
                 Err(error)
             }
         }
@@ -449,18 +554,10 @@ impl Hypervisor for LibvirtHost {
             None => None,
         };
         self.vm_ids.forget(&vm_id.to_string());
-        let volume_name = volume_name(vm_id);
         let pool = self.storage_pool()?;
-        match pool.lookup_storage_vol_by_name(&volume_name) {
-            Ok(volume) => volume
-                .delete(0)
-                .map_err(failed(format!("deleting disk volume {volume_name}")))?,
-            Err(error) if has_code(&error, ErrorNumber::NoStorageVolume) => {}
-            Err(error) => {
-                return Err(failed(format!("looking up disk volume {volume_name}"))(
-                    error,
-                ));
-            }
+        // Never the cached image an overlay disk was made from: it stays for other VMs.
+        for name in [volume_name(vm_id), seed_volume_name(vm_id)] {
+            self.delete_volume_if_present(&pool, &name)?;
         }
         Ok(existing)
     }
@@ -495,6 +592,30 @@ impl Hypervisor for LibvirtHost {
 
     fn remove_orphan_volumes(&mut self) -> Result<Vec<String>, HypervisorError> {
         self.sweep_orphan_volumes()
+    }
+
+    fn image_support(&mut self) -> Result<(), HypervisorError> {
+        self.reconnect_if_dead();
+        self.require_file_storage()
+    }
+
+    fn cached_images(&mut self) -> Result<Vec<CachedBase>, HypervisorError> {
+        self.reconnect_if_dead();
+        self.list_cached_images()
+    }
+
+    fn import_image(
+        &mut self,
+        image: &BaseImage,
+        staged: &Path,
+    ) -> Result<CachedBase, HypervisorError> {
+        self.reconnect_if_dead();
+        self.import_base(image, staged)
+    }
+
+    fn evict_image(&mut self, image_id: ImageId) -> Result<Eviction, HypervisorError> {
+        self.reconnect_if_dead();
+        self.evict_base(image_id)
     }
 
     fn stats_sample(&mut self) -> Result<StatsSample, HypervisorError> {
@@ -564,7 +685,10 @@ fn destroy_and_undefine(domain: &Domain) -> Result<(), LibvirtError> {
     }
 }
 
-fn choose_guest_placement(connection: &Connect) -> Result<GuestPlacement, HypervisorError> {
+fn choose_guest_placement(
+    connection: &Connect,
+    accel: GuestAccel,
+) -> Result<GuestPlacement, HypervisorError> {
     let capabilities = connection
         .capabilities()
         .map_err(failed("reading host capabilities"))?;
@@ -580,8 +704,15 @@ fn choose_guest_placement(connection: &Connect) -> Result<GuestPlacement, Hyperv
             .iter()
             .any(|offered| offered == domain_type)
     };
-    let (domain_type, kvm_usable) = if offers("kvm") && kvm_works(connection, &guest.arch) {
+    let try_kvm = accel != GuestAccel::Tcg && offers("kvm");
+    let (domain_type, kvm_usable) = if try_kvm && kvm_works(connection, &guest.arch) {
         ("kvm".to_owned(), true)
+    } else if accel == GuestAccel::Kvm {
+        return Err(HypervisorError::new(
+            FailureKind::Unavailable,
+            "GUEST_ACCEL is kvm, but KVM does not work on this host (libvirt offers no kvm \
+             domain, or a probe domain did not keep running): use auto or tcg",
+        ));
     } else if offers("kvm") || offers("qemu") {
         ("qemu".to_owned(), false)
     } else {
@@ -796,7 +927,10 @@ mod tests {
 #[cfg(test)]
 pub(crate) mod test_driver_tests {
     use super::*;
-    use crate::hypervisor::contract_tests::{ContractHost, contract_tests, spec};
+    use crate::hypervisor::contract_tests::{
+        ContractHost, ImageContractHost, contract_tests, image_spec, spec, stage_raw_image,
+    };
+    use crate::hypervisor::{image_id_of_volume, seed_volume_name};
 
     pub(crate) fn open_test_host() -> LibvirtHost {
         virt::error::clear_error_callback();
@@ -809,6 +943,8 @@ pub(crate) mod test_driver_tests {
             // same pool.
             storage_pool: format!("vmm-test-{unique}"),
             images_dir,
+            network: NetworkMode::default(),
+            accel: GuestAccel::Auto,
         })
         .expect("open test:///default")
     }
@@ -840,7 +976,134 @@ pub(crate) mod test_driver_tests {
         }
     }
 
+    impl ImageContractHost for LibvirtHost {
+        fn backing_image(&mut self, vm_id: VmId) -> Option<ImageId> {
+            let pool = self.storage_pool().unwrap();
+            let disk = pool.lookup_storage_vol_by_name(&volume_name(vm_id)).ok()?;
+            let backing = domain_xml::volume_backing_path(&disk.xml_desc(0).unwrap())?;
+            let file_name = Path::new(&backing).file_name()?.to_str()?.to_owned();
+            image_id_of_volume(&file_name)
+        }
+        fn seed_bytes(&mut self, vm_id: VmId) -> Option<Vec<u8>> {
+            let pool = self.storage_pool().unwrap();
+            let seed = pool
+                .lookup_storage_vol_by_name(&seed_volume_name(vm_id))
+                .ok()?;
+            std::fs::read(seed.path().unwrap()).ok()
+        }
+    }
+
     contract_tests!(open_test_host());
+
+    /// The test driver keeps volumes without contents: images and seeds are refused,
+    /// saying so, before anything is fetched or made; blank disks work.
+    #[test]
+    fn the_test_driver_refuses_images_and_seeds_clearly() {
+        let mut host = open_test_host();
+        let error = host.image_support().unwrap_err();
+        assert_eq!(error.kind, FailureKind::Unavailable);
+        assert!(
+            error.message.contains("test:///default") && error.message.contains("qemu:///system"),
+            "{error}"
+        );
+        assert!(host.cached_images().unwrap().is_empty());
+        let dir = tempfile::tempdir().unwrap();
+        let staged = stage_raw_image(dir.path(), 1);
+        let image = BaseImage {
+            image_id: ImageId::new_random(),
+            format: super::super::ImageFormat::Raw,
+        };
+        assert_eq!(
+            host.import_image(&image, &staged).unwrap_err().kind,
+            FailureKind::Unavailable
+        );
+        assert!(staged.exists(), "nothing was taken");
+        let vm_id = VmId::new_random();
+        let refused = host
+            .create_vm(vm_id, &image_spec(image, b"seed"))
+            .unwrap_err();
+        assert_eq!(refused.kind, FailureKind::Unavailable, "{refused}");
+        let seed_only = VmSpec {
+            seed: Some(b"seed".to_vec()),
+            ..spec(false)
+        };
+        assert_eq!(
+            host.create_vm(vm_id, &seed_only).unwrap_err().kind,
+            FailureKind::Unavailable
+        );
+        assert_eq!(host.find_vm(vm_id).unwrap(), None);
+        assert!(host.volume_names().is_empty(), "{:?}", host.volume_names());
+        assert_eq!(
+            host.evict_image(image.image_id).unwrap(),
+            Eviction::NotCached
+        );
+        host.create_vm(vm_id, &spec(true)).unwrap();
+    }
+
+    /// Each network mode's NIC is what libvirt keeps, and a libvirt network that does not
+    /// exist stops the agent at open, naming it.
+    #[test]
+    fn network_modes_give_their_nics_and_a_missing_network_is_named() {
+        virt::error::clear_error_callback();
+        let open = |network: NetworkMode| {
+            let unique = uuid::Uuid::new_v4();
+            LibvirtHost::open(LibvirtSettings {
+                uri: "test:///default".into(),
+                storage_pool: format!("vmm-test-{unique}"),
+                images_dir: std::env::temp_dir().join(format!("vmm-agent-test-{unique}")),
+                network,
+                accel: GuestAccel::Tcg,
+            })
+        };
+        // The test driver has one network, `default`.
+        let mut host = open(NetworkMode::Network("default".into())).unwrap();
+        let vm_id = VmId::new_random();
+        let created = host.create_vm(vm_id, &spec(true)).unwrap();
+        assert_eq!(created.ssh, None);
+        let xml = host
+            .lookup_domain(vm_id)
+            .unwrap()
+            .unwrap()
+            .xml_desc(0)
+            .unwrap();
+        assert!(xml.contains("<source network='default'"), "{xml}");
+        assert!(domain_xml::domain_networking(&xml).guest_agent_channel);
+
+        let mut host = open(NetworkMode::Bridge("br-test".into())).unwrap();
+        let vm_id = VmId::new_random();
+        host.create_vm(vm_id, &spec(false)).unwrap();
+        let xml = host
+            .lookup_domain(vm_id)
+            .unwrap()
+            .unwrap()
+            .xml_desc(0)
+            .unwrap();
+        assert!(xml.contains("<source bridge='br-test'/>"), "{xml}");
+
+        let error = open(NetworkMode::Network("nowhere".into()))
+            .err()
+            .expect("a missing network is refused");
+        assert!(
+            error.message.contains("nowhere") && error.message.contains("NETWORK"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn guest_accel_kvm_refuses_a_host_without_kvm() {
+        virt::error::clear_error_callback();
+        let unique = uuid::Uuid::new_v4();
+        let error = LibvirtHost::open(LibvirtSettings {
+            uri: "test:///default".into(),
+            storage_pool: format!("vmm-test-{unique}"),
+            images_dir: std::env::temp_dir().join(format!("vmm-agent-test-{unique}")),
+            network: NetworkMode::default(),
+            accel: GuestAccel::Kvm,
+        })
+        .err()
+        .expect("the test driver has no KVM");
+        assert!(error.message.contains("GUEST_ACCEL"), "{error}");
+    }
 
     #[test]
     fn host_facts_describe_the_test_driver() {
@@ -884,6 +1147,162 @@ pub(crate) mod test_driver_tests {
     }
 }
 
+/// The image contract against real QEMU under libvirtd (`qemu:///system`, a pool of its own
+/// in a temporary directory, TCG): real files, overlays made by libvirt with `qemu-img`,
+/// seeds uploaded through streams. Leaves nothing behind, also when a test fails: no
+/// domain, no volume, no pool, no directory. Fails, saying so, without libvirtd.
+#[cfg(test)]
+mod qemu_image_tests {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+
+    use super::*;
+    use crate::hypervisor::contract_tests::{self as contract, image_spec, stage_raw_image};
+
+    /// A host on its own pool, removed with everything in it on drop.
+    struct Scratch {
+        host: Option<LibvirtHost>,
+        dir: PathBuf,
+    }
+
+    impl Scratch {
+        fn open() -> Self {
+            virt::error::clear_error_callback();
+            let unique = uuid::Uuid::new_v4().simple().to_string();
+            let dir = std::env::temp_dir().join(format!("vmm-agent-images-{unique}"));
+            std::fs::create_dir_all(dir.join("pool")).unwrap();
+            std::fs::create_dir_all(dir.join("staging")).unwrap();
+            for path in [dir.clone(), dir.join("pool")] {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
+            let opened = LibvirtHost::open(LibvirtSettings {
+                uri: "qemu:///system".into(),
+                storage_pool: format!("vmm-images-{unique}"),
+                images_dir: dir.join("pool"),
+                network: NetworkMode::default(),
+                accel: GuestAccel::Tcg,
+            });
+            match opened {
+                Ok(host) => Self {
+                    host: Some(host),
+                    dir,
+                },
+                Err(error) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    panic!("this test needs libvirtd with QEMU at qemu:///system: {error}");
+                }
+            }
+        }
+
+        fn host(&mut self) -> &mut LibvirtHost {
+            self.host.as_mut().expect("open")
+        }
+
+        fn staging(&self) -> PathBuf {
+            self.dir.join("staging")
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            if let Some(host) = self.host.take() {
+                let ours = self.dir.to_string_lossy().into_owned();
+                if let Ok(domains) = host.connection.list_all_domains(0) {
+                    for domain in domains {
+                        if domain.xml_desc(0).is_ok_and(|xml| xml.contains(&ours)) {
+                            let _ = destroy_and_undefine(&domain);
+                        }
+                    }
+                }
+                if let Ok(pool) = host.storage_pool() {
+                    if let Ok(volumes) = pool.list_all_volumes(0) {
+                        for volume in volumes {
+                            let _ = volume.delete(0);
+                        }
+                    }
+                    let _ = pool.destroy();
+                    let _ = pool.undefine();
+                }
+            }
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    #[test]
+    fn qemu_vms_are_made_from_cached_images() {
+        let mut scratch = Scratch::open();
+        let staging = scratch.staging();
+        contract::vms_are_made_from_cached_images(scratch.host(), &staging);
+    }
+
+    #[test]
+    fn qemu_creates_from_images_that_cannot_be_used_leave_nothing() {
+        let mut scratch = Scratch::open();
+        let staging = scratch.staging();
+        contract::creates_from_images_that_cannot_be_used_leave_nothing(scratch.host(), &staging);
+    }
+
+    #[test]
+    fn qemu_orphan_seeds_are_swept_and_cached_images_never() {
+        let mut scratch = Scratch::open();
+        let staging = scratch.staging();
+        contract::orphan_seeds_are_swept_and_cached_images_never(scratch.host(), &staging);
+    }
+
+    #[test]
+    fn qemu_user_mode_vms_get_ssh_ports_of_their_own() {
+        let mut scratch = Scratch::open();
+        contract::user_mode_vms_get_ssh_ports_of_their_own(scratch.host());
+    }
+
+    /// A VM from an image runs under QEMU with its overlay, read-only seed and passt NIC,
+    /// and the shared base keeps its owner and mode: libvirt never relabels it.
+    #[test]
+    fn qemu_a_vm_from_an_image_runs_and_leaves_the_base_alone() {
+        let mut scratch = Scratch::open();
+        let staging = scratch.staging();
+        let host = scratch.host();
+        let image = BaseImage {
+            image_id: ImageId::new_random(),
+            format: super::super::ImageFormat::Raw,
+        };
+        host.import_image(&image, &stage_raw_image(&staging, 0))
+            .unwrap();
+        let base_path = host
+            .storage_pool()
+            .unwrap()
+            .lookup_storage_vol_by_name(&super::super::image_volume_name(image.image_id))
+            .unwrap()
+            .path()
+            .unwrap();
+        let vm_id = VmId::new_random();
+        let spec = VmSpec {
+            start: true,
+            ..image_spec(image, b"seed bytes")
+        };
+        let created = host.create_vm(vm_id, &spec).unwrap();
+        assert_eq!(created.state, PowerState::Running);
+        let ssh = created.ssh.expect("a user-mode VM forwards SSH");
+        let xml = host
+            .lookup_domain(vm_id)
+            .unwrap()
+            .unwrap()
+            .xml_desc(0)
+            .unwrap();
+        assert!(xml.contains("<backend type='passt'/>"), "{xml}");
+        assert!(xml.contains(&format!("start='{}'", ssh.port)), "{xml}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        assert_eq!(
+            host.find_vm(vm_id).unwrap().map(|domain| domain.state),
+            Some(PowerState::Running)
+        );
+        let metadata = std::fs::metadata(&base_path).unwrap();
+        assert_eq!(metadata.uid(), 0, "libvirt changed the base's owner");
+        assert_eq!(metadata.mode() & 0o777, 0o444);
+        host.delete_vm(vm_id).unwrap();
+        assert!(std::path::Path::new(&base_path).exists());
+    }
+}
+
 /// Against real QEMU: `cargo test -p vmm-agent -- --ignored real_qemu` on a host with
 /// libvirtd (storage driver included). Leaves nothing behind: no domain, no volume, no pool.
 #[cfg(test)]
@@ -902,6 +1321,8 @@ mod real_qemu_tests {
             uri: "qemu:///system".into(),
             storage_pool: pool_name,
             images_dir: images_dir.clone(),
+            network: NetworkMode::default(),
+            accel: GuestAccel::Auto,
         })
         .expect("open qemu:///system");
         println!("placement: {:?}", host.guest);
@@ -936,6 +1357,8 @@ mod real_qemu_tests {
             memory_mib: 64,
             disk_gb: 1,
             start: true,
+            image: None,
+            seed: None,
         };
         let steps = (|| -> Result<(), String> {
             let created = host.create_vm(vm_id, &spec).map_err(|e| e.to_string())?;

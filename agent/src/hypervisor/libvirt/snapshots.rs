@@ -337,6 +337,8 @@ mod real_qemu_tests {
             uri: "qemu:///system".into(),
             storage_pool: format!("vmm-snap-{unique}"),
             images_dir: images_dir.clone(),
+            network: crate::hypervisor::NetworkMode::default(),
+            accel: crate::hypervisor::libvirt::GuestAccel::Auto,
         });
         match opened {
             Ok(host) => Scratch {
@@ -417,6 +419,8 @@ mod real_qemu_tests {
             memory_mib: 64,
             disk_gb: 1,
             start: false,
+            image: None,
+            seed: None,
         };
         host.create_vm(vm_id, &spec).unwrap();
         let disk = scratch.images_dir.join(volume_name(vm_id));

@@ -10,6 +10,8 @@
 //! ticket's (the `url` a ticket comes with names both, so a ticket cannot be used on a URL
 //! meant for another console).
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::WebSocketUpgrade;
@@ -23,9 +25,9 @@ use uuid::Uuid;
 use vmm_proto::{OpenConsole, coordinator_message};
 use vmm_shared::{VmId, VmStatus};
 
-use super::ConsoleKind;
 use super::relay::{MAX_CLIENT_MESSAGE, Relay};
-use super::sessions::{AttachOutcome, Refusal};
+use super::sessions::{AttachOutcome, ConsoleId, Refusal};
+use super::{ConsoleKind, Consoles};
 use crate::auth::CurrentUser;
 use crate::error::ApiError;
 use crate::hosts::DispatchError;
@@ -126,6 +128,18 @@ pub async fn create_ticket(
     }))
 }
 
+/// Stops awaiting a host's attach when dropped.
+struct StopWaiting {
+    consoles: Arc<Consoles>,
+    console_id: ConsoleId,
+}
+
+impl Drop for StopWaiting {
+    fn drop(&mut self) {
+        self.consoles.sessions.stop_waiting(self.console_id);
+    }
+}
+
 fn unauthorized(message: &str) -> ApiError {
     ApiError::Unauthorized(message.to_owned())
 }
@@ -209,13 +223,18 @@ pub async fn open_console(
         )
         .map_err(refused)?;
     let outcome = app.consoles.sessions.expect_attach(console_id, &vm.host_id);
+    // Whatever ends this request (an answer, a timeout, the client going away), the host's
+    // attach is no longer awaited.
+    let _waiting = StopWaiting {
+        consoles: Arc::clone(&app.consoles),
+        console_id,
+    };
     let open = coordinator_message::Body::OpenConsole(OpenConsole {
         console_id: console_id.to_string(),
         vm_id: vm.id.to_string(),
         kind: ticket.kind.to_proto() as i32,
     });
     if !app.registry.notify(&vm.host_id, open).await {
-        app.consoles.sessions.stop_waiting(console_id);
         return Err(DispatchError::NotConnected(vm.host_id.clone()).into());
     }
     let patience = app.consoles.settings.open_timeout;
@@ -228,7 +247,6 @@ pub async fn open_console(
         }
         Ok(Err(_)) => return Err(DispatchError::Disconnected(vm.host_id.clone()).into()),
         Err(_) => {
-            app.consoles.sessions.stop_waiting(console_id);
             return Err(ApiError::Timeout(format!(
                 "host {} did not open the console within {}",
                 vm.host_id,

@@ -299,6 +299,14 @@ impl AgentConfig {
         })
     }
 
+    /// Where the VMs' serial console sockets are (`<data dir>/consoles`; the libvirt host
+    /// makes it, private to the agent).
+    pub fn consoles_dir(&self) -> PathBuf {
+        fs::canonicalize(&self.data_dir)
+            .unwrap_or_else(|_| self.data_dir.clone())
+            .join("consoles")
+    }
+
     /// Creates the data directory and its `images/` subdirectory (the storage pool's target)
     /// and returns the absolute path of `images/`.
     ///

@@ -2,11 +2,13 @@
 //! fleet simulator can run many agents in one process, each on a host of its own (the
 //! in-memory [`hypervisor::memory::MemoryHost`]).
 //!
-//! Modules, each layer using only those below it (stream → commands and poller → images,
+//! Modules, each layer using only those below it (stream → commands, console and poller → images,
 //! state and metrics → hypervisor → journal):
 //! - [`config`]: flags and environment variables, checked into typed settings.
 //! - [`stream`]: the session with the coordinator ([`stream::CoordinatorLink`]).
 //! - [`commands`]: executing the coordinator's commands ([`commands::CommandExecutor`]).
+//! - [`console`]: relaying a VM's serial console or screen to the coordinator
+//!   ([`console::ConsoleRelays`]).
 //! - [`images`]: the host's image cache ([`images::ImageCache`]): fetching images from an
 //!   [`images::ImageSource`] (the coordinator, over gRPC), verifying and caching them.
 //! - [`poller`]: watching every domain: the host's hints (libvirt's lifecycle events) and a
@@ -26,6 +28,7 @@
 pub mod backoff;
 pub mod commands;
 pub mod config;
+pub mod console;
 pub mod hypervisor;
 pub mod images;
 pub mod journal;

@@ -15,6 +15,7 @@ use anyhow::Context as _;
 
 use vmm_agent::commands::CommandExecutor;
 use vmm_agent::config::{self, AgentConfig, Args, LogFormat};
+use vmm_agent::console::ConsoleRelays;
 use vmm_agent::hypervisor::HypervisorHandle;
 use vmm_agent::hypervisor::hints;
 use vmm_agent::hypervisor::libvirt::{LibvirtHost, LibvirtSettings};
@@ -75,6 +76,7 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
         uri: config.libvirt_uri.clone(),
         storage_pool: config.storage_pool.clone(),
         images_dir,
+        consoles_dir: config.consoles_dir(),
         network: config.network.clone(),
         accel: config.guest_accel,
     };
@@ -127,6 +129,16 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
         Arc::clone(&images),
     ));
     let service_hypervisor = hypervisor.clone();
+    // Consoles travel on a channel of their own to the session's URL, with its credential.
+    let consoles = Arc::new(
+        ConsoleRelays::new(
+            &config.coordinator_url,
+            config.host_id.clone(),
+            &config.agent_token,
+            hypervisor.clone(),
+        )
+        .context("COORDINATOR_URL (--coordinator) cannot be used for consoles")?,
+    );
     let link = CoordinatorLink::new(
         SessionSettings {
             coordinator_url: config.coordinator_url.clone(),
@@ -138,7 +150,8 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
         Arc::clone(&poller),
         executor,
         images,
-    );
+    )
+    .with_consoles(consoles);
 
     let poll_interval = config.poll_interval;
     tokio::select! {

@@ -6,7 +6,9 @@
 //! on, and the next registration's inventory tells the coordinator the truth.
 //!
 //! A registration also lists the images the host caches; an `EvictImage` from the
-//! coordinator is handed to the image cache, which keeps a base that a disk still uses.
+//! coordinator is handed to the image cache, which keeps a base that a disk still uses. An
+//! `OpenConsole` is handed to the console relays (`crate::console`), which attach the
+//! console on a stream of their own.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +26,7 @@ use vmm_shared::{HostId, error_chain};
 use crate::backoff::Backoff;
 use crate::commands::{CommandExecutor, operation_kind};
 use crate::config::AgentToken;
+use crate::console::ConsoleRelays;
 use crate::hypervisor::{Eviction, HypervisorError, HypervisorHandle};
 use crate::images::{ImageCache, ImageError};
 use crate::metrics::agent as agent_metrics;
@@ -57,6 +60,8 @@ pub struct CoordinatorLink {
     poller: Arc<StatePoller>,
     executor: Arc<CommandExecutor>,
     images: Arc<ImageCache>,
+    /// Where `OpenConsole` goes; `None`: consoles are refused (logged).
+    consoles: Option<Arc<ConsoleRelays>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,7 +112,14 @@ impl CoordinatorLink {
             poller,
             executor,
             images,
+            consoles: None,
         }
+    }
+
+    /// Hands the coordinator's `OpenConsole` to `consoles`.
+    pub fn with_consoles(mut self, consoles: Arc<ConsoleRelays>) -> Self {
+        self.consoles = Some(consoles);
+        self
     }
 
     /// Runs sessions one after another, forever.
@@ -176,7 +188,11 @@ impl CoordinatorLink {
             Some(CoordinatorBody::Registered(registered)) => {
                 self.heartbeat_interval(registered.heartbeat_interval_ms)
             }
-            Some(CoordinatorBody::Command(_) | CoordinatorBody::EvictImage(_)) => {
+            Some(
+                CoordinatorBody::Command(_)
+                | CoordinatorBody::EvictImage(_)
+                | CoordinatorBody::OpenConsole(_),
+            ) => {
                 return Err(SessionError::Protocol("a command came before Registered"));
             }
             None => return Err(SessionError::Closed),
@@ -229,6 +245,11 @@ impl CoordinatorLink {
                     Some(Some(CoordinatorBody::Registered(_))) => {
                         tracing::debug!("ignoring a repeated Registered");
                     }
+                    Some(Some(CoordinatorBody::OpenConsole(open))) => match &self.consoles {
+                        Some(consoles) => consoles.open(open),
+                        None => tracing::warn!(console_id = %open.console_id,
+                            "OpenConsole ignored: this agent relays no consoles"),
+                    },
                     Some(Some(CoordinatorBody::EvictImage(evict))) => {
                         let images = Arc::clone(&self.images);
                         // Waits for creates of the same image; the session goes on meanwhile.
@@ -369,6 +390,15 @@ mod tests {
     impl AgentControl for FakeCoordinator {
         type SessionStream = Outbound;
         type FetchImageStream = Pin<Box<dyn Stream<Item = Result<ImageChunk, Status>> + Send>>;
+        type ConsoleStream =
+            Pin<Box<dyn Stream<Item = Result<vmm_proto::ConsoleFrame, Status>> + Send>>;
+
+        async fn console(
+            &self,
+            _request: Request<Streaming<vmm_proto::ConsoleFrame>>,
+        ) -> Result<Response<Self::ConsoleStream>, Status> {
+            Err(Status::unimplemented("no consoles in these tests"))
+        }
 
         async fn fetch_image(
             &self,

@@ -13,6 +13,9 @@
 //! the file in chunks as the host takes them. A registration's `cached_images` are recorded
 //! per host, and every copy the coordinator no longer has (or has as another file) is
 //! answered with `EvictImage` after `Registered`.
+//!
+//! Consoles are attached here too (`Console`, [`crate::console::agent_side`]): same
+//! credential, only by the host the console was asked of.
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -66,6 +69,18 @@ type ImageStream = Pin<Box<dyn Stream<Item = Result<vmm_proto::ImageChunk, Statu
 impl AgentControl for AgentControlService {
     type SessionStream = OutboundStream;
     type FetchImageStream = ImageStream;
+    type ConsoleStream = crate::console::agent_side::DownStream;
+
+    async fn console(
+        &self,
+        request: Request<Streaming<vmm_proto::ConsoleFrame>>,
+    ) -> Result<Response<Self::ConsoleStream>, Status> {
+        authenticate(&request, &self.app.settings.agent_token)?;
+        let peer = request.remote_addr();
+        let down =
+            crate::console::agent_side::attach(&self.app, request.into_inner(), peer).await?;
+        Ok(Response::new(down))
+    }
 
     async fn fetch_image(
         &self,

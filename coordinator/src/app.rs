@@ -24,15 +24,23 @@ use crate::agents::AgentControlService;
 use crate::auth::{PasswordHasher, TokenIssuer, load_or_create_jwt_secret};
 use crate::config::Config;
 use crate::connections::Admission;
+use crate::console::Consoles;
 use crate::db::{self, Db};
 use crate::hosts::{self, AgentRegistry};
 use crate::images::{self, ImageFiles, Images};
 use crate::ratelimit::{self, RateLimits};
 use crate::state::{AppState, Settings};
-use crate::{admin, health, http, keys, operations, quotas, snapshots, telemetry, users, vms};
+use crate::{
+    admin, console, health, http, keys, operations, quotas, snapshots, telemetry, users, vms,
+};
 
 /// Largest request body the REST API reads (but for the routes below and image uploads).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// HTTP/2 receive windows of the agents' listener, per stream and per connection.
+pub const GRPC_STREAM_WINDOW: u32 = 256 * 1024;
+pub const GRPC_CONNECTION_WINDOW: u32 =
+    GRPC_STREAM_WINDOW * (console::MAX_CONSOLES_PER_HOST as u32 + 8);
+
 /// Largest body of `POST /api/vms`.
 pub const CREATE_VM_MAX_BODY_BYTES: usize = 256 * 1024;
 
@@ -56,6 +64,11 @@ pub fn router(state: AppState) -> Router {
             get(vms::routes::get_vm).delete(vms::routes::delete_vm),
         )
         .route("/api/vms/{id}/action", post(vms::routes::vm_action))
+        .route(
+            "/api/vms/{id}/console",
+            post(console::routes::create_ticket),
+        )
+        .route("/api/console/{ticket}", get(console::routes::open_console))
         .route(
             "/api/vms/{id}/snapshots",
             get(snapshots::routes::list_snapshots).post(snapshots::routes::create_snapshot),
@@ -219,6 +232,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             request_timeout: config.http_request_timeout(),
             api_metrics: config.api_metrics,
         }),
+        consoles: Arc::new(Consoles::new(config.console_settings())),
     };
 
     let http_listener = TcpListener::bind(config.http_addr)
@@ -268,6 +282,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tokio::spawn(
             tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(10)))
+                // What an agent may send on one stream before the coordinator reads it (a
+                // console whose client reads nothing holds that much), and on all of its
+                // streams together: room for every console a host may have, so that stalled
+                // consoles never hold up another stream of the same connection.
+                .initial_stream_window_size(Some(GRPC_STREAM_WINDOW))
+                .initial_connection_window_size(Some(GRPC_CONNECTION_WINDOW))
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, stop),
         )

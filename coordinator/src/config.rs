@@ -238,6 +238,16 @@ pub struct Config {
     #[arg(long, env = "IMAGE_MAX_BYTES", default_value_t = 20 * 1024 * 1024 * 1024)]
     pub image_max_bytes: u64,
 
+    /// How long a console ticket may wait to be used: seconds, or a duration such as `30s`.
+    #[arg(long, env = "CONSOLE_TICKET_TTL", default_value = "30s",
+          value_parser = vmm_shared::duration::seconds)]
+    pub console_ticket_ttl: Duration,
+
+    /// A console session in which nothing moved either way for this long is closed.
+    #[arg(long, env = "CONSOLE_IDLE_TIMEOUT", default_value = "15m",
+          value_parser = vmm_shared::duration::seconds)]
+    pub console_idle_timeout: Duration,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -402,6 +412,12 @@ impl Config {
         if !(self.cpu_allocation_ratio.is_finite() && self.cpu_allocation_ratio > 0.0) {
             return Err(invalid("CPU_ALLOCATION_RATIO", "must be a positive number"));
         }
+        if self.console_ticket_ttl.is_zero() {
+            return Err(invalid("CONSOLE_TICKET_TTL", "must be more than 0"));
+        }
+        if self.console_idle_timeout.is_zero() {
+            return Err(invalid("CONSOLE_IDLE_TIMEOUT", "must be more than 0"));
+        }
         if self.image_max_bytes < MIN_IMAGE_MAX_BYTES {
             return Err(invalid(
                 "IMAGE_MAX_BYTES",
@@ -484,6 +500,15 @@ impl Config {
 
     pub fn operation_timeout(&self) -> Duration {
         self.operation_timeout_secs
+    }
+
+    /// The consoles' settings.
+    pub fn console_settings(&self) -> crate::console::ConsoleSettings {
+        crate::console::ConsoleSettings {
+            ticket_ttl: self.console_ticket_ttl,
+            idle_timeout: self.console_idle_timeout,
+            ..crate::console::ConsoleSettings::default()
+        }
     }
 
     /// Where image files are kept: `<data-dir>/images`.

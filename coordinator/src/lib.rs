@@ -7,6 +7,7 @@
 //! - [`state`]: what handlers share (`AppState`) and the settings fixed at start
 //! - [`config`]: flags and environment variables
 //! - [`connections`]: connection caps and deadlines of every listener
+//! - [`console`]: VMs' serial consoles and screens over WebSocket: tickets, sessions, relay
 //! - [`db`]: the database and its migrations
 //! - [`error`]: the one error type and its HTTP and gRPC mappings
 //! - [`http`]: extractors, fallbacks, the server loop, the request deadline, forwarded
@@ -35,6 +36,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod connections;
+pub mod console;
 pub mod db;
 pub mod error;
 pub mod health;

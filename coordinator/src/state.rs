@@ -1,6 +1,6 @@
 //! What every request handler and the agent stream share: the database, the registry of
 //! connected agents, the image files, the token issuer, the password hasher, the rate limiter, the metrics
-//! handle, and the settings fixed at start.
+//! handle, the settings fixed at start, and the consoles' tickets and sessions.
 //!
 //! This module sits below every route and store: it imports none of them (only the types it
 //! holds), so no route or store ever needs `crate::app`, which assembles them all.
@@ -12,6 +12,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::auth::{PasswordHasher, TokenIssuer};
 use crate::config::{Placement, Registration};
+use crate::console::Consoles;
 use crate::db::Db;
 use crate::hosts::AgentRegistry;
 use crate::images::Images;
@@ -43,4 +44,6 @@ pub struct AppState {
     pub rate_limits: Arc<RateLimits>,
     pub metrics: PrometheusHandle,
     pub settings: Arc<Settings>,
+    /// Console tickets and the console sessions open.
+    pub consoles: Arc<Consoles>,
 }

@@ -140,6 +140,7 @@ fn describe() {
         "Snapshots restored successfully."
     );
     describe_gauge!("user_total", "User accounts.");
+    crate::console::describe_metrics();
     describe_counter!("user_login_total", "Successful logins.");
     describe_counter!(
         "user_login_failures_total",

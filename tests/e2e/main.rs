@@ -14,6 +14,7 @@ mod admin;
 mod auth;
 mod bad_input;
 mod config;
+mod console;
 mod faults;
 mod hardening;
 mod images;

@@ -24,6 +24,7 @@
 pub mod api;
 pub mod audit;
 pub mod cluster;
+pub mod console;
 pub mod file_server;
 pub mod guest;
 pub mod jwt;

@@ -109,6 +109,32 @@ pub(crate) fn a_vm_goes_through_its_whole_life(host: &mut impl ContractHost) {
     assert_eq!(host.delete_vm(vm_id).unwrap(), None);
 }
 
+/// A running VM's serial console can be reached; a stopped VM, an unknown one and a domain
+/// the product did not create have none (the screen is checked where a host has one: on
+/// real QEMU, end to end).
+pub(crate) fn serial_consoles_are_there_while_a_vm_runs(host: &mut impl ContractHost) {
+    use super::{ConsoleAccess, ConsoleKind};
+    let vm_id = VmId::new_random();
+    host.create_vm(vm_id, &spec(true)).unwrap();
+    match host.open_console(vm_id, ConsoleKind::Serial).unwrap() {
+        ConsoleAccess::Socket(path) => {
+            assert!(path.to_string_lossy().contains(&vm_id.to_string()), "{path:?}")
+        }
+        ConsoleAccess::Connected(_) => {}
+    }
+    host.force_stop(vm_id, AlreadyThere::Refuse).unwrap();
+    let stopped = host.open_console(vm_id, ConsoleKind::Serial).unwrap_err();
+    assert_eq!(stopped.kind, FailureKind::Conflict, "{stopped}");
+    assert!(stopped.message.contains("stopped"), "{stopped}");
+    let unknown = host
+        .open_console(VmId::new_random(), ConsoleKind::Vnc)
+        .unwrap_err();
+    assert_eq!(unknown.kind, FailureKind::NotFound, "{unknown}");
+    let foreign = host.foreign_domain();
+    let foreign = host.open_console(foreign, ConsoleKind::Serial).unwrap_err();
+    assert_eq!(foreign.kind, FailureKind::Conflict, "{foreign}");
+}
+
 pub(crate) fn refused_operations_say_why(host: &mut impl ContractHost) {
     use AlreadyThere::Refuse;
     let vm_id = VmId::new_random();
@@ -626,6 +652,10 @@ macro_rules! contract_tests {
             #[test]
             fn changes_are_hinted_on_the_stream_handed_out() {
                 contract::changes_are_hinted_on_the_stream_handed_out(&mut $open);
+            }
+            #[test]
+            fn serial_consoles_are_there_while_a_vm_runs() {
+                contract::serial_consoles_are_there_while_a_vm_runs(&mut $open);
             }
         }
     };

@@ -14,7 +14,9 @@
 //!   [`MemoryHost::add_foreign_domain`] (a domain the product did not create),
 //!   [`MemoryHost::add_volume`], a guest that ignores the ACPI power button, the disk's
 //!   contents ([`MemoryHost::write_disk`]) so a restore can be seen to bring data back,
-//!   and the addresses a guest got ([`MemoryHost::set_addresses`]);
+//!   and the addresses a guest got ([`MemoryHost::set_addresses`]); the guest's side of
+//!   a console the agent opened ([`MemoryHost::take_console_guest`]: a socket to read what
+//!   the agent sends and to write what the guest prints);
 //! - failures: [`MemoryHost::fail_next`] makes the next call of one method fail with a
 //!   given [`FailureKind`] before it does anything, and [`MemoryHost::disconnect`] makes
 //!   every call fail as a lost connection does until [`MemoryHost::reconnect`];
@@ -30,6 +32,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io::Read as _;
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -42,10 +45,11 @@ use super::sample::{
     BlockSample, DomainSample, HostSample, InterfaceSample, PoolSample, StatsSample, state_code,
 };
 use super::{
-    AlreadyThere, BYTES_PER_GIB, BaseImage, CachedBase, Eviction, FailureKind, HostFacts,
-    Hypervisor, HypervisorError, HypervisorHandle, ImageFormat, ImageId, NetworkMode,
-    ObservedDomain, ObservedSnapshot, PowerState, SnapshotTaken, SshForward, VmSpec, domain_name,
-    image_volume_name, seed_volume_name, vm_id_of_seed_volume, vm_id_of_volume, volume_name,
+    AlreadyThere, BYTES_PER_GIB, BaseImage, CachedBase, ConsoleAccess, ConsoleKind, Eviction,
+    FailureKind, HostFacts, Hypervisor, HypervisorError, HypervisorHandle, ImageFormat, ImageId,
+    NetworkMode, ObservedDomain, ObservedSnapshot, PowerState, SnapshotTaken, SshForward, VmSpec,
+    domain_name, image_volume_name, seed_volume_name, vm_id_of_seed_volume, vm_id_of_volume,
+    volume_name,
 };
 
 /// The methods of [`Hypervisor`], for failure injection and call counts.
@@ -71,6 +75,7 @@ pub enum Call {
     ImportImage,
     EvictImage,
     SendHintsTo,
+    OpenConsole,
 }
 
 /// The name of the in-memory host's storage pool.
@@ -121,6 +126,8 @@ struct HostState {
     /// The current connection's hints; `None` without an outlet or while disconnected.
     hints: Option<HintSender>,
     hint_capacity: usize,
+    /// The guest's end of the console each VM opened last, until a test takes it.
+    console_guests: HashMap<(VmId, ConsoleKind), UnixStream>,
 }
 
 impl Default for HostState {
@@ -139,6 +146,7 @@ impl Default for HostState {
             hint_outlet: None,
             hints: None,
             hint_capacity: HINT_CAPACITY,
+            console_guests: HashMap::new(),
         }
     }
 }
@@ -382,6 +390,13 @@ impl MemoryHost {
     }
 
     /// Adds a volume to the pool (a leftover, say).
+    /// The guest's end of the `kind` console of `vm_id` the agent opened last (the guest
+    /// reads what the agent writes, and its writes are the console's output); `None` when
+    /// none was opened since the last take.
+    pub fn take_console_guest(&self, vm_id: VmId, kind: ConsoleKind) -> Option<UnixStream> {
+        self.state().console_guests.remove(&(vm_id, kind))
+    }
+
     pub fn add_volume(&self, name: &str, capacity_bytes: u64) {
         self.state().volumes.insert(name.to_owned(), capacity_bytes);
     }
@@ -928,6 +943,33 @@ impl Hypervisor for MemoryHost {
         host.enter(Call::SendHintsTo)?;
         host.open_hint_stream();
         Ok(())
+    }
+
+    fn open_console(
+        &mut self,
+        vm_id: VmId,
+        kind: ConsoleKind,
+    ) -> Result<ConsoleAccess, HypervisorError> {
+        let mut host = self.state();
+        host.enter(Call::OpenConsole)?;
+        let state = host.managed(vm_id)?.state;
+        if !state.is_active() {
+            return Err(HypervisorError::new(
+                FailureKind::Conflict,
+                format!(
+                    "VM {vm_id} is {}; its console exists only while it runs",
+                    state.word()
+                ),
+            ));
+        }
+        let (agent_end, guest_end) = UnixStream::pair().map_err(|error| {
+            HypervisorError::new(
+                FailureKind::Unavailable,
+                format!("cannot make a socket pair: {error}"),
+            )
+        })?;
+        host.console_guests.insert((vm_id, kind), guest_end);
+        Ok(ConsoleAccess::Connected(agent_end))
     }
 }
 

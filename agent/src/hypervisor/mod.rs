@@ -27,6 +27,7 @@
 //! This layer decides nothing about the protocol: it does not know operation IDs or
 //! generations, and it never stops a VM on its own.
 
+pub mod console;
 pub mod hints;
 pub mod images;
 pub mod libvirt;
@@ -44,6 +45,7 @@ use std::path::Path;
 
 use vmm_shared::{SnapshotId, VmId};
 
+pub use console::{ConsoleAccess, ConsoleKind};
 pub use images::{BaseImage, CachedBase, Eviction, ImageFormat, ImageId};
 pub use naming::{
     BYTES_PER_GIB, domain_name, image_id_of_volume, image_volume_name, seed_volume_name,
@@ -318,4 +320,14 @@ pub trait Hypervisor {
     /// Fails when this connection cannot give hints; a later connection is tried again, and
     /// the poll covers everything meanwhile.
     fn send_hints_to(&mut self, outlet: hints::HintOutlet) -> Result<(), HypervisorError>;
+
+    /// Access to a console of a running (or paused) product VM: its serial port, or its
+    /// screen speaking RFB with security type None. Nothing listens on the network for
+    /// either. A VM in another state is a `Conflict`, and so is a VM whose definition
+    /// predates consoles (it says how to get one).
+    fn open_console(
+        &mut self,
+        vm_id: VmId,
+        kind: ConsoleKind,
+    ) -> Result<ConsoleAccess, HypervisorError>;
 }

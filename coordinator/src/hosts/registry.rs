@@ -112,6 +112,21 @@ impl AgentRegistry {
         lock(&self.agents).len()
     }
 
+    /// Sends a message that expects no answer (e.g. `OpenConsole`) to `host`. Returns
+    /// whether the host is connected and its session took the message.
+    pub async fn notify(&self, host: &HostId, body: coordinator_message::Body) -> bool {
+        let sender = lock(&self.agents)
+            .get(host)
+            .map(|agent| agent.sender.clone());
+        match sender {
+            Some(sender) => sender
+                .send(Ok(CoordinatorMessage { body: Some(body) }))
+                .await
+                .is_ok(),
+            None => false,
+        }
+    }
+
     /// Sends a message that expects no answer (e.g. `EvictImage`) to every connected host.
     /// Returns how many hosts it was handed to.
     pub async fn notify_all(&self, body: coordinator_message::Body) -> usize {

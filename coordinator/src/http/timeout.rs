@@ -21,7 +21,12 @@ use crate::state::AppState;
 
 /// Route templates (as in the router, e.g. `/api/vms/{id}/console`) without a whole-request
 /// deadline.
-pub const LONG_LIVED_ROUTES: &[&str] = &[];
+///
+/// - `/api/console/{ticket}`: the console's WebSocket answers `101` only once the host has
+///   attached the console, which its handler waits for up to its own bound
+///   (`ConsoleSettings::open_timeout`, 10 s), whatever `HTTP_REQUEST_TIMEOUT` is; it reads
+///   no body. The upgraded connection leaves every deadline anyway.
+pub const LONG_LIVED_ROUTES: &[&str] = &["/api/console/{ticket}"];
 
 /// Middleware: answers 408 when the handler has not answered within the deadline.
 pub async fn limit_request_time(

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use vmm_coordinator::auth::{PasswordHasher, TokenIssuer};
 use vmm_coordinator::config::{Placement, Registration};
+use vmm_coordinator::console::{ConsoleSettings, Consoles};
 use vmm_coordinator::hosts::AgentRegistry;
 use vmm_coordinator::http::forwarded::ForwardedHeader;
 use vmm_coordinator::images::{ImageFiles, Images};
@@ -80,5 +81,6 @@ pub async fn app_state(dir: &std::path::Path, settings: TestSettings) -> AppStat
             request_timeout: settings.operation_timeout + Duration::from_secs(30),
             api_metrics: true,
         }),
+        consoles: Arc::new(Consoles::new(ConsoleSettings::default())),
     }
 }

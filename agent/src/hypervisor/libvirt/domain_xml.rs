@@ -51,6 +51,12 @@ pub struct DomainDefinition<'a> {
     pub seed_path: Option<&'a str>,
     pub nic: NicDefinition<'a>,
     pub mac_address: &'a str,
+    /// The UNIX socket the first serial port listens on (the agent's console relay
+    /// connects to it; libvirt's own `virsh console` goes through it too).
+    pub serial_socket: &'a str,
+    /// Who owns that socket once libvirt made it, as a libvirt DAC label
+    /// (`+uid:+gid`): the agent's user, so that it may connect.
+    pub serial_socket_owner: &'a str,
 }
 
 /// The VM's disk: a qcow2 file, on its own or an overlay of a cached image.
@@ -94,6 +100,7 @@ impl DomainDefinition<'_> {
         let seed = self.seed_path.map(seed_xml).unwrap_or_default();
         let nic = nic_xml(&self.nic, self.mac_address);
         let guest_agent = escape(GUEST_AGENT_CHANNEL);
+        let consoles = consoles_xml(self.serial_socket, self.serial_socket_owner);
         format!(
             "<domain type='{domain_type}'>
   <name>{name}</name>
@@ -123,20 +130,61 @@ impl DomainDefinition<'_> {
 {disk}{seed}{nic}    <channel type='unix'>
       <target type='virtio' name='{guest_agent}'/>
     </channel>
-    <graphics type='vnc' autoport='yes' listen='127.0.0.1'>
-      <listen type='address' address='127.0.0.1'/>
-    </graphics>
-    <serial type='pty'>
-      <target port='0'/>
-    </serial>
-    <console type='pty'>
-      <target type='serial' port='0'/>
-    </console>
-  </devices>
+{consoles}  </devices>
 </domain>
 "
         )
     }
+}
+
+/// The screen and the serial console, neither on the network: the VNC server listens
+/// nowhere (the agent hands QEMU one end of a socket pair per session, through libvirt's
+/// `virDomainOpenGraphics`), and the serial port listens on a UNIX socket that libvirt
+/// creates and gives to `owner`. `<console>` names the same port, so that libvirt's own
+/// console (`virsh console`) reaches it too.
+fn consoles_xml(serial_socket: &str, owner: &str) -> String {
+    let path = escape(serial_socket);
+    let owner = escape(owner);
+    format!(
+        "    <graphics type='vnc'>
+      <listen type='none'/>
+    </graphics>
+    <serial type='unix'>
+      <source mode='bind' path='{path}'>
+        <seclabel model='dac' relabel='yes'>
+          <label>{owner}</label>
+        </seclabel>
+      </source>
+      <target port='0'/>
+    </serial>
+    <console type='unix'>
+      <source mode='bind' path='{path}'/>
+      <target type='serial' port='0'/>
+    </console>
+"
+    )
+}
+
+/// The UNIX socket a domain's first serial port listens on (`<serial type='unix'>` with a
+/// `bind` source), read from its XML. `None` for a domain whose serial port is anything
+/// else (a pty, in domains defined before consoles were relayed) or has no such port.
+pub fn serial_socket(domain_xml: &str) -> Option<String> {
+    let document = Document::parse(domain_xml).ok()?;
+    let devices = child(document.root_element(), "devices")?;
+    let serial = children(devices, "serial").find(|serial| {
+        child(*serial, "target").is_none_or(|target| target.attribute("port").unwrap_or("0") == "0")
+    })?;
+    if serial.attribute("type") != Some("unix") {
+        return None;
+    }
+    let source = child(serial, "source")?;
+    if source.attribute("mode") != Some("bind") {
+        return None;
+    }
+    source
+        .attribute("path")
+        .filter(|path| !path.is_empty())
+        .map(str::to_owned)
 }
 
 /// The disk on the virtio bus. An overlay names its backing file with `relabel='no'`:
@@ -501,6 +549,10 @@ mod tests {
     use super::*;
 
     fn definition(display_name: &str) -> String {
+        example_definition(display_name).to_xml()
+    }
+
+    fn example_definition(display_name: &str) -> DomainDefinition<'_> {
         DomainDefinition {
             vm_id: "6f1c2a4e-8d7b-4c1e-9f3a-2b5d7e9a1c3f".parse().unwrap(),
             display_name,
@@ -518,8 +570,9 @@ mod tests {
                 port: 22001,
             },
             mac_address: "52:54:00:12:34:56",
+            serial_socket: "/var/lib/vmm-agent/consoles/6f1c2a4e.serial",
+            serial_socket_owner: "+990:+990",
         }
-        .to_xml()
     }
 
     #[test]
@@ -551,6 +604,34 @@ mod tests {
             Some("6f1c2a4e-8d7b-4c1e-9f3a-2b5d7e9a1c3f")
         );
         assert_eq!(mac_addresses(&xml), vec!["52:54:00:12:34:56".to_owned()]);
+    }
+
+    /// Neither console listens on the network; the serial socket is found again in the
+    /// XML, and a domain of the old shape (pty serial, VNC on loopback) has none.
+    #[test]
+    fn consoles_listen_nowhere_but_on_the_serial_socket() {
+        let xml = definition("web-01");
+        assert!(xml.contains("<listen type='none'/>"), "{xml}");
+        assert!(!xml.contains("127.0.0.1'/>\n    </graphics>"), "{xml}");
+        assert!(!xml.contains("autoport"), "{xml}");
+        assert!(xml.contains("<label>+990:+990</label>"), "{xml}");
+        assert_eq!(
+            serial_socket(&xml).as_deref(),
+            Some("/var/lib/vmm-agent/consoles/6f1c2a4e.serial")
+        );
+        let old = "<domain><devices><graphics type='vnc' autoport='yes' listen='127.0.0.1'/>\
+            <serial type='pty'><source path='/dev/pts/3'/><target port='0'/></serial>\
+            <console type='pty'><target type='serial' port='0'/></console></devices></domain>";
+        assert_eq!(serial_socket(old), None);
+        let connect = "<domain><devices><serial type='unix'><source mode='connect' \
+            path='/x'/><target port='0'/></serial></devices></domain>";
+        assert_eq!(serial_socket(connect), None);
+        let hostile = DomainDefinition {
+            serial_socket: "/x'/><y/>",
+            ..example_definition("h")
+        }
+        .to_xml();
+        assert!(!hostile.contains("<y/>"), "{hostile}");
     }
 
     #[test]
@@ -631,6 +712,8 @@ mod tests {
             seed_path: Some("/pool/vmm-x-seed.img"),
             nic,
             mac_address: "52:54:00:00:00:01",
+            serial_socket: "/agent/consoles/x.serial",
+            serial_socket_owner: "+0:+0",
         }
         .to_xml()
     }

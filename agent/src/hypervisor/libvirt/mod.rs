@@ -27,12 +27,14 @@ use vmm_shared::{SnapshotId, VmId};
 use super::hints::HintOutlet;
 use super::preconditions::{self, PowerAction, Proceed};
 use super::{
-    AlreadyThere, BYTES_PER_GIB, BaseImage, CachedBase, Eviction, FailureKind, HostFacts,
-    Hypervisor, HypervisorError, ImageId, NetworkMode, ObservedDomain, ObservedSnapshot,
-    PowerState, SnapshotTaken, StatsSample, VmSpec, domain_name, seed_volume_name, volume_name,
+    AlreadyThere, BYTES_PER_GIB, BaseImage, CachedBase, ConsoleAccess, ConsoleKind, Eviction,
+    FailureKind, HostFacts, Hypervisor, HypervisorError, ImageId, NetworkMode, ObservedDomain,
+    ObservedSnapshot, PowerState, SnapshotTaken, StatsSample, VmSpec, domain_name,
+    seed_volume_name, volume_name,
 };
 use domain_xml::{DiskDefinition, DomainDefinition};
 
+mod console;
 pub mod domain_xml;
 mod events;
 mod images;
@@ -52,6 +54,9 @@ pub struct LibvirtSettings {
     pub storage_pool: String,
     /// Absolute directory used as the pool's target if the agent has to define the pool.
     pub images_dir: PathBuf,
+    /// Directory of the VMs' serial console sockets (`<vm-id>.serial`), made at open if
+    /// missing. Never inside the storage pool's directory.
+    pub consoles_dir: PathBuf,
     /// The NIC new VMs get.
     pub network: NetworkMode,
     /// Whether VMs may, must or must not use KVM.
@@ -95,6 +100,9 @@ pub struct LibvirtHost {
     holds_files: bool,
     /// The connection's lifecycle-event registration and where its hints go.
     events: events::ConnectionEvents,
+    /// The DAC label (`+uid:+gid`, the owner of the consoles directory: the agent) that
+    /// libvirt gives every serial console socket.
+    console_owner: String,
 }
 
 impl LibvirtHost {
@@ -133,6 +141,7 @@ impl LibvirtHost {
         }
         ensure_storage_pool(&connection, &settings)?;
         networking::check_network_mode(&connection, &settings)?;
+        let console_owner = console::prepare_consoles_dir(&settings.consoles_dir)?;
         Ok(Self {
             connection,
             settings,
@@ -142,6 +151,7 @@ impl LibvirtHost {
             reconnect: reconnect::ReconnectSchedule::default(),
             holds_files,
             events: events::ConnectionEvents::default(),
+            console_owner,
         })
     }
 
@@ -290,6 +300,7 @@ impl LibvirtHost {
         let others = self.all_domain_xml()?;
         let mac_address = networking::unused_mac_address(&others)?;
         let nic = networking::NicChoice::for_new_vm(&self.settings.network, &others)?;
+        let serial_socket = console::serial_socket_path(&self.settings.consoles_dir, vm_id);
         let xml = DomainDefinition {
             vm_id,
             display_name: &spec.display_name,
@@ -304,6 +315,8 @@ impl LibvirtHost {
             seed_path: seed_path.as_deref(),
             nic: nic.definition(),
             mac_address: &mac_address,
+            serial_socket: &serial_socket,
+            serial_socket_owner: &self.console_owner,
         }
         .to_xml();
         let domain = self
@@ -631,6 +644,24 @@ impl Hypervisor for LibvirtHost {
     fn send_hints_to(&mut self, outlet: HintOutlet) -> Result<(), HypervisorError> {
         self.send_hints_from_now_on(outlet)
     }
+
+    fn open_console(
+        &mut self,
+        vm_id: VmId,
+        kind: ConsoleKind,
+    ) -> Result<ConsoleAccess, HypervisorError> {
+        self.reconnect_if_dead();
+        self.open_console_of(vm_id, kind)
+    }
+}
+
+/// A short, fresh consoles directory for tests (socket paths must stay under 108 bytes).
+#[cfg(test)]
+pub(crate) fn test_consoles_dir() -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "vmm-c-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    ))
 }
 
 /// The agent's view of a libvirt domain state. `Shutdown` means "shutting down": the guest
@@ -942,6 +973,7 @@ pub(crate) mod test_driver_tests {
             // one in-memory host, so tests running in parallel must not both define the
             // same pool.
             storage_pool: format!("vmm-test-{unique}"),
+            consoles_dir: crate::hypervisor::libvirt::test_consoles_dir(),
             images_dir,
             network: NetworkMode::default(),
             accel: GuestAccel::Auto,
@@ -1051,6 +1083,7 @@ pub(crate) mod test_driver_tests {
                 uri: "test:///default".into(),
                 storage_pool: format!("vmm-test-{unique}"),
                 images_dir: std::env::temp_dir().join(format!("vmm-agent-test-{unique}")),
+                consoles_dir: crate::hypervisor::libvirt::test_consoles_dir(),
                 network,
                 accel: GuestAccel::Tcg,
             })
@@ -1097,6 +1130,7 @@ pub(crate) mod test_driver_tests {
             uri: "test:///default".into(),
             storage_pool: format!("vmm-test-{unique}"),
             images_dir: std::env::temp_dir().join(format!("vmm-agent-test-{unique}")),
+            consoles_dir: crate::hypervisor::libvirt::test_consoles_dir(),
             network: NetworkMode::default(),
             accel: GuestAccel::Kvm,
         })
@@ -1178,6 +1212,7 @@ mod qemu_image_tests {
                 uri: "qemu:///system".into(),
                 storage_pool: format!("vmm-images-{unique}"),
                 images_dir: dir.join("pool"),
+                consoles_dir: crate::hypervisor::libvirt::test_consoles_dir(),
                 network: NetworkMode::default(),
                 accel: GuestAccel::Tcg,
             });
@@ -1321,6 +1356,7 @@ mod real_qemu_tests {
             uri: "qemu:///system".into(),
             storage_pool: pool_name,
             images_dir: images_dir.clone(),
+            consoles_dir: crate::hypervisor::libvirt::test_consoles_dir(),
             network: NetworkMode::default(),
             accel: GuestAccel::Auto,
         })

@@ -337,6 +337,7 @@ mod real_qemu_tests {
             uri: "qemu:///system".into(),
             storage_pool: format!("vmm-snap-{unique}"),
             images_dir: images_dir.clone(),
+            consoles_dir: crate::hypervisor::libvirt::test_consoles_dir(),
             network: crate::hypervisor::NetworkMode::default(),
             accel: crate::hypervisor::libvirt::GuestAccel::Auto,
         });

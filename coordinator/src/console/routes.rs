@@ -1,0 +1,274 @@
+//! The console routes: `POST /api/vms/{id}/console` (a ticket) and
+//! `GET /api/console/{ticket}` (the WebSocket).
+//!
+//! Who may open a console: the VM's owner or an admin, as for every VM route (anyone else
+//! gets 404), and only while the VM runs (409). The WebSocket's credential is the ticket
+//! alone (browsers cannot send a bearer token there). A ticket that is unknown, used,
+//! expired or foreign is answered 401, and is used up by being presented. Foreign means:
+//! presented with a bearer token of another user (a client that sends a token must be the
+//! ticket's user), or with `?vm=` or `?type=` naming another VM or console type than the
+//! ticket's (the `url` a ticket comes with names both, so a ticket cannot be used on a URL
+//! meant for another console).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::HeaderMap;
+use axum::http::header::AUTHORIZATION;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+use vmm_proto::{OpenConsole, coordinator_message};
+use vmm_shared::{VmId, VmStatus};
+
+use super::relay::{MAX_CLIENT_MESSAGE, Relay};
+use super::sessions::{AttachOutcome, ConsoleId, Refusal};
+use super::{ConsoleKind, Consoles};
+use crate::auth::CurrentUser;
+use crate::error::ApiError;
+use crate::hosts::DispatchError;
+use crate::http::{ApiJson, ApiPath};
+use crate::state::AppState;
+use crate::users;
+use crate::vms::Vm;
+use crate::vms::routes::load_visible;
+
+/// The WebSocket subprotocol noVNC may ask for; chosen when offered.
+pub const BINARY_SUBPROTOCOL: &str = "binary";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TicketRequest {
+    #[serde(rename = "type")]
+    kind: ConsoleKind,
+    /// Take the console over from the session that holds it.
+    #[serde(default)]
+    force: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TicketView {
+    pub ticket: String,
+    /// Where to connect the WebSocket (path and query; prepend `ws://` or `wss://` and the
+    /// API's host).
+    pub url: String,
+    /// RFC 3339.
+    pub expires_at: String,
+    #[serde(rename = "type")]
+    pub kind: ConsoleKind,
+    pub vm_id: VmId,
+}
+
+/// `?vm=` and `?type=` of the WebSocket URL: optional, checked against the ticket.
+#[derive(Debug, Deserialize)]
+pub struct ConsoleQuery {
+    vm: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+fn require_running(vm: &Vm) -> Result<(), ApiError> {
+    if vm.status == VmStatus::Running {
+        Ok(())
+    } else {
+        Err(ApiError::Conflict(format!(
+            "VM {} is {}; its console can be opened only while it runs",
+            vm.id, vm.status
+        )))
+    }
+}
+
+fn refused(refusal: Refusal) -> ApiError {
+    match refusal {
+        Refusal::Busy { .. } => ApiError::Conflict(refusal.to_string()),
+        Refusal::HostFull(_) => ApiError::Unavailable(refusal.to_string()),
+    }
+}
+
+/// `POST /api/vms/{id}/console`: a ticket for the VM's console.
+pub async fn create_ticket(
+    State(app): State<AppState>,
+    user: CurrentUser,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<TicketRequest>,
+) -> Result<Json<TicketView>, ApiError> {
+    let vm = load_visible(&app, &user, &id).await?;
+    require_running(&vm)?;
+    if !body.force
+        && let Some((holder, seconds)) = app.consoles.sessions.holder(vm.id, body.kind)
+    {
+        return Err(refused(Refusal::Busy {
+            kind: body.kind,
+            holder,
+            seconds,
+        }));
+    }
+    let issued = app
+        .consoles
+        .tickets
+        .issue(user.id, vm.id, body.kind, body.force)
+        .map_err(|error| ApiError::Unavailable(error.to_string()))?;
+    tracing::info!(user = %user.username, vm_id = %vm.id, r#type = body.kind.as_str(),
+        force = body.force, "console ticket issued");
+    Ok(Json(TicketView {
+        url: format!(
+            "/api/console/{}?vm={}&type={}",
+            issued.ticket, vm.id, body.kind
+        ),
+        ticket: issued.ticket,
+        expires_at: issued
+            .expires_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        kind: body.kind,
+        vm_id: vm.id,
+    }))
+}
+
+/// Stops awaiting a host's attach when dropped.
+struct StopWaiting {
+    consoles: Arc<Consoles>,
+    console_id: ConsoleId,
+}
+
+impl Drop for StopWaiting {
+    fn drop(&mut self) {
+        self.consoles.sessions.stop_waiting(self.console_id);
+    }
+}
+
+fn unauthorized(message: &str) -> ApiError {
+    ApiError::Unauthorized(message.to_owned())
+}
+
+/// `GET /api/console/{ticket}`: redeems the ticket, has the host open the console, and
+/// answers `101 Switching Protocols` once it is attached.
+pub async fn open_console(
+    State(app): State<AppState>,
+    ApiPath(ticket): ApiPath<String>,
+    query: Result<Query<ConsoleQuery>, QueryRejection>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    // Checked before the ticket is taken: a plain GET must not use it up.
+    let upgrade = upgrade.map_err(|rejection| {
+        ApiError::BadRequest(format!(
+            "this URL is a console's WebSocket: connect to it with a WebSocket client \
+             ({rejection})"
+        ))
+    })?;
+    let Query(query) = query.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+    let ticket = app.consoles.tickets.redeem(&ticket).ok_or_else(|| {
+        unauthorized(
+            "this console ticket is unknown, used already or expired; ask for a new one \
+             with POST /api/vms/{id}/console",
+        )
+    })?;
+    if let Some(header) = headers.get(AUTHORIZATION) {
+        let claims = header
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .and_then(|token| app.tokens.verify(token.trim()).ok())
+            .ok_or_else(|| unauthorized("the Authorization header holds no valid token"))?;
+        if claims.sub != ticket.user {
+            tracing::warn!(%peer, vm_id = %ticket.vm, "console ticket presented by another user");
+            return Err(unauthorized(
+                "this console ticket was issued to another user",
+            ));
+        }
+    }
+    if query
+        .vm
+        .as_deref()
+        .is_some_and(|vm| vm != ticket.vm.to_string())
+    {
+        return Err(unauthorized("this console ticket is for another VM"));
+    }
+    if query
+        .kind
+        .as_deref()
+        .is_some_and(|kind| kind != ticket.kind.as_str())
+    {
+        return Err(unauthorized(
+            "this console ticket is for another console type",
+        ));
+    }
+    let user = users::store::find_by_id(&app.db, ticket.user)
+        .await?
+        .ok_or_else(|| unauthorized("the console ticket's user no longer exists"))?;
+    let user = CurrentUser {
+        id: user.id,
+        username: user.username,
+        role: user.role,
+    };
+    let vm = load_visible(&app, &user, &ticket.vm.to_string()).await?;
+    require_running(&vm)?;
+
+    let console_id = Uuid::new_v4();
+    let session = app
+        .consoles
+        .sessions
+        .begin(
+            vm.id,
+            ticket.kind,
+            &vm.host_id,
+            console_id,
+            &user.username,
+            ticket.force,
+        )
+        .map_err(refused)?;
+    let outcome = app.consoles.sessions.expect_attach(console_id, &vm.host_id);
+    // Whatever ends this request (an answer, a timeout, the client going away), the host's
+    // attach is no longer awaited.
+    let _waiting = StopWaiting {
+        consoles: Arc::clone(&app.consoles),
+        console_id,
+    };
+    let open = coordinator_message::Body::OpenConsole(OpenConsole {
+        console_id: console_id.to_string(),
+        vm_id: vm.id.to_string(),
+        kind: ticket.kind.to_proto() as i32,
+    });
+    if !app.registry.notify(&vm.host_id, open).await {
+        return Err(DispatchError::NotConnected(vm.host_id.clone()).into());
+    }
+    let patience = app.consoles.settings.open_timeout;
+    let attached = match tokio::time::timeout(patience, outcome).await {
+        Ok(Ok(AttachOutcome::Attached(attached))) => attached,
+        Ok(Ok(AttachOutcome::Failed { kind, message })) => {
+            tracing::warn!(%console_id, vm_id = %vm.id, host = %vm.host_id, %message,
+                "the host could not open a console");
+            return Err(DispatchError::Failed { kind, message }.into());
+        }
+        Ok(Err(_)) => return Err(DispatchError::Disconnected(vm.host_id.clone()).into()),
+        Err(_) => {
+            return Err(ApiError::Timeout(format!(
+                "host {} did not open the console within {}",
+                vm.host_id,
+                vmm_shared::duration::display(patience)
+            )));
+        }
+    };
+    metrics::counter!("console_sessions_opened_total", "type" => ticket.kind.as_str()).increment(1);
+    tracing::info!(%console_id, vm_id = %vm.id, host = %vm.host_id, user = %user.username,
+        r#type = ticket.kind.as_str(), force = ticket.force, %peer, "console opened");
+    let relay = Relay {
+        attached: *attached,
+        session,
+        kind: ticket.kind,
+        idle_timeout: app.consoles.settings.idle_timeout,
+        vm: vm.id,
+        host: vm.host_id,
+        username: user.username,
+    };
+    Ok(upgrade
+        .protocols([BINARY_SUBPROTOCOL])
+        .max_message_size(MAX_CLIENT_MESSAGE)
+        .on_upgrade(move |socket| relay.run(socket))
+        .into_response())
+}

@@ -15,6 +15,7 @@ mod auth;
 mod bad_input;
 mod config;
 mod faults;
+mod fleet;
 mod hardening;
 mod images;
 mod late_results;

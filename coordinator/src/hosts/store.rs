@@ -171,6 +171,9 @@ pub struct HostView {
     pub agent_version: String,
     pub libvirt_connected: bool,
     pub last_seen_at: String,
+    /// The epoch of its agent's latest registration: grows with every (re)connect.
+    #[sqlx(try_from = "i64", rename = "session_epoch")]
+    pub session: u64,
     #[sqlx(flatten)]
     pub allocated: Allocation,
     #[sqlx(try_from = "i64", rename = "vm_count")]
@@ -200,6 +203,7 @@ pub async fn list_page(
     let mut query = sqlx::QueryBuilder::new(
         "SELECT h.id, h.cpus, h.memory_mib, h.disk_gb, h.status, h.kvm_usable, h.hypervisor,
                 h.libvirt_version, h.agent_version, h.libvirt_connected, h.last_seen_at,
+                h.session_epoch,
                 COALESCE(a.cpu, 0) AS allocated_cpu,
                 COALESCE(a.memory_mib, 0) AS allocated_memory_mib,
                 COALESCE(a.disk_gb, 0) AS allocated_disk_gb,

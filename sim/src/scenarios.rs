@@ -189,10 +189,10 @@ pub async fn populate(
                 }
                 let user = &users[(n + worker) % users.len()];
                 let name = format!("vm-{}", existing + n);
-                if let Err(error) = user.create_vm(&name).await {
-                    if failed.fetch_add(1, Ordering::Relaxed) < 5 {
-                        eprintln!("create failed: {error:#}");
-                    }
+                if let Err(error) = user.create_vm(&name).await
+                    && failed.fetch_add(1, Ordering::Relaxed) < 5
+                {
+                    eprintln!("create failed: {error:#}");
                 }
                 done.fetch_add(1, Ordering::Relaxed);
             }

@@ -1,5 +1,5 @@
 //! User administration, for administrators only: `GET /api/admin/users` (with each user's
-//! quota usage), `POST /api/admin/users` (create an account: the only way when
+//! quota usage, a page at a time: see `http::page`), `POST /api/admin/users` (create an account: the only way when
 //! `REGISTRATION=closed`), `PUT /api/admin/users/{id}/role` and
 //! `DELETE /api/admin/users/{id}`.
 //!
@@ -9,12 +9,14 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use vmm_shared::UserId;
 
 use crate::auth::AdminUser;
 use crate::db;
 use crate::error::ApiError;
+use crate::http::page::{self, ApiQuery, Cursor, DEFAULT_CAP, Page, Paged, push_keyset};
 use crate::http::{ApiJson, ApiPath};
 use crate::quotas::QuotaUsage;
 use crate::state::AppState;
@@ -30,23 +32,50 @@ pub struct AdminUserView {
     usage: QuotaUsage,
 }
 
+/// `GET /api/admin/users`'s parameters (see `http::page`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListUsersQuery {
+    limit: Option<u32>,
+    cursor: Option<String>,
+    role: Option<String>,
+}
+
+/// Every user (of `role`, if given) with their usage, oldest first, a page at a time.
 pub async fn list_users(
     State(app): State<AppState>,
     AdminUser(_admin): AdminUser,
-) -> Result<Json<Vec<AdminUserView>>, ApiError> {
-    // One query, one connection: usage is summed alongside each user.
-    let views = sqlx::query_as(
+    ApiQuery(query): ApiQuery<ListUsersQuery>,
+) -> Result<Response, ApiError> {
+    let mut echo = Vec::new();
+    let role = page::filter::<Role>(
+        "role",
+        query.role.as_deref(),
+        "a role (admin, user)",
+        &mut echo,
+    )?;
+    if let Some(limit) = query.limit {
+        echo.push(("limit", limit.to_string()));
+    }
+    let page = Page::new(query.limit, query.cursor.as_deref(), Some(DEFAULT_CAP))?;
+    // One query, one connection: usage comes from each user's running totals.
+    let mut sql = sqlx::QueryBuilder::new(
         "SELECT u.id, u.username, u.role, u.created_at,
-                (SELECT COUNT(*) FROM vms v WHERE v.owner_id = u.id) AS vms,
-                (SELECT COALESCE(SUM(cpu), 0) FROM vms v WHERE v.owner_id = u.id) AS cpu,
-                (SELECT COALESCE(SUM(memory_mib), 0) FROM vms v WHERE v.owner_id = u.id) AS memory,
-                (SELECT COALESCE(SUM(disk_gb), 0) FROM vms v WHERE v.owner_id = u.id) AS disk_gb,
-                (SELECT COUNT(*) FROM snapshots s WHERE s.owner_id = u.id) AS snapshots
-         FROM users u ORDER BY u.created_at, u.username",
-    )
-    .fetch_all(&app.db)
-    .await?;
-    Ok(Json(views))
+                COALESCE(x.vms, 0) AS vms, COALESCE(x.cpu, 0) AS cpu,
+                COALESCE(x.memory_mib, 0) AS memory, COALESCE(x.disk_gb, 0) AS disk_gb,
+                COALESCE(x.snapshots, 0) AS snapshots
+         FROM users u LEFT JOIN user_usage x ON x.user_id = u.id WHERE 1 = 1",
+    );
+    if let Some(role) = role {
+        sql.push(" AND u.role = ").push_bind(role);
+    }
+    push_keyset(&mut sql, &page, "u.", true);
+    let rows: Vec<AdminUserView> = sql.build_query_as().fetch_all(&app.db).await?;
+    let users = Paged::from_rows(rows, &page, |user| Cursor {
+        created_at: user.created_at.clone(),
+        id: user.id.to_string(),
+    });
+    Ok(users.into_response("/api/admin/users", &echo))
 }
 
 #[derive(Deserialize)]

@@ -1,9 +1,11 @@
 //! The coordinator's side of the agent stream (`AgentControl.Session`).
 //!
 //! An agent proves itself with the shared agent token, then registers: the host is
-//! recorded as connected, its inventory settles every VM recorded on it, and a session
-//! loop applies what it sends afterwards. A host that stays silent for `HOST_DEAD_AFTER`,
-//! or whose stream ends, becomes unreachable and its VMs `unknown`.
+//! recorded as connected under a new session epoch, its inventory settles every VM recorded
+//! on it, and a session loop applies what it sends afterwards. A host that stays silent for
+//! `HOST_DEAD_AFTER`, or whose stream ends, becomes unreachable and its VMs `unknown` —
+//! unless a newer session of the host registered meanwhile: a session's heartbeats and its
+//! clean-up apply only while its epoch is the host's ([`open_session`], [`close_session`]).
 //!
 //! An agent can only speak about its own host: reports and results are applied only to VMs
 //! recorded on the host that registered on this stream.
@@ -32,8 +34,8 @@ use vmm_proto::{
 };
 use vmm_shared::{HostId, VmId};
 
-use crate::hosts::registry::SessionId;
-use crate::hosts::store::{self as host_store, HostRegistration};
+use crate::hosts::registry::TaskGuard;
+use crate::hosts::store::{self as host_store, HostRegistration, SessionEpoch};
 use crate::images::store as image_store;
 use crate::lifecycle::ReportSource;
 use crate::operations::runner;
@@ -115,55 +117,136 @@ impl AgentControl for AgentControlService {
         };
         let registration = validate_registration(&register)?;
         let host = registration.id.clone();
-
-        host_store::upsert_connected(&self.app.db, &registration)
-            .await
-            .map_err(internal)?;
         let (sender, receiver) = mpsc::channel(256);
-        let (session, abandoned) = self.app.registry.attach(host.clone(), sender.clone());
-        // What the previous session left unanswered is settled first, so that the inventory
-        // below finds it settled.
-        runner::settle_abandoned(
-            &self.app.db,
-            &abandoned,
-            "the host reconnected before answering",
-        )
-        .await
-        .map_err(internal)?;
-        reports::reconcile_inventory(&self.app.db, &host, &register.inventory)
-            .await
-            .map_err(internal)?;
-        let evict = image_store::record_host_copies(&self.app.db, &host, &register.cached_images)
-            .await
-            .map_err(internal)?;
-        tracing::info!(host = %host, ?peer, session, cpus = registration.cpus, memory_mib = registration.memory_mib,
+        let _task = self.app.registry.track_task();
+        let session = open_session(&self.app, &registration, &register, sender.clone()).await?;
+        tracing::info!(host = %host, ?peer, session = session.epoch, cpus = registration.cpus, memory_mib = registration.memory_mib,
             disk_gb = registration.disk_gb, hypervisor = %registration.hypervisor, kvm = registration.kvm_usable,
             domains = register.inventory.len(), cached_images = register.cached_images.len(), "agent registered");
 
-        let registered = CoordinatorMessage {
-            body: Some(coordinator_message::Body::Registered(Registered {
-                heartbeat_interval_ms: heartbeat_interval_ms(self.app.settings.host_dead_after),
+        let greeted = greet(&self.app, &host, &sender, session.evict).await;
+        if let Err(status) = greeted {
+            close_session(
+                &self.app,
+                &host,
+                session.epoch,
+                "the agent went away while registering",
+            )
+            .await;
+            return Err(status);
+        }
+        tokio::spawn(run_session(
+            self.app.clone(),
+            host,
+            session.epoch,
+            inbound,
+            self.app.registry.track_task(),
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+}
+
+/// A registration recorded: its session epoch, and the cached images the host must evict.
+#[derive(Debug)]
+pub struct OpenedSession {
+    pub epoch: SessionEpoch,
+    pub evict: Vec<String>,
+}
+
+/// Records a registration: the host connected under a new session epoch, the session
+/// attached (ending any older one), what the older one left unanswered settled, the
+/// inventory reconciled, the cached images recorded. On any failure after the host was
+/// recorded connected, the session is closed again, so no host stays `connected` without a
+/// session.
+pub async fn open_session(
+    app: &AppState,
+    registration: &HostRegistration,
+    register: &Register,
+    sender: mpsc::Sender<Result<CoordinatorMessage, Status>>,
+) -> Result<OpenedSession, Status> {
+    let host = &registration.id;
+    let epoch = host_store::register_session(&app.db, registration)
+        .await
+        .map_err(internal)?;
+    let abandoned = match app.registry.attach(host.clone(), epoch, sender) {
+        Ok(abandoned) => abandoned,
+        Err(refused) => {
+            // Nothing of this session is attached; a newer one (or the shutdown) owns the
+            // host's record.
+            tracing::warn!(host = %host, session = epoch, reason = %refused, "registration refused");
+            return Err(Status::aborted(refused.to_string()));
+        }
+    };
+    let recorded = async {
+        // What the previous session left unanswered is settled first, so that the inventory
+        // below finds it settled.
+        runner::settle_abandoned(&app.db, &abandoned, "the host reconnected before answering")
+            .await?;
+        reports::reconcile_inventory(&app.db, host, &register.inventory).await?;
+        image_store::record_host_copies(&app.db, host, &register.cached_images).await
+    }
+    .await;
+    match recorded {
+        Ok(evict) => Ok(OpenedSession { epoch, evict }),
+        Err(err) => {
+            close_session(app, host, epoch, "its registration could not be recorded").await;
+            Err(internal(err))
+        }
+    }
+}
+
+/// Sends `Registered` and the evictions down a new session's stream.
+async fn greet(
+    app: &AppState,
+    host: &HostId,
+    sender: &mpsc::Sender<Result<CoordinatorMessage, Status>>,
+    evict: Vec<String>,
+) -> Result<(), Status> {
+    let registered = CoordinatorMessage {
+        body: Some(coordinator_message::Body::Registered(Registered {
+            heartbeat_interval_ms: heartbeat_interval_ms(app.settings.host_dead_after),
+        })),
+    };
+    sender
+        .send(Ok(registered))
+        .await
+        .map_err(|_| Status::cancelled("agent went away"))?;
+    for image_id in evict {
+        tracing::info!(host = %host, %image_id, "host caches an image this coordinator no longer has; evicting it");
+        let evict = CoordinatorMessage {
+            body: Some(coordinator_message::Body::EvictImage(EvictImage {
+                image_id,
             })),
         };
         sender
-            .send(Ok(registered))
+            .send(Ok(evict))
             .await
             .map_err(|_| Status::cancelled("agent went away"))?;
-        for image_id in evict {
-            tracing::info!(host = %host, %image_id, "host caches an image this coordinator no longer has; evicting it");
-            let evict = CoordinatorMessage {
-                body: Some(coordinator_message::Body::EvictImage(EvictImage {
-                    image_id,
-                })),
-            };
-            sender
-                .send(Ok(evict))
-                .await
-                .map_err(|_| Status::cancelled("agent went away"))?;
-        }
+    }
+    Ok(())
+}
 
-        tokio::spawn(run_session(self.app.clone(), host, session, inbound));
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+/// Ends session `epoch` of `host`: unless a newer session replaced it (or the coordinator
+/// is shutting down), the operations it left unanswered are settled and the host is marked
+/// unreachable, its VMs `unknown`, but only while `epoch` is still the host's session in
+/// the database (a late clean-up never undoes a newer registration).
+pub async fn close_session(app: &AppState, host: &HostId, epoch: SessionEpoch, reason: &str) {
+    let Some(abandoned) = app.registry.detach(host, epoch) else {
+        return;
+    };
+    tracing::warn!(host = %host, session = epoch, reason, "host is unreachable");
+    let why = format!("host {host} disconnected before answering");
+    if let Err(err) = runner::settle_abandoned(&app.db, &abandoned, &why).await {
+        tracing::error!(host = %host, error = %err, "cannot settle the operations the host left unanswered");
+    }
+    match host_store::mark_unreachable(&app.db, host, epoch).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::info!(host = %host, session = epoch, "a newer session of the host registered meanwhile; it stays connected")
+        }
+        Err(err) => {
+            tracing::error!(host = %host, error = %err, "cannot record the host as unreachable")
+        }
     }
 }
 
@@ -238,44 +321,41 @@ fn validate_registration(register: &Register) -> Result<HostRegistration, Status
 async fn run_session(
     app: AppState,
     host: HostId,
-    session: SessionId,
+    session: SessionEpoch,
     mut inbound: Streaming<AgentMessage>,
+    _task: TaskGuard,
 ) {
     let dead_after = app.settings.host_dead_after;
     let end = loop {
-        let message = match tokio::time::timeout(dead_after, inbound.message()).await {
-            Ok(Ok(Some(message))) => message,
-            Ok(Ok(None)) => break "the agent closed its stream".to_owned(),
-            Ok(Err(status)) => break format!("the stream failed: {}", status.message()),
-            Err(_) => break format!("no message for {dead_after:?}"),
+        let message = tokio::select! {
+            received = tokio::time::timeout(dead_after, inbound.message()) => match received {
+                Ok(Ok(Some(message))) => message,
+                Ok(Ok(None)) => break "the agent closed its stream".to_owned(),
+                Ok(Err(status)) => break format!("the stream failed: {}", status.message()),
+                Err(_) => break format!("no message for {dead_after:?}"),
+            },
+            // The shutdown records every host itself.
+            () = app.registry.stopped() => return,
         };
         if !app.registry.is_current(&host, session) {
             return; // A newer session of the same host took over.
         }
-        if let Err(err) = handle_message(&app, &host, message).await {
+        if let Err(err) = handle_message(&app, &host, session, message).await {
             tracing::error!(host = %host, error = %err, "cannot apply an agent message");
         }
     };
-    if let Some(abandoned) = app.registry.detach(&host, session) {
-        tracing::warn!(host = %host, reason = %end, "host is unreachable");
-        let why = format!("host {host} disconnected before answering");
-        if let Err(err) = runner::settle_abandoned(&app.db, &abandoned, &why).await {
-            tracing::error!(host = %host, error = %err, "cannot settle the operations the host left unanswered");
-        }
-        if let Err(err) = host_store::mark_unreachable(&app.db, &host).await {
-            tracing::error!(host = %host, error = %err, "cannot record the host as unreachable");
-        }
-    }
+    close_session(&app, &host, session, &end).await;
 }
 
 async fn handle_message(
     app: &AppState,
     host: &HostId,
+    session: SessionEpoch,
     message: AgentMessage,
 ) -> Result<(), sqlx::Error> {
     match message.body {
         Some(agent_message::Body::Heartbeat(beat)) => {
-            host_store::record_heartbeat(&app.db, host, beat.libvirt_connected).await?;
+            host_store::record_heartbeat(&app.db, host, session, beat.libvirt_connected).await?;
         }
         Some(agent_message::Body::VmStateChanged(change)) => {
             let Some(report) = change.domain else {

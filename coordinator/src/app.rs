@@ -81,6 +81,7 @@ pub fn router(state: AppState) -> Router {
             "/api/snapshots/{id}",
             delete(snapshots::routes::delete_snapshot),
         )
+        .route("/api/operations", get(operations::routes::list_operations))
         .route(
             "/api/operations/{id}",
             get(operations::routes::get_operation),
@@ -184,7 +185,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     create_private_dir(&config.data_dir)?;
 
     let db = db::connect(&config.database_url()).await?;
-    hosts::store::mark_all_unreachable(&db).await?;
+    // Whatever the last run left (a crash included): no agent is connected yet, so no VM's
+    // state is known.
+    hosts::store::mark_all_unreachable(
+        &db,
+        "the coordinator restarted; its host has not reconnected yet",
+    )
+    .await?;
     operations::runner::settle_after_restart(&db).await?;
     let image_files = ImageFiles::open(&config.images_dir())?;
     let leftovers = image_files
@@ -303,6 +310,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     shutdown_signal().await;
     vmm_shared::systemd::notify_stopping();
     tracing::info!("shutting down");
+    // Sessions end without recording anything per host, commands in flight fail (their
+    // operations record that their outcome is unknown).
+    state.registry.begin_shutdown();
     let _ = stop_tx.send(true);
     // Agent streams never end by themselves; give in-flight requests a bounded grace.
     let drained = tokio::time::timeout(Duration::from_secs(10), async {
@@ -316,10 +326,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if drained.is_err() {
         tracing::warn!("in-flight requests did not finish within 10 s; exiting anyway");
     }
+    record_shutdown(&state).await;
     // Pings go on while in-flight requests drain, and end before the database closes.
     watchdog.abort();
     state.db.close().await;
     Ok(())
+}
+
+/// What a stop leaves in the database, once the tasks that write to it have finished: every
+/// host unreachable and every VM's state `unknown`, since no agent is connected to a
+/// stopped coordinator. The next start finds (and writes) the same.
+pub async fn record_shutdown(state: &AppState) {
+    if !state.registry.tasks_finished(Duration::from_secs(10)).await {
+        tracing::warn!(
+            "sessions or operations still running after 10 s; recording the stop anyway"
+        );
+    }
+    if let Err(err) = hosts::store::mark_all_unreachable(
+        &state.db,
+        "the coordinator stopped; its host has not reconnected yet",
+    )
+    .await
+    {
+        tracing::error!(error = %err, "cannot record the hosts as unreachable on the way out");
+    }
 }
 
 /// Periodic housekeeping. Rate-limit keys whose budget has refilled are indistinguishable

@@ -25,6 +25,7 @@
 //! - [`operations`]: operation records and the runner that carries every operation out
 //! - [`idempotency`]: `Idempotency-Key` for client retries
 //! - [`quotas`]: per-user limits and usage
+//! - [`ledger`]: running totals of what VMs and snapshots take, per host and per user
 //! - [`admin`]: user administration
 //! - [`telemetry`]: Prometheus metrics
 //! - [`ratelimit`]: request budgets per client, user and login
@@ -45,6 +46,7 @@ pub mod http;
 pub mod idempotency;
 pub mod images;
 pub mod keys;
+pub mod ledger;
 pub mod lifecycle;
 pub mod operations;
 pub mod quotas;

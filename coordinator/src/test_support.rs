@@ -25,7 +25,7 @@ impl TestDb {
         let dir = tempfile::tempdir().unwrap();
         let db = db::connect(&db::default_url(dir.path())).await.unwrap();
         let host: HostId = "host-1".parse().unwrap();
-        host_store::upsert_connected(
+        host_store::register_session(
             &db,
             &HostRegistration {
                 id: host.clone(),
@@ -68,6 +68,16 @@ impl TestDb {
         .execute(&self.db)
         .await
         .unwrap();
+        let charge = crate::ledger::VmCharge {
+            owner: self.user,
+            host: &self.host,
+            cpu: 1,
+            memory_mib: 128,
+            disk_gb: 1,
+        };
+        crate::ledger::charge_vm(&mut *self.conn().await, &charge)
+            .await
+            .unwrap();
         id
     }
 

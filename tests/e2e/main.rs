@@ -16,6 +16,7 @@ mod bad_input;
 mod config;
 mod console;
 mod faults;
+mod fleet;
 mod hardening;
 mod images;
 mod late_results;

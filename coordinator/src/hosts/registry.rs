@@ -7,18 +7,29 @@
 //! result is accepted only from the host the command was sent to. When a session ends, every
 //! command still waiting on it fails at once, and the session's end names them, so that
 //! their outcome is settled before a new session's inventory is read.
+//!
+//! A session is named by its host's session epoch (`hosts::store::register_session`), so
+//! the registry and the database agree on which session is current; an older session can
+//! never replace a newer one.
+//!
+//! Shutdown ([`AgentRegistry::begin_shutdown`]): every session ends without recording
+//! anything per host (the coordinator records all hosts at once, see `app`), every command
+//! in flight fails, and [`AgentRegistry::tasks_finished`] waits for the background tasks
+//! that write to the database (sessions, operations) before the database is closed.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
-use tokio::sync::{mpsc, oneshot};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use vmm_proto::{
     Command, CommandResult, CoordinatorMessage, ErrorKind, command, command_result,
     coordinator_message,
 };
 use vmm_shared::{HostId, OperationId, VmId};
 
-pub type SessionId = u64;
+pub type SessionId = crate::hosts::store::SessionEpoch;
 
 /// Locks `mutex`, also after a holder panicked: every update of the registry's maps is a
 /// single insert or remove, so what a panicking holder leaves behind is consistent.
@@ -38,11 +49,51 @@ struct PendingCommand {
     reply: oneshot::Sender<CommandResult>,
 }
 
-#[derive(Default)]
 pub struct AgentRegistry {
-    next_session: AtomicU64,
     agents: Mutex<HashMap<HostId, ConnectedAgent>>,
     pending: Mutex<HashMap<OperationId, PendingCommand>>,
+    stopping: watch::Sender<bool>,
+    tasks: Arc<TaskCount>,
+}
+
+impl Default for AgentRegistry {
+    fn default() -> Self {
+        Self {
+            agents: Mutex::default(),
+            pending: Mutex::default(),
+            stopping: watch::Sender::new(false),
+            tasks: Arc::default(),
+        }
+    }
+}
+
+/// Background tasks that write to the database, and a way to wait until none is left.
+#[derive(Default)]
+struct TaskCount {
+    running: AtomicUsize,
+    idle: Notify,
+}
+
+/// Held by a background task that writes to the database; dropping it says it is done.
+pub struct TaskGuard {
+    count: Arc<TaskCount>,
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        if self.count.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.count.idle.notify_waiters();
+        }
+    }
+}
+
+/// Why a session could not be attached.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("a newer session of host {0} is connected")]
+    Superseded(HostId),
+    #[error("the coordinator is shutting down")]
+    ShuttingDown,
 }
 
 /// What a host answered to a command it carried out.
@@ -66,27 +117,42 @@ pub enum DispatchError {
 }
 
 impl AgentRegistry {
-    /// Records a new session for `host`, replacing (and so ending) any older one. Returns
-    /// the session and the operations the older one left unanswered.
+    /// Records `session` (the epoch its registration took) for `host`, replacing (and so
+    /// ending) any older one, and returns the operations the older one left unanswered. A
+    /// session older than the one connected is refused, as is any during shutdown.
     pub fn attach(
         &self,
         host: HostId,
+        session: SessionId,
         sender: mpsc::Sender<Result<CoordinatorMessage, tonic::Status>>,
-    ) -> (SessionId, Vec<OperationId>) {
-        let session = self.next_session.fetch_add(1, Ordering::Relaxed) + 1;
-        let previous = lock(&self.agents).insert(host.clone(), ConnectedAgent { session, sender });
+    ) -> Result<Vec<OperationId>, AttachError> {
+        if self.is_stopping() {
+            return Err(AttachError::ShuttingDown);
+        }
+        let mut agents = lock(&self.agents);
+        if agents
+            .get(&host)
+            .is_some_and(|current| current.session > session)
+        {
+            return Err(AttachError::Superseded(host));
+        }
+        let previous = agents.insert(host.clone(), ConnectedAgent { session, sender });
+        drop(agents);
         let mut abandoned = Vec::new();
         if previous.is_some() {
             tracing::warn!(host = %host, "agent reconnected; its previous session is replaced");
             abandoned = self.fail_pending_for(&host);
         }
-        (session, abandoned)
+        Ok(abandoned)
     }
 
     /// Ends `session` of `host` and returns the operations it left unanswered; `None` when
     /// a newer session has replaced it (then the host is still connected and nothing
-    /// changes).
+    /// changes), or when the coordinator is shutting down (which records every host itself).
     pub fn detach(&self, host: &HostId, session: SessionId) -> Option<Vec<OperationId>> {
+        if self.is_stopping() {
+            return None;
+        }
         let mut agents = lock(&self.agents);
         match agents.get(host) {
             Some(agent) if agent.session == session => {
@@ -96,6 +162,51 @@ impl AgentRegistry {
             }
             _ => None,
         }
+    }
+
+    /// Starts the shutdown: no session is attached any more, every connected one ends (its
+    /// stream down to the agent closes) without recording anything, and every command in
+    /// flight fails as its host disconnected.
+    pub fn begin_shutdown(&self) {
+        self.stopping.send_replace(true);
+        let ended: Vec<HostId> = lock(&self.agents).drain().map(|(host, _)| host).collect();
+        for host in &ended {
+            self.fail_pending_for(host);
+        }
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    /// Resolves once [`AgentRegistry::begin_shutdown`] has been called.
+    pub async fn stopped(&self) {
+        let mut stopping = self.stopping.subscribe();
+        let _ = stopping.wait_for(|stopping| *stopping).await;
+    }
+
+    /// Counts a background task that writes to the database until the guard is dropped.
+    pub fn track_task(&self) -> TaskGuard {
+        self.tasks.running.fetch_add(1, Ordering::AcqRel);
+        TaskGuard {
+            count: Arc::clone(&self.tasks),
+        }
+    }
+
+    /// Waits up to `bound` for every tracked task to finish; false if some are still running.
+    pub async fn tasks_finished(&self, bound: Duration) -> bool {
+        let idle = async {
+            loop {
+                let notified = self.tasks.idle.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.tasks.running.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(bound, idle).await.is_ok()
     }
 
     pub fn is_connected(&self, host: &HostId) -> bool {

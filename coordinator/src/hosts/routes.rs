@@ -1,19 +1,43 @@
 //! `GET /api/hosts`: every host with its capacity, allocation, connection state and the
-//! images it caches.
+//! images it caches, by ID, a page at a time (see `http::page`), filtered by `status`.
 //! Administrators only.
 
-use axum::Json;
 use axum::extract::State;
+use axum::response::Response;
+use serde::Deserialize;
 
-use super::store::{self, HostView};
+use super::store::{self, HostStatus};
 use crate::auth::CurrentUser;
 use crate::error::ApiError;
+use crate::http::page::{self, ApiQuery, DEFAULT_CAP, Page};
 use crate::state::AppState;
+
+/// `GET /api/hosts`'s parameters.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListHostsQuery {
+    limit: Option<u32>,
+    cursor: Option<String>,
+    status: Option<String>,
+}
 
 pub async fn list_hosts(
     State(app): State<AppState>,
     user: CurrentUser,
-) -> Result<Json<Vec<HostView>>, ApiError> {
+    ApiQuery(query): ApiQuery<ListHostsQuery>,
+) -> Result<Response, ApiError> {
     user.require_admin()?;
-    Ok(Json(store::list(&app.db).await?))
+    let mut echo = Vec::new();
+    let status = page::filter::<HostStatus>(
+        "status",
+        query.status.as_deref(),
+        "a host status (connected, unreachable)",
+        &mut echo,
+    )?;
+    if let Some(limit) = query.limit {
+        echo.push(("limit", limit.to_string()));
+    }
+    let page = Page::new(query.limit, query.cursor.as_deref(), Some(DEFAULT_CAP))?;
+    let hosts = store::list_page(&app.db, status, &page).await?;
+    Ok(hosts.into_response("/api/hosts", &echo))
 }

@@ -7,6 +7,7 @@ use vmm_shared::{HostId, ImageId};
 
 use super::scheduler::HostLoad;
 use crate::db::{self, Db};
+use crate::http::page::{Cursor, Page, Paged, push_keyset};
 
 /// Whether a host's agent has its stream open.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -34,17 +35,28 @@ pub struct HostRegistration {
     pub agent_version: String,
 }
 
-pub async fn upsert_connected(db: &Db, host: &HostRegistration) -> Result<(), sqlx::Error> {
-    sqlx::query(
+/// A host's session number: every registration of its agent takes the next one (see
+/// migration 0009). Only the current session's heartbeats and clean-up change the host.
+pub type SessionEpoch = u64;
+
+/// Records the host as connected under a new session and returns the session's epoch,
+/// which is higher than that of every earlier session of the host.
+pub async fn register_session<'e>(
+    executor: impl SqliteExecutor<'e>,
+    host: &HostRegistration,
+) -> Result<SessionEpoch, sqlx::Error> {
+    let epoch: i64 = sqlx::query_scalar(
         "INSERT INTO hosts (id, status, cpus, memory_mib, disk_gb, libvirt_version, hypervisor,
-                            kvm_usable, agent_version, libvirt_connected, last_seen_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)
+                            kvm_usable, agent_version, libvirt_connected, last_seen_at,
+                            session_epoch)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, 1)
          ON CONFLICT (id) DO UPDATE SET
             status = excluded.status, cpus = excluded.cpus, memory_mib = excluded.memory_mib,
             disk_gb = excluded.disk_gb, libvirt_version = excluded.libvirt_version,
             hypervisor = excluded.hypervisor, kvm_usable = excluded.kvm_usable,
             agent_version = excluded.agent_version, libvirt_connected = 1,
-            last_seen_at = excluded.last_seen_at",
+            last_seen_at = excluded.last_seen_at, session_epoch = hosts.session_epoch + 1
+         RETURNING session_epoch",
     )
     .bind(&host.id)
     .bind(HostStatus::Connected)
@@ -56,45 +68,68 @@ pub async fn upsert_connected(db: &Db, host: &HostRegistration) -> Result<(), sq
     .bind(host.kvm_usable)
     .bind(&host.agent_version)
     .bind(db::now())
-    .execute(db)
+    .fetch_one(executor)
     .await?;
-    Ok(())
+    Ok(u64::try_from(epoch).unwrap_or(0))
 }
 
+/// Records a heartbeat of the host's session `epoch`; a stale session's changes nothing.
 pub async fn record_heartbeat(
     db: &Db,
     host: &HostId,
+    epoch: SessionEpoch,
     libvirt_connected: bool,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE hosts SET last_seen_at = ?, libvirt_connected = ? WHERE id = ?")
-        .bind(db::now())
-        .bind(libvirt_connected)
-        .bind(host)
-        .execute(db)
-        .await?;
-    Ok(())
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE hosts SET last_seen_at = ?, libvirt_connected = ? WHERE id = ? AND session_epoch = ?",
+    )
+    .bind(db::now())
+    .bind(libvirt_connected)
+    .bind(host)
+    .bind(db::to_i64(epoch))
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// Marks the host unreachable and its VMs `unknown` (see `vms::store::mark_host_lost`):
-/// the coordinator no longer knows their state, so it does not claim one.
-pub async fn mark_unreachable(db: &Db, host: &HostId) -> Result<(), sqlx::Error> {
+/// the coordinator no longer knows their state, so it does not claim one. Only while
+/// `epoch` is still the host's session: the clean-up of a session that a newer registration
+/// replaced (however late it runs) changes nothing. Returns whether it applied.
+pub async fn mark_unreachable(
+    db: &Db,
+    host: &HostId,
+    epoch: SessionEpoch,
+) -> Result<bool, sqlx::Error> {
     let mut tx = db::begin_write(db).await?;
-    sqlx::query("UPDATE hosts SET status = ? WHERE id = ?")
-        .bind(HostStatus::Unreachable)
-        .bind(host)
-        .execute(&mut *tx)
-        .await?;
+    let done = sqlx::query(
+        "UPDATE hosts SET status = ? WHERE id = ? AND session_epoch = ? AND status = ?",
+    )
+    .bind(HostStatus::Unreachable)
+    .bind(host)
+    .bind(db::to_i64(epoch))
+    .bind(HostStatus::Connected)
+    .execute(&mut *tx)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Ok(false);
+    }
     crate::vms::store::mark_host_lost(&mut tx, host).await?;
-    tx.commit().await
+    tx.commit().await?;
+    Ok(true)
 }
 
-/// At start no agent is connected yet, whatever the database last said.
-pub async fn mark_all_unreachable(db: &Db) -> Result<(), sqlx::Error> {
+/// No agent is connected: every host is unreachable and every VM whose state came from its
+/// host is `unknown`. Run at start (whatever the last run left) and as the last write of a
+/// shutdown, in one transaction.
+pub async fn mark_all_unreachable(db: &Db, why: &str) -> Result<(), sqlx::Error> {
+    let mut tx = db::begin_write(db).await?;
     sqlx::query("UPDATE hosts SET status = ?")
         .bind(HostStatus::Unreachable)
-        .execute(db)
+        .execute(&mut *tx)
         .await?;
-    Ok(())
+    crate::vms::store::mark_all_hosts_lost(&mut tx, why).await?;
+    tx.commit().await
 }
 
 /// Capacity and allocation of every connected host, and whether it caches `image`, read
@@ -105,15 +140,15 @@ pub async fn connected_loads<'e>(
 ) -> Result<Vec<HostLoad>, sqlx::Error> {
     sqlx::query_as(
         "SELECT h.id, h.cpus, h.memory_mib, h.disk_gb,
-                COALESCE(SUM(v.cpu), 0) AS allocated_cpu,
-                COALESCE(SUM(v.memory_mib), 0) AS allocated_memory_mib,
-                COALESCE(SUM(v.disk_gb), 0) AS allocated_disk_gb,
-                COUNT(v.id) AS vm_count,
+                COALESCE(a.cpu, 0) AS allocated_cpu,
+                COALESCE(a.memory_mib, 0) AS allocated_memory_mib,
+                COALESCE(a.disk_gb, 0) AS allocated_disk_gb,
+                COALESCE(a.vms, 0) AS vm_count,
                 EXISTS (SELECT 1 FROM host_images hi
                         WHERE hi.host_id = h.id AND hi.image_id = ?) AS caches_image
-         FROM hosts h LEFT JOIN vms v ON v.host_id = h.id
+         FROM hosts h LEFT JOIN host_allocations a ON a.host_id = h.id
          WHERE h.status = 'connected'
-         GROUP BY h.id, h.cpus, h.memory_mib, h.disk_gb ORDER BY h.id",
+         ORDER BY h.id",
     )
     .bind(image)
     .fetch_all(executor)
@@ -136,6 +171,9 @@ pub struct HostView {
     pub agent_version: String,
     pub libvirt_connected: bool,
     pub last_seen_at: String,
+    /// The epoch of its agent's latest registration: grows with every (re)connect.
+    #[sqlx(try_from = "i64", rename = "session_epoch")]
+    pub session: u64,
     #[sqlx(flatten)]
     pub allocated: Allocation,
     #[sqlx(try_from = "i64", rename = "vm_count")]
@@ -155,24 +193,43 @@ pub struct Allocation {
     pub disk_gb: u64,
 }
 
-pub async fn list(db: &Db) -> Result<Vec<HostView>, sqlx::Error> {
-    let mut hosts: Vec<HostView> = sqlx::query_as(
+/// One page of the hosts (of `status`, if given), by ID, with their allocation and the
+/// images they cache.
+pub async fn list_page(
+    db: &Db,
+    status: Option<HostStatus>,
+    page: &Page,
+) -> Result<Paged<HostView>, sqlx::Error> {
+    let mut query = sqlx::QueryBuilder::new(
         "SELECT h.id, h.cpus, h.memory_mib, h.disk_gb, h.status, h.kvm_usable, h.hypervisor,
                 h.libvirt_version, h.agent_version, h.libvirt_connected, h.last_seen_at,
-                COALESCE(SUM(v.cpu), 0) AS allocated_cpu,
-                COALESCE(SUM(v.memory_mib), 0) AS allocated_memory_mib,
-                COALESCE(SUM(v.disk_gb), 0) AS allocated_disk_gb,
-                COUNT(v.id) AS vm_count
-         FROM hosts h LEFT JOIN vms v ON v.host_id = h.id
-         GROUP BY h.id, h.cpus, h.memory_mib, h.disk_gb, h.status, h.kvm_usable, h.hypervisor,
-                  h.libvirt_version, h.agent_version, h.libvirt_connected, h.last_seen_at
-         ORDER BY h.id",
-    )
-    .fetch_all(db)
-    .await?;
+                h.session_epoch,
+                COALESCE(a.cpu, 0) AS allocated_cpu,
+                COALESCE(a.memory_mib, 0) AS allocated_memory_mib,
+                COALESCE(a.disk_gb, 0) AS allocated_disk_gb,
+                COALESCE(a.vms, 0) AS vm_count
+         FROM hosts h LEFT JOIN host_allocations a ON a.host_id = h.id WHERE 1 = 1",
+    );
+    if let Some(status) = status {
+        query.push(" AND h.status = ").push_bind(status);
+    }
+    push_keyset(&mut query, page, "h.", false);
+    let mut hosts: Vec<HostView> = query.build_query_as().fetch_all(db).await?;
     let mut copies = crate::images::store::copies_by_host(db).await?;
     for host in &mut hosts {
         host.cached_images = copies.remove(&host.id).unwrap_or_default();
     }
-    Ok(hosts)
+    Ok(Paged::from_rows(hosts, page, |host| Cursor {
+        created_at: String::new(),
+        id: host.id.to_string(),
+    }))
+}
+
+/// Every host, by ID.
+pub async fn list(db: &Db) -> Result<Vec<HostView>, sqlx::Error> {
+    let everything = Page {
+        limit: None,
+        after: None,
+    };
+    Ok(list_page(db, None, &everything).await?.items)
 }

@@ -5,6 +5,7 @@
 
 pub mod forwarded;
 mod json;
+pub mod page;
 mod path;
 pub mod server;
 pub mod timeout;

@@ -1,15 +1,19 @@
 //! `GET /api/operations/{id}`: the caller's own operations (an admin's: all); anyone
-//! else's answers 404, like one that does not exist.
+//! else's answers 404, like one that does not exist. `GET /api/operations`: the caller's
+//! operations (an admin's: everyone's), oldest first, a page at a time (see `http::page`),
+//! filtered by `status`, `kind` and `vm`.
 
 use axum::Json;
 use axum::extract::State;
-use serde::Serialize;
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
 use vmm_shared::{OperationId, OperationKind, SnapshotId, VmId};
 
 use super::{OperationRecord, OperationStatus, store};
 use crate::auth::CurrentUser;
 use crate::error::ApiError;
 use crate::http::ApiPath;
+use crate::http::page::{self, ApiQuery, DEFAULT_CAP, Page};
 use crate::state::AppState;
 
 #[derive(Debug, Serialize)]
@@ -40,6 +44,53 @@ impl From<OperationRecord> for OperationView {
             finished_at: record.finished_at,
         }
     }
+}
+
+/// `GET /api/operations`'s parameters.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListOperationsQuery {
+    limit: Option<u32>,
+    cursor: Option<String>,
+    status: Option<String>,
+    kind: Option<String>,
+    vm: Option<String>,
+}
+
+pub async fn list_operations(
+    State(app): State<AppState>,
+    user: CurrentUser,
+    ApiQuery(query): ApiQuery<ListOperationsQuery>,
+) -> Result<Response, ApiError> {
+    let mut echo = Vec::new();
+    let status = page::filter::<OperationStatus>(
+        "status",
+        query.status.as_deref(),
+        "an operation status (pending, succeeded, failed)",
+        &mut echo,
+    )?;
+    let kind = page::filter::<OperationKind>(
+        "kind",
+        query.kind.as_deref(),
+        "an operation kind (create, start, stop, force_stop, reboot, delete, snapshot_create, \
+         snapshot_restore, snapshot_delete)",
+        &mut echo,
+    )?;
+    let vm = page::filter::<VmId>("vm", query.vm.as_deref(), "a VM ID", &mut echo)?;
+    if let Some(limit) = query.limit {
+        echo.push(("limit", limit.to_string()));
+    }
+    let page = Page::new(query.limit, query.cursor.as_deref(), Some(DEFAULT_CAP))?;
+    let filter = store::OperationFilter {
+        user: (!user.is_admin()).then_some(user.id),
+        vm,
+        status,
+        kind,
+    };
+    let operations = store::list(&app.db, &filter, &page).await?;
+    Ok(operations
+        .map(OperationView::from)
+        .into_response("/api/operations", &echo))
 }
 
 pub async fn get_operation(

@@ -191,7 +191,14 @@ pub async fn run_operation(app: &AppState, began: Began) -> Response {
     let operation = began.operation.id;
     let host = began.vm.host_id.clone();
     let waited = app.settings.operation_timeout;
-    let task = tokio::spawn(carry_out(app.clone(), began));
+    let guard = app.registry.track_task();
+    let task = tokio::spawn({
+        let app = app.clone();
+        async move {
+            let _guard = guard;
+            carry_out(app, began).await
+        }
+    });
     let result = match tokio::time::timeout(waited, task).await {
         Ok(Ok(result)) => result,
         Ok(Err(failed)) => Err(ApiError::internal(failed)),

@@ -7,6 +7,7 @@ use vmm_shared::{HostId, OperationId, OperationKind, SnapshotId, UserId, VmId};
 
 use super::{OperationRecord, OperationStatus};
 use crate::db;
+use crate::http::page::{Cursor, Page, Paged, push_keyset};
 
 /// The columns of [`OperationRecord`], in a `SELECT`.
 macro_rules! operation_columns {
@@ -76,6 +77,46 @@ pub async fn find<'e>(
     .bind(id)
     .fetch_optional(executor)
     .await
+}
+
+/// Which operations a list shows (every given filter applies).
+#[derive(Clone, Debug, Default)]
+pub struct OperationFilter {
+    pub user: Option<UserId>,
+    pub vm: Option<VmId>,
+    pub status: Option<OperationStatus>,
+    pub kind: Option<OperationKind>,
+}
+
+/// One page of the operations `filter` selects, oldest first.
+pub async fn list(
+    db: &crate::db::Db,
+    filter: &OperationFilter,
+    page: &Page,
+) -> Result<Paged<OperationRecord>, sqlx::Error> {
+    let mut query = sqlx::QueryBuilder::new(concat!(
+        "SELECT ",
+        operation_columns!(),
+        " FROM operations WHERE 1 = 1"
+    ));
+    if let Some(user) = filter.user {
+        query.push(" AND user_id = ").push_bind(user);
+    }
+    if let Some(vm) = filter.vm {
+        query.push(" AND vm_id = ").push_bind(vm);
+    }
+    if let Some(status) = filter.status {
+        query.push(" AND status = ").push_bind(status);
+    }
+    if let Some(kind) = filter.kind {
+        query.push(" AND kind = ").push_bind(kind);
+    }
+    push_keyset(&mut query, page, "", true);
+    let rows: Vec<OperationRecord> = query.build_query_as().fetch_all(db).await?;
+    Ok(Paged::from_rows(rows, page, |operation| Cursor {
+        created_at: operation.created_at.clone(),
+        id: operation.id.to_string(),
+    }))
 }
 
 /// Every pending operation, oldest first.

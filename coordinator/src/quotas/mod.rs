@@ -1,9 +1,10 @@
 //! Per-user quotas: limits on VMs, vCPUs, memory (MiB), disk (GB) and snapshots.
 //!
-//! Usage is summed from the resources that exist (every VM, running or not, holds its
-//! resources), inside the same write transaction that records a new resource, so the check
-//! and the claim cannot be separated by a concurrent request. Releasing is deleting the
-//! resource's row: doing it twice changes nothing, and usage cannot drift from reality.
+//! Usage is what the resources that exist take (every VM, running or not, holds its
+//! resources), read from the running totals of `ledger` inside the same write transaction
+//! that records a new resource, so the check and the claim cannot be separated by a
+//! concurrent request. Releasing is deleting the resource's row, which releases its totals
+//! in the same transaction: doing it twice changes nothing, and usage cannot drift.
 //!
 //! Only administrators change limits. Lowering a limit below current usage is allowed and
 //! blocks only new claims.

@@ -50,21 +50,19 @@ pub async fn limits<'e>(
     })
 }
 
-/// Sums what the user's existing resources take.
+/// What the user's existing resources take: their running totals (see `ledger`), kept in
+/// the transactions that record and remove the resources.
 pub async fn usage<'e>(
     executor: impl SqliteExecutor<'e>,
     user: UserId,
 ) -> Result<QuotaUsage, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT (SELECT COUNT(*) FROM vms WHERE owner_id = ?1) AS vms,
-                (SELECT COALESCE(SUM(cpu), 0) FROM vms WHERE owner_id = ?1) AS cpu,
-                (SELECT COALESCE(SUM(memory_mib), 0) FROM vms WHERE owner_id = ?1) AS memory,
-                (SELECT COALESCE(SUM(disk_gb), 0) FROM vms WHERE owner_id = ?1) AS disk_gb,
-                (SELECT COUNT(*) FROM snapshots WHERE owner_id = ?1) AS snapshots",
+    let usage: Option<QuotaUsage> = sqlx::query_as(
+        "SELECT vms, cpu, memory_mib AS memory, disk_gb, snapshots FROM user_usage WHERE user_id = ?",
     )
     .bind(user)
-    .fetch_one(executor)
-    .await
+    .fetch_optional(executor)
+    .await?;
+    Ok(usage.unwrap_or_default())
 }
 
 /// Merges `changes` into the user's stored overrides.

@@ -1,7 +1,6 @@
 //! The snapshot routes (see the module doc of `snapshots`). Each operation is carried out
 //! by `operations::runner`.
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
@@ -9,9 +8,10 @@ use serde::{Deserialize, Serialize};
 use vmm_shared::{OperationKind, SnapshotId, validate_resource_name};
 
 use super::store::{self, NewSnapshot};
-use super::{Snapshot, SnapshotView};
+use super::{Snapshot, SnapshotStatus, SnapshotView};
 use crate::auth::CurrentUser;
 use crate::error::ApiError;
+use crate::http::page::{self, ApiQuery, Page};
 use crate::http::{ApiJson, ApiPath};
 use crate::idempotency::{self, IdempotentRequest};
 use crate::operations::Operation;
@@ -103,16 +103,39 @@ pub async fn create_snapshot(
     Ok(runner::run_operation(&app, began).await)
 }
 
+/// `GET /api/vms/{id}/snapshots`'s parameters (see `http::page`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListSnapshotsQuery {
+    limit: Option<u32>,
+    cursor: Option<String>,
+    status: Option<String>,
+}
+
+/// The VM's snapshots, oldest first; all of them without `limit`.
 pub async fn list_snapshots(
     State(app): State<AppState>,
     user: CurrentUser,
     ApiPath(vm_id): ApiPath<String>,
-) -> Result<Json<Vec<SnapshotView>>, ApiError> {
+    ApiQuery(query): ApiQuery<ListSnapshotsQuery>,
+) -> Result<Response, ApiError> {
+    let mut echo = Vec::new();
+    let status = page::filter::<SnapshotStatus>(
+        "status",
+        query.status.as_deref(),
+        "a snapshot status (creating, ready, deleting, error)",
+        &mut echo,
+    )?;
+    if let Some(limit) = query.limit {
+        echo.push(("limit", limit.to_string()));
+    }
+    let page = Page::new(query.limit, query.cursor.as_deref(), None)?;
     let vm = load_visible(&app, &user, &vm_id).await?;
-    let snapshots = store::list_for_vm(&app.db, vm.id).await?;
-    Ok(Json(
-        snapshots.into_iter().map(SnapshotView::from).collect(),
-    ))
+    let snapshots = store::list_page(&app.db, vm.id, status, &page).await?;
+    let path = format!("/api/vms/{}/snapshots", vm.id);
+    Ok(snapshots
+        .map(SnapshotView::from)
+        .into_response(&path, &echo))
 }
 
 pub async fn restore_snapshot(

@@ -1,11 +1,14 @@
 //! Snapshots in the database. Every status written here comes from `lifecycle`, through
 //! `operations::runner` or a host's inventory.
 
+use std::collections::HashMap;
+
 use sqlx::{SqliteConnection, SqliteExecutor};
-use vmm_shared::{OperationId, OperationKind, SnapshotId, UserId, VmId, VmStatus};
+use vmm_shared::{HostId, OperationId, OperationKind, SnapshotId, UserId, VmId, VmStatus};
 
 use super::{CapturedState, Snapshot, SnapshotStatus};
 use crate::db::{self, Db};
+use crate::http::page::{Cursor, Page, Paged, push_keyset};
 use crate::idempotency::{self, IdempotentRequest};
 use crate::lifecycle::{self, Refused};
 use crate::operations::store::{self as operation_store, NewOperation};
@@ -63,6 +66,30 @@ pub async fn list_for_vm<'e>(
     .bind(vm)
     .fetch_all(executor)
     .await
+}
+
+/// One page of the VM's snapshots (of `status`, if given), oldest first.
+pub async fn list_page(
+    db: &Db,
+    vm: VmId,
+    status: Option<SnapshotStatus>,
+    page: &Page,
+) -> Result<Paged<Snapshot>, sqlx::Error> {
+    let mut query = sqlx::QueryBuilder::new(concat!(
+        "SELECT ",
+        snapshot_columns!(),
+        " FROM snapshots WHERE vm_id = "
+    ));
+    query.push_bind(vm);
+    if let Some(status) = status {
+        query.push(" AND status = ").push_bind(status);
+    }
+    push_keyset(&mut query, page, "", true);
+    let rows: Vec<Snapshot> = query.build_query_as().fetch_all(db).await?;
+    Ok(Paged::from_rows(rows, page, |snapshot| Cursor {
+        created_at: snapshot.created_at.clone(),
+        id: snapshot.id.to_string(),
+    }))
 }
 
 /// What a user asked to snapshot.
@@ -143,6 +170,7 @@ pub async fn record_new(
             err.into()
         });
     }
+    crate::ledger::charge_snapshot(&mut tx, snapshot.owner_id).await?;
     operation_store::insert_pending(
         &mut tx,
         &NewOperation {
@@ -187,15 +215,10 @@ pub async fn mark_ready<'e>(
     Ok(())
 }
 
-/// Removes the snapshot's record, which releases its quota.
-pub async fn delete<'e>(
-    executor: impl SqliteExecutor<'e>,
-    id: SnapshotId,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM snapshots WHERE id = ?")
-        .bind(id)
-        .execute(executor)
-        .await?;
+/// Removes the snapshot's record, which releases its quota (see `ledger`). Inside the
+/// caller's transaction.
+pub async fn delete(conn: &mut SqliteConnection, id: SnapshotId) -> Result<(), sqlx::Error> {
+    crate::ledger::delete_snapshot(conn, id).await?;
     Ok(())
 }
 
@@ -215,14 +238,36 @@ pub async fn mark_orphaned_operations(conn: &mut SqliteConnection) -> Result<(),
     Ok(())
 }
 
-/// Settles the VM's snapshot records against the snapshots its host reports, as the
-/// lifecycle says ([`lifecycle::snapshot_after_inventory`]).
+/// The snapshots of every VM recorded on `host`, by VM.
+pub async fn list_on_host<'e>(
+    executor: impl SqliteExecutor<'e>,
+    host: &HostId,
+) -> Result<HashMap<VmId, Vec<Snapshot>>, sqlx::Error> {
+    let rows: Vec<Snapshot> = sqlx::query_as(
+        "SELECT s.id, s.vm_id, s.owner_id, s.name, s.description, s.vm_status, s.status, s.created_at
+         FROM snapshots s JOIN vms v ON v.id = s.vm_id WHERE v.host_id = ?
+         ORDER BY s.created_at, s.id",
+    )
+    .bind(host)
+    .fetch_all(executor)
+    .await?;
+    let mut by_vm: HashMap<VmId, Vec<Snapshot>> = HashMap::new();
+    for snapshot in rows {
+        by_vm.entry(snapshot.vm_id).or_default().push(snapshot);
+    }
+    Ok(by_vm)
+}
+
+/// Settles the VM's snapshot records (`recorded`, as read in the caller's transaction)
+/// against the snapshots its host reports, as the lifecycle says
+/// ([`lifecycle::snapshot_after_inventory`]).
 pub async fn reconcile(
     conn: &mut SqliteConnection,
     vm: VmId,
+    recorded: Vec<Snapshot>,
     present: &[SnapshotId],
 ) -> Result<(), sqlx::Error> {
-    for snapshot in list_for_vm(&mut *conn, vm).await? {
+    for snapshot in recorded {
         let on_host = present.contains(&snapshot.id);
         if let Some(status) = lifecycle::snapshot_after_inventory(snapshot.status, on_host) {
             tracing::info!(vm_id = %vm, snapshot_id = %snapshot.id, on_host, %status, "snapshot settled by its host's inventory");

@@ -19,7 +19,7 @@ use sqlx::SqliteConnection;
 use vmm_proto::{DomainReport, PowerState};
 use vmm_shared::{HostId, SnapshotId, VmId, VmStatus};
 
-use crate::db::Db;
+use crate::db::{self, Db};
 use crate::lifecycle::{self, MissingFromInventory, ReportSource, sql};
 use crate::operations::store as operation_store;
 use crate::snapshots::store as snapshot_store;
@@ -144,16 +144,24 @@ pub async fn reconcile_inventory(
             }
         }
     }
-    let mut conn = db.acquire().await?;
+    // One write transaction per host: the records read are the records changed, and a
+    // report that would change nothing (the host was never lost) costs no statement.
+    let mut tx = db::begin_write(db).await?;
+    let conn: &mut SqliteConnection = &mut tx;
+    let mut snapshots = snapshot_store::list_on_host(&mut *conn, host).await?;
     for vm in store::list_on_host(&mut *conn, host).await? {
         if let Some(report) = reported.remove(&vm.id) {
-            apply(&mut conn, host, vm.id, report, ReportSource::Inventory).await?;
+            let newer = report.generation > vm.generation;
+            if lifecycle::report_applies(ReportSource::Inventory, vm.status, newer) {
+                apply(conn, host, vm.id, report, ReportSource::Inventory).await?;
+            }
             let present: Vec<SnapshotId> = report
                 .snapshots
                 .iter()
                 .filter_map(|s| s.snapshot_id.parse().ok())
                 .collect();
-            snapshot_store::reconcile(&mut conn, vm.id, &present).await?;
+            let recorded = snapshots.remove(&vm.id).unwrap_or_default();
+            snapshot_store::reconcile(&mut *conn, vm.id, recorded, &present).await?;
             continue;
         }
         let acknowledged = operation_store::create_acknowledged(&mut *conn, vm.id).await?;
@@ -174,6 +182,7 @@ pub async fn reconcile_inventory(
             MissingFromInventory::Leave => {}
         }
     }
+    tx.commit().await?;
     for (vm_id, report) in reported {
         tracing::warn!(host = %host, %vm_id, domain = %report.domain_name,
             "host reports a product domain the coordinator has no record of on this host; left untouched");

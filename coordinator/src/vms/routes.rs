@@ -1,4 +1,5 @@
-//! The VM routes: `POST /api/vms`, `GET /api/vms`, `GET /api/vms/{id}`,
+//! The VM routes: `POST /api/vms`, `GET /api/vms` (paginated and filtered, see
+//! `http::page`), `GET /api/vms/{id}`,
 //! `POST /api/vms/{id}/action` and `DELETE /api/vms/{id}`.
 //!
 //! A user sees only their own VMs (an admin sees all); any other VM answers 404, exactly
@@ -10,13 +11,14 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
-use vmm_shared::{OperationKind, VmId, VmSize, validate_resource_name};
+use vmm_shared::{HostId, OperationKind, UserId, VmId, VmSize, VmStatus, validate_resource_name};
 
 use super::boot::{self, BootRequest};
 use super::store::{self, NewVm, Recorded};
 use super::{Vm, VmView};
 use crate::auth::CurrentUser;
 use crate::error::ApiError;
+use crate::http::page::{ApiQuery, DEFAULT_CAP, Page, Paged};
 use crate::http::{ApiJson, ApiPath};
 use crate::idempotency::{self, IdempotentRequest};
 use crate::lifecycle::VmAction;
@@ -141,13 +143,82 @@ pub async fn create_vm(
     Ok(runner::run_operation(&app, began).await)
 }
 
+/// `GET /api/vms`'s parameters (see `http::page`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListVmsQuery {
+    limit: Option<u32>,
+    cursor: Option<String>,
+    status: Option<String>,
+    host: Option<String>,
+    owner: Option<String>,
+}
+
+/// The caller's VMs (an admin's: everyone's, or `owner`'s), filtered by `status` and `host`,
+/// a page at a time. Without `limit` a user gets all of their VMs; an admin's list is
+/// capped with a next cursor. Another user's `owner` gives a user an empty list.
 pub async fn list_vms(
     State(app): State<AppState>,
     user: CurrentUser,
-) -> Result<Json<Vec<VmView>>, ApiError> {
-    let owner = if user.is_admin() { None } else { Some(user.id) };
-    let vms = store::list(&app.db, owner).await?;
-    Ok(Json(vms.into_iter().map(VmView::from).collect()))
+    ApiQuery(query): ApiQuery<ListVmsQuery>,
+) -> Result<Response, ApiError> {
+    let mut echo = Vec::new();
+    let status = match &query.status {
+        Some(text) => {
+            let status = text.parse::<VmStatus>().map_err(|_| {
+                ApiError::Unprocessable(format!(
+                    "status {text:?} is not a VM status (one of {})",
+                    VmStatus::ALL.map(|s| s.as_str()).join(", ")
+                ))
+            })?;
+            echo.push(("status", status.to_string()));
+            Some(status)
+        }
+        None => None,
+    };
+    let host = match &query.host {
+        Some(text) => {
+            let host = text.parse::<HostId>().map_err(|_| {
+                ApiError::Unprocessable(format!("host {text:?} is not a valid host ID"))
+            })?;
+            echo.push(("host", host.to_string()));
+            Some(host)
+        }
+        None => None,
+    };
+    let owner = match &query.owner {
+        Some(text) => {
+            let owner = text
+                .parse::<UserId>()
+                .map_err(|_| ApiError::Unprocessable(format!("owner {text:?} is not a user ID")))?;
+            echo.push(("owner", owner.to_string()));
+            Some(owner)
+        }
+        None => None,
+    };
+    if let Some(limit) = query.limit {
+        echo.push(("limit", limit.to_string()));
+    }
+    let (owner, default) = if user.is_admin() {
+        (owner, Some(DEFAULT_CAP))
+    } else {
+        if owner.is_some_and(|owner| owner != user.id) {
+            return Ok(Paged::<VmView> {
+                items: Vec::new(),
+                next: None,
+            }
+            .into_response("/api/vms", &echo));
+        }
+        (Some(user.id), None)
+    };
+    let page = Page::new(query.limit, query.cursor.as_deref(), default)?;
+    let filter = store::VmFilter {
+        owner,
+        host,
+        status,
+    };
+    let vms = store::list(&app.db, &filter, &page).await?;
+    Ok(vms.map(VmView::from).into_response("/api/vms", &echo))
 }
 
 pub async fn get_vm(

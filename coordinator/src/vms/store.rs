@@ -9,8 +9,10 @@ use super::{Addresses, Vm};
 use crate::config::Placement;
 use crate::db::{self, Db};
 use crate::hosts::{scheduler, store as host_store};
+use crate::http::page::{Cursor, Page, Paged, push_keyset};
 use crate::idempotency::{self, IdempotentRequest};
 use crate::images::{ImageStatus, store as image_store};
+use crate::ledger;
 use crate::lifecycle::{self, sql};
 use crate::operations::store::{self as operation_store, NewOperation};
 use crate::quotas::{self, Claim, QuotaExceeded, QuotaLimits, store as quota_store};
@@ -56,29 +58,33 @@ pub async fn find<'e>(
         .await
 }
 
-/// VMs owned by `owner`, or every VM when `owner` is `None`; oldest first.
-pub async fn list(db: &Db, owner: Option<UserId>) -> Result<Vec<Vm>, sqlx::Error> {
-    match owner {
-        Some(owner) => {
-            sqlx::query_as(concat!(
-                "SELECT ",
-                vm_columns!(),
-                " FROM vms WHERE owner_id = ? ORDER BY created_at, id"
-            ))
-            .bind(owner)
-            .fetch_all(db)
-            .await
-        }
-        None => {
-            sqlx::query_as(concat!(
-                "SELECT ",
-                vm_columns!(),
-                " FROM vms ORDER BY created_at, id"
-            ))
-            .fetch_all(db)
-            .await
-        }
+/// Which VMs a list shows (every given filter applies).
+#[derive(Clone, Debug, Default)]
+pub struct VmFilter {
+    pub owner: Option<UserId>,
+    pub host: Option<HostId>,
+    pub status: Option<VmStatus>,
+}
+
+/// One page of the VMs `filter` selects, oldest first (keyset order: `created_at`, `id`).
+pub async fn list(db: &Db, filter: &VmFilter, page: &Page) -> Result<Paged<Vm>, sqlx::Error> {
+    let mut query =
+        sqlx::QueryBuilder::new(concat!("SELECT ", vm_columns!(), " FROM vms WHERE 1 = 1"));
+    if let Some(owner) = filter.owner {
+        query.push(" AND owner_id = ").push_bind(owner);
     }
+    if let Some(host) = &filter.host {
+        query.push(" AND host_id = ").push_bind(host.clone());
+    }
+    if let Some(status) = filter.status {
+        query.push(" AND status = ").push_bind(status);
+    }
+    push_keyset(&mut query, page, "", true);
+    let rows: Vec<Vm> = query.build_query_as().fetch_all(db).await?;
+    Ok(Paged::from_rows(rows, page, |vm| Cursor {
+        created_at: vm.created_at.clone(),
+        id: vm.id.to_string(),
+    }))
 }
 
 pub async fn list_on_host<'e>(
@@ -213,6 +219,17 @@ pub async fn place_and_record(
             err.into()
         });
     }
+    ledger::charge_vm(
+        &mut tx,
+        &ledger::VmCharge {
+            owner: vm.owner_id,
+            host: &vm.host_id,
+            cpu: u64::from(vm.cpu),
+            memory_mib: vm.memory_mib,
+            disk_gb: vm.disk_gb,
+        },
+    )
+    .await?;
     operation_store::insert_pending(
         &mut tx,
         &NewOperation {
@@ -244,17 +261,15 @@ pub async fn set_status<'e>(
     Ok(())
 }
 
-/// Removes the VM's record (and, by cascade, its snapshots'), which releases its quota.
-pub async fn delete<'e>(executor: impl SqliteExecutor<'e>, id: VmId) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM vms WHERE id = ?")
-        .bind(id)
-        .execute(executor)
-        .await?;
+/// Removes the VM's record (and, by cascade, its snapshots'), which releases its quota and
+/// its room on its host (see `ledger`). Inside the caller's transaction.
+pub async fn delete(conn: &mut SqliteConnection, id: VmId) -> Result<(), sqlx::Error> {
+    ledger::delete_vm(conn, id).await?;
     Ok(())
 }
 
 /// The host is lost: its VMs whose status came from its reports become `unknown`, saying
-/// why. The one place that sets `unknown`.
+/// why. With [`mark_all_hosts_lost`], the only places that set `unknown`.
 pub async fn mark_host_lost(conn: &mut SqliteConnection, host: &HostId) -> Result<(), sqlx::Error> {
     let query = format!(
         "UPDATE vms SET status = ?, status_reason = ? WHERE host_id = ? AND {}",
@@ -264,6 +279,24 @@ pub async fn mark_host_lost(conn: &mut SqliteConnection, host: &HostId) -> Resul
         .bind(VmStatus::Unknown)
         .bind(format!("host {host} is unreachable"))
         .bind(host)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// No host is connected (at start, and when the coordinator stops): every VM whose status
+/// came from its host's reports becomes `unknown`, saying `why`.
+pub async fn mark_all_hosts_lost(
+    conn: &mut SqliteConnection,
+    why: &str,
+) -> Result<(), sqlx::Error> {
+    let query = format!(
+        "UPDATE vms SET status = ?, status_reason = ? WHERE {}",
+        sql::unknown_when_host_lost_sql()
+    );
+    sqlx::query(sqlx::AssertSqlSafe(query))
+        .bind(VmStatus::Unknown)
+        .bind(why)
         .execute(conn)
         .await?;
     Ok(())

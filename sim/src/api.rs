@@ -1,0 +1,160 @@
+//! The coordinator's REST API as the simulator uses it: accounts and tokens, creates, and
+//! the whole fleet as the API shows it (every page of `GET /api/vms` and `GET /api/hosts`).
+
+use std::collections::HashMap;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// A client of the API, logged in as one user.
+#[derive(Clone, Debug)]
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+    pub token: String,
+}
+
+/// A VM as `GET /api/vms` shows it (the fields the audit reads).
+#[derive(Clone, Debug, Deserialize)]
+pub struct VmRecord {
+    pub id: String,
+    pub status: String,
+    pub host: String,
+}
+
+/// A host as `GET /api/hosts` shows it.
+#[derive(Clone, Debug, Deserialize)]
+pub struct HostRecord {
+    pub id: String,
+    pub status: String,
+    pub vms: u64,
+}
+
+impl Api {
+    /// Logs in as `username`.
+    pub async fn login(base: &str, username: &str, password: &str) -> Result<Api> {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .build()?;
+        let answer = http
+            .post(format!("{base}/api/auth/login"))
+            .json(&json!({ "username": username, "password": password }))
+            .send()
+            .await?;
+        if !answer.status().is_success() {
+            bail!("login as {username} answered {}", answer.status());
+        }
+        let body: Value = answer.json().await?;
+        let token = body["token"]
+            .as_str()
+            .context("login answered no token")?
+            .to_owned();
+        Ok(Api {
+            http,
+            base: base.to_owned(),
+            token,
+        })
+    }
+
+    /// Registers `username` and logs in as them.
+    pub async fn register(base: &str, username: &str, password: &str) -> Result<Api> {
+        let answer = reqwest::Client::new()
+            .post(format!("{base}/api/auth/register"))
+            .json(&json!({ "username": username, "password": password }))
+            .send()
+            .await?;
+        if !answer.status().is_success() {
+            bail!("registering {username} answered {}", answer.status());
+        }
+        Api::login(base, username, password).await
+    }
+
+    /// Creates a VM (1 vCPU, 64 MiB, 1 GB) and returns its ID once it runs.
+    pub async fn create_vm(&self, name: &str) -> Result<String> {
+        let answer = self
+            .http
+            .post(format!("{}/api/vms", self.base))
+            .bearer_auth(&self.token)
+            .json(&json!({ "name": name, "cpu": 1, "memory": 64, "disk_gb": 1 }))
+            .send()
+            .await?;
+        let status = answer.status();
+        let body: Value = answer.json().await.unwrap_or(Value::Null);
+        if status.as_u16() != 201 {
+            bail!("create {name} answered {status}: {body}");
+        }
+        Ok(body["id"].as_str().context("no VM ID")?.to_owned())
+    }
+
+    /// One VM, as the API shows it now.
+    pub async fn vm(&self, id: &str) -> Result<VmRecord> {
+        let answer = self
+            .http
+            .get(format!("{}/api/vms/{id}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        if !answer.status().is_success() {
+            bail!("GET /api/vms/{id} answered {}", answer.status());
+        }
+        Ok(answer.json().await?)
+    }
+
+    /// Every item of a paginated list, following `X-Next-Cursor`.
+    pub async fn every_page<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<Vec<T>> {
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let separator = if path.contains('?') { '&' } else { '?' };
+            let url = match &cursor {
+                Some(cursor) => format!("{}{path}{separator}limit=1000&cursor={cursor}", self.base),
+                None => format!("{}{path}{separator}limit=1000", self.base),
+            };
+            let answer = self.http.get(url).bearer_auth(&self.token).send().await?;
+            if !answer.status().is_success() {
+                bail!("GET {path} answered {}", answer.status());
+            }
+            cursor = answer
+                .headers()
+                .get("x-next-cursor")
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned);
+            let page: Vec<T> = answer.json().await?;
+            items.extend(page);
+            if cursor.is_none() {
+                return Ok(items);
+            }
+        }
+    }
+
+    /// Every VM the caller may see, by ID.
+    pub async fn all_vms(&self) -> Result<HashMap<String, VmRecord>> {
+        let vms: Vec<VmRecord> = self.every_page("/api/vms").await?;
+        Ok(vms.into_iter().map(|vm| (vm.id.clone(), vm)).collect())
+    }
+
+    /// Every host (admins only), by ID.
+    pub async fn all_hosts(&self) -> Result<HashMap<String, HostRecord>> {
+        let hosts: Vec<HostRecord> = self.every_page("/api/hosts").await?;
+        Ok(hosts
+            .into_iter()
+            .map(|host| (host.id.clone(), host))
+            .collect())
+    }
+
+    /// How many items `path` lists (up to `limit`): a cheap look at one page.
+    pub async fn count(&self, path: &str) -> Result<usize> {
+        let answer = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        if !answer.status().is_success() {
+            bail!("GET {path} answered {}", answer.status());
+        }
+        let page: Vec<Value> = answer.json().await?;
+        Ok(page.len())
+    }
+}

@@ -17,6 +17,7 @@ use vmm_agent::commands::CommandExecutor;
 use vmm_agent::config::AgentToken;
 use vmm_agent::hypervisor::memory::MemoryHost;
 use vmm_agent::hypervisor::{HostFacts, Hypervisor, PowerState, hints};
+use vmm_agent::images::{GrpcImageSource, ImageCache};
 use vmm_agent::journal::Journal;
 use vmm_agent::poller::StatePoller;
 use vmm_agent::state::StateTracker;
@@ -40,6 +41,8 @@ pub struct SimHost {
 #[derive(Debug)]
 pub struct Fleet {
     pub hosts: Vec<SimHost>,
+    /// The hosts' image caches (simulated VMs are blank, so they stay empty).
+    _image_caches: tempfile::TempDir,
 }
 
 /// A VM as its host really has it.
@@ -65,6 +68,7 @@ impl Fleet {
     pub async fn start(count: usize, coordinator: SocketAddr, agent_token: &str) -> Result<Fleet> {
         let token = AgentToken::new(agent_token)?;
         let mut hosts = Vec::with_capacity(count);
+        let image_caches = tempfile::tempdir()?;
         for n in 0..count {
             let id = format!("sim-{n:04}");
             let host = MemoryHost::with_facts(HostFacts {
@@ -82,11 +86,17 @@ impl Fleet {
             let (outlet, streams) = hints::outlet();
             hypervisor.call(|hv| hv.send_hints_to(outlet)).await?;
             poller.poll_once().await?;
+            let images = Arc::new(ImageCache::new(
+                hypervisor.clone(),
+                Arc::new(GrpcImageSource::new(&link.url(), id.parse()?, &token)?),
+                image_caches.path().join(&id),
+            ));
             let executor = Arc::new(CommandExecutor::new(
                 hypervisor.clone(),
                 tracker,
                 Duration::from_secs(5),
                 Journal::in_memory()?,
+                Arc::clone(&images),
             ));
             let agent = CoordinatorLink::new(
                 SessionSettings {
@@ -98,12 +108,16 @@ impl Fleet {
                 hypervisor,
                 Arc::clone(&poller),
                 executor,
+                images,
             );
             tokio::spawn(async move { poller.run(POLL_INTERVAL, streams).await });
             tokio::spawn(async move { agent.run().await });
             hosts.push(SimHost { id, host, link });
         }
-        Ok(Fleet { hosts })
+        Ok(Fleet {
+            hosts,
+            _image_caches: image_caches,
+        })
     }
 
     /// Every product VM on every host, by VM ID, as the hosts really have them.

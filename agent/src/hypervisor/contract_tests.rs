@@ -118,7 +118,10 @@ pub(crate) fn serial_consoles_are_there_while_a_vm_runs(host: &mut impl Contract
     host.create_vm(vm_id, &spec(true)).unwrap();
     match host.open_console(vm_id, ConsoleKind::Serial).unwrap() {
         ConsoleAccess::Socket(path) => {
-            assert!(path.to_string_lossy().contains(&vm_id.to_string()), "{path:?}")
+            assert!(
+                path.to_string_lossy().contains(&vm_id.to_string()),
+                "{path:?}"
+            )
         }
         ConsoleAccess::Connected(_) => {}
     }

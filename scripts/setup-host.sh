@@ -80,6 +80,16 @@ if [[ $need_image_tools -eq 1 ]]; then
         python3 python3-yaml python3-jsonpatch python3-jinja2 python3-requests
 fi
 
+# PostgreSQL: the coordinator's tests run a second time on it, and the two-coordinator tests
+# share one (scripts/start-postgres.sh starts a throw-away server on loopback; the package's
+# own cluster is not used). The package may start a default cluster on port 5432: stop it,
+# nothing here uses it.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends postgresql
+fi
+
 # Without these owner/mode bits libvirt re-probes QEMU on every define (about 52 s each).
 if [[ -e /dev/kvm ]]; then
     getent group kvm >/dev/null || groupadd --system kvm

@@ -4,8 +4,9 @@
 #   2. cargo fmt --check
 #   3. cargo build of both binaries (the end-to-end tests start them as processes)
 #   4. cargo clippy -D warnings over every target
-#   5. cargo test: every crate's unit tests, then the end-to-end suite (tests/), including
-#      the real-QEMU test under libvirtd
+#   5. cargo test: every crate's unit tests, then the coordinator's tests again on PostgreSQL
+#      (a throw-away server on loopback, scripts/start-postgres.sh), then the end-to-end suite
+#      (tests/), including the real-QEMU test and the two-coordinator tests on PostgreSQL
 # Cheap checks come first so that a failure shows up early. Run as root (the real-QEMU test
 # drives qemu:///system); when not root, only the setup step goes through sudo.
 set -euo pipefail
@@ -48,6 +49,16 @@ cargo clippy --workspace --all-targets "${locked[@]}" -- -D warnings
 
 step "unit tests"
 cargo test --workspace --exclude vmm-e2e "${locked[@]}"
+
+step "PostgreSQL (Debian's package, on loopback, for this run only)"
+pg_dir=$(mktemp -d /tmp/vmm-test-postgres.XXXXXX)
+trap 'scripts/stop-postgres.sh "$pg_dir"; rm -rf "$pg_dir"' EXIT
+# Each test creates its own database on this server.
+VMM_TEST_POSTGRES_URL=$(scripts/start-postgres.sh "$pg_dir")
+export VMM_TEST_POSTGRES_URL
+
+step "coordinator tests on PostgreSQL"
+cargo test -p vmm-coordinator "${locked[@]}"
 
 step "end-to-end tests (real coordinator and agent processes; real QEMU)"
 # --show-output prints the timings the tests report (e.g. how long the real-QEMU test took).

@@ -59,7 +59,7 @@ pub async fn list_users(
     }
     let page = Page::new(query.limit, query.cursor.as_deref(), Some(DEFAULT_CAP))?;
     // One query, one connection: usage comes from each user's running totals.
-    let mut sql = sqlx::QueryBuilder::new(
+    let mut sql = crate::db::SqlBuilder::new(
         "SELECT u.id, u.username, u.role, u.created_at,
                 COALESCE(x.vms, 0) AS vms, COALESCE(x.cpu, 0) AS cpu,
                 COALESCE(x.memory_mib, 0) AS memory, COALESCE(x.disk_gb, 0) AS disk_gb,
@@ -70,7 +70,7 @@ pub async fn list_users(
         sql.push(" AND u.role = ").push_bind(role);
     }
     push_keyset(&mut sql, &page, "u.", true);
-    let rows: Vec<AdminUserView> = sql.build_query_as().fetch_all(&app.db).await?;
+    let rows: Vec<AdminUserView> = sql.build_query_as()?.fetch_all(&app.db).await?;
     let users = Paged::from_rows(rows, &page, |user| Cursor {
         created_at: user.created_at.clone(),
         id: user.id.to_string(),
@@ -141,7 +141,7 @@ async fn target_user(app: &AppState, id: &str) -> Result<users::User, ApiError> 
 }
 
 async fn admin_count(tx: &mut db::DbTransaction) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = ?")
+    sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = $1")
         .bind(Role::Admin)
         .fetch_one(&mut **tx)
         .await
@@ -161,7 +161,7 @@ pub async fn set_role(
             "cannot demote the last administrator".into(),
         ));
     }
-    sqlx::query("UPDATE users SET role = ? WHERE id = ?")
+    sqlx::query("UPDATE users SET role = $1 WHERE id = $2")
         .bind(change.role)
         .bind(target.id)
         .execute(&mut *tx)
@@ -182,7 +182,7 @@ pub async fn delete_user(
 ) -> Result<StatusCode, ApiError> {
     let target = target_user(&app, &id).await?;
     let mut tx = db::begin_write(&app.db).await?;
-    let owned: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM vms WHERE owner_id = ?")
+    let owned: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM vms WHERE owner_id = $1")
         .bind(target.id)
         .fetch_one(&mut *tx)
         .await?;
@@ -197,7 +197,7 @@ pub async fn delete_user(
             "cannot delete the last administrator".into(),
         ));
     }
-    sqlx::query("DELETE FROM users WHERE id = ?")
+    sqlx::query("DELETE FROM users WHERE id = $1")
         .bind(target.id)
         .execute(&mut *tx)
         .await?;

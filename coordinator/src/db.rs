@@ -5,50 +5,273 @@
 //! with `BEGIN IMMEDIATE`, which takes SQLite's write lock up front, so two of them can never
 //! interleave between the read and the write.
 
+//! The coordinator's database: opening it and running the versioned migrations at start.
+//! SQLite in the data directory is the embedded default (`migrations/sqlite/`); PostgreSQL
+//! when `DATABASE_URL` is a `postgres://` URL (`migrations/postgres/`), which is what several
+//! coordinators share. Both run the same SQL through sqlx's `Any` driver: placeholders are
+//! `$N` (which both read), integers are 64-bit, booleans are stored as 0/1 integers
+//! ([`Flag`]) and timestamps as RFC 3339 text, so no query depends on the database.
+//!
+//! Writers that read-then-write (placement, starting an operation) open their transaction
+//! with [`begin_write`]: `BEGIN IMMEDIATE` on SQLite, which takes SQLite's write lock up
+//! front; on PostgreSQL a transaction-scoped advisory lock ([`WRITE_LOCK`]) taken as the
+//! transaction's first statement, the same guarantee among every coordinator on the
+//! database: two of them can never interleave between the read and the write.
+//!
+//! This module must never hold a database-specific query outside [`Backend`] branches.
+
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::any::{AnyArguments, AnyConnectOptions, AnyPoolOptions};
+use sqlx::{Arguments, ConnectOptions, Executor};
 
-pub type Db = sqlx::SqlitePool;
-pub type DbTransaction = sqlx::Transaction<'static, sqlx::Sqlite>;
+pub type Db = sqlx::AnyPool;
+pub type DbTransaction = sqlx::Transaction<'static, sqlx::Any>;
+pub type DbConnection = sqlx::AnyConnection;
+
+/// The advisory lock key every [`begin_write`] transaction on PostgreSQL takes: the
+/// analogue of SQLite's single write lock, shared by all coordinators on the database.
+pub const WRITE_LOCK: i64 = 0x766d_6d5f_7772_6974; // "vmm_writ"
+
+/// Which database a [`Db`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// The backend of a `DATABASE_URL`, or a message saying which ones are supported.
+    pub fn of_url(url: &str) -> anyhow::Result<Self> {
+        if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Ok(Backend::Postgres)
+        } else {
+            anyhow::bail!(
+                "DATABASE_URL {:?} is not supported: use a sqlite:// URL (the default, a file in \
+                 the data directory) or a postgres:// URL",
+                redact_url(url)
+            )
+        }
+    }
+
+    /// The backend of an open pool.
+    pub fn of(db: &Db) -> Self {
+        if db.connect_options().database_url.scheme() == "sqlite" {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        }
+    }
+}
+
+/// `url` without its password, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
 
 /// The `DATABASE_URL` used when none is configured: `coordinator.db` in the data dir.
 pub fn default_url(data_dir: &Path) -> String {
     format!("sqlite://{}", data_dir.join("coordinator.db").display())
 }
 
+/// Opens the database at `url` and brings its schema up to date.
 pub async fn connect(url: &str) -> anyhow::Result<Db> {
-    if !url.starts_with("sqlite:") {
-        anyhow::bail!(
-            "DATABASE_URL {url:?} is not supported: this build stores its data in SQLite \
-             (use a sqlite:// URL or leave DATABASE_URL unset)"
-        );
-    }
-    let options = SqliteConnectOptions::from_str(url)
-        .with_context(|| format!("DATABASE_URL {url:?} is not a valid SQLite URL"))?
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
-        .foreign_keys(true)
-        .busy_timeout(Duration::from_secs(10));
-    let pool = SqlitePoolOptions::new()
-        .max_connections(8)
-        .connect_with(options)
-        .await
-        .with_context(|| format!("cannot open the database at {url}"))?;
-    sqlx::migrate!("./migrations")
-        .run(&pool)
-        .await
-        .context("cannot apply the database migrations")?;
+    let pool = open(url).await?;
+    migrate(&pool).await?;
     Ok(pool)
 }
 
-/// Opens a transaction that holds SQLite's write lock from its first statement.
+/// Opens the database at `url` without touching its schema.
+pub async fn open(url: &str) -> anyhow::Result<Db> {
+    sqlx::any::install_default_drivers();
+    let backend = Backend::of_url(url)?;
+    let shown = redact_url(url);
+    let mut url = url.to_owned();
+    if backend == Backend::Sqlite && !url.contains("mode=") {
+        url.push(if url.contains('?') { '&' } else { '?' });
+        url.push_str("mode=rwc");
+    }
+    let options = AnyConnectOptions::from_str(&url)
+        .with_context(|| format!("DATABASE_URL {shown:?} is not a valid database URL"))?
+        .disable_statement_logging();
+    let pool = match backend {
+        Backend::Sqlite => AnyPoolOptions::new()
+            .max_connections(8)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            }),
+        Backend::Postgres => AnyPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(30)),
+    }
+    .connect_with(options)
+    .await
+    .with_context(|| format!("cannot open the database at {shown}"))?;
+    Ok(pool)
+}
+
+/// Applies the migrations of the database's kind that it has not applied yet.
+pub async fn migrate(db: &Db) -> anyhow::Result<()> {
+    let migrator = match Backend::of(db) {
+        Backend::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+        Backend::Postgres => sqlx::migrate!("./migrations/postgres"),
+    };
+    migrator
+        .run(db)
+        .await
+        .context("cannot apply the database migrations")
+}
+
+/// Opens a transaction that holds the database's write lock from its first statement.
 pub async fn begin_write(db: &Db) -> Result<DbTransaction, sqlx::Error> {
-    db.begin_with("BEGIN IMMEDIATE").await
+    match Backend::of(db) {
+        Backend::Sqlite => db.begin_with("BEGIN IMMEDIATE").await,
+        Backend::Postgres => {
+            let mut tx = db.begin().await?;
+            sqlx::query("SELECT 1 FROM pg_advisory_xact_lock($1)")
+                .bind(WRITE_LOCK)
+                .execute(&mut *tx)
+                .await?;
+            Ok(tx)
+        }
+    }
+}
+
+/// A query assembled from pieces, whose values are bound as `$1`, `$2`, … in order (sqlx's
+/// `QueryBuilder` writes `?` for the `Any` driver, which PostgreSQL does not read).
+#[derive(Default)]
+pub struct SqlBuilder {
+    sql: String,
+    arguments: AnyArguments,
+    error: Option<sqlx::error::BoxDynError>,
+}
+
+impl SqlBuilder {
+    pub fn new(sql: impl Into<String>) -> Self {
+        Self {
+            sql: sql.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Appends SQL text as is; never a value from a request (use [`SqlBuilder::push_bind`]).
+    pub fn push(&mut self, sql: impl std::fmt::Display) -> &mut Self {
+        use std::fmt::Write;
+        let _ = write!(self.sql, "{sql}");
+        self
+    }
+
+    /// Appends a placeholder bound to `value`.
+    pub fn push_bind<'q, T>(&mut self, value: T) -> &mut Self
+    where
+        T: sqlx::Encode<'q, sqlx::Any> + sqlx::Type<sqlx::Any> + 'q,
+    {
+        if let Err(err) = self.arguments.add(value) {
+            self.error.get_or_insert(err);
+        }
+        let index = self.arguments.len();
+        self.push(format_args!("${index}"))
+    }
+
+    /// The query, or the error of a value that could not be bound.
+    pub fn build_query_as<O>(
+        self,
+    ) -> Result<sqlx::query::QueryAs<'static, sqlx::Any, O, AnyArguments>, sqlx::Error>
+    where
+        O: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow>,
+    {
+        match self.error {
+            Some(err) => Err(sqlx::Error::Encode(err)),
+            None => Ok(sqlx::query_as_with(
+                sqlx::AssertSqlSafe(self.sql),
+                self.arguments,
+            )),
+        }
+    }
+}
+
+/// A boolean stored as a 0/1 integer (SQLite has no boolean type; the `Any` driver reads
+/// PostgreSQL's `boolean` but not SQLite's integers as `bool`). Bind `i64::from(flag)`; read
+/// a column into `bool` with `#[sqlx(try_from = "Flag")]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flag(pub bool);
+
+impl From<Flag> for bool {
+    fn from(flag: Flag) -> bool {
+        flag.0
+    }
+}
+
+impl sqlx::Type<sqlx::Any> for Flag {
+    fn type_info() -> sqlx::any::AnyTypeInfo {
+        <i64 as sqlx::Type<sqlx::Any>>::type_info()
+    }
+
+    fn compatible(ty: &sqlx::any::AnyTypeInfo) -> bool {
+        ty.kind().is_integer() || ty.kind() == sqlx::any::AnyTypeInfoKind::Bool
+    }
+}
+
+impl<'r> sqlx::Decode<'r, sqlx::Any> for Flag {
+    fn decode(value: sqlx::any::AnyValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        if <i64 as sqlx::Type<sqlx::Any>>::compatible(&sqlx::ValueRef::type_info(&value)) {
+            Ok(Flag(<i64 as sqlx::Decode<sqlx::Any>>::decode(value)? != 0))
+        } else {
+            Ok(Flag(<bool as sqlx::Decode<sqlx::Any>>::decode(value)?))
+        }
+    }
+}
+
+/// The database a test whose files live in `dir` uses: a fresh PostgreSQL database on the
+/// server `VMM_TEST_POSTGRES_URL` names (an administrative URL, e.g. the one
+/// `scripts/start-postgres.sh` prints), or SQLite in `dir` when that is unset. The same
+/// `dir` always gets the same database (its URL is kept in `dir`), so a test can reopen it.
+pub async fn test_database_url(dir: &Path) -> String {
+    let Ok(server) = std::env::var("VMM_TEST_POSTGRES_URL") else {
+        return default_url(dir);
+    };
+    let kept = dir.join(".postgres-url");
+    if let Ok(url) = std::fs::read_to_string(&kept) {
+        return url;
+    }
+    let url = create_test_database(&server)
+        .await
+        .unwrap_or_else(|err| panic!("cannot create a test database on {server}: {err:#}"));
+    std::fs::write(&kept, &url).expect("cannot record the test database's URL");
+    url
+}
+
+/// Creates an empty database with a new name on the PostgreSQL server at `server` and
+/// returns its URL.
+pub async fn create_test_database(server: &str) -> anyhow::Result<String> {
+    use sqlx::Connection;
+    let name = format!("vmm_test_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(server).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await?;
+    admin.close().await?;
+    let mut url = url::Url::parse(server)?;
+    url.set_path(&name);
+    Ok(url.to_string())
 }
 
 /// True when `err` is a violation of a UNIQUE constraint or index.
@@ -110,6 +333,7 @@ pub(crate) use stored_enum;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 
     /// Migration 0006 on a database whose users differ only in case: the oldest keeps the
     /// name and logs in, the later look-alikes keep their rows but no login name reaches
@@ -120,7 +344,7 @@ mod tests {
         let url = default_url(dir.path());
         let before = dir.path().join("migrations-before-0006");
         std::fs::create_dir(&before).unwrap();
-        let all = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let all = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
         for entry in std::fs::read_dir(&all).unwrap() {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_str().unwrap().to_owned();
@@ -166,7 +390,7 @@ mod tests {
             ] {
                 sqlx::query(
                     "INSERT INTO users (id, username, password_hash, role, created_at)
-                     VALUES (?, ?, 'hash', 'user', ?)",
+                     VALUES ($1, $2, 'hash', 'user', $3)",
                 )
                 .bind(id)
                 .bind(name)

@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use sha2::Digest as _;
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
 use vmm_shared::UserId;
 
 use crate::db::{self, Db};
@@ -81,11 +81,11 @@ pub enum Claim {
 
 /// Claims the key in the caller's transaction (the one that records the resource).
 pub async fn claim(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     request: &IdempotentRequest,
 ) -> Result<Claim, sqlx::Error> {
     let done = sqlx::query(
-        "INSERT INTO idempotency_keys (user_id, key, request_digest, created_at) VALUES (?, ?, ?, ?)
+        "INSERT INTO idempotency_keys (user_id, key, request_digest, created_at) VALUES ($1, $2, $3, $4)
          ON CONFLICT (user_id, key) DO NOTHING",
     )
     .bind(request.user)
@@ -103,7 +103,7 @@ pub async fn claim(
 
 /// Claims the key, when there is one; true when an earlier request holds it.
 pub async fn is_repeat(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     request: Option<&IdempotentRequest>,
 ) -> Result<bool, sqlx::Error> {
     match request {
@@ -119,7 +119,7 @@ pub async fn record_response(
     status: StatusCode,
     body: &Value,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE idempotency_keys SET response_status = ?, response_body = ? WHERE user_id = ? AND key = ?")
+    sqlx::query("UPDATE idempotency_keys SET response_status = $1, response_body = $2 WHERE user_id = $3 AND key = $4")
         .bind(i64::from(status.as_u16()))
         .bind(body.to_string())
         .bind(request.user)
@@ -145,7 +145,7 @@ pub async fn remember(
     let (status, body) = match outcome {
         Ok((status, body)) => (status, body.clone().unwrap_or(Value::Null)),
         Err(_) if !record_kept => {
-            sqlx::query("DELETE FROM idempotency_keys WHERE user_id = ? AND key = ?")
+            sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2")
                 .bind(request.user)
                 .bind(&request.key)
                 .execute(db)
@@ -160,12 +160,12 @@ pub async fn remember(
 /// Gives every key still waiting for its first request's answer this one: used at start,
 /// for requests a restart cut off, which will never answer.
 pub async fn answer_all_unanswered(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     status: StatusCode,
     body: &Value,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE idempotency_keys SET response_status = ?, response_body = ? WHERE response_status IS NULL",
+        "UPDATE idempotency_keys SET response_status = $1, response_body = $2 WHERE response_status IS NULL",
     )
     .bind(i64::from(status.as_u16()))
     .bind(body.to_string())
@@ -198,7 +198,7 @@ pub async fn replay(
     let deadline = tokio::time::Instant::now() + patience;
     loop {
         let (digest, status, body): (String, Option<i64>, Option<String>) = sqlx::query_as(
-            "SELECT request_digest, response_status, response_body FROM idempotency_keys WHERE user_id = ? AND key = ?",
+            "SELECT request_digest, response_status, response_body FROM idempotency_keys WHERE user_id = $1 AND key = $2",
         )
         .bind(request.user)
         .bind(&request.key)
@@ -233,7 +233,7 @@ pub async fn replay(
 pub async fn forget_expired(db: &Db) -> Result<u64, sqlx::Error> {
     let cutoff = chrono::Utc::now() - chrono::Duration::from_std(RETENTION).unwrap_or_default();
     let cutoff = cutoff.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?")
+    let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
         .bind(cutoff)
         .execute(db)
         .await?;

@@ -11,7 +11,7 @@
 //! Every insert and delete of a VM or snapshot row goes through this module; nothing else
 //! writes these tables. Callers pass a connection inside a write transaction.
 
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
 use vmm_shared::{HostId, SnapshotId, UserId, VmId};
 
 use crate::db;
@@ -28,7 +28,7 @@ pub struct VmCharge<'a> {
 
 /// Adds `sign` × the VM to its host's and its owner's totals.
 async fn add_vm(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     charge: &VmCharge<'_>,
     sign: i64,
 ) -> Result<(), sqlx::Error> {
@@ -39,10 +39,10 @@ async fn add_vm(
     );
     sqlx::query(
         "INSERT INTO host_allocations (host_id, vms, cpu, memory_mib, disk_gb)
-         VALUES (?1, ?2, ?3, ?4, ?5)
+         VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (host_id) DO UPDATE SET
-            vms = host_allocations.vms + ?2, cpu = host_allocations.cpu + ?3,
-            memory_mib = host_allocations.memory_mib + ?4, disk_gb = host_allocations.disk_gb + ?5",
+            vms = host_allocations.vms + $2, cpu = host_allocations.cpu + $3,
+            memory_mib = host_allocations.memory_mib + $4, disk_gb = host_allocations.disk_gb + $5",
     )
     .bind(charge.host)
     .bind(sign)
@@ -55,7 +55,7 @@ async fn add_vm(
 }
 
 async fn add_user(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     user: UserId,
     vms: i64,
     cpu: i64,
@@ -65,11 +65,11 @@ async fn add_user(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO user_usage (user_id, vms, cpu, memory_mib, disk_gb, snapshots)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (user_id) DO UPDATE SET
-            vms = user_usage.vms + ?2, cpu = user_usage.cpu + ?3,
-            memory_mib = user_usage.memory_mib + ?4, disk_gb = user_usage.disk_gb + ?5,
-            snapshots = user_usage.snapshots + ?6",
+            vms = user_usage.vms + $2, cpu = user_usage.cpu + $3,
+            memory_mib = user_usage.memory_mib + $4, disk_gb = user_usage.disk_gb + $5,
+            snapshots = user_usage.snapshots + $6",
     )
     .bind(user)
     .bind(vms)
@@ -83,18 +83,12 @@ async fn add_user(
 }
 
 /// Charges a VM whose row the caller has just inserted, in the same transaction.
-pub async fn charge_vm(
-    conn: &mut SqliteConnection,
-    charge: &VmCharge<'_>,
-) -> Result<(), sqlx::Error> {
+pub async fn charge_vm(conn: &mut AnyConnection, charge: &VmCharge<'_>) -> Result<(), sqlx::Error> {
     add_vm(conn, charge, 1).await
 }
 
 /// Charges a snapshot whose row the caller has just inserted, in the same transaction.
-pub async fn charge_snapshot(
-    conn: &mut SqliteConnection,
-    owner: UserId,
-) -> Result<(), sqlx::Error> {
+pub async fn charge_snapshot(conn: &mut AnyConnection, owner: UserId) -> Result<(), sqlx::Error> {
     add_user(conn, owner, 0, 0, 0, 0, 1).await
 }
 
@@ -110,11 +104,11 @@ struct VmRow {
 
 /// Deletes the VM's row (its snapshots' rows go with it) and releases what they took.
 /// Returns false, releasing nothing, when there was no such row.
-pub async fn delete_vm(conn: &mut SqliteConnection, id: VmId) -> Result<bool, sqlx::Error> {
+pub async fn delete_vm(conn: &mut AnyConnection, id: VmId) -> Result<bool, sqlx::Error> {
     let row: Option<VmRow> = sqlx::query_as(
         "SELECT owner_id, host_id, cpu, memory_mib, disk_gb,
                 (SELECT COUNT(*) FROM snapshots s WHERE s.vm_id = vms.id) AS snapshots
-         FROM vms WHERE id = ?",
+         FROM vms WHERE id = $1",
     )
     .bind(id)
     .fetch_optional(&mut *conn)
@@ -122,7 +116,7 @@ pub async fn delete_vm(conn: &mut SqliteConnection, id: VmId) -> Result<bool, sq
     let Some(row) = row else {
         return Ok(false);
     };
-    let done = sqlx::query("DELETE FROM vms WHERE id = ?")
+    let done = sqlx::query("DELETE FROM vms WHERE id = $1")
         .bind(id)
         .execute(&mut *conn)
         .await?;
@@ -146,17 +140,17 @@ pub async fn delete_vm(conn: &mut SqliteConnection, id: VmId) -> Result<bool, sq
 /// Deletes the snapshot's row and releases it. Returns false, releasing nothing, when
 /// there was no such row.
 pub async fn delete_snapshot(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     id: SnapshotId,
 ) -> Result<bool, sqlx::Error> {
-    let owner: Option<UserId> = sqlx::query_scalar("SELECT owner_id FROM snapshots WHERE id = ?")
+    let owner: Option<UserId> = sqlx::query_scalar("SELECT owner_id FROM snapshots WHERE id = $1")
         .bind(id)
         .fetch_optional(&mut *conn)
         .await?;
     let Some(owner) = owner else {
         return Ok(false);
     };
-    let done = sqlx::query("DELETE FROM snapshots WHERE id = ?")
+    let done = sqlx::query("DELETE FROM snapshots WHERE id = $1")
         .bind(id)
         .execute(&mut *conn)
         .await?;
@@ -169,9 +163,7 @@ pub async fn delete_snapshot(
 
 /// Totals that differ from the sums of the rows they keep: `(table, key)` of each. Empty
 /// when the ledger holds. For tests and for an operator's check; it reads every row.
-pub async fn discrepancies(
-    conn: &mut SqliteConnection,
-) -> Result<Vec<(String, String)>, sqlx::Error> {
+pub async fn discrepancies(conn: &mut AnyConnection) -> Result<Vec<(String, String)>, sqlx::Error> {
     let hosts: Vec<String> = sqlx::query_scalar(
         "SELECT h.id FROM hosts h LEFT JOIN host_allocations a ON a.host_id = h.id
          WHERE COALESCE(a.vms, 0) <> (SELECT COUNT(*) FROM vms v WHERE v.host_id = h.id)

@@ -8,7 +8,8 @@
 //! - [`config`]: flags and environment variables
 //! - [`connections`]: connection caps and deadlines of every listener
 //! - [`console`]: VMs' serial consoles and screens over WebSocket: tickets, sessions, relay
-//! - [`db`]: the database and its migrations
+//! - [`db`]: the database (SQLite or PostgreSQL) and its migrations
+//! - [`copy_database`]: the `copy-database` command (e.g. SQLite to PostgreSQL)
 //! - [`error`]: the one error type and its HTTP and gRPC mappings
 //! - [`http`]: extractors, fallbacks, the server loop, the request deadline, forwarded
 //!   headers
@@ -38,6 +39,7 @@ pub mod auth;
 pub mod config;
 pub mod connections;
 pub mod console;
+pub mod copy_database;
 pub mod db;
 pub mod error;
 pub mod health;

@@ -1,12 +1,41 @@
 //! The `coordinator` binary: reads its configuration (flags, environment, `--config` file,
-//! secret files), sets up logging (`vmm_shared::logging`), and runs.
+//! secret files), sets up logging (`vmm_shared::logging`), and runs. `coordinator
+//! copy-database --from <url> --to <url>` copies the stored data between databases instead.
 #![forbid(unsafe_code)]
 
+use clap::Parser;
 use vmm_coordinator::Config;
 use vmm_coordinator::config::LogFormat;
 
+/// Copies every user, VM, snapshot, quota, operation, image record, SSH key and host
+/// record from one database to another, empty one (e.g. SQLite to PostgreSQL). Stop the
+/// coordinator using the source first.
+#[derive(Parser)]
+#[command(name = "coordinator copy-database")]
+struct CopyDatabase {
+    /// The database to copy from, e.g. sqlite:///var/lib/vmm-coordinator/coordinator.db
+    #[arg(long)]
+    from: String,
+    /// The empty database to copy into, e.g. postgres://vmm@db.example/vmm
+    #[arg(long)]
+    to: String,
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("copy-database") {
+        let args = CopyDatabase::parse_from(std::env::args().skip(1));
+        return match vmm_coordinator::copy_database::copy_database(&args.from, &args.to).await {
+            Ok(copied) => {
+                println!("coordinator: copied {copied}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("coordinator: copy-database: {err:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let config = Config::load_or_exit();
     if config.check_config {
         println!("coordinator: the configuration is valid");

@@ -1,5 +1,5 @@
-//! Helpers for unit tests that need a real (temporary) SQLite database with a user and a
-//! connected host in it.
+//! Helpers for unit tests that need a real (temporary) database with a user and a connected
+//! host in it: SQLite, or a fresh PostgreSQL database when `VMM_TEST_POSTGRES_URL` is set.
 
 use vmm_proto::{DomainReport, PowerState};
 use vmm_shared::{HostId, UserId, VmId, VmSize, VmStatus};
@@ -23,7 +23,19 @@ impl TestDb {
 
     pub async fn with_host_memory(memory_mib: u64) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let db = db::connect(&db::default_url(dir.path())).await.unwrap();
+        let url = db::test_database_url(dir.path()).await;
+        Self::at(dir, &url, memory_mib).await
+    }
+
+    /// A test database on SQLite in its own directory, whatever the test server is.
+    pub async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let url = db::default_url(dir.path());
+        Self::at(dir, &url, 65536).await
+    }
+
+    async fn at(dir: tempfile::TempDir, url: &str, memory_mib: u64) -> Self {
+        let db = db::connect(url).await.unwrap();
         let host: HostId = "host-1".parse().unwrap();
         host_store::register_session(
             &db,
@@ -56,7 +68,7 @@ impl TestDb {
         let id = VmId::new_random();
         sqlx::query(
             "INSERT INTO vms (id, owner_id, name, host_id, cpu, memory_mib, disk_gb, status, generation, created_at)
-             VALUES (?, ?, ?, ?, 1, 128, 1, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, 1, 128, 1, $5, $6, $7)",
         )
         .bind(id)
         .bind(self.user)
@@ -86,7 +98,7 @@ impl TestDb {
     }
 
     /// A connection of the pool, for the store functions that run inside a transaction.
-    pub async fn conn(&self) -> sqlx::pool::PoolConnection<sqlx::Sqlite> {
+    pub async fn conn(&self) -> sqlx::pool::PoolConnection<sqlx::Any> {
         self.db.acquire().await.unwrap()
     }
 

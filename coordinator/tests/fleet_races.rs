@@ -366,9 +366,10 @@ async fn a_shutdown_records_every_host_once_and_never_races_its_own_clean_up() {
     drop(agents);
     let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
 
-    let reopened = vmm_coordinator::db::connect(&vmm_coordinator::db::default_url(dir.path()))
-        .await
-        .unwrap();
+    let reopened =
+        vmm_coordinator::db::connect(&vmm_coordinator::db::test_database_url(dir.path()).await)
+            .await
+            .unwrap();
     let statuses: Vec<String> = sqlx::query_scalar("SELECT DISTINCT status FROM hosts")
         .fetch_all(&reopened)
         .await
@@ -425,12 +426,12 @@ async fn the_ledger_matches_the_rows_after_every_kind_of_change() {
     );
     tx.commit().await.unwrap();
     // One more is missing from its host's inventory with an unacknowledged create: removed.
-    sqlx::query("UPDATE vms SET status = 'error' WHERE id = ?")
+    sqlx::query("UPDATE vms SET status = 'error' WHERE id = $1")
         .bind(vms[2])
         .execute(&app.db)
         .await
         .unwrap();
-    sqlx::query("DELETE FROM operations WHERE vm_id = ?")
+    sqlx::query("DELETE FROM operations WHERE vm_id = $1")
         .bind(vms[2])
         .execute(&app.db)
         .await
@@ -447,7 +448,7 @@ async fn the_ledger_matches_the_rows_after_every_kind_of_change() {
             .is_empty()
     );
     let usage: (i64, i64) =
-        sqlx::query_as("SELECT vms, cpu FROM host_allocations WHERE host_id = ?")
+        sqlx::query_as("SELECT vms, cpu FROM host_allocations WHERE host_id = $1")
             .bind(host)
             .fetch_one(&mut *conn)
             .await

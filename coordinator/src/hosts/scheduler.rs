@@ -33,6 +33,7 @@ pub struct HostLoad {
     #[sqlx(try_from = "i64")]
     pub vm_count: u64,
     /// Whether the host holds a verified copy of the new VM's image.
+    #[sqlx(try_from = "crate::db::Flag")]
     pub caches_image: bool,
 }
 

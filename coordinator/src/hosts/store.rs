@@ -2,7 +2,7 @@
 //! much of it the VMs recorded on it take.
 
 use serde::Serialize;
-use sqlx::SqliteExecutor;
+use sqlx::AnyExecutor;
 use vmm_shared::{HostId, ImageId};
 
 use super::scheduler::HostLoad;
@@ -42,14 +42,14 @@ pub type SessionEpoch = u64;
 /// Records the host as connected under a new session and returns the session's epoch,
 /// which is higher than that of every earlier session of the host.
 pub async fn register_session<'e>(
-    executor: impl SqliteExecutor<'e>,
+    executor: impl AnyExecutor<'e>,
     host: &HostRegistration,
 ) -> Result<SessionEpoch, sqlx::Error> {
     let epoch: i64 = sqlx::query_scalar(
         "INSERT INTO hosts (id, status, cpus, memory_mib, disk_gb, libvirt_version, hypervisor,
                             kvm_usable, agent_version, libvirt_connected, last_seen_at,
                             session_epoch)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, 1)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $10, 1)
          ON CONFLICT (id) DO UPDATE SET
             status = excluded.status, cpus = excluded.cpus, memory_mib = excluded.memory_mib,
             disk_gb = excluded.disk_gb, libvirt_version = excluded.libvirt_version,
@@ -65,7 +65,7 @@ pub async fn register_session<'e>(
     .bind(db::to_i64(host.disk_gb))
     .bind(&host.libvirt_version)
     .bind(&host.hypervisor)
-    .bind(host.kvm_usable)
+    .bind(i64::from(host.kvm_usable))
     .bind(&host.agent_version)
     .bind(db::now())
     .fetch_one(executor)
@@ -81,10 +81,10 @@ pub async fn record_heartbeat(
     libvirt_connected: bool,
 ) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
-        "UPDATE hosts SET last_seen_at = ?, libvirt_connected = ? WHERE id = ? AND session_epoch = ?",
+        "UPDATE hosts SET last_seen_at = $1, libvirt_connected = $2 WHERE id = $3 AND session_epoch = $4",
     )
     .bind(db::now())
-    .bind(libvirt_connected)
+    .bind(i64::from(libvirt_connected))
     .bind(host)
     .bind(db::to_i64(epoch))
     .execute(db)
@@ -103,7 +103,7 @@ pub async fn mark_unreachable(
 ) -> Result<bool, sqlx::Error> {
     let mut tx = db::begin_write(db).await?;
     let done = sqlx::query(
-        "UPDATE hosts SET status = ? WHERE id = ? AND session_epoch = ? AND status = ?",
+        "UPDATE hosts SET status = $1 WHERE id = $2 AND session_epoch = $3 AND status = $4",
     )
     .bind(HostStatus::Unreachable)
     .bind(host)
@@ -124,7 +124,7 @@ pub async fn mark_unreachable(
 /// shutdown, in one transaction.
 pub async fn mark_all_unreachable(db: &Db, why: &str) -> Result<(), sqlx::Error> {
     let mut tx = db::begin_write(db).await?;
-    sqlx::query("UPDATE hosts SET status = ?")
+    sqlx::query("UPDATE hosts SET status = $1")
         .bind(HostStatus::Unreachable)
         .execute(&mut *tx)
         .await?;
@@ -135,7 +135,7 @@ pub async fn mark_all_unreachable(db: &Db, why: &str) -> Result<(), sqlx::Error>
 /// Capacity and allocation of every connected host, and whether it caches `image`, read
 /// inside the caller's transaction.
 pub async fn connected_loads<'e>(
-    executor: impl SqliteExecutor<'e>,
+    executor: impl AnyExecutor<'e>,
     image: Option<ImageId>,
 ) -> Result<Vec<HostLoad>, sqlx::Error> {
     sqlx::query_as(
@@ -144,8 +144,9 @@ pub async fn connected_loads<'e>(
                 COALESCE(a.memory_mib, 0) AS allocated_memory_mib,
                 COALESCE(a.disk_gb, 0) AS allocated_disk_gb,
                 COALESCE(a.vms, 0) AS vm_count,
-                EXISTS (SELECT 1 FROM host_images hi
-                        WHERE hi.host_id = h.id AND hi.image_id = ?) AS caches_image
+                CASE WHEN EXISTS (SELECT 1 FROM host_images hi
+                                  WHERE hi.host_id = h.id AND hi.image_id = $1)
+                     THEN 1 ELSE 0 END AS caches_image
          FROM hosts h LEFT JOIN host_allocations a ON a.host_id = h.id
          WHERE h.status = 'connected'
          ORDER BY h.id",
@@ -165,10 +166,12 @@ pub struct HostView {
     pub memory_mib: u64,
     #[sqlx(try_from = "i64")]
     pub disk_gb: u64,
+    #[sqlx(try_from = "crate::db::Flag")]
     pub kvm_usable: bool,
     pub hypervisor: String,
     pub libvirt_version: String,
     pub agent_version: String,
+    #[sqlx(try_from = "crate::db::Flag")]
     pub libvirt_connected: bool,
     pub last_seen_at: String,
     /// The epoch of its agent's latest registration: grows with every (re)connect.
@@ -200,7 +203,7 @@ pub async fn list_page(
     status: Option<HostStatus>,
     page: &Page,
 ) -> Result<Paged<HostView>, sqlx::Error> {
-    let mut query = sqlx::QueryBuilder::new(
+    let mut query = crate::db::SqlBuilder::new(
         "SELECT h.id, h.cpus, h.memory_mib, h.disk_gb, h.status, h.kvm_usable, h.hypervisor,
                 h.libvirt_version, h.agent_version, h.libvirt_connected, h.last_seen_at,
                 h.session_epoch,
@@ -214,7 +217,7 @@ pub async fn list_page(
         query.push(" AND h.status = ").push_bind(status);
     }
     push_keyset(&mut query, page, "h.", false);
-    let mut hosts: Vec<HostView> = query.build_query_as().fetch_all(db).await?;
+    let mut hosts: Vec<HostView> = query.build_query_as()?.fetch_all(db).await?;
     let mut copies = crate::images::store::copies_by_host(db).await?;
     for host in &mut hosts {
         host.cached_images = copies.remove(&host.id).unwrap_or_default();

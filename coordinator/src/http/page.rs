@@ -198,7 +198,7 @@ pub fn filter<T: std::str::FromStr + std::fmt::Display>(
 /// Appends the keyset condition and order to `sql`: rows after `page.after` in
 /// (`created_at`, `id`) order (with `prefix` naming the table), then the limit.
 pub fn push_keyset(
-    builder: &mut sqlx::QueryBuilder<sqlx::Sqlite>,
+    builder: &mut crate::db::SqlBuilder,
     page: &Page,
     prefix: &str,
     by_created: bool,

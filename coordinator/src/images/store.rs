@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 
 use serde::Serialize;
-use sqlx::SqliteExecutor;
+use sqlx::AnyExecutor;
 use vmm_proto::CachedImage;
 use vmm_shared::{HostId, ImageId};
 
@@ -118,7 +118,7 @@ pub async fn insert(db: &Db, new: &NewImage) -> Result<Image, Error> {
     sqlx::query(
         "INSERT INTO images (id, name, os, status, source_url, expected_sha256, min_disk_gb,
                              default_user, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(image.id)
     .bind(&image.name)
@@ -142,13 +142,13 @@ pub async fn insert(db: &Db, new: &NewImage) -> Result<Image, Error> {
 }
 
 pub async fn find<'e>(
-    executor: impl SqliteExecutor<'e>,
+    executor: impl AnyExecutor<'e>,
     id: ImageId,
 ) -> Result<Option<Image>, sqlx::Error> {
     let row: Option<ImageRow> = sqlx::query_as(concat!(
         "SELECT ",
         image_columns!(),
-        " FROM images WHERE id = ?"
+        " FROM images WHERE id = $1"
     ))
     .bind(id)
     .fetch_optional(executor)
@@ -157,13 +157,13 @@ pub async fn find<'e>(
 }
 
 pub async fn find_by_name<'e>(
-    executor: impl SqliteExecutor<'e>,
+    executor: impl AnyExecutor<'e>,
     name: &str,
 ) -> Result<Option<Image>, sqlx::Error> {
     let row: Option<ImageRow> = sqlx::query_as(concat!(
         "SELECT ",
         image_columns!(),
-        " FROM images WHERE name = ?"
+        " FROM images WHERE name = $1"
     ))
     .bind(name)
     .fetch_optional(executor)
@@ -187,7 +187,7 @@ pub async fn with_status(db: &Db, status: ImageStatus) -> Result<Vec<Image>, sql
     let rows: Vec<ImageRow> = sqlx::query_as(concat!(
         "SELECT ",
         image_columns!(),
-        " FROM images WHERE status = ? ORDER BY created_at, id"
+        " FROM images WHERE status = $1 ORDER BY created_at, id"
     ))
     .bind(status)
     .fetch_all(db)
@@ -204,9 +204,9 @@ pub async fn mark_ready(
     checked: &Checked,
 ) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
-        "UPDATE images SET status = ?, error = NULL, size_bytes = ?, virtual_size_bytes = ?,
-                           format = ?, sha256 = ?
-         WHERE id = ? AND status = ?",
+        "UPDATE images SET status = $1, error = NULL, size_bytes = $2, virtual_size_bytes = $3,
+                           format = $4, sha256 = $5
+         WHERE id = $6 AND status = $7",
     )
     .bind(ImageStatus::Ready)
     .bind(db::to_i64(checked.size_bytes))
@@ -227,22 +227,23 @@ pub async fn mark_failed(
     from: ImageStatus,
     why: &str,
 ) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query("UPDATE images SET status = ?, error = ? WHERE id = ? AND status = ?")
-        .bind(ImageStatus::Error)
-        .bind(why)
-        .bind(id)
-        .bind(from)
-        .execute(db)
-        .await?;
+    let done =
+        sqlx::query("UPDATE images SET status = $1, error = $2 WHERE id = $3 AND status = $4")
+            .bind(ImageStatus::Error)
+            .bind(why)
+            .bind(id)
+            .bind(from)
+            .execute(db)
+            .await?;
     Ok(done.rows_affected() == 1)
 }
 
 /// How many VMs were made from the image.
 pub async fn vms_using<'e>(
-    executor: impl SqliteExecutor<'e>,
+    executor: impl AnyExecutor<'e>,
     id: ImageId,
 ) -> Result<u64, sqlx::Error> {
-    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM vms WHERE image_id = ?")
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM vms WHERE image_id = $1")
         .bind(id)
         .fetch_one(executor)
         .await?;
@@ -261,7 +262,7 @@ pub async fn delete_unused(db: &Db, id: ImageId) -> Result<Image, Error> {
             vms,
         });
     }
-    sqlx::query("DELETE FROM images WHERE id = ?")
+    sqlx::query("DELETE FROM images WHERE id = $1")
         .bind(id)
         .execute(&mut *tx)
         .await?;
@@ -287,7 +288,7 @@ pub async fn record_host_copies(
 ) -> Result<Vec<String>, sqlx::Error> {
     let mut evict = Vec::new();
     let mut tx = db::begin_write(db).await?;
-    sqlx::query("DELETE FROM host_images WHERE host_id = ?")
+    sqlx::query("DELETE FROM host_images WHERE host_id = $1")
         .bind(host)
         .execute(&mut *tx)
         .await?;
@@ -321,13 +322,13 @@ pub async fn record_copy(db: &Db, host: &HostId, image: ImageId) -> Result<(), s
 }
 
 async fn upsert_copy<'e>(
-    executor: impl SqliteExecutor<'e>,
+    executor: impl AnyExecutor<'e>,
     host: &HostId,
     image: &Image,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO host_images (host_id, image_id, sha256, size_bytes, updated_at)
-         VALUES (?, ?, ?, ?, ?)
+         VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (host_id, image_id) DO UPDATE SET
             sha256 = excluded.sha256, size_bytes = excluded.size_bytes,
             updated_at = excluded.updated_at",

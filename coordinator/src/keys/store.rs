@@ -1,7 +1,7 @@
 //! SSH keys in the database. The per-user limit is checked in the write transaction that
 //! inserts, so concurrent adds cannot pass it together.
 
-use sqlx::SqliteExecutor;
+use sqlx::AnyExecutor;
 use vmm_shared::{SshKeyId, UserId};
 
 use super::{MAX_KEYS_PER_USER, SshKey, ValidKey};
@@ -29,7 +29,7 @@ pub enum Error {
 /// Stores `key` as `owner`'s, named `name`.
 pub async fn insert(db: &Db, owner: UserId, name: &str, key: &ValidKey) -> Result<SshKey, Error> {
     let mut tx = db::begin_write(db).await?;
-    let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ssh_keys WHERE owner_id = ?")
+    let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ssh_keys WHERE owner_id = $1")
         .bind(owner)
         .fetch_one(&mut *tx)
         .await?;
@@ -37,7 +37,7 @@ pub async fn insert(db: &Db, owner: UserId, name: &str, key: &ValidKey) -> Resul
         return Err(Error::TooMany);
     }
     let same: Option<String> =
-        sqlx::query_scalar("SELECT name FROM ssh_keys WHERE owner_id = ? AND fingerprint = ?")
+        sqlx::query_scalar("SELECT name FROM ssh_keys WHERE owner_id = $1 AND fingerprint = $2")
             .bind(owner)
             .bind(&key.fingerprint)
             .fetch_optional(&mut *tx)
@@ -56,7 +56,7 @@ pub async fn insert(db: &Db, owner: UserId, name: &str, key: &ValidKey) -> Resul
     };
     sqlx::query(
         "INSERT INTO ssh_keys (id, owner_id, name, key_type, fingerprint, public_key, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(record.id)
     .bind(record.owner_id)
@@ -80,13 +80,13 @@ pub async fn insert(db: &Db, owner: UserId, name: &str, key: &ValidKey) -> Resul
 
 /// `owner`'s keys, oldest first.
 pub async fn list<'e>(
-    executor: impl SqliteExecutor<'e>,
+    executor: impl AnyExecutor<'e>,
     owner: UserId,
 ) -> Result<Vec<SshKey>, sqlx::Error> {
     sqlx::query_as(concat!(
         "SELECT ",
         key_columns!(),
-        " FROM ssh_keys WHERE owner_id = ? ORDER BY created_at, id"
+        " FROM ssh_keys WHERE owner_id = $1 ORDER BY created_at, id"
     ))
     .bind(owner)
     .fetch_all(executor)
@@ -95,14 +95,14 @@ pub async fn list<'e>(
 
 /// `owner`'s key with this ID; `None` also when it is someone else's.
 pub async fn find_owned<'e>(
-    executor: impl SqliteExecutor<'e>,
+    executor: impl AnyExecutor<'e>,
     owner: UserId,
     id: SshKeyId,
 ) -> Result<Option<SshKey>, sqlx::Error> {
     sqlx::query_as(concat!(
         "SELECT ",
         key_columns!(),
-        " FROM ssh_keys WHERE id = ? AND owner_id = ?"
+        " FROM ssh_keys WHERE id = $1 AND owner_id = $2"
     ))
     .bind(id)
     .bind(owner)
@@ -112,7 +112,7 @@ pub async fn find_owned<'e>(
 
 /// Deletes `owner`'s key; false when they have none with this ID.
 pub async fn delete_owned(db: &Db, owner: UserId, id: SshKeyId) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query("DELETE FROM ssh_keys WHERE id = ? AND owner_id = ?")
+    let done = sqlx::query("DELETE FROM ssh_keys WHERE id = $1 AND owner_id = $2")
         .bind(id)
         .bind(owner)
         .execute(db)
@@ -166,7 +166,7 @@ mod tests {
             // before uniqueness, so rows are inserted directly.
             sqlx::query(
                 "INSERT INTO ssh_keys (id, owner_id, name, key_type, fingerprint, public_key, created_at)
-                 VALUES (?, ?, ?, 'ssh-ed25519', ?, 'k', '2026-01-01T00:00:00Z')",
+                 VALUES ($1, $2, $3, 'ssh-ed25519', $4, 'k', '2026-01-01T00:00:00Z')",
             )
             .bind(SshKeyId::new_random())
             .bind(t.user)

@@ -31,13 +31,13 @@ pub fn unknown_when_host_lost_sql() -> String {
     status_in(unknown_when_host_lost)
 }
 
-/// [`super::report_applies`] for a report from `source`, with one `?` placeholder: the
-/// report's generation.
-pub fn report_applies(source: ReportSource) -> String {
-    let newer = "generation < ?";
+/// [`super::report_applies`] for a report from `source`; `generation` is the placeholder
+/// (e.g. `$10`) bound to the report's generation.
+pub fn report_applies(source: ReportSource, generation: &str) -> String {
+    let newer = format!("generation < {generation}");
     let not_owned = format!("NOT ({})", owned_by_operation_sql());
     match source {
-        ReportSource::OperationResult => newer.to_owned(),
+        ReportSource::OperationResult => newer,
         ReportSource::Change => format!("{newer} AND {not_owned}"),
         ReportSource::Inventory => format!(
             "({newer} OR {}) AND {not_owned}",

@@ -2,7 +2,7 @@
 //! and check that the code says the same, cell by cell; and that the SQL predicates agree
 //! with the Rust rules for every status, evaluated by SQLite itself.
 
-use sqlx::{Connection, SqliteConnection};
+use sqlx::AnyConnection;
 use vmm_shared::{OperationKind, VmStatus};
 
 use super::*;
@@ -242,16 +242,17 @@ fn the_statuses_owned_by_operations_are_those_operations_start_with() {
     }
 }
 
-/// Evaluates `predicate` (with `?` bound to `generation`) in SQLite for a row of `status`
+/// Evaluates `predicate` (with `$2` bound to `generation`) in the test database for a row of `status`
 /// at stored generation 5.
-async fn sqlite_says(
-    conn: &mut SqliteConnection,
+async fn database_says(
+    conn: &mut AnyConnection,
     predicate: &str,
     status: VmStatus,
     generation: i64,
 ) -> bool {
-    let query =
-        format!("SELECT COUNT(*) FROM (SELECT ? AS status, 5 AS generation) WHERE {predicate}");
+    let query = format!(
+        "SELECT COUNT(*) FROM (SELECT $1 AS status, 5 AS generation) AS r WHERE {predicate}"
+    );
     let count: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(query))
         .bind(status)
         .bind(generation)
@@ -263,26 +264,33 @@ async fn sqlite_says(
 
 #[tokio::test]
 async fn sql_predicates_agree_with_the_rules_for_every_status() {
-    let mut conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
+    let t = crate::test_support::TestDb::new().await;
+    let mut conn = t.conn().await;
     for status in VmStatus::ALL {
         for source in ReportSource::ALL {
             for (generation, newer) in [(6, true), (5, false), (4, false)] {
                 assert_eq!(
-                    sqlite_says(&mut conn, &sql::report_applies(source), status, generation).await,
+                    database_says(
+                        &mut conn,
+                        &sql::report_applies(source, "$2"),
+                        status,
+                        generation
+                    )
+                    .await,
                     report_applies(source, status, newer),
                     "{source:?} report at generation {generation} on a {status} VM"
                 );
             }
         }
-        let owned = format!("{} AND ? IS NOT NULL", sql::owned_by_operation_sql());
+        let owned = format!("{} AND $2 IS NOT NULL", sql::owned_by_operation_sql());
         assert_eq!(
-            sqlite_says(&mut conn, &owned, status, 0).await,
+            database_says(&mut conn, &owned, status, 0).await,
             owned_by_operation(status),
             "{status}"
         );
-        let lost = format!("{} AND ? IS NOT NULL", sql::unknown_when_host_lost_sql());
+        let lost = format!("{} AND $2 IS NOT NULL", sql::unknown_when_host_lost_sql());
         assert_eq!(
-            sqlite_says(&mut conn, &lost, status, 0).await,
+            database_says(&mut conn, &lost, status, 0).await,
             unknown_when_host_lost(status),
             "{status}"
         );

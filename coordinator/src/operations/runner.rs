@@ -28,7 +28,7 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
 use vmm_proto::{PowerState, command};
 use vmm_shared::{HostId, OperationId, OperationKind, SnapshotId, UserId, VmId, VmStatus};
 
@@ -486,7 +486,7 @@ pub async fn complete(db: &Db, subject: &Subject, outcome: &Outcome) -> Result<b
 
 /// Writes what `phase` of the operation does to its snapshot and its VM.
 async fn apply_effects(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     subject: &Subject,
     phase: Phase,
     success: Option<&CommandSuccess>,

@@ -2,7 +2,7 @@
 //! operation's outcome is recorded once, by whichever of its answer, its session's end or a
 //! restart comes first.
 
-use sqlx::{SqliteConnection, SqliteExecutor};
+use sqlx::{AnyConnection, AnyExecutor};
 use vmm_shared::{HostId, OperationId, OperationKind, SnapshotId, UserId, VmId};
 
 use super::{OperationRecord, OperationStatus};
@@ -37,13 +37,10 @@ pub struct NewOperation<'a> {
 
 /// Records a pending operation, inside the caller's transaction; a second one in flight on
 /// the same VM is refused with [`Error::Busy`].
-pub async fn insert_pending(
-    conn: &mut SqliteConnection,
-    new: &NewOperation<'_>,
-) -> Result<(), Error> {
+pub async fn insert_pending(conn: &mut AnyConnection, new: &NewOperation<'_>) -> Result<(), Error> {
     sqlx::query(
         "INSERT INTO operations (id, kind, vm_id, snapshot_id, host_id, user_id, status, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(new.id)
     .bind(new.kind)
@@ -66,13 +63,13 @@ pub async fn insert_pending(
 }
 
 pub async fn find<'e>(
-    executor: impl SqliteExecutor<'e>,
+    executor: impl AnyExecutor<'e>,
     id: OperationId,
 ) -> Result<Option<OperationRecord>, sqlx::Error> {
     sqlx::query_as(concat!(
         "SELECT ",
         operation_columns!(),
-        " FROM operations WHERE id = ?"
+        " FROM operations WHERE id = $1"
     ))
     .bind(id)
     .fetch_optional(executor)
@@ -94,7 +91,7 @@ pub async fn list(
     filter: &OperationFilter,
     page: &Page,
 ) -> Result<Paged<OperationRecord>, sqlx::Error> {
-    let mut query = sqlx::QueryBuilder::new(concat!(
+    let mut query = crate::db::SqlBuilder::new(concat!(
         "SELECT ",
         operation_columns!(),
         " FROM operations WHERE 1 = 1"
@@ -112,7 +109,7 @@ pub async fn list(
         query.push(" AND kind = ").push_bind(kind);
     }
     push_keyset(&mut query, page, "", true);
-    let rows: Vec<OperationRecord> = query.build_query_as().fetch_all(db).await?;
+    let rows: Vec<OperationRecord> = query.build_query_as()?.fetch_all(db).await?;
     Ok(Paged::from_rows(rows, page, |operation| Cursor {
         created_at: operation.created_at.clone(),
         id: operation.id.to_string(),
@@ -121,7 +118,7 @@ pub async fn list(
 
 /// Every pending operation, oldest first.
 pub async fn pending<'e>(
-    executor: impl SqliteExecutor<'e>,
+    executor: impl AnyExecutor<'e>,
 ) -> Result<Vec<OperationRecord>, sqlx::Error> {
     sqlx::query_as(concat!(
         "SELECT ",
@@ -135,7 +132,7 @@ pub async fn pending<'e>(
 /// Records the outcome of a pending operation (`Ok(())`: succeeded, `Err(reason)`: failed).
 /// Returns false, changing nothing, when it is no longer pending.
 pub async fn finish<'e>(
-    executor: impl SqliteExecutor<'e>,
+    executor: impl AnyExecutor<'e>,
     id: OperationId,
     outcome: Result<(), &str>,
 ) -> Result<bool, sqlx::Error> {
@@ -144,7 +141,7 @@ pub async fn finish<'e>(
         Err(reason) => (OperationStatus::Failed, Some(reason)),
     };
     let done = sqlx::query(
-        "UPDATE operations SET status = ?, error = ?, finished_at = ? WHERE id = ? AND status = ?",
+        "UPDATE operations SET status = $1, error = $2, finished_at = $3 WHERE id = $4 AND status = $5",
     )
     .bind(status)
     .bind(error)
@@ -158,11 +155,11 @@ pub async fn finish<'e>(
 
 /// Whether the VM's create was ever acknowledged by its host.
 pub async fn create_acknowledged<'e>(
-    executor: impl SqliteExecutor<'e>,
+    executor: impl AnyExecutor<'e>,
     vm: VmId,
 ) -> Result<bool, sqlx::Error> {
     let succeeded: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM operations WHERE vm_id = ? AND kind = ? AND status = ?",
+        "SELECT COUNT(*) FROM operations WHERE vm_id = $1 AND kind = $2 AND status = $3",
     )
     .bind(vm)
     .bind(OperationKind::Create)

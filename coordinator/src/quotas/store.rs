@@ -1,6 +1,6 @@
 //! Quota limits and usage in the database.
 
-use sqlx::{SqliteConnection, SqliteExecutor};
+use sqlx::{AnyConnection, AnyExecutor};
 use vmm_shared::UserId;
 
 use super::{QuotaLimits, QuotaUsage};
@@ -27,12 +27,12 @@ struct StoredLimits {
 }
 
 pub async fn limits<'e>(
-    executor: impl SqliteExecutor<'e>,
+    executor: impl AnyExecutor<'e>,
     user: UserId,
     defaults: &QuotaLimits,
 ) -> Result<QuotaLimits, sqlx::Error> {
     let stored: Option<StoredLimits> = sqlx::query_as(
-        "SELECT max_vms, max_cpu, max_memory, max_disk_gb, max_snapshots FROM quotas WHERE user_id = ?",
+        "SELECT max_vms, max_cpu, max_memory, max_disk_gb, max_snapshots FROM quotas WHERE user_id = $1",
     )
     .bind(user)
     .fetch_optional(executor)
@@ -53,11 +53,11 @@ pub async fn limits<'e>(
 /// What the user's existing resources take: their running totals (see `ledger`), kept in
 /// the transactions that record and remove the resources.
 pub async fn usage<'e>(
-    executor: impl SqliteExecutor<'e>,
+    executor: impl AnyExecutor<'e>,
     user: UserId,
 ) -> Result<QuotaUsage, sqlx::Error> {
     let usage: Option<QuotaUsage> = sqlx::query_as(
-        "SELECT vms, cpu, memory_mib AS memory, disk_gb, snapshots FROM user_usage WHERE user_id = ?",
+        "SELECT vms, cpu, memory_mib AS memory, disk_gb, snapshots FROM user_usage WHERE user_id = $1",
     )
     .bind(user)
     .fetch_optional(executor)
@@ -67,18 +67,18 @@ pub async fn usage<'e>(
 
 /// Merges `changes` into the user's stored overrides.
 pub async fn update(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     user: UserId,
     changes: &LimitOverrides,
 ) -> Result<(), sqlx::Error> {
     let as_i64 = |v: Option<u64>| v.map(|v| i64::try_from(v).unwrap_or(i64::MAX));
     sqlx::query(
         "INSERT INTO quotas (user_id, max_vms, max_cpu, max_memory, max_disk_gb, max_snapshots)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (user_id) DO UPDATE SET
-            max_vms = COALESCE(?2, max_vms), max_cpu = COALESCE(?3, max_cpu),
-            max_memory = COALESCE(?4, max_memory), max_disk_gb = COALESCE(?5, max_disk_gb),
-            max_snapshots = COALESCE(?6, max_snapshots)",
+            max_vms = COALESCE($2, max_vms), max_cpu = COALESCE($3, max_cpu),
+            max_memory = COALESCE($4, max_memory), max_disk_gb = COALESCE($5, max_disk_gb),
+            max_snapshots = COALESCE($6, max_snapshots)",
     )
     .bind(user)
     .bind(as_i64(changes.max_vms))

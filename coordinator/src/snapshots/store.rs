@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use sqlx::{SqliteConnection, SqliteExecutor};
+use sqlx::{AnyConnection, AnyExecutor};
 use vmm_shared::{HostId, OperationId, OperationKind, SnapshotId, UserId, VmId, VmStatus};
 
 use super::{CapturedState, Snapshot, SnapshotStatus};
@@ -40,13 +40,13 @@ pub enum Error {
 }
 
 pub async fn find<'e>(
-    executor: impl SqliteExecutor<'e>,
+    executor: impl AnyExecutor<'e>,
     id: SnapshotId,
 ) -> Result<Option<Snapshot>, sqlx::Error> {
     sqlx::query_as(concat!(
         "SELECT ",
         snapshot_columns!(),
-        " FROM snapshots WHERE id = ?"
+        " FROM snapshots WHERE id = $1"
     ))
     .bind(id)
     .fetch_optional(executor)
@@ -55,13 +55,13 @@ pub async fn find<'e>(
 
 /// The VM's snapshots, oldest first.
 pub async fn list_for_vm<'e>(
-    executor: impl SqliteExecutor<'e>,
+    executor: impl AnyExecutor<'e>,
     vm: VmId,
 ) -> Result<Vec<Snapshot>, sqlx::Error> {
     sqlx::query_as(concat!(
         "SELECT ",
         snapshot_columns!(),
-        " FROM snapshots WHERE vm_id = ? ORDER BY created_at, id"
+        " FROM snapshots WHERE vm_id = $1 ORDER BY created_at, id"
     ))
     .bind(vm)
     .fetch_all(executor)
@@ -75,7 +75,7 @@ pub async fn list_page(
     status: Option<SnapshotStatus>,
     page: &Page,
 ) -> Result<Paged<Snapshot>, sqlx::Error> {
-    let mut query = sqlx::QueryBuilder::new(concat!(
+    let mut query = crate::db::SqlBuilder::new(concat!(
         "SELECT ",
         snapshot_columns!(),
         " FROM snapshots WHERE vm_id = "
@@ -85,7 +85,7 @@ pub async fn list_page(
         query.push(" AND status = ").push_bind(status);
     }
     push_keyset(&mut query, page, "", true);
-    let rows: Vec<Snapshot> = query.build_query_as().fetch_all(db).await?;
+    let rows: Vec<Snapshot> = query.build_query_as()?.fetch_all(db).await?;
     Ok(Paged::from_rows(rows, page, |snapshot| Cursor {
         created_at: snapshot.created_at.clone(),
         id: snapshot.id.to_string(),
@@ -151,7 +151,7 @@ pub async fn record_new(
     };
     let inserted = sqlx::query(
         "INSERT INTO snapshots (id, vm_id, owner_id, name, description, vm_status, status, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(snapshot.id)
     .bind(snapshot.vm_id)
@@ -188,11 +188,11 @@ pub async fn record_new(
 }
 
 pub async fn set_status<'e>(
-    executor: impl SqliteExecutor<'e>,
+    executor: impl AnyExecutor<'e>,
     id: SnapshotId,
     status: SnapshotStatus,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE snapshots SET status = ? WHERE id = ?")
+    sqlx::query("UPDATE snapshots SET status = $1 WHERE id = $2")
         .bind(status)
         .bind(id)
         .execute(executor)
@@ -202,31 +202,33 @@ pub async fn set_status<'e>(
 
 /// The host made the snapshot: it is ready, and (when the host says) captured `captured`.
 pub async fn mark_ready<'e>(
-    executor: impl SqliteExecutor<'e>,
+    executor: impl AnyExecutor<'e>,
     id: SnapshotId,
     captured: Option<CapturedState>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE snapshots SET status = ?, vm_status = COALESCE(?, vm_status) WHERE id = ?")
-        .bind(SnapshotStatus::Ready)
-        .bind(captured)
-        .bind(id)
-        .execute(executor)
-        .await?;
+    sqlx::query(
+        "UPDATE snapshots SET status = $1, vm_status = COALESCE($2, vm_status) WHERE id = $3",
+    )
+    .bind(SnapshotStatus::Ready)
+    .bind(captured)
+    .bind(id)
+    .execute(executor)
+    .await?;
     Ok(())
 }
 
 /// Removes the snapshot's record, which releases its quota (see `ledger`). Inside the
 /// caller's transaction.
-pub async fn delete(conn: &mut SqliteConnection, id: SnapshotId) -> Result<(), sqlx::Error> {
+pub async fn delete(conn: &mut AnyConnection, id: SnapshotId) -> Result<(), sqlx::Error> {
     crate::ledger::delete_snapshot(conn, id).await?;
     Ok(())
 }
 
 /// Snapshots left `creating` or `deleting` by an operation that no longer exists (written
 /// by an older version) are `error` until their host's inventory settles them.
-pub async fn mark_orphaned_operations(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+pub async fn mark_orphaned_operations(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE snapshots SET status = ? WHERE status IN (?, ?)
+        "UPDATE snapshots SET status = $1 WHERE status IN ($2, $3)
            AND NOT EXISTS (SELECT 1 FROM operations o
                            WHERE o.snapshot_id = snapshots.id AND o.status = 'pending')",
     )
@@ -240,12 +242,12 @@ pub async fn mark_orphaned_operations(conn: &mut SqliteConnection) -> Result<(),
 
 /// The snapshots of every VM recorded on `host`, by VM.
 pub async fn list_on_host<'e>(
-    executor: impl SqliteExecutor<'e>,
+    executor: impl AnyExecutor<'e>,
     host: &HostId,
 ) -> Result<HashMap<VmId, Vec<Snapshot>>, sqlx::Error> {
     let rows: Vec<Snapshot> = sqlx::query_as(
         "SELECT s.id, s.vm_id, s.owner_id, s.name, s.description, s.vm_status, s.status, s.created_at
-         FROM snapshots s JOIN vms v ON v.id = s.vm_id WHERE v.host_id = ?
+         FROM snapshots s JOIN vms v ON v.id = s.vm_id WHERE v.host_id = $1
          ORDER BY s.created_at, s.id",
     )
     .bind(host)
@@ -262,7 +264,7 @@ pub async fn list_on_host<'e>(
 /// against the snapshots its host reports, as the lifecycle says
 /// ([`lifecycle::snapshot_after_inventory`]).
 pub async fn reconcile(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     vm: VmId,
     recorded: Vec<Snapshot>,
     present: &[SnapshotId],

@@ -24,7 +24,7 @@ pub async fn find_by_id(db: &Db, id: UserId) -> Result<Option<User>, sqlx::Error
     sqlx::query_as(concat!(
         "SELECT ",
         user_columns!(),
-        " FROM users WHERE id = ?"
+        " FROM users WHERE id = $1"
     ))
     .bind(id)
     .fetch_optional(db)
@@ -36,7 +36,7 @@ pub async fn find_by_username(db: &Db, username: &str) -> Result<Option<User>, s
     sqlx::query_as(concat!(
         "SELECT ",
         user_columns!(),
-        " FROM users WHERE username_key = ?"
+        " FROM users WHERE username_key = $1"
     ))
     .bind(username_key(username))
     .fetch_optional(db)
@@ -59,7 +59,7 @@ pub async fn insert(
     };
     sqlx::query(
         "INSERT INTO users (id, username, username_key, password_hash, role, created_at)
-         VALUES (?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(user.id)
     .bind(&user.username)
@@ -84,7 +84,7 @@ pub async fn insert(
 pub async fn upsert_admin(db: &Db, username: &str, password_hash: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO users (id, username, username_key, password_hash, role, created_at)
-         VALUES (?, ?, ?, ?, ?, ?)
+         VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (username_key) DO UPDATE SET password_hash = excluded.password_hash, role = excluded.role",
     )
     .bind(UserId::new_random())

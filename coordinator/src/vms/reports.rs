@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
 use vmm_proto::{DomainReport, PowerState};
 use vmm_shared::{HostId, SnapshotId, VmId, VmStatus};
 
@@ -80,7 +80,7 @@ pub fn reachability(report: &DomainReport) -> (Addresses, Option<(String, u16)>)
 /// connection: its status, and where the guest can be reached (replaced by every report
 /// that applies). Returns whether the record changed.
 pub async fn apply(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     host: &HostId,
     vm: VmId,
     report: &DomainReport,
@@ -93,10 +93,10 @@ pub async fn apply(
     let generation = i64::try_from(report.generation).unwrap_or(i64::MAX);
     let (addresses, ssh) = reachability(report);
     let query = format!(
-        "UPDATE vms SET status = ?, status_reason = ?, addresses = ?, ssh_host = ?, ssh_port = ?,
-                generation = CASE WHEN generation < ? THEN ? ELSE generation END
-         WHERE id = ? AND host_id = ? AND {}",
-        sql::report_applies(source)
+        "UPDATE vms SET status = $1, status_reason = $2, addresses = $3, ssh_host = $4, ssh_port = $5,
+                generation = CASE WHEN generation < $6 THEN $7 ELSE generation END
+         WHERE id = $8 AND host_id = $9 AND {}",
+        sql::report_applies(source, "$10")
     );
     let (ssh_host, ssh_port) = ssh.map_or((None, None), |(host, port)| {
         (Some(host), Some(i64::from(port)))
@@ -147,7 +147,7 @@ pub async fn reconcile_inventory(
     // One write transaction per host: the records read are the records changed, and a
     // report that would change nothing (the host was never lost) costs no statement.
     let mut tx = db::begin_write(db).await?;
-    let conn: &mut SqliteConnection = &mut tx;
+    let conn: &mut AnyConnection = &mut tx;
     let mut snapshots = snapshot_store::list_on_host(&mut *conn, host).await?;
     for vm in store::list_on_host(&mut *conn, host).await? {
         if let Some(report) = reported.remove(&vm.id) {
@@ -280,7 +280,7 @@ mod tests {
         let acknowledged = t.vm_with_status(VmStatus::Running, 3).await;
         sqlx::query(
             "INSERT INTO operations (id, kind, vm_id, host_id, user_id, status, created_at)
-             VALUES (?, 'create', ?, ?, ?, 'succeeded', '2026-01-01T00:00:00Z')",
+             VALUES ($1, 'create', $2, $3, $4, 'succeeded', '2026-01-01T00:00:00Z')",
         )
         .bind(vmm_shared::OperationId::new_random())
         .bind(acknowledged)

@@ -2,7 +2,7 @@
 //! create starts with, an operation's effects (through `operations::runner`), a report
 //! (`vms::reports`) or a lost host ([`mark_host_lost`], the one place that sets `unknown`).
 
-use sqlx::{SqliteConnection, SqliteExecutor};
+use sqlx::{AnyConnection, AnyExecutor};
 use vmm_shared::{HostId, ImageId, OperationId, OperationKind, UserId, VmId, VmSize, VmStatus};
 
 use super::{Addresses, Vm};
@@ -48,11 +48,8 @@ pub enum Error {
     Database(#[from] sqlx::Error),
 }
 
-pub async fn find<'e>(
-    executor: impl SqliteExecutor<'e>,
-    id: VmId,
-) -> Result<Option<Vm>, sqlx::Error> {
-    sqlx::query_as(concat!("SELECT ", vm_columns!(), " FROM vms WHERE id = ?"))
+pub async fn find<'e>(executor: impl AnyExecutor<'e>, id: VmId) -> Result<Option<Vm>, sqlx::Error> {
+    sqlx::query_as(concat!("SELECT ", vm_columns!(), " FROM vms WHERE id = $1"))
         .bind(id)
         .fetch_optional(executor)
         .await
@@ -69,7 +66,7 @@ pub struct VmFilter {
 /// One page of the VMs `filter` selects, oldest first (keyset order: `created_at`, `id`).
 pub async fn list(db: &Db, filter: &VmFilter, page: &Page) -> Result<Paged<Vm>, sqlx::Error> {
     let mut query =
-        sqlx::QueryBuilder::new(concat!("SELECT ", vm_columns!(), " FROM vms WHERE 1 = 1"));
+        crate::db::SqlBuilder::new(concat!("SELECT ", vm_columns!(), " FROM vms WHERE 1 = 1"));
     if let Some(owner) = filter.owner {
         query.push(" AND owner_id = ").push_bind(owner);
     }
@@ -80,7 +77,7 @@ pub async fn list(db: &Db, filter: &VmFilter, page: &Page) -> Result<Paged<Vm>, 
         query.push(" AND status = ").push_bind(status);
     }
     push_keyset(&mut query, page, "", true);
-    let rows: Vec<Vm> = query.build_query_as().fetch_all(db).await?;
+    let rows: Vec<Vm> = query.build_query_as()?.fetch_all(db).await?;
     Ok(Paged::from_rows(rows, page, |vm| Cursor {
         created_at: vm.created_at.clone(),
         id: vm.id.to_string(),
@@ -88,13 +85,13 @@ pub async fn list(db: &Db, filter: &VmFilter, page: &Page) -> Result<Paged<Vm>, 
 }
 
 pub async fn list_on_host<'e>(
-    executor: impl SqliteExecutor<'e>,
+    executor: impl AnyExecutor<'e>,
     host: &HostId,
 ) -> Result<Vec<Vm>, sqlx::Error> {
     sqlx::query_as(concat!(
         "SELECT ",
         vm_columns!(),
-        " FROM vms WHERE host_id = ? ORDER BY created_at, id"
+        " FROM vms WHERE host_id = $1 ORDER BY created_at, id"
     ))
     .bind(host)
     .fetch_all(executor)
@@ -197,7 +194,7 @@ pub async fn place_and_record(
     let inserted = sqlx::query(
         "INSERT INTO vms (id, owner_id, name, host_id, cpu, memory_mib, disk_gb, status, generation,
                           created_at, image_id, login_user)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, $10, $11)",
     )
     .bind(vm.id)
     .bind(vm.owner_id)
@@ -247,12 +244,12 @@ pub async fn place_and_record(
 }
 
 pub async fn set_status<'e>(
-    executor: impl SqliteExecutor<'e>,
+    executor: impl AnyExecutor<'e>,
     id: VmId,
     status: VmStatus,
     reason: Option<&str>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE vms SET status = ?, status_reason = ? WHERE id = ?")
+    sqlx::query("UPDATE vms SET status = $1, status_reason = $2 WHERE id = $3")
         .bind(status)
         .bind(reason)
         .bind(id)
@@ -263,16 +260,16 @@ pub async fn set_status<'e>(
 
 /// Removes the VM's record (and, by cascade, its snapshots'), which releases its quota and
 /// its room on its host (see `ledger`). Inside the caller's transaction.
-pub async fn delete(conn: &mut SqliteConnection, id: VmId) -> Result<(), sqlx::Error> {
+pub async fn delete(conn: &mut AnyConnection, id: VmId) -> Result<(), sqlx::Error> {
     ledger::delete_vm(conn, id).await?;
     Ok(())
 }
 
 /// The host is lost: its VMs whose status came from its reports become `unknown`, saying
 /// why. With [`mark_all_hosts_lost`], the only places that set `unknown`.
-pub async fn mark_host_lost(conn: &mut SqliteConnection, host: &HostId) -> Result<(), sqlx::Error> {
+pub async fn mark_host_lost(conn: &mut AnyConnection, host: &HostId) -> Result<(), sqlx::Error> {
     let query = format!(
-        "UPDATE vms SET status = ?, status_reason = ? WHERE host_id = ? AND {}",
+        "UPDATE vms SET status = $1, status_reason = $2 WHERE host_id = $3 AND {}",
         sql::unknown_when_host_lost_sql()
     );
     sqlx::query(sqlx::AssertSqlSafe(query))
@@ -286,12 +283,9 @@ pub async fn mark_host_lost(conn: &mut SqliteConnection, host: &HostId) -> Resul
 
 /// No host is connected (at start, and when the coordinator stops): every VM whose status
 /// came from its host's reports becomes `unknown`, saying `why`.
-pub async fn mark_all_hosts_lost(
-    conn: &mut SqliteConnection,
-    why: &str,
-) -> Result<(), sqlx::Error> {
+pub async fn mark_all_hosts_lost(conn: &mut AnyConnection, why: &str) -> Result<(), sqlx::Error> {
     let query = format!(
-        "UPDATE vms SET status = ?, status_reason = ? WHERE {}",
+        "UPDATE vms SET status = $1, status_reason = $2 WHERE {}",
         sql::unknown_when_host_lost_sql()
     );
     sqlx::query(sqlx::AssertSqlSafe(query))
@@ -305,11 +299,11 @@ pub async fn mark_all_hosts_lost(
 /// VMs left in a status owned by an operation that no longer exists (written by an older
 /// version) are `error` until their host reports.
 pub async fn mark_orphaned_operations(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     reason: &str,
 ) -> Result<(), sqlx::Error> {
     let query = format!(
-        "UPDATE vms SET status = ?, status_reason = ? WHERE {}
+        "UPDATE vms SET status = $1, status_reason = $2 WHERE {}
            AND NOT EXISTS (SELECT 1 FROM operations o WHERE o.vm_id = vms.id AND o.status = 'pending')",
         sql::owned_by_operation_sql()
     );
@@ -567,7 +561,7 @@ mod tests {
                     Err(other) => panic!("unexpected error: {other:?}"),
                 }
             }
-            let naming: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM vms WHERE image_id = ?")
+            let naming: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM vms WHERE image_id = $1")
                 .bind(image.id)
                 .fetch_one(&t.db)
                 .await

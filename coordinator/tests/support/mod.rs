@@ -38,7 +38,7 @@ impl TestSettings {
 
 /// The state of a coordinator whose database lives in `dir`.
 pub async fn app_state(dir: &std::path::Path, settings: TestSettings) -> AppState {
-    let db = vmm_coordinator::db::connect(&vmm_coordinator::db::default_url(dir))
+    let db = vmm_coordinator::db::connect(&vmm_coordinator::db::test_database_url(dir).await)
         .await
         .unwrap();
     let one = NonZeroU32::new(1).unwrap();

@@ -35,7 +35,8 @@ pub struct Args {
     #[arg(long)]
     pub check_config: bool,
 
-    /// URL of the coordinator's agent endpoint.
+    /// URL of the coordinator's agent endpoint; several coordinators (sharing one database)
+    /// as a comma-separated list, tried in turn whenever a session ends.
     #[arg(
         long,
         env = "COORDINATOR_URL",
@@ -205,7 +206,10 @@ pub enum ConfigError {
 /// Checked settings.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
+    /// The first of [`AgentConfig::coordinator_urls`].
     pub coordinator_url: String,
+    /// Every coordinator the agent may hold its session with, in the order it tries them.
+    pub coordinator_urls: Vec<String>,
     pub libvirt_uri: String,
     pub host_id: HostId,
     pub data_dir: PathBuf,
@@ -247,12 +251,16 @@ impl AgentConfig {
                     reason: error.to_string(),
                 })?;
 
-        let url = args.coordinator.trim().to_owned();
-        if !(url.starts_with("http://") || url.starts_with("https://"))
-            || tonic::transport::Endpoint::from_shared(url.clone()).is_err()
-        {
-            return Err(ConfigError::InvalidCoordinatorUrl(args.coordinator));
+        let mut urls = Vec::new();
+        for url in args.coordinator.split(',').map(str::trim) {
+            if !(url.starts_with("http://") || url.starts_with("https://"))
+                || tonic::transport::Endpoint::from_shared(url.to_owned()).is_err()
+            {
+                return Err(ConfigError::InvalidCoordinatorUrl(url.to_owned()));
+            }
+            urls.push(url.to_owned());
         }
+        let url = urls[0].clone();
 
         if args.storage_pool.parse::<HostId>().is_err() {
             return Err(ConfigError::InvalidStoragePool(args.storage_pool));
@@ -275,6 +283,7 @@ impl AgentConfig {
 
         Ok(Self {
             coordinator_url: url,
+            coordinator_urls: urls,
             libvirt_uri: args.libvirt_uri,
             host_id,
             data_dir: args.data_dir,

@@ -142,6 +142,7 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let link = CoordinatorLink::new(
         SessionSettings {
             coordinator_url: config.coordinator_url.clone(),
+            other_coordinator_urls: config.coordinator_urls[1..].to_vec(),
             host_id: config.host_id.clone(),
             agent_token: config.agent_token.clone(),
             heartbeat_interval: config.heartbeat_interval,

@@ -48,6 +48,9 @@ const EXISTENCE_SETTLE_BOUND: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone)]
 pub struct SessionSettings {
     pub coordinator_url: String,
+    /// Further coordinators on the same database: after a session with one ends (or it
+    /// cannot be reached), the next one in turn is dialled.
+    pub other_coordinator_urls: Vec<String>,
     pub host_id: HostId,
     pub agent_token: AgentToken,
     pub heartbeat_interval: Duration,
@@ -125,9 +128,22 @@ impl CoordinatorLink {
     /// Runs sessions one after another, forever.
     pub async fn run(&self) {
         let mut backoff = Backoff::new(FIRST_RETRY_DELAY, MAX_RETRY_DELAY);
+        let urls: Vec<&str> = std::iter::once(self.settings.coordinator_url.as_str())
+            .chain(
+                self.settings
+                    .other_coordinator_urls
+                    .iter()
+                    .map(String::as_str),
+            )
+            .collect();
+        let mut turn = 0;
         loop {
             let mut registered = false;
-            let outcome = self.run_session(&mut registered).await;
+            let url = urls[turn % urls.len()];
+            let outcome = self.run_session(url, &mut registered).await;
+            // Whatever ended the session, the next one is tried with the next coordinator:
+            // the one just left may be the one that is gone.
+            turn += 1;
             if registered {
                 backoff.succeeded();
                 agent_metrics::session_ended();
@@ -143,7 +159,7 @@ impl CoordinatorLink {
                 }
                 Err(error) => {
                     tracing::warn!(
-                        coordinator = %self.settings.coordinator_url,
+                        coordinator = %url,
                         error = %error_chain(&error),
                         ?retry_in,
                         "coordinator session ended"
@@ -157,8 +173,8 @@ impl CoordinatorLink {
 
     /// One session, from dialling to the end of the stream. Sets `registered` once the
     /// coordinator accepted the registration.
-    async fn run_session(&self, registered: &mut bool) -> Result<(), SessionError> {
-        let channel = Endpoint::from_shared(self.settings.coordinator_url.clone())
+    async fn run_session(&self, url: &str, registered: &mut bool) -> Result<(), SessionError> {
+        let channel = Endpoint::from_shared(url.to_owned())
             .map_err(SessionError::Dial)?
             .connect_timeout(CONNECT_TIMEOUT)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
@@ -200,7 +216,7 @@ impl CoordinatorLink {
         *registered = true;
         agent_metrics::session_registered();
         tracing::info!(
-            coordinator = %self.settings.coordinator_url,
+            coordinator = %url,
             host_id = %self.settings.host_id,
             heartbeat = ?heartbeat_interval,
             "registered with the coordinator"
@@ -518,6 +534,7 @@ mod tests {
         let poller = Arc::new(StatePoller::new(hypervisor.clone(), Arc::clone(&tracker)));
         let settings = SessionSettings {
             coordinator_url: url,
+            other_coordinator_urls: Vec::new(),
             host_id: "host-1".parse().unwrap(),
             agent_token: crate::config::AgentToken::new(token).unwrap(),
             heartbeat_interval: Duration::from_secs(2),
@@ -669,6 +686,7 @@ mod tests {
             tokio::spawn(async move { watching.run(Duration::from_secs(3600), streams).await });
         let settings = SessionSettings {
             coordinator_url: url,
+            other_coordinator_urls: Vec::new(),
             host_id: "host-1".parse().unwrap(),
             agent_token: crate::config::AgentToken::new(TOKEN).unwrap(),
             heartbeat_interval: Duration::from_secs(2),

@@ -22,6 +22,7 @@ use vmm_proto::agent_control_server::AgentControlServer;
 
 use crate::agents::AgentControlService;
 use crate::auth::{PasswordHasher, TokenIssuer, load_or_create_jwt_secret};
+use crate::cluster;
 use crate::config::Config;
 use crate::connections::Admission;
 use crate::console::Consoles;
@@ -184,15 +185,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     config.validate()?;
     create_private_dir(&config.data_dir)?;
 
-    let db = db::connect(&config.database_url()).await?;
-    // Whatever the last run left (a crash included): no agent is connected yet, so no VM's
-    // state is known.
-    hosts::store::mark_all_unreachable(
-        &db,
-        "the coordinator restarted; its host has not reconnected yet",
-    )
-    .await?;
-    operations::runner::settle_after_restart(&db).await?;
+    let database_url = config.database_url();
+    let db = db::connect(&database_url).await?;
+    if cluster::is_shared(&db) {
+        // Other coordinators may be running on this database: only what dead ones left
+        // (this one's previous run included) is settled, by lease (`cluster`).
+        cluster::renew(&db, &config.grpc_addr.to_string()).await?;
+        cluster::sweep(&db, config.host_dead_after()).await?;
+    } else {
+        // Whatever the last run left (a crash included): no agent is connected yet, so no
+        // VM's state is known.
+        hosts::store::mark_all_unreachable(
+            &db,
+            "the coordinator restarted; its host has not reconnected yet",
+        )
+        .await?;
+        operations::runner::settle_after_restart(&db).await?;
+    }
     let image_files = ImageFiles::open(&config.images_dir())?;
     let leftovers = image_files
         .remove_leftover_parts()
@@ -267,6 +276,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(upkeep(state.clone(), stop_rx.clone()));
+    let cluster_task = tokio::spawn(cluster::run(
+        state.clone(),
+        database_url,
+        config.grpc_addr.to_string(),
+        stop_rx.clone(),
+    ));
     let http_server = {
         let stop = stopped(stop_rx.clone());
         let service = router(state.clone());
@@ -326,6 +341,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if drained.is_err() {
         tracing::warn!("in-flight requests did not finish within 10 s; exiting anyway");
     }
+    let _ = cluster_task.await;
     record_shutdown(&state).await;
     // Pings go on while in-flight requests drain, and end before the database closes.
     watchdog.abort();
@@ -334,20 +350,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// What a stop leaves in the database, once the tasks that write to it have finished: every
-/// host unreachable and every VM's state `unknown`, since no agent is connected to a
-/// stopped coordinator. The next start finds (and writes) the same.
+/// host whose session it held unreachable and their VMs' state `unknown`, since no agent is
+/// connected to a stopped coordinator (alone on its database: every host). The next start
+/// finds (and writes) the same. On a shared database the hosts stay so only until their
+/// agents reconnect to another coordinator, and this coordinator's lease goes with it.
 pub async fn record_shutdown(state: &AppState) {
     if !state.registry.tasks_finished(Duration::from_secs(10)).await {
         tracing::warn!(
             "sessions or operations still running after 10 s; recording the stop anyway"
         );
     }
-    if let Err(err) = hosts::store::mark_all_unreachable(
-        &state.db,
-        "the coordinator stopped; its host has not reconnected yet",
-    )
-    .await
-    {
+    let why = "the coordinator stopped; its host has not reconnected yet";
+    let recorded = if cluster::is_shared(&state.db) {
+        match hosts::store::mark_held_unreachable(&state.db, cluster::this_coordinator()).await {
+            Ok(()) => cluster::leave(&state.db).await,
+            Err(err) => Err(err),
+        }
+    } else {
+        hosts::store::mark_all_unreachable(&state.db, why).await
+    };
+    if let Err(err) = recorded {
         tracing::error!(error = %err, "cannot record the hosts as unreachable on the way out");
     }
 }

@@ -8,6 +8,7 @@
 //! - [`config`]: flags and environment variables
 //! - [`connections`]: connection caps and deadlines of every listener
 //! - [`console`]: VMs' serial consoles and screens over WebSocket: tickets, sessions, relay
+//! - [`cluster`]: several coordinators on one PostgreSQL database: leases, routed commands
 //! - [`db`]: the database (SQLite or PostgreSQL) and its migrations
 //! - [`copy_database`]: the `copy-database` command (e.g. SQLite to PostgreSQL)
 //! - [`error`]: the one error type and its HTTP and gRPC mappings
@@ -36,6 +37,7 @@ pub mod admin;
 pub mod agents;
 pub mod app;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod connections;
 pub mod console;

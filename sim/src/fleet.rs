@@ -101,6 +101,7 @@ impl Fleet {
             let agent = CoordinatorLink::new(
                 SessionSettings {
                     coordinator_url: link.url(),
+                    other_coordinator_urls: Vec::new(),
                     host_id: id.parse()?,
                     agent_token: token.clone(),
                     heartbeat_interval: Duration::from_secs(5),

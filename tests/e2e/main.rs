@@ -22,6 +22,7 @@ mod images;
 mod late_results;
 mod lifecycle;
 mod metrics;
+mod multi_coordinator;
 mod qemu;
 mod quotas;
 mod rate_limit;

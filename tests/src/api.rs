@@ -119,6 +119,9 @@ pub struct Host {
     pub libvirt_version: String,
     pub allocated: Allocated,
     pub vms: u64,
+    /// The epoch of the host's agent's latest registration.
+    #[serde(default)]
+    pub session: u64,
 }
 
 /// What the coordinator has reserved on a host for its VMs.

@@ -589,6 +589,88 @@ impl TestCluster {
     }
 }
 
+/// A further coordinator on the cluster's database (PostgreSQL), with its own HTTP and gRPC
+/// addresses and data directory, and the cluster's secrets. Killed when dropped.
+pub struct PeerCoordinator {
+    process: ChildProcess,
+    http_url: String,
+    grpc_url: String,
+}
+
+impl PeerCoordinator {
+    pub fn api(&self) -> Api {
+        Api::new(&self.http_url)
+    }
+
+    pub fn http_url(&self) -> &str {
+        &self.http_url
+    }
+
+    pub fn grpc_url(&self) -> &str {
+        &self.grpc_url
+    }
+
+    /// SIGKILL: nothing is flushed, no lease given back.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.process.log_path()).unwrap_or_default()
+    }
+}
+
+impl TestCluster {
+    /// Starts another coordinator with the cluster's settings (its `DATABASE_URL` must be a
+    /// PostgreSQL database, e.g. from [`crate::postgres::test_database`]) and waits for its
+    /// health check.
+    pub async fn start_peer_coordinator(&mut self, name: &str) -> Result<PeerCoordinator> {
+        let root = self
+            .dir
+            .as_ref()
+            .context("cluster directory already gone")?
+            .path();
+        let data_dir = root.join(format!("coordinator-{name}"));
+        std::fs::create_dir(&data_dir)?;
+        let (http_addr, grpc_addr) = free_port_pair()?;
+        let mut env: Vec<(String, OsString)> = self
+            .coordinator_env
+            .iter()
+            .filter(|(key, _)| !matches!(key.as_str(), "HTTP_ADDR" | "GRPC_ADDR" | "DATA_DIR"))
+            .cloned()
+            .collect();
+        env.push(("HTTP_ADDR".into(), http_addr.to_string().into()));
+        env.push(("GRPC_ADDR".into(), grpc_addr.to_string().into()));
+        env.push(("DATA_DIR".into(), data_dir.into()));
+        let mut process = ChildProcess::spawn(
+            &format!("coordinator {name}"),
+            &self.coordinator_bin,
+            &[],
+            &env,
+            root.join(format!("coordinator-{name}.log")),
+        )?;
+        let http_url = format!("http://{http_addr}");
+        wait_for_health(&mut process, &Api::new(&http_url)).await?;
+        Ok(PeerCoordinator {
+            process,
+            http_url,
+            grpc_url: format!("http://{grpc_addr}"),
+        })
+    }
+
+    /// Starts one more agent (e.g. with its own `COORDINATOR_URL` list in `options.env`);
+    /// does not wait for it to connect.
+    pub fn add_agent(&mut self, options: AgentOptions) -> Result<()> {
+        let agent_bin = binary_path("agent")?;
+        self.start_agent_process(&agent_bin, options)
+    }
+
+    /// Kills the coordinator with SIGKILL, and leaves it dead.
+    pub fn kill_coordinator(&mut self) {
+        self.coordinator.kill();
+    }
+}
+
 impl Drop for TestCluster {
     fn drop(&mut self) {
         if std::thread::panicking() {

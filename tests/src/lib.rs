@@ -28,6 +28,7 @@ pub mod console;
 pub mod file_server;
 pub mod guest;
 pub mod jwt;
+pub mod postgres;
 pub mod process;
 pub mod prometheus;
 pub mod test_image;
@@ -35,5 +36,5 @@ pub mod virsh;
 pub mod wait;
 
 pub use api::{Api, Host, Image, Response, SshKey, Vm};
-pub use cluster::{AgentOptions, ClusterOptions, TestCluster};
+pub use cluster::{AgentOptions, ClusterOptions, PeerCoordinator, TestCluster};
 pub use wait::wait_until;

@@ -116,6 +116,24 @@ pub enum DispatchError {
     Failed { kind: ErrorKind, message: String },
 }
 
+/// What a host's answer to a command means.
+pub fn outcome_of(result: CommandResult) -> Result<CommandSuccess, DispatchError> {
+    match result.outcome {
+        Some(command_result::Outcome::Domain(domain)) => Ok(CommandSuccess {
+            domain,
+            snapshot: result.snapshot,
+        }),
+        Some(command_result::Outcome::Error(error)) => Err(DispatchError::Failed {
+            kind: ErrorKind::try_from(error.kind).unwrap_or(ErrorKind::Internal),
+            message: error.message,
+        }),
+        None => Err(DispatchError::Failed {
+            kind: ErrorKind::Internal,
+            message: "the host answered without an outcome".into(),
+        }),
+    }
+}
+
 impl AgentRegistry {
     /// Records `session` (the epoch its registration took) for `host`, replacing (and so
     /// ending) any older one, and returns the operations the older one left unanswered. A
@@ -271,6 +289,24 @@ impl AgentRegistry {
             vm_id: vm.to_string(),
             action: Some(action),
         };
+        outcome_of(self.dispatch_command(host, command).await?)
+    }
+
+    /// Sends `command` down `host`'s session and waits for the host's answer, as long as
+    /// the session lasts.
+    pub async fn dispatch_command(
+        &self,
+        host: &HostId,
+        command: Command,
+    ) -> Result<CommandResult, DispatchError> {
+        let operation_id: OperationId =
+            command
+                .operation_id
+                .parse()
+                .map_err(|_| DispatchError::Failed {
+                    kind: ErrorKind::Internal,
+                    message: "a command without a valid operation ID".into(),
+                })?;
         let sender = lock(&self.agents)
             .get(host)
             .map(|agent| agent.sender.clone())
@@ -296,23 +332,9 @@ impl AgentRegistry {
             registry: self,
             operation_id,
         };
-        let Ok(result) = answer.await else {
-            return Err(DispatchError::Disconnected(host.clone()));
-        };
-        match result.outcome {
-            Some(command_result::Outcome::Domain(domain)) => Ok(CommandSuccess {
-                domain,
-                snapshot: result.snapshot,
-            }),
-            Some(command_result::Outcome::Error(error)) => Err(DispatchError::Failed {
-                kind: ErrorKind::try_from(error.kind).unwrap_or(ErrorKind::Internal),
-                message: error.message,
-            }),
-            None => Err(DispatchError::Failed {
-                kind: ErrorKind::Internal,
-                message: "the host answered without an outcome".into(),
-            }),
-        }
+        answer
+            .await
+            .map_err(|_| DispatchError::Disconnected(host.clone()))
     }
 
     /// Hands a result from `host` to the request waiting for it. Results for unknown

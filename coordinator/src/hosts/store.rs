@@ -48,14 +48,15 @@ pub async fn register_session<'e>(
     let epoch: i64 = sqlx::query_scalar(
         "INSERT INTO hosts (id, status, cpus, memory_mib, disk_gb, libvirt_version, hypervisor,
                             kvm_usable, agent_version, libvirt_connected, last_seen_at,
-                            session_epoch)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $10, 1)
+                            session_epoch, coordinator_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $10, 1, $11)
          ON CONFLICT (id) DO UPDATE SET
             status = excluded.status, cpus = excluded.cpus, memory_mib = excluded.memory_mib,
             disk_gb = excluded.disk_gb, libvirt_version = excluded.libvirt_version,
             hypervisor = excluded.hypervisor, kvm_usable = excluded.kvm_usable,
             agent_version = excluded.agent_version, libvirt_connected = 1,
-            last_seen_at = excluded.last_seen_at, session_epoch = hosts.session_epoch + 1
+            last_seen_at = excluded.last_seen_at, session_epoch = hosts.session_epoch + 1,
+            coordinator_id = excluded.coordinator_id
          RETURNING session_epoch",
     )
     .bind(&host.id)
@@ -68,6 +69,7 @@ pub async fn register_session<'e>(
     .bind(i64::from(host.kvm_usable))
     .bind(&host.agent_version)
     .bind(db::now())
+    .bind(crate::cluster::this_coordinator())
     .fetch_one(executor)
     .await?;
     Ok(u64::try_from(epoch).unwrap_or(0))
@@ -130,6 +132,22 @@ pub async fn mark_all_unreachable(db: &Db, why: &str) -> Result<(), sqlx::Error>
         .await?;
     crate::vms::store::mark_all_hosts_lost(&mut tx, why).await?;
     tx.commit().await
+}
+
+/// Marks unreachable (as [`mark_unreachable`]) every connected host whose session
+/// `coordinator` holds: what a coordinator's clean stop leaves.
+pub async fn mark_held_unreachable(db: &Db, coordinator: &str) -> Result<(), sqlx::Error> {
+    let held: Vec<(HostId, i64)> = sqlx::query_as(
+        "SELECT id, session_epoch FROM hosts WHERE coordinator_id = $1 AND status = $2",
+    )
+    .bind(coordinator)
+    .bind(HostStatus::Connected)
+    .fetch_all(db)
+    .await?;
+    for (host, epoch) in held {
+        mark_unreachable(db, &host, u64::try_from(epoch).unwrap_or(0)).await?;
+    }
+    Ok(())
 }
 
 /// Capacity and allocation of every connected host, and whether it caches `image`, read

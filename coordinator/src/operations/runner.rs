@@ -97,9 +97,12 @@ pub struct CreateInputs {
     pub cloud_init: Option<vmm_proto::CloudInit>,
 }
 
-/// 503 unless the VM's host is connected now.
-pub fn ensure_host_connected(app: &AppState, vm: &Vm) -> Result<(), Error> {
-    if app.registry.is_connected(&vm.host_id) {
+/// 503 unless the VM's host is connected now, to this coordinator or (on a shared
+/// database) to another living one.
+pub async fn ensure_host_connected(app: &AppState, vm: &Vm) -> Result<(), Error> {
+    if app.registry.is_connected(&vm.host_id)
+        || crate::cluster::held_elsewhere(&app.db, &vm.host_id).await?
+    {
         Ok(())
     } else {
         Err(Error::HostNotConnected(vm.host_id.clone()))
@@ -121,7 +124,7 @@ pub async fn begin(
     {
         lifecycle::check(kind, vm.status, Some(snapshot.status))?;
     }
-    ensure_host_connected(app, vm)?;
+    ensure_host_connected(app, vm).await?;
     let operation = Operation::begin(kind);
     let (vm, snapshot) =
         record_start(&app.db, operation, user, vm.id, snapshot.map(|s| s.id)).await?;
@@ -236,10 +239,7 @@ async fn carry_out(app: AppState, began: Began) -> Result<Answer, ApiError> {
     } = began;
     let kind = operation.kind;
     let action = command_for(kind, &vm, snapshot.as_ref(), create.unwrap_or_default());
-    let dispatched = app
-        .registry
-        .dispatch(&vm.host_id, operation.id, vm.id, action)
-        .await;
+    let dispatched = crate::cluster::dispatch(&app, &vm.host_id, operation.id, vm.id, action).await;
     crate::telemetry::record_operation(kind.as_str(), dispatched.is_ok(), operation.elapsed());
     let outcome = Outcome::from(dispatched);
     let subject = Subject::of(operation, &vm, snapshot.as_ref());

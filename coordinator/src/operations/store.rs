@@ -39,8 +39,9 @@ pub struct NewOperation<'a> {
 /// the same VM is refused with [`Error::Busy`].
 pub async fn insert_pending(conn: &mut AnyConnection, new: &NewOperation<'_>) -> Result<(), Error> {
     sqlx::query(
-        "INSERT INTO operations (id, kind, vm_id, snapshot_id, host_id, user_id, status, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO operations (id, kind, vm_id, snapshot_id, host_id, user_id, status, created_at,
+                                 coordinator_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(new.id)
     .bind(new.kind)
@@ -50,6 +51,7 @@ pub async fn insert_pending(conn: &mut AnyConnection, new: &NewOperation<'_>) ->
     .bind(new.user)
     .bind(OperationStatus::Pending)
     .bind(db::now())
+    .bind(crate::cluster::this_coordinator())
     .execute(conn)
     .await
     .map_err(|err| {

@@ -68,7 +68,7 @@ pub async fn create_snapshot(
         )));
     }
     let vm = load_visible(&app, &user, &vm_id).await?;
-    runner::ensure_host_connected(&app, &vm)?;
+    runner::ensure_host_connected(&app, &vm).await?;
     let operation = Operation::begin(OperationKind::SnapshotCreate);
     let new = NewSnapshot {
         id: SnapshotId::new_random(),

@@ -102,6 +102,9 @@ impl Coordinator {
             .env("DEFAULT_QUOTA_CPU", "1000000")
             .env("DEFAULT_QUOTA_MEMORY_MIB", "1000000000")
             .env("DEFAULT_QUOTA_DISK_GB", "1000000000")
+            // The database to run on (e.g. a postgres:// URL for scripts/bench-database.sh);
+            // SQLite in the data directory when unset.
+            .envs(std::env::var("DATABASE_URL").map(|url| ("DATABASE_URL", url)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -389,6 +389,32 @@ mod tests {
     }
 
     #[test]
+    fn several_coordinators_are_a_comma_separated_list_each_checked() {
+        let config = AgentConfig::from_args(args(&[
+            "--agent-token",
+            "a-long-enough-agent-token",
+            "--host-id",
+            "host-1",
+            "--coordinator",
+            "http://127.0.0.1:50051, http://127.0.0.2:50051",
+        ]))
+        .unwrap();
+        assert_eq!(config.coordinator_url, "http://127.0.0.1:50051");
+        assert_eq!(
+            config.coordinator_urls,
+            ["http://127.0.0.1:50051", "http://127.0.0.2:50051"]
+        );
+        let error = AgentConfig::from_args(args(&[
+            "--agent-token",
+            "a-long-enough-agent-token",
+            "--coordinator",
+            "http://127.0.0.1:50051,nope",
+        ]))
+        .unwrap_err();
+        assert!(error.to_string().contains("\"nope\""), "{error}");
+    }
+
+    #[test]
     fn bad_settings_are_named() {
         let error =
             AgentConfig::from_args(args(&["--agent-token", "t", "--host-id", "a b"])).unwrap_err();

@@ -723,7 +723,7 @@ mod tests {
         let coordinator = start_fake_coordinator(HashMap::new()).await;
         let (link, _dir) = agent_link(coordinator.url.clone(), "wrong-token").await;
         let mut registered = false;
-        let outcome = link.run_session(&mut registered).await;
+        let outcome = link.run_session(&coordinator.url, &mut registered).await;
         assert!(
             matches!(outcome, Err(SessionError::Unauthenticated(_))),
             "{outcome:?}"

@@ -98,6 +98,14 @@ impl AgentRegistry {
         }
     }
 
+    /// Ends whatever session `host` has (its certificate was revoked) and returns the
+    /// operations it left unanswered; `None` when it had none. Dropping the session's
+    /// channel ends the stream to the agent; its session loop then finds itself replaced.
+    pub fn disconnect(&self, host: &HostId) -> Option<Vec<OperationId>> {
+        lock(&self.agents).remove(host)?;
+        Some(self.fail_pending_for(host))
+    }
+
     pub fn is_connected(&self, host: &HostId) -> bool {
         lock(&self.agents).contains_key(host)
     }

@@ -1,13 +1,23 @@
-//! `GET /api/hosts`: every host with its capacity, allocation, connection state and the
-//! images it caches.
-//! Administrators only.
+//! The admin's view and handling of hosts, administrators only:
+//! - `GET /api/hosts`: every host with its capacity, allocation, connection state (and
+//!   whether it is drained) and the images it caches;
+//! - `POST /api/hosts/{id}/drain`, `POST /api/hosts/{id}/undrain`: keep new VMs off a host
+//!   (status `draining` while connected), or take it back; answer the host;
+//! - `DELETE /api/hosts/{id}`: only with no VM on it; revokes its certificates, ends its
+//!   session, forgets its record (`hosts::admin`).
+//!
+//! Host IDs in paths are case-insensitive, like everywhere.
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::StatusCode;
+use vmm_shared::HostId;
 
+use super::admin::{self, DeleteRefused};
 use super::store::{self, HostView};
 use crate::auth::CurrentUser;
 use crate::error::ApiError;
+use crate::http::ApiPath;
 use crate::state::AppState;
 
 pub async fn list_hosts(
@@ -16,4 +26,68 @@ pub async fn list_hosts(
 ) -> Result<Json<Vec<HostView>>, ApiError> {
     user.require_admin()?;
     Ok(Json(store::list(&app.db).await?))
+}
+
+fn host_in_path(id: &str) -> Result<HostId, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::NotFound(format!("no host with ID {id:?}")))
+}
+
+async fn set_drained(
+    app: &AppState,
+    user: &CurrentUser,
+    id: &str,
+    drained: bool,
+) -> Result<Json<HostView>, ApiError> {
+    user.require_admin()?;
+    let host = host_in_path(id)?;
+    if !admin::set_drained(&app.db, &host, drained).await? {
+        return Err(ApiError::NotFound(format!("no host with ID {host}")));
+    }
+    tracing::info!(host = %host, by = %user.username, drained, "host drain changed");
+    let view = store::list(&app.db)
+        .await?
+        .into_iter()
+        .find(|view| view.id == host)
+        .ok_or_else(|| ApiError::NotFound(format!("no host with ID {host}")))?;
+    Ok(Json(view))
+}
+
+pub async fn drain_host(
+    State(app): State<AppState>,
+    user: CurrentUser,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<HostView>, ApiError> {
+    set_drained(&app, &user, &id, true).await
+}
+
+pub async fn undrain_host(
+    State(app): State<AppState>,
+    user: CurrentUser,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<HostView>, ApiError> {
+    set_drained(&app, &user, &id, false).await
+}
+
+pub async fn delete_host(
+    State(app): State<AppState>,
+    user: CurrentUser,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    user.require_admin()?;
+    let host = host_in_path(&id)?;
+    let deleted = match admin::delete(&app.db, &host).await? {
+        Ok(deleted) => deleted,
+        Err(refused @ DeleteRefused::NotFound(_)) => {
+            return Err(ApiError::NotFound(refused.to_string()));
+        }
+        Err(refused @ DeleteRefused::HasVms { .. }) => {
+            return Err(ApiError::Conflict(refused.to_string()));
+        }
+    };
+    crate::agents::end_session(&app, &host, "the host was deleted").await;
+    tracing::warn!(host = %host, by = %user.username,
+        certificates_revoked = deleted.certificates_revoked,
+        join_tokens_withdrawn = deleted.join_tokens_withdrawn, "host deleted");
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -8,16 +8,19 @@ use vmm_shared::{HostId, ImageId};
 use super::scheduler::HostLoad;
 use crate::db::{self, Db};
 
-/// Whether a host's agent has its stream open.
+/// Whether a host's agent has its stream open. `Draining` is how a connected host that an
+/// admin drained is shown; the column stores only the other two (the drain is `drained_at`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HostStatus {
     Connected,
+    Draining,
     Unreachable,
 }
 
 crate::db::stored_enum!(HostStatus {
     Connected => "connected",
+    Draining => "draining",
     Unreachable => "unreachable",
 });
 
@@ -97,8 +100,8 @@ pub async fn mark_all_unreachable(db: &Db) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// Capacity and allocation of every connected host, and whether it caches `image`, read
-/// inside the caller's transaction.
+/// Capacity and allocation of every connected host that is not drained, and whether it
+/// caches `image`, read inside the caller's transaction.
 pub async fn connected_loads<'e>(
     executor: impl SqliteExecutor<'e>,
     image: Option<ImageId>,
@@ -112,7 +115,7 @@ pub async fn connected_loads<'e>(
                 EXISTS (SELECT 1 FROM host_images hi
                         WHERE hi.host_id = h.id AND hi.image_id = ?) AS caches_image
          FROM hosts h LEFT JOIN vms v ON v.host_id = h.id
-         WHERE h.status = 'connected'
+         WHERE h.status = 'connected' AND h.drained_at IS NULL
          GROUP BY h.id, h.cpus, h.memory_mib, h.disk_gb ORDER BY h.id",
     )
     .bind(image)
@@ -124,6 +127,8 @@ pub async fn connected_loads<'e>(
 pub struct HostView {
     pub id: HostId,
     pub status: HostStatus,
+    /// Whether an admin drained the host (also while it is unreachable).
+    pub drained: bool,
     #[sqlx(try_from = "i64")]
     pub cpus: u64,
     #[sqlx(try_from = "i64")]
@@ -157,14 +162,17 @@ pub struct Allocation {
 
 pub async fn list(db: &Db) -> Result<Vec<HostView>, sqlx::Error> {
     let mut hosts: Vec<HostView> = sqlx::query_as(
-        "SELECT h.id, h.cpus, h.memory_mib, h.disk_gb, h.status, h.kvm_usable, h.hypervisor,
+        "SELECT h.id, h.cpus, h.memory_mib, h.disk_gb,
+                CASE WHEN h.status = 'connected' AND h.drained_at IS NOT NULL THEN 'draining'
+                     ELSE h.status END AS status,
+                h.drained_at IS NOT NULL AS drained, h.kvm_usable, h.hypervisor,
                 h.libvirt_version, h.agent_version, h.libvirt_connected, h.last_seen_at,
                 COALESCE(SUM(v.cpu), 0) AS allocated_cpu,
                 COALESCE(SUM(v.memory_mib), 0) AS allocated_memory_mib,
                 COALESCE(SUM(v.disk_gb), 0) AS allocated_disk_gb,
                 COUNT(v.id) AS vm_count
          FROM hosts h LEFT JOIN vms v ON v.host_id = h.id
-         GROUP BY h.id, h.cpus, h.memory_mib, h.disk_gb, h.status, h.kvm_usable, h.hypervisor,
+         GROUP BY h.id, h.cpus, h.memory_mib, h.disk_gb, h.status, h.drained_at, h.kvm_usable, h.hypervisor,
                   h.libvirt_version, h.agent_version, h.libvirt_connected, h.last_seen_at
          ORDER BY h.id",
     )

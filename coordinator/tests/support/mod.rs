@@ -11,6 +11,7 @@ use vmm_coordinator::config::{Placement, Registration};
 use vmm_coordinator::hosts::AgentRegistry;
 use vmm_coordinator::http::forwarded::ForwardedHeader;
 use vmm_coordinator::images::{ImageFiles, Images};
+use vmm_coordinator::pki::AgentAuth;
 use vmm_coordinator::quotas::QuotaLimits;
 use vmm_coordinator::ratelimit::{RateLimitSettings, RateLimits};
 use vmm_coordinator::state::{AppState, Settings};
@@ -64,7 +65,7 @@ pub async fn app_state(dir: &std::path::Path, settings: TestSettings) -> AppStat
             .build_recorder()
             .handle(),
         settings: Arc::new(Settings {
-            agent_token: settings.agent_token.into(),
+            agent_auth: AgentAuth::SharedToken(settings.agent_token.into()),
             operation_timeout: settings.operation_timeout,
             host_dead_after: settings.host_dead_after,
             placement: Placement::Spread,

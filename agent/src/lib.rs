@@ -2,10 +2,13 @@
 //! fleet simulator can run many agents in one process, each on a host of its own (the
 //! in-memory [`hypervisor::memory::MemoryHost`]).
 //!
-//! Modules, each layer using only those below it (stream → commands and poller → state and
-//! metrics → hypervisor → journal):
+//! Modules, each layer using only those below it (stream → enrol → identity; stream →
+//! commands and poller → state and metrics → hypervisor → journal):
 //! - [`config`]: flags and environment variables, checked into typed settings.
 //! - [`stream`]: the session with the coordinator ([`stream::CoordinatorLink`]).
+//! - [`enrol`]: how the agent proves who it is: enrolment with a join token, TLS with its
+//!   certificate, renewal ([`enrol::Credentials`]).
+//! - [`identity`]: its key pair and certificates, as kept in its data directory.
 //! - [`commands`]: executing the coordinator's commands ([`commands::CommandExecutor`]).
 //! - [`poller`]: watching every domain: the host's hints (libvirt's lifecycle events) and a
 //!   periodic poll as the safety net ([`poller::StatePoller`]).
@@ -24,7 +27,9 @@
 pub mod backoff;
 pub mod commands;
 pub mod config;
+pub mod enrol;
 pub mod hypervisor;
+pub mod identity;
 pub mod journal;
 pub mod metrics;
 pub mod poller;

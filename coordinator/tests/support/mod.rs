@@ -36,8 +36,33 @@ impl TestSettings {
     }
 }
 
-/// The state of a coordinator whose database lives in `dir`.
+/// The state of a coordinator whose database lives in `dir`, taking the shared agent token.
 pub async fn app_state(dir: &std::path::Path, settings: TestSettings) -> AppState {
+    let auth = AgentAuth::SharedToken(settings.agent_token.into());
+    app_state_with_auth(dir, settings, auth).await
+}
+
+/// The state of a coordinator whose database and agents' CA live in `dir`, taking
+/// certificates that last `lifetime`.
+pub async fn app_state_with_certificates(
+    dir: &std::path::Path,
+    settings: TestSettings,
+    lifetime: Duration,
+) -> AppState {
+    let ca = vmm_coordinator::pki::CertificateAuthority::create(&dir.join("pki")).unwrap();
+    let auth = AgentAuth::Certificates(Arc::new(vmm_coordinator::pki::Pki {
+        ca,
+        host_certificate_lifetime: lifetime,
+    }));
+    app_state_with_auth(dir, settings, auth).await
+}
+
+/// The state of a coordinator whose database lives in `dir`, with agents known by `auth`.
+pub async fn app_state_with_auth(
+    dir: &std::path::Path,
+    settings: TestSettings,
+    auth: AgentAuth,
+) -> AppState {
     let db = vmm_coordinator::db::connect(&vmm_coordinator::db::default_url(dir))
         .await
         .unwrap();
@@ -65,7 +90,7 @@ pub async fn app_state(dir: &std::path::Path, settings: TestSettings) -> AppStat
             .build_recorder()
             .handle(),
         settings: Arc::new(Settings {
-            agent_auth: AgentAuth::SharedToken(settings.agent_token.into()),
+            agent_auth: auth,
             operation_timeout: settings.operation_timeout,
             host_dead_after: settings.host_dead_after,
             placement: Placement::Spread,

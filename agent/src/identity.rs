@@ -9,7 +9,9 @@
 //!
 //! The key pair is made here, on the host, and the private key never leaves this file: the
 //! coordinator gets a certificate signing request ([`new_key_and_request`]). A certificate is
-//! renewed once two thirds of its lifetime have passed ([`Identity::renewal_due`]).
+//! renewed once two thirds of its lifetime have passed ([`Identity::renewal_due`]), counted
+//! from when the agent received it: the CA backdates `notBefore` (an hour, for hosts whose
+//! clock is behind), which must not count as lifetime spent.
 //!
 //! No network here (see `enrol`), and the private key is never logged: `Identity`'s `Debug`
 //! leaves it out.
@@ -52,6 +54,8 @@ pub struct Identity {
     ca_pem: String,
     not_before: SystemTime,
     not_after: SystemTime,
+    /// When the agent received the certificate (for a kept one: when its file was written).
+    received_at: SystemTime,
 }
 
 impl std::fmt::Debug for Identity {
@@ -110,6 +114,7 @@ impl Identity {
             ca_pem: ca_pem.to_owned(),
             not_before: time(cert.validity().not_before),
             not_after: time(cert.validity().not_after),
+            received_at: SystemTime::now(),
         })
     }
 
@@ -134,13 +139,15 @@ impl Identity {
             .unwrap_or_default()
     }
 
-    /// When to ask for a new certificate: once two thirds of this one's lifetime have passed.
+    /// When to ask for a new certificate: once two thirds of this one's lifetime have passed,
+    /// the lifetime counted from when it was received (or from `notBefore` if that is later).
     pub fn renewal_due(&self) -> SystemTime {
+        let start = self.not_before.max(self.received_at);
         let lifetime = self
             .not_after
-            .duration_since(self.not_before)
+            .duration_since(start)
             .unwrap_or(Duration::ZERO);
-        self.not_before + lifetime.mul_f64(2.0 / 3.0)
+        start + lifetime.mul_f64(2.0 / 3.0)
     }
 
     /// TLS towards the coordinator with this identity: the coordinator must present a
@@ -216,7 +223,14 @@ impl IdentityFiles {
                 self.dir.join("host.pem").display()
             ))
         })?;
-        Identity::new(&cert_pem, &key_pem, &ca_pem).map(Some)
+        let mut identity = Identity::new(&cert_pem, &key_pem, &ca_pem)?;
+        // Written when the certificate arrived (`save` replaces the file as a whole).
+        if let Ok(written) =
+            fs::metadata(self.dir.join("host.pem")).and_then(|metadata| metadata.modified())
+        {
+            identity.received_at = written.min(identity.received_at);
+        }
+        Ok(Some(identity))
     }
 
     /// Keeps `identity`, replacing what was there.
@@ -339,13 +353,29 @@ pub(crate) mod tests {
         assert_eq!(loaded.serial(), identity.serial());
         assert_eq!(loaded.ca_sha256(), identity.ca_sha256());
 
-        // Renewal is due at two thirds of the lifetime (which began a minute ago).
+        // Renewal is due at two thirds of the lifetime, counted from when the certificate
+        // arrived (now), not from its backdated start a minute ago.
         let due = loaded.renewal_due();
-        let expected = loaded.not_before + Duration::from_secs(3060).mul_f64(2.0 / 3.0);
+        let expected = SystemTime::now() + Duration::from_secs(3000).mul_f64(2.0 / 3.0);
         let gap = due
             .duration_since(expected)
             .unwrap_or_else(|e| e.duration());
-        assert!(gap < Duration::from_secs(2), "{gap:?}");
+        assert!(gap < Duration::from_secs(3), "{gap:?}");
+        // A certificate kept 40 s ago: the time of its file counts.
+        let written = SystemTime::now() - Duration::from_secs(40);
+        fs::File::options()
+            .write(true)
+            .open(files.dir().join("host.pem"))
+            .unwrap()
+            .set_modified(written)
+            .unwrap();
+        let kept = files.load().unwrap().unwrap();
+        let expected = written + Duration::from_secs(3040).mul_f64(2.0 / 3.0);
+        let gap = kept
+            .renewal_due()
+            .duration_since(expected)
+            .unwrap_or_else(|e| e.duration());
+        assert!(gap < Duration::from_secs(3), "{gap:?}");
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod bad_input;
 mod config;
 mod faults;
 mod hardening;
+mod host_identity;
 mod images;
 mod late_results;
 mod lifecycle;

@@ -108,9 +108,22 @@ async fn bad_join_tokens(cluster: &TestCluster) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let spent = std::fs::read_to_string(cluster.join_token_path("host-a")?)?;
     let for_host_c = cluster.join_token("host-c").await?;
+    // A token naming another CA: what an agent pointed at the wrong coordinator (or a
+    // man in the middle) sees. It never sends the secret, so the token stays usable.
+    let for_host_e = cluster.join_token("host-e").await?;
+    let (secret_part, _ca) = for_host_e
+        .rsplit_once('.')
+        .context("a token ends with the CA's SHA-256")?;
+    let other_ca = format!("{secret_part}.{}", "0".repeat(64));
     for (name, host, token, expected) in [
         ("spent", "host-b", spent.as_str(), "already used"),
         ("another host's", "host-d", for_host_c.as_str(), "host-c"),
+        (
+            "another CA's",
+            "host-e",
+            other_ca.as_str(),
+            "does not present a certificate of the CA the join token names",
+        ),
     ] {
         let token_file = dir.path().join(format!("token-{host}"));
         std::fs::write(&token_file, token)?;
@@ -149,6 +162,37 @@ async fn bad_join_tokens(cluster: &TestCluster) -> Result<()> {
     let admin = cluster.admin().await?;
     let hosts: Vec<String> = admin.hosts().await?.into_iter().map(|h| h.id).collect();
     ensure!(hosts == ["host-a"], "no host was added: {hosts:?}");
+
+    // The token the agent did not give away to the wrong CA still enrols host-e.
+    let token_file = dir.path().join("token-host-e-real");
+    std::fs::write(&token_file, &for_host_e)?;
+    let (data_dir, token_file) = (
+        dir.path().join("data-host-e-real").display().to_string(),
+        token_file.display().to_string(),
+    );
+    let metrics = vmm_e2e::cluster::free_port()?.to_string();
+    let _agent = crate::config::start(
+        "agent",
+        dir.path(),
+        "agent-host-e-real",
+        &[],
+        &[
+            ("COORDINATOR_URL", cluster.grpc_url()),
+            ("HOST_ID", "host-e"),
+            ("AGENT_DATA_DIR", &data_dir),
+            ("JOIN_TOKEN_FILE", &token_file),
+            ("METRICS_ADDR", &metrics),
+        ],
+    )?;
+    wait_until("host-e to connect", Duration::from_secs(30), || {
+        let admin = admin.clone();
+        async move {
+            Ok(host_status(&admin, "host-e")
+                .await?
+                .filter(|s| s == "connected"))
+        }
+    })
+    .await?;
     Ok(())
 }
 

@@ -532,7 +532,8 @@ async fn certificates_of_another_ca_expired_unrecorded_or_missing_are_refused() 
     assert!(coordinator.hosts().await.is_empty(), "no host was recorded");
     // The real thing works.
     let credential = enrol(&coordinator, "host-a").await;
-    Agent::register(&coordinator, Some(&credential), "host-a", vec![])
+    // Kept until the end: its session is what makes the host connected.
+    let _host_a = Agent::register(&coordinator, Some(&credential), "host-a", vec![])
         .await
         .unwrap();
     assert_eq!(

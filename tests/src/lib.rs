@@ -35,5 +35,5 @@ pub mod virsh;
 pub mod wait;
 
 pub use api::{Api, Host, Image, Response, SshKey, Vm};
-pub use cluster::{AgentOptions, ClusterOptions, TestCluster};
+pub use cluster::{AgentAuthMode, AgentOptions, ClusterOptions, TestCluster};
 pub use wait::wait_until;

@@ -68,6 +68,23 @@ async fn enrolled(cluster: &mut TestCluster) -> Result<()> {
     let before = certificate_of(cluster, "host-a")?;
     let started = Instant::now();
     cluster.restart_agent("host-a")?;
+    // The coordinator may still count the killed agent's session: connected means the new
+    // agent said it registered.
+    let agent_log = cluster.agent("host-a").log_path();
+    wait_until(
+        "the restarted agent registered",
+        Duration::from_secs(30),
+        || {
+            let agent_log = agent_log.clone();
+            async move {
+                let log = std::fs::read_to_string(&agent_log).unwrap_or_default();
+                Ok(log
+                    .contains("registered with the coordinator")
+                    .then_some(()))
+            }
+        },
+    )
+    .await?;
     cluster.wait_for_connected_agents(1).await?;
     eprintln!(
         "restart to connected with the kept certificate: {:?}",

@@ -211,6 +211,11 @@ impl AgentHandle {
         self.process.log_tail(lines)
     }
 
+    /// Where the running process of this agent logs.
+    pub fn log_path(&self) -> PathBuf {
+        self.process.log_path().to_path_buf()
+    }
+
     /// The whole log of the current process.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.process.log_path()).unwrap_or_default()

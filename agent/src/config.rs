@@ -2,7 +2,8 @@
 //! with `--config`, in that order of precedence ([`Args`], the one definition; see
 //! `vmm_shared::settings`), then checked and turned into typed values ([`AgentConfig`]) in a
 //! separate step whose errors name the setting that is wrong. That step reads the secret
-//! file (`AGENT_TOKEN_FILE`) if there is one; nothing here touches libvirt or the network.
+//! file `AGENT_TOKEN_FILE` if there is one (`JOIN_TOKEN_FILE` is read only when the agent is
+//! not enrolled yet, see `enrol`); nothing here touches libvirt or the network.
 
 use std::fmt;
 use std::fs;
@@ -14,6 +15,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use tonic::metadata::{Ascii, MetadataValue};
 use vmm_shared::HostId;
+use vmm_shared::identity::JoinToken;
 
 use crate::hypervisor::libvirt::GuestAccel;
 use crate::hypervisor::network::parse_network_kind;
@@ -35,20 +37,19 @@ pub struct Args {
     #[arg(long)]
     pub check_config: bool,
 
-    /// URL of the coordinator's agent endpoint; several coordinators (sharing one database)
-    /// as a comma-separated list, tried in turn whenever a session ends.
-    #[arg(
-        long,
-        env = "COORDINATOR_URL",
-        default_value = "http://127.0.0.1:50051"
-    )]
-    pub coordinator: String,
+    /// URL of the coordinator's agent endpoint: https:// (mutual TLS), or http:// with
+    /// AGENT_TOKEN [default: https://127.0.0.1:50051, or http://127.0.0.1:50051 with
+    /// AGENT_TOKEN]. Several coordinators (sharing one database) as a comma-separated list,
+    /// tried in turn whenever a session ends.
+    #[arg(long, env = "COORDINATOR_URL")]
+    pub coordinator: Option<String>,
 
     /// libvirt connection URI.
     #[arg(long, env = "LIBVIRT_URI", default_value = "test:///default")]
     pub libvirt_uri: String,
 
-    /// This host's ID as the coordinator knows it [default: the machine's hostname].
+    /// This host's ID as the coordinator knows it (case-insensitive); once enrolled, the ID
+    /// its certificate names [default: the certificate's host, else the machine's hostname].
     #[arg(long, env = "HOST_ID")]
     pub host_id: Option<String>,
 
@@ -56,8 +57,19 @@ pub struct Args {
     #[arg(long, env = "AGENT_DATA_DIR", default_value = "./agent-data")]
     pub data_dir: PathBuf,
 
-    /// Shared credential the coordinator expects from agents. Required: this or
-    /// AGENT_TOKEN_FILE.
+    /// Single-use join token from an admin (POST /api/hosts/join-tokens), for the first
+    /// start: the agent makes its key pair, gets its certificate with it and keeps both in
+    /// AGENT_DATA_DIR/identity; ignored once enrolled [default: none].
+    #[arg(long, env = "JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+
+    /// File holding JOIN_TOKEN (under systemd, a credential); read only while the agent is
+    /// not enrolled, so it may be emptied or removed afterwards [default: none].
+    #[arg(long, env = "JOIN_TOKEN_FILE", value_name = "PATH")]
+    pub join_token_file: Option<PathBuf>,
+
+    /// For development and tests only: the coordinator's shared AGENT_TOKEN instead of a
+    /// certificate, over plain http:// [default: none: the agent uses its certificate].
     #[arg(long, env = "AGENT_TOKEN", hide_env_values = true)]
     pub agent_token: Option<String>,
 
@@ -163,17 +175,54 @@ impl fmt::Debug for AgentToken {
     }
 }
 
+/// Where the join token comes from, if the agent needs one.
+#[derive(Debug, Clone)]
+pub enum JoinTokenSource {
+    None,
+    Given(JoinToken),
+    /// Read when needed: a file that is gone or empty once the agent is enrolled is fine.
+    File(PathBuf),
+}
+
+/// How the agent proves who it is.
+#[derive(Debug, Clone)]
+pub enum AgentAuth {
+    /// Its certificate (`identity`), or first the join token that gets it one.
+    Certificate { join_token: JoinTokenSource },
+    /// The shared development token.
+    SharedToken(AgentToken),
+}
+
+/// The coordinator's agent port when COORDINATOR_URL is not set.
+pub const DEFAULT_COORDINATOR: &str = "127.0.0.1:50051";
+
 /// Arguments a config file may not set.
 pub const COMMAND_LINE_ONLY: &[&str] = &["check_config"];
 
 /// A setting that cannot be used, named by its environment variable.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error(
-        "AGENT_TOKEN (--agent-token) is required: set it, or AGENT_TOKEN_FILE, to the \
-         coordinator's agent token"
-    )]
+    #[error("AGENT_TOKEN (--agent-token) is empty: unset it (the agent then uses its certificate)")]
     MissingToken,
+    #[error(
+        "AGENT_TOKEN (development only) and a join token cannot be used together: a host enrolled \
+         with a join token connects with its certificate"
+    )]
+    TokenAndJoinToken,
+    #[error(
+        "AGENT_TOKEN is for development only and is refused with TLS (COORDINATOR_URL {0:?}): \
+         unset it and enrol this host with a join token (JOIN_TOKEN_FILE)"
+    )]
+    TokenWithTls(String),
+    #[error(
+        "COORDINATOR_URL (--coordinator) {0:?} must be https://: agents connect with mutual TLS \
+         (plain http:// only with the development AGENT_TOKEN)"
+    )]
+    PlainUrlWithoutToken(String),
+    #[error("JOIN_TOKEN (--join-token) is invalid: {0}")]
+    InvalidJoinToken(vmm_shared::identity::InvalidJoinToken),
+    #[error("JOIN_TOKEN and JOIN_TOKEN_FILE are both set: set only one of them")]
+    BothJoinTokens,
     /// `AGENT_TOKEN_FILE` is unreadable or empty, or set together with `AGENT_TOKEN`.
     #[error(transparent)]
     TokenFile(#[from] vmm_shared::settings::SecretError),
@@ -212,8 +261,10 @@ pub struct AgentConfig {
     pub coordinator_urls: Vec<String>,
     pub libvirt_uri: String,
     pub host_id: HostId,
+    /// Whether HOST_ID was set (not taken from the hostname).
+    pub host_id_set: bool,
     pub data_dir: PathBuf,
-    pub agent_token: AgentToken,
+    pub auth: AgentAuth,
     pub storage_pool: String,
     pub network: NetworkMode,
     pub guest_accel: GuestAccel,
@@ -234,8 +285,25 @@ impl AgentConfig {
             "AGENT_TOKEN_FILE",
             args.agent_token_file.as_deref(),
         )?;
-        let agent_token = AgentToken::new(agent_token.as_deref().unwrap_or_default())?;
+        let join_token = match (args.join_token, args.join_token_file) {
+            (Some(_), Some(_)) => return Err(ConfigError::BothJoinTokens),
+            (Some(text), None) => {
+                JoinTokenSource::Given(text.parse().map_err(ConfigError::InvalidJoinToken)?)
+            }
+            (None, Some(path)) => JoinTokenSource::File(path),
+            (None, None) => JoinTokenSource::None,
+        };
+        let auth = match agent_token {
+            Some(token) => {
+                if !matches!(join_token, JoinTokenSource::None) {
+                    return Err(ConfigError::TokenAndJoinToken);
+                }
+                AgentAuth::SharedToken(AgentToken::new(&token)?)
+            }
+            None => AgentAuth::Certificate { join_token },
+        };
 
+        let host_id_set = args.host_id.is_some();
         let host_id_text = match args.host_id {
             Some(host_id) => host_id,
             None => hostname::get()
@@ -251,14 +319,29 @@ impl AgentConfig {
                     reason: error.to_string(),
                 })?;
 
+        let list = match &args.coordinator {
+            Some(list) => list.clone(),
+            None => match auth {
+                AgentAuth::SharedToken(_) => format!("http://{DEFAULT_COORDINATOR}"),
+                AgentAuth::Certificate { .. } => format!("https://{DEFAULT_COORDINATOR}"),
+            },
+        };
         let mut urls = Vec::new();
-        for url in args.coordinator.split(',').map(str::trim) {
+        for url in list.split(',').map(str::trim) {
+            let url = url.to_owned();
             if !(url.starts_with("http://") || url.starts_with("https://"))
-                || tonic::transport::Endpoint::from_shared(url.to_owned()).is_err()
+                || tonic::transport::Endpoint::from_shared(url.clone()).is_err()
             {
-                return Err(ConfigError::InvalidCoordinatorUrl(url.to_owned()));
+                return Err(ConfigError::InvalidCoordinatorUrl(url));
             }
-            urls.push(url.to_owned());
+            match (&auth, url.starts_with("https://")) {
+                (AgentAuth::SharedToken(_), true) => return Err(ConfigError::TokenWithTls(url)),
+                (AgentAuth::Certificate { .. }, false) => {
+                    return Err(ConfigError::PlainUrlWithoutToken(url));
+                }
+                _ => {}
+            }
+            urls.push(url);
         }
         let url = urls[0].clone();
 
@@ -286,8 +369,9 @@ impl AgentConfig {
             coordinator_urls: urls,
             libvirt_uri: args.libvirt_uri,
             host_id,
+            host_id_set,
             data_dir: args.data_dir,
-            agent_token,
+            auth,
             storage_pool: args.storage_pool,
             network,
             guest_accel: args.guest_accel,
@@ -314,6 +398,14 @@ impl AgentConfig {
         fs::canonicalize(&self.data_dir)
             .unwrap_or_else(|_| self.data_dir.clone())
             .join("consoles")
+    }
+
+    /// The shared development token, if the agent uses one.
+    pub fn shared_token(&self) -> Option<&AgentToken> {
+        match &self.auth {
+            AgentAuth::SharedToken(token) => Some(token),
+            AgentAuth::Certificate { .. } => None,
+        }
     }
 
     /// Creates the data directory and its `images/` subdirectory (the storage pool's target)
@@ -376,15 +468,53 @@ mod tests {
         Args::try_parse_from(argv).expect("arguments parse")
     }
 
-    #[test]
-    fn a_missing_token_is_named() {
-        // Relies on AGENT_TOKEN not being set in the test environment.
-        if std::env::var_os("AGENT_TOKEN").is_some() {
-            return;
+    /// Settings without any token from the environment of whoever runs the tests.
+    fn certificate_args(extra: &[&str]) -> Args {
+        let mut args = args(extra);
+        if !extra.contains(&"--agent-token") {
+            args.agent_token = None;
+            args.agent_token_file = None;
         }
-        let error = AgentConfig::from_args(args(&[])).unwrap_err();
-        assert!(error.to_string().contains("AGENT_TOKEN"));
-        let error = AgentConfig::from_args(args(&["--agent-token", "  "])).unwrap_err();
+        if !extra.contains(&"--join-token") {
+            args.join_token = None;
+        }
+        if !extra.contains(&"--join-token-file") {
+            args.join_token_file = None;
+        }
+        if !extra.contains(&"--coordinator") {
+            args.coordinator = None;
+        }
+        args
+    }
+
+    const JOIN_TOKEN: &str = "vmmj1.0000000000000000000000000000000000000000000000000000000000000001.\
+                              00000000000000000000000000000000000000000000000000000000000000ff";
+
+    #[test]
+    fn without_a_token_the_agent_uses_its_certificate_over_https() {
+        let config = AgentConfig::from_args(certificate_args(&[])).unwrap();
+        assert!(matches!(
+            config.auth,
+            AgentAuth::Certificate {
+                join_token: JoinTokenSource::None
+            }
+        ));
+        assert_eq!(config.coordinator_url, "https://127.0.0.1:50051");
+        let config =
+            AgentConfig::from_args(certificate_args(&["--join-token", JOIN_TOKEN])).unwrap();
+        let AgentAuth::Certificate {
+            join_token: JoinTokenSource::Given(token),
+        } = &config.auth
+        else {
+            panic!("{:?}", config.auth);
+        };
+        assert_eq!(token.ca_sha256(), format!("{}ff", "0".repeat(62)));
+        assert!(
+            !format!("{config:?}").contains(&"0".repeat(63)),
+            "the secret stays out of logs"
+        );
+
+        let error = AgentConfig::from_args(certificate_args(&["--agent-token", "  "])).unwrap_err();
         assert!(error.to_string().contains("AGENT_TOKEN"));
     }
 
@@ -412,6 +542,47 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(error.to_string().contains("\"nope\""), "{error}");
+    }
+
+    #[test]
+    fn the_shared_token_is_refused_with_tls_or_a_join_token() {
+        let url = |url: &str| {
+            AgentConfig::from_args(certificate_args(&["--coordinator", url]))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(url("http://10.0.0.1:50051").contains("must be https://"));
+        let error = AgentConfig::from_args(certificate_args(&[
+            "--agent-token",
+            "t",
+            "--coordinator",
+            "https://coordinator:50051",
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("refused with TLS"), "{error}");
+        let error = AgentConfig::from_args(certificate_args(&[
+            "--agent-token",
+            "t",
+            "--join-token",
+            JOIN_TOKEN,
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("cannot be used together"), "{error}");
+        let error = AgentConfig::from_args(certificate_args(&["--join-token", "vmmj1.nope"]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("JOIN_TOKEN"), "{error}");
+        let error = AgentConfig::from_args(certificate_args(&[
+            "--join-token",
+            JOIN_TOKEN,
+            "--join-token-file",
+            "/x",
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("both set"), "{error}");
     }
 
     #[test]
@@ -497,7 +668,12 @@ mod tests {
         let config = AgentConfig::from_args(args(&["--agent-token", "s3cret-value"])).unwrap();
         assert!(!format!("{config:?}").contains("s3cret-value"));
         assert_eq!(
-            config.agent_token.bearer_header().to_str().unwrap(),
+            config
+                .shared_token()
+                .unwrap()
+                .bearer_header()
+                .to_str()
+                .unwrap(),
             "Bearer s3cret-value"
         );
     }
@@ -533,7 +709,12 @@ mod tests {
         from_file.agent_token_file = Some(file.clone());
         let config = AgentConfig::from_args(from_file).unwrap();
         assert_eq!(
-            config.agent_token.bearer_header().to_str().unwrap(),
+            config
+                .shared_token()
+                .unwrap()
+                .bearer_header()
+                .to_str()
+                .unwrap(),
             "Bearer from-the-file"
         );
 
@@ -562,15 +743,7 @@ mod tests {
     #[test]
     fn the_example_config_loads_and_documents_every_setting() {
         let loaded: Args = vmm_shared::settings::parse_from(
-            [
-                "agent",
-                "--config",
-                EXAMPLE,
-                "--agent-token",
-                "t",
-                "--host-id",
-                "kvm-1",
-            ],
+            ["agent", "--config", EXAMPLE, "--host-id", "kvm-1"],
             COMMAND_LINE_ONLY,
         )
         .unwrap();

@@ -2,10 +2,13 @@
 //! fleet simulator can run many agents in one process, each on a host of its own (the
 //! in-memory [`hypervisor::memory::MemoryHost`]).
 //!
-//! Modules, each layer using only those below it (stream → commands, console and poller → images,
-//! state and metrics → hypervisor → journal):
+//! Modules, each layer using only those below it (stream → enrol → identity; stream →
+//! commands, console and poller → images, state and metrics → hypervisor → journal):
 //! - [`config`]: flags and environment variables, checked into typed settings.
 //! - [`stream`]: the session with the coordinator ([`stream::CoordinatorLink`]).
+//! - [`enrol`]: how the agent proves who it is: enrolment with a join token, TLS with its
+//!   certificate, renewal ([`enrol::Credentials`]).
+//! - [`identity`]: its key pair and certificates, as kept in its data directory.
 //! - [`commands`]: executing the coordinator's commands ([`commands::CommandExecutor`]).
 //! - [`console`]: relaying a VM's serial console or screen to the coordinator
 //!   ([`console::ConsoleRelays`]).
@@ -29,7 +32,9 @@ pub mod backoff;
 pub mod commands;
 pub mod config;
 pub mod console;
+pub mod enrol;
 pub mod hypervisor;
+pub mod identity;
 pub mod images;
 pub mod journal;
 pub mod metrics;

@@ -14,8 +14,9 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 use vmm_agent::commands::CommandExecutor;
-use vmm_agent::config::{self, AgentConfig, Args, LogFormat};
+use vmm_agent::config::{self, AgentAuth, AgentConfig, Args, LogFormat};
 use vmm_agent::console::ConsoleRelays;
+use vmm_agent::enrol::{Credentials, CurrentCoordinator};
 use vmm_agent::hypervisor::HypervisorHandle;
 use vmm_agent::hypervisor::hints;
 use vmm_agent::hypervisor::libvirt::{LibvirtHost, LibvirtSettings};
@@ -50,9 +51,58 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("agent stopped: {error:#}");
-            ExitCode::FAILURE
+            eprintln!("agent: {error:#}");
+            if error.is::<Unrecoverable>() {
+                // Like a bad setting: restarting cannot fix it (systemd's
+                // RestartPreventExitStatus=2).
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
+}
+
+/// A reason to stop that only the operator can remove (no usable certificate and no way to
+/// get one; a certificate for another host than HOST_ID).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Unrecoverable(String);
+
+/// The agent's credentials, and the host it is: the one its certificate names, once enrolled.
+fn credentials_and_host(config: &AgentConfig) -> anyhow::Result<(Credentials, vmm_shared::HostId)> {
+    let credentials = match &config.auth {
+        AgentAuth::SharedToken(token) => Credentials::SharedToken(token.clone()),
+        AgentAuth::Certificate { join_token } => {
+            Credentials::certificate(&config.data_dir, join_token.clone())
+                .map_err(|error| Unrecoverable(vmm_shared::error_chain(&error)))?
+        }
+    };
+    let Some(identity) = credentials.identity() else {
+        return Ok((credentials, config.host_id.clone()));
+    };
+    let certified = identity.host().clone();
+    if certified != config.host_id {
+        if config.host_id_set {
+            return Err(Unrecoverable(format!(
+                "this agent is enrolled as host {certified} (its certificate in {}), but HOST_ID \
+                 is {}: set HOST_ID={certified}, or remove that directory and enrol again with a \
+                 join token for {}",
+                config.data_dir.join("identity").display(),
+                config.host_id,
+                config.host_id
+            ))
+            .into());
+        }
+        tracing::info!(host_id = %certified, hostname = %config.host_id,
+            "using the host ID the certificate names, not the hostname");
+    }
+    if let AgentAuth::Certificate { join_token } = &config.auth
+        && !matches!(join_token, config::JoinTokenSource::None)
+    {
+        tracing::info!(host_id = %certified, "already enrolled: the join token is not used");
+    }
+    Ok((credentials, certified))
 }
 
 /// Text logs escape control characters and are coloured only on a terminal without
@@ -63,6 +113,7 @@ fn init_tracing(format: LogFormat) {
 
 async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let images_dir = config.prepare_data_dir()?;
+    let (credentials, host_id) = credentials_and_host(&config)?;
     let recorder = metrics::agent::install().context("cannot set up the agent's metrics")?;
     let metrics_addr = config.metrics.addr;
     let metrics_listener = tokio::net::TcpListener::bind(metrics_addr)
@@ -81,13 +132,16 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
         accel: config.guest_accel,
     };
     let hypervisor = HypervisorHandle::spawn(move || LibvirtHost::open(libvirt_settings)).await?;
+    // The coordinator of the current session: image fetches and consoles follow it.
+    let current_coordinator = CurrentCoordinator::new(&config.coordinator_url);
     // Images come from the coordinator, over the session's URL with its credential.
     let image_source = GrpcImageSource::new(
         &config.coordinator_url,
-        config.host_id.clone(),
-        &config.agent_token,
+        host_id.clone(),
+        credentials.clone(),
     )
-    .context("COORDINATOR_URL (--coordinator) cannot be used to fetch images")?;
+    .context("COORDINATOR_URL (--coordinator) cannot be used to fetch images")?
+    .following(current_coordinator.clone());
     let images = Arc::new(ImageCache::new(
         hypervisor.clone(),
         Arc::new(image_source),
@@ -116,8 +170,9 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
     }
     poller.poll_once().await?;
     tracing::info!(
-        host_id = %config.host_id,
+        host_id = %host_id,
         domains = tracker.reports().len(),
+        enrolled = credentials.identity().is_some(),
         "agent started"
     );
 
@@ -133,18 +188,19 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let consoles = Arc::new(
         ConsoleRelays::new(
             &config.coordinator_url,
-            config.host_id.clone(),
-            &config.agent_token,
+            host_id.clone(),
+            credentials.clone(),
             hypervisor.clone(),
         )
-        .context("COORDINATOR_URL (--coordinator) cannot be used for consoles")?,
+        .context("COORDINATOR_URL (--coordinator) cannot be used for consoles")?
+        .following(current_coordinator.clone()),
     );
     let link = CoordinatorLink::new(
         SessionSettings {
             coordinator_url: config.coordinator_url.clone(),
             other_coordinator_urls: config.coordinator_urls[1..].to_vec(),
-            host_id: config.host_id.clone(),
-            agent_token: config.agent_token.clone(),
+            host_id,
+            credentials,
             heartbeat_interval: config.heartbeat_interval,
         },
         hypervisor,
@@ -152,12 +208,15 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
         executor,
         images,
     )
-    .with_consoles(consoles);
+    .with_consoles(consoles)
+    .with_current_coordinator(current_coordinator);
 
     let poll_interval = config.poll_interval;
     tokio::select! {
         () = async move { poller.run(poll_interval, hint_streams).await } => {}
-        () = link.run() => {}
+        refused = link.run() => {
+            return Err(Unrecoverable(vmm_shared::error_chain(&refused)).into());
+        }
         served = metrics::serve(metrics_listener, Arc::clone(&metrics_service)) => {
             served.context("the metrics endpoint stopped")?;
         }

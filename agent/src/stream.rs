@@ -1,6 +1,8 @@
-//! The agent's side of the coordinator session: dial, register with a full inventory, then
-//! heartbeat, forward state changes and answer commands on one bidirectional stream, and
-//! start over (on the agent's [`Backoff`] schedule) whenever the stream ends.
+//! The agent's side of the coordinator session: enrol first if the host has no certificate
+//! yet (`enrol`), dial, register with a full inventory, then heartbeat, forward state changes
+//! and answer commands on one bidirectional stream (renewing the certificate over the same
+//! connection when it is due), and start over (on the agent's [`Backoff`] schedule) whenever
+//! the stream ends.
 //!
 //! The coordinator being away changes nothing on the host: VMs keep running, polling goes
 //! on, and the next registration's inventory tells the coordinator the truth.
@@ -25,8 +27,8 @@ use vmm_shared::{HostId, error_chain};
 
 use crate::backoff::Backoff;
 use crate::commands::{CommandExecutor, operation_kind};
-use crate::config::AgentToken;
 use crate::console::ConsoleRelays;
+use crate::enrol::{Credentials, CurrentCoordinator, EnrolError};
 use crate::hypervisor::{Eviction, HypervisorError, HypervisorHandle};
 use crate::images::{ImageCache, ImageError};
 use crate::metrics::agent as agent_metrics;
@@ -52,8 +54,31 @@ pub struct SessionSettings {
     /// cannot be reached), the next one in turn is dialled.
     pub other_coordinator_urls: Vec<String>,
     pub host_id: HostId,
-    pub agent_token: AgentToken,
+    /// The certificate (or the development token) every connection to the coordinator uses.
+    pub credentials: Credentials,
     pub heartbeat_interval: Duration,
+}
+
+impl SessionSettings {
+    /// A connection to the coordinator with these settings: what sessions use, and what any
+    /// other call to the coordinator (an image transfer) should use, passing each request
+    /// through [`Credentials::authorize`].
+    pub async fn connect(&self) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+        self.connect_to(&self.coordinator_url).await
+    }
+
+    /// As [`SessionSettings::connect`], to the coordinator at `url` (one of the list).
+    pub async fn connect_to(
+        &self,
+        url: &str,
+    ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+        let endpoint = Endpoint::from_shared(url.to_owned())?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
+        self.credentials.connect(endpoint).await
+    }
 }
 
 /// Keeps a session with the coordinator open for as long as the agent runs.
@@ -65,16 +90,26 @@ pub struct CoordinatorLink {
     images: Arc<ImageCache>,
     /// Where `OpenConsole` goes; `None`: consoles are refused (logged).
     consoles: Option<Arc<ConsoleRelays>>,
+    /// Set to the URL of each session's coordinator.
+    current_coordinator: Option<CurrentCoordinator>,
 }
 
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
     #[error("cannot reach the coordinator")]
     Dial(#[source] tonic::transport::Error),
-    #[error("the coordinator refused the agent's credential: check AGENT_TOKEN ({0})")]
+    #[error(
+        "the coordinator refused the agent's credential: check its certificate (AGENT_DATA_DIR/\
+         identity; a deleted host must be enrolled again) or AGENT_TOKEN ({0})"
+    )]
     Unauthenticated(String),
     #[error("the stream failed: {}: {}", .0.code(), .0.message())]
     Rpc(Status),
+    #[error(
+        "this host's certificate expired at {0}: enrol it again with a new join token \
+         (remove AGENT_DATA_DIR/identity, set JOIN_TOKEN_FILE, restart)"
+    )]
+    CertificateExpired(String),
     #[error("the coordinator broke the protocol: {0}")]
     Protocol(&'static str),
     #[error("the coordinator closed the stream")]
@@ -116,6 +151,7 @@ impl CoordinatorLink {
             executor,
             images,
             consoles: None,
+            current_coordinator: None,
         }
     }
 
@@ -125,8 +161,17 @@ impl CoordinatorLink {
         self
     }
 
-    /// Runs sessions one after another, forever.
-    pub async fn run(&self) {
+    /// Keeps `current` on the URL of the coordinator each session is with, for the dialers
+    /// that follow it (consoles, image fetches).
+    pub fn with_current_coordinator(mut self, current: CurrentCoordinator) -> Self {
+        self.current_coordinator = Some(current);
+        self
+    }
+
+    /// Runs sessions one after another, forever; returns only when the host has no
+    /// certificate and cannot get one (the reason: no join token, a spent one, the wrong
+    /// coordinator), which retrying would not change.
+    pub async fn run(&self) -> EnrolError {
         let mut backoff = Backoff::new(FIRST_RETRY_DELAY, MAX_RETRY_DELAY);
         let urls: Vec<&str> = std::iter::once(self.settings.coordinator_url.as_str())
             .chain(
@@ -138,8 +183,29 @@ impl CoordinatorLink {
             .collect();
         let mut turn = 0;
         loop {
-            let mut registered = false;
             let url = urls[turn % urls.len()];
+            if let Err(error) = self
+                .settings
+                .credentials
+                .ensure_enrolled(url, &self.settings.host_id)
+                .await
+            {
+                if error.is_permanent() {
+                    return error;
+                }
+                // A coordinator that cannot be reached is no reason to wait for it: the
+                // next attempt enrols with the next one.
+                turn += 1;
+                let retry_in = backoff.failed();
+                tracing::warn!(coordinator = %url,
+                    error = %error_chain(&error), ?retry_in, "cannot enrol yet");
+                tokio::time::sleep(retry_in).await;
+                continue;
+            }
+            let mut registered = false;
+            if let Some(current) = &self.current_coordinator {
+                current.set(url);
+            }
             let outcome = self.run_session(url, &mut registered).await;
             // Whatever ended the session, the next one is tried with the next coordinator:
             // the one just left may be the one that is gone.
@@ -148,13 +214,18 @@ impl CoordinatorLink {
                 backoff.succeeded();
                 agent_metrics::session_ended();
             }
-            if let Err(SessionError::Unauthenticated(_)) = &outcome {
+            if let Err(SessionError::Unauthenticated(_) | SessionError::CertificateExpired(_)) =
+                &outcome
+            {
                 // Retrying soon will not fix a refused credential.
                 backoff.wait_longest();
             }
             let retry_in = backoff.failed();
             match outcome {
-                Err(error @ SessionError::Unauthenticated(_)) => {
+                Err(
+                    error
+                    @ (SessionError::Unauthenticated(_) | SessionError::CertificateExpired(_)),
+                ) => {
                     tracing::error!(error = %error_chain(&error), ?retry_in, "coordinator session refused");
                 }
                 Err(error) => {
@@ -174,16 +245,18 @@ impl CoordinatorLink {
     /// One session, from dialling to the end of the stream. Sets `registered` once the
     /// coordinator accepted the registration.
     async fn run_session(&self, url: &str, registered: &mut bool) -> Result<(), SessionError> {
-        let channel = Endpoint::from_shared(url.to_owned())
-            .map_err(SessionError::Dial)?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true)
-            .connect()
+        if let Some(identity) = self.settings.credentials.identity()
+            && identity.not_after() <= std::time::SystemTime::now()
+        {
+            let at = unix_time_text(identity.not_after());
+            return Err(SessionError::CertificateExpired(at));
+        }
+        let channel = self
+            .settings
+            .connect_to(url)
             .await
             .map_err(SessionError::Dial)?;
-        let mut client = AgentControlClient::new(channel);
+        let mut client = AgentControlClient::new(channel.clone());
 
         // Subscribe before the inventory poll, so no change can fall between the two.
         let mut changes = self.poller.subscribe();
@@ -192,9 +265,7 @@ impl CoordinatorLink {
         let (outgoing, outgoing_queue) = mpsc::channel(OUTGOING_QUEUE);
         send(&outgoing, AgentBody::Register(register)).await?;
         let mut request = Request::new(ReceiverStream::new(outgoing_queue));
-        request
-            .metadata_mut()
-            .insert("authorization", self.settings.agent_token.bearer_header());
+        self.settings.credentials.authorize(&mut request);
         let mut inbound = client.session(request).await?.into_inner();
 
         let registered_reply = tokio::time::timeout(REGISTRATION_TIMEOUT, inbound.message())
@@ -215,6 +286,8 @@ impl CoordinatorLink {
         };
         *registered = true;
         agent_metrics::session_registered();
+        // Ends with the session (dropped on return).
+        let _renewal = self.settings.credentials.keep_renewed(channel);
         tracing::info!(
             coordinator = %url,
             host_id = %self.settings.host_id,
@@ -343,6 +416,14 @@ async fn evict_image(images: &ImageCache, image_id: &str) {
         }
         Err(error) => tracing::warn!(%image_id, %error, "cannot evict a cached image"),
     }
+}
+
+/// Seconds since the Unix epoch, for messages (the agent has no calendar library).
+fn unix_time_text(at: std::time::SystemTime) -> String {
+    let seconds = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    format!("Unix time {seconds}")
 }
 
 async fn send(outgoing: &mpsc::Sender<AgentMessage>, body: AgentBody) -> Result<(), SessionError> {
@@ -536,13 +617,13 @@ mod tests {
             coordinator_url: url,
             other_coordinator_urls: Vec::new(),
             host_id: "host-1".parse().unwrap(),
-            agent_token: crate::config::AgentToken::new(token).unwrap(),
+            credentials: Credentials::SharedToken(crate::config::AgentToken::new(token).unwrap()),
             heartbeat_interval: Duration::from_secs(2),
         };
         let source = GrpcImageSource::new(
             &settings.coordinator_url,
             settings.host_id.clone(),
-            &settings.agent_token,
+            settings.credentials.clone(),
         )
         .unwrap();
         let images = Arc::new(ImageCache::new(
@@ -688,7 +769,7 @@ mod tests {
             coordinator_url: url,
             other_coordinator_urls: Vec::new(),
             host_id: "host-1".parse().unwrap(),
-            agent_token: crate::config::AgentToken::new(TOKEN).unwrap(),
+            credentials: Credentials::SharedToken(crate::config::AgentToken::new(TOKEN).unwrap()),
             heartbeat_interval: Duration::from_secs(2),
         };
         let link = CoordinatorLink::new(settings, hypervisor, poller, executor, images);

@@ -1,6 +1,7 @@
 //! The coordinator's side of the agent stream (`AgentControl.Session`).
 //!
-//! An agent proves itself with the shared agent token, then registers: the host is
+//! An agent proves who it is ([`identity::authenticate`]: its client certificate, or the
+//! shared development token), then registers as the host it may speak for: the host is
 //! recorded as connected under a new session epoch, its inventory settles every VM recorded
 //! on it, and a session loop applies what it sends afterwards. A host that stays silent for
 //! `HOST_DEAD_AFTER`, or whose stream ends, becomes unreachable and its VMs `unknown` —
@@ -10,8 +11,10 @@
 //! An agent can only speak about its own host: reports and results are applied only to VMs
 //! recorded on the host that registered on this stream.
 //!
+//! Certificates reach hosts from here too ([`host_identity`]).
+//!
 //! Images reach hosts only from here (`FetchImage`, [`image_transfer`]): with the same
-//! credential as the stream, for a host that has a session, only ready images, read from
+//! credential as the stream, for the host it names, which must have a session, only ready images, read from
 //! the file in chunks as the host takes them. A registration's `cached_images` are recorded
 //! per host, and every copy the coordinator no longer has (or has as another file) is
 //! answered with `EvictImage` after `Registered`.
@@ -23,7 +26,6 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use futures::Stream;
-use subtle::ConstantTimeEq;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -42,8 +44,10 @@ use crate::operations::runner;
 use crate::state::AppState;
 use crate::vms::reports;
 
+pub mod host_identity;
+pub mod identity;
 mod listener;
-pub use listener::incoming;
+pub use listener::{incoming, incoming_tls};
 
 /// How long a freshly connected agent has to send its `Register`.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -77,10 +81,11 @@ impl AgentControl for AgentControlService {
         &self,
         request: Request<Streaming<vmm_proto::ConsoleFrame>>,
     ) -> Result<Response<Self::ConsoleStream>, Status> {
-        authenticate(&request, &self.app.settings.agent_token)?;
+        let caller = identity::authenticate(&self.app, &request).await?;
         let peer = request.remote_addr();
         let down =
-            crate::console::agent_side::attach(&self.app, request.into_inner(), peer).await?;
+            crate::console::agent_side::attach(&self.app, &caller, request.into_inner(), peer)
+                .await?;
         Ok(Response::new(down))
     }
 
@@ -88,7 +93,8 @@ impl AgentControl for AgentControlService {
         &self,
         request: Request<vmm_proto::FetchImageRequest>,
     ) -> Result<Response<Self::FetchImageStream>, Status> {
-        authenticate(&request, &self.app.settings.agent_token)?;
+        let caller = identity::authenticate(&self.app, &request).await?;
+        caller.speaks_for(&request.get_ref().host_id)?;
         let peer = request.remote_addr();
         let chunks = image_transfer::open(&self.app, request.into_inner(), peer).await?;
         Ok(Response::new(chunks))
@@ -98,7 +104,7 @@ impl AgentControl for AgentControlService {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        authenticate(&request, &self.app.settings.agent_token)?;
+        let caller = identity::authenticate(&self.app, &request).await?;
         let peer = request.remote_addr();
         let mut inbound = request.into_inner();
 
@@ -115,11 +121,26 @@ impl AgentControl for AgentControlService {
             Ok(Err(status)) => return Err(status),
             Err(_) => return Err(Status::deadline_exceeded("no Register within 10 s")),
         };
+        caller.speaks_for(&register.host_id)?;
         let registration = validate_registration(&register)?;
         let host = registration.id.clone();
         let (sender, receiver) = mpsc::channel(256);
         let _task = self.app.registry.track_task();
         let session = open_session(&self.app, &registration, &register, sender.clone()).await?;
+        // A deletion of the host (or its enrolment anew) that committed before this session
+        // was attached could not end it: it ends here instead.
+        if !identity::still_valid(&self.app, &caller)
+            .await
+            .map_err(internal)?
+        {
+            self.app.registry.detach(&host, session.epoch);
+            crate::hosts::admin::forget_revoked(&self.app.db, &host)
+                .await
+                .map_err(internal)?;
+            return Err(Status::unauthenticated(format!(
+                "the certificate of host {host} was revoked"
+            )));
+        }
         tracing::info!(host = %host, ?peer, session = session.epoch, cpus = registration.cpus, memory_mib = registration.memory_mib,
             disk_gb = registration.disk_gb, hypervisor = %registration.hypervisor, kvm = registration.kvm_usable,
             domains = register.inventory.len(), cached_images = register.cached_images.len(), "agent registered");
@@ -262,22 +283,6 @@ fn internal(err: sqlx::Error) -> Status {
     Status::internal("internal error")
 }
 
-fn authenticate<T>(request: &Request<T>, expected: &str) -> Result<(), Status> {
-    let presented = request
-        .metadata()
-        .get("authorization")
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .ok_or_else(|| Status::unauthenticated("missing agent token"))?;
-    // Compared in constant time, so the time taken does not reveal how much matched.
-    if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
-        Ok(())
-    } else {
-        tracing::warn!(peer = ?request.remote_addr(), "agent presented a wrong token");
-        Err(Status::unauthenticated("wrong agent token"))
-    }
-}
-
 fn validate_registration(register: &Register) -> Result<HostRegistration, Status> {
     let id: HostId = register.host_id.parse().map_err(|err| {
         Status::invalid_argument(format!("host_id {:?}: {err}", register.host_id))
@@ -316,6 +321,23 @@ fn validate_registration(register: &Register) -> Result<HostRegistration, Status
         kvm_usable: register.kvm_usable,
         agent_version: text(&register.agent_version),
     })
+}
+
+/// Ends `host`'s session, if it has one, the way a lost stream does (its unanswered
+/// operations settled as abandoned, the host unreachable): for a host whose certificates
+/// were just revoked.
+pub async fn end_session(app: &AppState, host: &HostId, why: &str) {
+    let Some((epoch, abandoned)) = app.registry.disconnect(host) else {
+        return;
+    };
+    tracing::warn!(host = %host, reason = why, "host session ended");
+    let why = format!("host {host}: {why}");
+    if let Err(err) = runner::settle_abandoned(&app.db, &abandoned, &why).await {
+        tracing::error!(host = %host, error = %err, "cannot settle the operations the host left unanswered");
+    }
+    if let Err(err) = host_store::mark_unreachable(&app.db, host, epoch).await {
+        tracing::error!(host = %host, error = %err, "cannot record the host as unreachable");
+    }
 }
 
 async fn run_session(
@@ -402,21 +424,6 @@ mod props;
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_the_exact_agent_token_is_accepted() {
-        let request = |token: &str| {
-            let mut request = Request::new(());
-            request
-                .metadata_mut()
-                .insert("authorization", format!("Bearer {token}").parse().unwrap());
-            request
-        };
-        assert!(authenticate(&request("abc"), "abc").is_ok());
-        assert!(authenticate(&request("abd"), "abc").is_err());
-        assert!(authenticate(&request("abcd"), "abc").is_err());
-        assert!(authenticate(&Request::new(()), "abc").is_err());
-    }
 
     #[test]
     fn registrations_with_absurd_values_are_refused() {

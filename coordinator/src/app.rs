@@ -19,8 +19,10 @@ use tower_http::request_id::{
 };
 use tower_http::trace::TraceLayer;
 use vmm_proto::agent_control_server::AgentControlServer;
+use vmm_proto::host_identity_server::HostIdentityServer;
 
 use crate::agents::AgentControlService;
+use crate::agents::host_identity::HostIdentityService;
 use crate::auth::{PasswordHasher, TokenIssuer, load_or_create_jwt_secret};
 use crate::cluster;
 use crate::config::Config;
@@ -29,6 +31,7 @@ use crate::console::Consoles;
 use crate::db::{self, Db};
 use crate::hosts::{self, AgentRegistry};
 use crate::images::{self, ImageFiles, Images};
+use crate::pki::{self, AgentAuth, CertificateAuthority, Pki};
 use crate::ratelimit::{self, RateLimits};
 use crate::state::{AppState, Settings};
 use crate::{
@@ -110,6 +113,13 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/keys/{id}", delete(keys::routes::delete_key))
         .route("/api/hosts", get(hosts::routes::list_hosts))
+        .route(
+            "/api/hosts/join-tokens",
+            post(pki::routes::create_join_token),
+        )
+        .route("/api/hosts/{id}", delete(hosts::routes::delete_host))
+        .route("/api/hosts/{id}/drain", post(hosts::routes::drain_host))
+        .route("/api/hosts/{id}/undrain", post(hosts::routes::undrain_host))
         .route("/api/quota", get(quotas::routes::my_quota))
         .route(
             "/api/quota/{user_id}",
@@ -214,6 +224,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     images::check::warn_if_unavailable().await;
 
+    let agent_auth = agent_auth(&config)?;
+    let rest_tls = config.rest_tls()?;
+
     let secret = load_or_create_jwt_secret(config.jwt_secret.as_deref(), &config.data_dir)?;
     let passwords = PasswordHasher::new(config.bcrypt_cost).await?;
     if let Some(admin) = config.admin_bootstrap() {
@@ -238,7 +251,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         rate_limits: Arc::new(RateLimits::new(config.rate_limits())),
         metrics: telemetry::install()?,
         settings: Arc::new(Settings {
-            agent_token: config.agent_token.clone().unwrap_or_default(),
+            agent_auth: agent_auth.clone(),
             operation_timeout: config.operation_timeout(),
             host_dead_after: config.host_dead_after(),
             placement: config.placement,
@@ -267,7 +280,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     tracing::info!(
         http = %http_listener.local_addr()?,
+        https = rest_tls.is_some(),
         grpc = %grpc_listener.local_addr()?,
+        agents = match &agent_auth {
+            AgentAuth::Certificates(_) => "mutual TLS",
+            AgentAuth::SharedToken(_) => "shared token, plain HTTP/2",
+        },
         metrics = ?metrics_listener.as_ref().and_then(|l| l.local_addr().ok()),
         "coordinator listening"
     );
@@ -286,33 +304,51 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let stop = stopped(stop_rx.clone());
         let service = router(state.clone());
         let admission = Admission::new(config.http_connection_limits());
-        tokio::spawn(http::server::serve(http_listener, service, admission, stop))
+        tokio::spawn(http::server::serve(
+            http_listener,
+            service,
+            admission,
+            rest_tls,
+            stop,
+        ))
     };
     let metrics_server = metrics_listener.map(|listener| {
         let stop = stopped(stop_rx.clone());
         let service = telemetry::metrics_router(state.clone());
         let admission = Admission::new(config.metrics_connection_limits());
-        tokio::spawn(http::server::serve(listener, service, admission, stop))
+        tokio::spawn(http::server::serve(
+            listener, service, admission, None, stop,
+        ))
     });
     let grpc_server = {
         let stop = stopped(stop_rx);
-        let service = AgentControlServer::new(AgentControlService::new(state.clone()));
-        let incoming = crate::agents::incoming(
-            grpc_listener,
-            Admission::new(config.grpc_connection_limits()),
-        );
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .http2_keepalive_interval(Some(Duration::from_secs(10)))
-                // What an agent may send on one stream before the coordinator reads it (a
-                // console whose client reads nothing holds that much), and on all of its
-                // streams together: room for every console a host may have, so that stalled
-                // consoles never hold up another stream of the same connection.
-                .initial_stream_window_size(Some(GRPC_STREAM_WINDOW))
-                .initial_connection_window_size(Some(GRPC_CONNECTION_WINDOW))
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, stop),
-        )
+        let admission = Admission::new(config.grpc_connection_limits());
+        let router = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            // What an agent may send on one stream before the coordinator reads it (a
+            // console whose client reads nothing holds that much), and on all of its
+            // streams together: room for every console a host may have, so that stalled
+            // consoles never hold up another stream of the same connection.
+            .initial_stream_window_size(Some(GRPC_STREAM_WINDOW))
+            .initial_connection_window_size(Some(GRPC_CONNECTION_WINDOW))
+            .add_service(AgentControlServer::new(AgentControlService::new(
+                state.clone(),
+            )))
+            .add_service(HostIdentityServer::new(HostIdentityService::new(
+                state.clone(),
+            )));
+        match &agent_auth {
+            AgentAuth::Certificates(pki) => {
+                let tls = pki::tls::agents_server_config(Arc::clone(pki))
+                    .context("cannot set up TLS on the agents' port")?;
+                let incoming = crate::agents::incoming_tls(grpc_listener, admission, tls);
+                tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop))
+            }
+            AgentAuth::SharedToken(_) => {
+                let incoming = crate::agents::incoming(grpc_listener, admission);
+                tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop))
+            }
+        }
     };
 
     // The database is migrated and both listeners are bound and being served.
@@ -386,10 +422,56 @@ async fn upkeep(state: AppState, mut stop: watch::Receiver<bool>) {
                 if let Err(err) = crate::idempotency::forget_expired(&state.db).await {
                     tracing::warn!(error = %err, "cannot forget expired idempotency keys");
                 }
+                if let Err(err) = pki::store::forget_expired(&state.db).await {
+                    tracing::warn!(error = %err, "cannot forget expired host certificates");
+                }
+                if let Err(err) = pki::join_tokens::forget_old(&state.db).await {
+                    tracing::warn!(error = %err, "cannot forget expired join tokens");
+                }
             }
             _ = stop.changed() => return,
         }
     }
+}
+
+/// How agents will prove who they are: the shared development token if one is set (with a
+/// warning), else certificates of the CA in `<DATA_DIR>/pki`, made now if there is none.
+fn agent_auth(config: &Config) -> anyhow::Result<AgentAuth> {
+    if let Some(token) = &config.agent_token {
+        tracing::warn!(
+            "AGENT_TOKEN is set: agents share one token over plain HTTP/2 and a host is whoever \
+             it says it is. For development and tests only; unset it and enrol hosts with join \
+             tokens (deploy/README.md)"
+        );
+        return Ok(AgentAuth::SharedToken(token.clone()));
+    }
+    let dir = pki::authority::pki_dir(&config.data_dir);
+    let (ca, created) = CertificateAuthority::load_or_create(&dir)
+        .with_context(|| format!("cannot set up the agents' CA in {}", dir.display()))?;
+    if created {
+        tracing::info!(dir = %dir.display(), fingerprint = %ca.fingerprint(),
+            "created the agents' certificate authority; back up ca.key");
+    } else {
+        tracing::info!(fingerprint = %ca.fingerprint(), "agents' certificate authority loaded");
+    }
+    Ok(AgentAuth::Certificates(Arc::new(Pki {
+        ca,
+        host_certificate_lifetime: config.agent_cert_lifetime,
+    })))
+}
+
+/// `coordinator ca init`: creates the CA unless there is one, and prints its fingerprint.
+pub fn init_ca(config: &Config) -> anyhow::Result<String> {
+    create_private_dir(&config.data_dir)?;
+    let dir = pki::authority::pki_dir(&config.data_dir);
+    let (ca, created) = CertificateAuthority::load_or_create(&dir)
+        .with_context(|| format!("cannot set up the agents' CA in {}", dir.display()))?;
+    Ok(format!(
+        "{} the agents' certificate authority in {}\nSHA-256 fingerprint: {}",
+        if created { "created" } else { "found" },
+        dir.display(),
+        ca.fingerprint()
+    ))
 }
 
 /// The watchdog's health check: a process whose database does not answer is not serving.

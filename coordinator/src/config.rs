@@ -7,9 +7,10 @@
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// How the scheduler chooses among hosts with room for a VM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -45,10 +46,30 @@ pub const REQUEST_TIMEOUT_MARGIN: Duration = Duration::from_secs(5);
 /// Connections the metrics listener (`METRICS_ADDR`) accepts at once.
 pub const METRICS_MAX_CONNECTIONS: usize = 16;
 
+/// What to do instead of running, if anything.
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// The certificate authority of the agents' port, in <DATA_DIR>/pki.
+    Ca {
+        #[command(subcommand)]
+        action: CaAction,
+    },
+}
+
+#[derive(Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaAction {
+    /// Create the CA unless one exists (the coordinator also does at its first start without
+    /// AGENT_TOKEN), and print its SHA-256 fingerprint, which join tokens carry.
+    Init,
+}
+
 /// Control plane for KVM hosts: users, quotas and the REST API; schedules VMs onto agents.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "coordinator", version, about, after_help = vmm_shared::settings::PRECEDENCE_HELP)]
 pub struct Config {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// TOML file of settings; keys are the long flags' names with `_` for `-` (e.g.
     /// `http_addr = "0.0.0.0:8080"`). Flags and environment variables override it
     /// [default: none].
@@ -105,8 +126,10 @@ pub struct Config {
     #[arg(long, env = "ADMIN_PASSWORD_FILE", value_name = "PATH")]
     pub admin_password_file: Option<PathBuf>,
 
-    /// Shared credential every agent must present (at least 16 characters). Required: this
-    /// or AGENT_TOKEN_FILE.
+    /// For development and tests only: one credential every agent presents instead of a
+    /// certificate (at least 16 characters). Agents then connect over plain HTTP/2 and a host
+    /// is whoever it says it is; the coordinator warns at start. Refused with TLS_CERT
+    /// [default: none: agents enrol with join tokens and connect with certificates].
     #[arg(long, env = "AGENT_TOKEN", hide_env_values = true)]
     pub agent_token: Option<String>,
 
@@ -114,6 +137,21 @@ pub struct Config {
     /// [default: none].
     #[arg(long, env = "AGENT_TOKEN_FILE", value_name = "PATH")]
     pub agent_token_file: Option<PathBuf>,
+
+    /// How long a certificate issued to a host is valid; its agent renews it once two thirds
+    /// of it have passed (at least 10s; e.g. `90d`, `720h`).
+    #[arg(long, env = "AGENT_CERT_LIFETIME", default_value = "90d",
+          value_parser = vmm_shared::duration::seconds)]
+    pub agent_cert_lifetime: Duration,
+
+    /// PEM file with the REST API's certificate chain (leaf first), to serve HTTPS; needs
+    /// TLS_KEY. Under systemd, a credential: `%d/tls.crt` [default: none: plain HTTP].
+    #[arg(long, env = "TLS_CERT", value_name = "PATH")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM file with the private key of TLS_CERT [default: none].
+    #[arg(long, env = "TLS_KEY", value_name = "PATH")]
+    pub tls_key: Option<PathBuf>,
 
     /// bcrypt work factor for password hashes (4-31).
     #[arg(long, env = "BCRYPT_COST", default_value_t = 12,
@@ -275,6 +313,9 @@ pub struct AdminBootstrap {
     pub password: String,
 }
 
+/// The shortest `AGENT_CERT_LIFETIME` accepted.
+pub const MIN_AGENT_CERT_LIFETIME: Duration = Duration::from_secs(10);
+
 /// The smallest `IMAGE_MAX_BYTES` accepted.
 pub const MIN_IMAGE_MAX_BYTES: u64 = 1 << 20;
 
@@ -292,6 +333,7 @@ impl Config {
             .resolve_secret_files()
             .and_then(|()| config.validate())
             .and_then(|()| config.check_open_file_limit(crate::connections::open_file_limit().0))
+            .and_then(|()| config.rest_tls().map(drop))
         {
             eprintln!("coordinator: {error}");
             std::process::exit(2);
@@ -338,21 +380,46 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         match self.agent_token.as_deref() {
-            None | Some("") => {
-                return Err(invalid(
-                    "AGENT_TOKEN",
-                    "required: set the shared credential agents must present, or \
-                     AGENT_TOKEN_FILE to a file holding it \
-                     (e.g. `head -c 32 /dev/urandom | base64`)",
-                ));
-            }
+            None => {}
             Some(token) if token.len() < 16 => {
                 return Err(invalid(
                     "AGENT_TOKEN",
                     "must be at least 16 characters long",
                 ));
             }
+            Some(_) if self.tls_cert.is_some() => {
+                return Err(invalid(
+                    "AGENT_TOKEN",
+                    "the shared agent token is for development only and is refused when TLS is \
+                     configured (TLS_CERT): unset it and enrol each host with a join token \
+                     (POST /api/hosts/join-tokens, deploy/README.md)",
+                ));
+            }
             Some(_) => {}
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "TLS_KEY",
+                    "TLS_CERT is set, so TLS_KEY must be too",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "TLS_CERT",
+                    "TLS_KEY is set, so TLS_CERT must be too",
+                ));
+            }
+            _ => {}
+        }
+        if self.agent_cert_lifetime < MIN_AGENT_CERT_LIFETIME {
+            return Err(invalid(
+                "AGENT_CERT_LIFETIME",
+                format!(
+                    "must be at least {}",
+                    vmm_shared::duration::display(MIN_AGENT_CERT_LIFETIME)
+                ),
+            ));
         }
         if self
             .jwt_secret
@@ -461,6 +528,28 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The REST API's TLS configuration from TLS_CERT and TLS_KEY, or `None` for plain HTTP.
+    pub fn rest_tls(&self) -> Result<Option<Arc<rustls::ServerConfig>>, ConfigError> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        crate::pki::tls::rest_server_config(cert, key)
+            .map(Some)
+            .map_err(|error| {
+                let setting = match &error {
+                    crate::pki::tls::TlsError::Read { setting, .. }
+                    | crate::pki::tls::TlsError::Empty { setting, .. } => setting,
+                    _ => "TLS_CERT",
+                };
+                invalid(setting, vmm_shared::settings::error_chain(&error))
+            })
+    }
+
+    /// Whether agents use the shared development token instead of certificates.
+    pub fn agents_share_a_token(&self) -> bool {
+        self.agent_token.is_some()
     }
 
     pub fn database_url(&self) -> String {
@@ -576,14 +665,75 @@ mod tests {
     }
 
     #[test]
-    fn agent_token_is_required_and_named() {
-        let err = parse(&[]).validate().unwrap_err();
-        // The variable may be set in the environment of whoever runs the tests.
-        if std::env::var_os("AGENT_TOKEN").is_none() {
-            assert_eq!(err.setting, "AGENT_TOKEN");
-        }
+    fn the_agent_token_is_optional_and_refused_short_or_with_tls() {
+        // The variables may be set in the environment of whoever runs the tests.
+        let mut config = parse(&[]);
+        config.agent_token = None;
+        config.tls_cert = None;
+        config.tls_key = None;
+        config.validate().unwrap();
+        assert!(!config.agents_share_a_token());
         let err = parse(&["--agent-token", "short"]).validate().unwrap_err();
         assert_eq!(err.setting, "AGENT_TOKEN");
+        let err = parse(&[
+            "--agent-token",
+            "0123456789abcdef0123",
+            "--tls-cert",
+            "/etc/tls.crt",
+            "--tls-key",
+            "/etc/tls.key",
+        ])
+        .validate()
+        .unwrap_err();
+        assert_eq!(err.setting, "AGENT_TOKEN");
+        assert!(err.reason.contains("join token"), "{err}");
+        let mut half = parse(&["--tls-cert", "/etc/tls.crt"]);
+        half.agent_token = None;
+        half.tls_key = None;
+        assert_eq!(half.validate().unwrap_err().setting, "TLS_KEY");
+        let mut short = parse(&["--agent-cert-lifetime", "5s"]);
+        short.agent_token = None;
+        assert_eq!(short.validate().unwrap_err().setting, "AGENT_CERT_LIFETIME");
+    }
+
+    #[test]
+    fn the_ca_is_made_by_a_subcommand() {
+        let config = parse(&["--data-dir", "/tmp/x", "ca", "init"]);
+        assert_eq!(
+            config.command,
+            Some(Command::Ca {
+                action: CaAction::Init
+            })
+        );
+        assert_eq!(parse(&[]).command, None);
+    }
+
+    #[test]
+    fn rest_tls_files_are_read_and_named_when_unusable() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        let mut config = parse(&[]);
+        config.tls_cert = Some(cert_path.clone());
+        config.tls_key = Some(key_path.clone());
+        assert!(config.rest_tls().unwrap().is_some());
+
+        config.tls_key = Some(dir.path().join("absent.key"));
+        let err = config.rest_tls().unwrap_err();
+        assert_eq!(err.setting, "TLS_KEY");
+        assert!(err.reason.contains("absent.key"), "{err}");
+        std::fs::write(&key_path, "not a key").unwrap();
+        config.tls_key = Some(key_path);
+        assert_eq!(config.rest_tls().unwrap_err().setting, "TLS_KEY");
+        std::fs::write(&cert_path, "").unwrap();
+        config.tls_key = Some(cert_path);
+        assert!(config.rest_tls().is_err());
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::db::{self, Backend, Db};
 
 /// Every table, parents before children (foreign keys). A table the schema has that is
 /// not listed here makes the copy refuse to run rather than leave it behind.
-pub const TABLES: [&str; 12] = [
+pub const TABLES: [&str; 14] = [
     "users",
     "quotas",
     "hosts",
@@ -28,6 +28,8 @@ pub const TABLES: [&str; 12] = [
     "idempotency_keys",
     "host_allocations",
     "user_usage",
+    "join_tokens",
+    "host_certificates",
 ];
 
 /// Tables whose rows only mean something while the coordinators that wrote them run

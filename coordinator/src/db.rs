@@ -1,10 +1,3 @@
-//! The coordinator's database: opening it and running the versioned migrations in
-//! `coordinator/migrations/` at start. SQLite in the data directory is the embedded default.
-//!
-//! Writers that read-then-write (placement, starting an operation) open their transaction
-//! with `BEGIN IMMEDIATE`, which takes SQLite's write lock up front, so two of them can never
-//! interleave between the read and the write.
-
 //! The coordinator's database: opening it and running the versioned migrations at start.
 //! SQLite in the data directory is the embedded default (`migrations/sqlite/`); PostgreSQL
 //! when `DATABASE_URL` is a `postgres://` URL (`migrations/postgres/`), which is what several
@@ -284,6 +277,11 @@ pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// A moment as stored, in the same form as [`now`] (so that stored times compare as text).
+pub fn timestamp(at: std::time::SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(at).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 /// A count or size as stored: SQL integers are signed 64-bit.
 pub fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
@@ -436,5 +434,148 @@ mod tests {
         crate::users::store::insert(&db, "carol", "hash", crate::users::Role::User)
             .await
             .unwrap();
+    }
+
+    /// A database migrated up to (not including) the migration whose name starts with
+    /// `first_left_out`, and its URL.
+    async fn migrated_before(dir: &Path, first_left_out: &str) -> (String, sqlx::SqlitePool) {
+        let url = default_url(dir);
+        let before = dir.join(format!("migrations-before-{first_left_out}"));
+        std::fs::create_dir(&before).unwrap();
+        let all = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+        for entry in std::fs::read_dir(&all).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+            if name.as_str() < first_left_out {
+                std::fs::copy(&path, before.join(&name)).unwrap();
+            }
+        }
+        let options = SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .create_if_missing(true)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .connect_with(options)
+            .await
+            .unwrap();
+        sqlx::migrate::Migrator::new(before.as_path())
+            .await
+            .unwrap()
+            .run(&pool)
+            .await
+            .unwrap();
+        (url, pool)
+    }
+
+    /// Migration 0008 on hosts recorded in several spellings (an impostor's `HOST-A` beside
+    /// the real `host-a`) and a VM wedged by a generation of 2^63-1: every host ends up
+    /// under a lower-case ID that the API can name, with its VMs, cached images and
+    /// operations, and the wedged VM takes reports again.
+    #[tokio::test]
+    async fn host_ids_lose_their_case_and_wedged_generations_start_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, pool) = migrated_before(dir.path(), "0008").await;
+        let user = "00000000-0000-4000-8000-000000000001";
+        sqlx::query(
+            "INSERT INTO users (id, username, username_key, password_hash, role, created_at)
+             VALUES (?, 'u', 'u', 'hash', 'user', '2025-01-01T00:00:00.000Z')",
+        )
+        .bind(user)
+        .execute(&pool)
+        .await
+        .unwrap();
+        for (host, seen) in [
+            ("host-a", "2025-01-01T00:00:00.000Z"),
+            ("HOST-A", "2025-01-03T00:00:00.000Z"),
+            ("Host-A", "2025-01-02T00:00:00.000Z"),
+            ("KVM-1", "2025-01-01T00:00:00.000Z"),
+        ] {
+            sqlx::query(
+                "INSERT INTO hosts (id, status, cpus, memory_mib, disk_gb, libvirt_version,
+                                    hypervisor, kvm_usable, agent_version, last_seen_at)
+                 VALUES (?, 'unreachable', 4, 4096, 100, '11', 'Test', 0, 't', ?)",
+            )
+            .bind(host)
+            .bind(seen)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        for (vm, host, generation) in [
+            ("00000000-0000-4000-8000-00000000000a", "host-a", 5_i64),
+            ("00000000-0000-4000-8000-00000000000b", "HOST-A", i64::MAX),
+            ("00000000-0000-4000-8000-00000000000c", "KVM-1", 7),
+        ] {
+            sqlx::query(
+                "INSERT INTO vms (id, owner_id, name, host_id, cpu, memory_mib, disk_gb, status,
+                                  generation, created_at)
+                 VALUES (?, ?, ?, ?, 1, 128, 1, 'running', ?, '2025-01-01T00:00:00.000Z')",
+            )
+            .bind(vm)
+            .bind(user)
+            .bind(vm)
+            .bind(host)
+            .bind(generation)
+            .execute(&pool)
+            .await
+            .unwrap();
+            sqlx::query(
+                "INSERT INTO operations (id, kind, vm_id, host_id, user_id, status, created_at)
+                 VALUES (?, 'create', ?, ?, ?, 'succeeded', '2025-01-01T00:00:00.000Z')",
+            )
+            .bind(uuid::Uuid::new_v4().to_string())
+            .bind(vm)
+            .bind(host)
+            .bind(user)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        pool.close().await;
+
+        let db = connect(&url).await.unwrap();
+        let hosts: Vec<String> = sqlx::query_scalar("SELECT id FROM hosts ORDER BY id")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+        assert_eq!(
+            hosts,
+            [
+                "host-a",
+                "host-a.case-variant-1",
+                "host-a.case-variant-2",
+                "kvm-1"
+            ],
+            "the lower-case row keeps the name; the others get names the API can delete"
+        );
+        for name in &hosts {
+            assert!(name.parse::<vmm_shared::HostId>().is_ok(), "{name}");
+        }
+        let vms: Vec<(String, String, i64)> =
+            sqlx::query_as("SELECT id, host_id, generation FROM vms ORDER BY id")
+                .fetch_all(&db)
+                .await
+                .unwrap();
+        assert_eq!(
+            vms.iter()
+                .map(|(_, host, generation)| (host.as_str(), *generation))
+                .collect::<Vec<_>>(),
+            [("host-a", 5), ("host-a.case-variant-1", 0), ("kvm-1", 7)],
+            "VMs follow their host; the wedged generation starts over"
+        );
+        let operation_hosts: Vec<String> =
+            sqlx::query_scalar("SELECT DISTINCT host_id FROM operations ORDER BY host_id")
+                .fetch_all(&db)
+                .await
+                .unwrap();
+        assert_eq!(
+            operation_hosts,
+            ["host-a", "host-a.case-variant-1", "kvm-1"]
+        );
+        let violations = sqlx::query("PRAGMA foreign_key_check")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+        assert!(violations.is_empty(), "no foreign key is left dangling");
     }
 }

@@ -281,3 +281,22 @@ impl From<crate::users::store::Error> for ApiError {
         }
     }
 }
+
+impl From<crate::pki::enrolment::IssueError> for ApiError {
+    fn from(err: crate::pki::enrolment::IssueError) -> Self {
+        use crate::pki::enrolment::IssueError;
+        use crate::pki::join_tokens::Refused;
+        match err {
+            IssueError::BadRequest(message) => ApiError::BadRequest(message),
+            IssueError::Token(refused @ Refused::OtherHost(_)) => {
+                ApiError::Forbidden(refused.to_string())
+            }
+            IssueError::Token(refused) => ApiError::Unauthorized(refused.to_string()),
+            IssueError::Revoked => ApiError::Unauthorized(err.to_string()),
+            IssueError::Signing(cause) => {
+                ApiError::Internal(anyhow::Error::new(cause).context("issuing a certificate"))
+            }
+            IssueError::Database(cause) => ApiError::from(cause),
+        }
+    }
+}

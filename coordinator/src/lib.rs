@@ -22,8 +22,9 @@
 //! - [`snapshots`]: VM snapshots
 //! - [`images`]: the image catalogue, its files, uploads and downloads
 //! - [`keys`]: users' SSH public keys
-//! - [`hosts`]: connected agents, host records, the scheduler
-//! - [`agents`]: the agent stream
+//! - [`hosts`]: connected agents, host records, the scheduler, draining and deleting hosts
+//! - [`agents`]: the agent stream, and who is calling on it
+//! - [`pki`]: the agents' CA, join tokens, host certificates, TLS settings
 //! - [`operations`]: operation records and the runner that carries every operation out
 //! - [`idempotency`]: `Idempotency-Key` for client retries
 //! - [`quotas`]: per-user limits and usage
@@ -53,6 +54,7 @@ pub mod keys;
 pub mod ledger;
 pub mod lifecycle;
 pub mod operations;
+pub mod pki;
 pub mod quotas;
 pub mod ratelimit;
 pub mod snapshots;

@@ -5,7 +5,7 @@
 
 use clap::Parser;
 use vmm_coordinator::Config;
-use vmm_coordinator::config::LogFormat;
+use vmm_coordinator::config::{CaAction, Command, LogFormat};
 
 /// Copies every user, VM, snapshot, quota, operation, image record, SSH key and host
 /// record from one database to another, empty one (e.g. SQLite to PostgreSQL). Stop the
@@ -40,6 +40,21 @@ async fn main() -> std::process::ExitCode {
     if config.check_config {
         println!("coordinator: the configuration is valid");
         return std::process::ExitCode::SUCCESS;
+    }
+    if let Some(Command::Ca {
+        action: CaAction::Init,
+    }) = &config.command
+    {
+        return match vmm_coordinator::app::init_ca(&config) {
+            Ok(said) => {
+                println!("{said}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("coordinator: {err:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
     }
     vmm_shared::logging::init(config.log_format == LogFormat::Json);
     match vmm_coordinator::run(config).await {

@@ -16,13 +16,16 @@ use crate::console::Consoles;
 use crate::db::Db;
 use crate::hosts::AgentRegistry;
 use crate::images::Images;
+use crate::pki::AgentAuth;
 use crate::quotas::QuotaLimits;
 use crate::ratelimit::RateLimits;
 
 /// Settings the request handlers and the agent stream need, fixed at start.
 #[derive(Debug)]
 pub struct Settings {
-    pub agent_token: String,
+    /// How agents prove who they are: certificates of the coordinator's CA, or (development
+    /// only) the shared token.
+    pub agent_auth: AgentAuth,
     pub operation_timeout: Duration,
     pub host_dead_after: Duration,
     pub placement: Placement,

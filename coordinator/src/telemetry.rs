@@ -6,7 +6,9 @@
 //! and every labelled one whose label values are a fixed set, exists at 0 from the first
 //! scrape, so that `increase()` sees its first event. Gauges that describe what exists (VMs
 //! by status, users, hosts, allocation) are computed from the database at each scrape, so
-//! they are right from the first scrape after a restart.
+//! they are right from the first scrape after a restart. The per-host gauges are written
+//! straight from the host records at each scrape ([`render_host_gauges`]), not kept in the
+//! recorder: a deleted host's series (and the alerts on them) stop with its record.
 //!
 //! No value a client chooses becomes a label as it is: the HTTP method is one of the
 //! standard ones or `other`, the endpoint is the route template or `unmatched`, the status a
@@ -36,6 +38,7 @@ use vmm_shared::VmStatus;
 use crate::connections::Refusal;
 use crate::db::Db;
 use crate::error::{ApiError, CapacityRefusal};
+use crate::hosts::store::{HostStatus, HostView};
 use crate::images::ImageStatus;
 use crate::state::AppState;
 
@@ -154,30 +157,6 @@ fn describe() {
         "rate_limit_tracked_keys",
         "Clients, users and user names the rate limiter tracks now."
     );
-    describe_gauge!(
-        "host_connected",
-        "1 while the host's agent is connected, else 0."
-    );
-    describe_gauge!(
-        "libvirt_connection_status",
-        "1 while the host's agent reports a working libvirt connection, else 0."
-    );
-    describe_gauge!("host_cpus", "Physical CPUs of the host.");
-    describe_gauge!("host_memory_mib", "Memory of the host, MiB.");
-    describe_gauge!(
-        "host_disk_gb",
-        "Capacity of the host's VM storage pool, GB."
-    );
-    describe_gauge!("host_allocated_cpu", "vCPUs allocated to VMs on the host.");
-    describe_gauge!(
-        "host_allocated_memory_mib",
-        "Memory allocated to VMs on the host, MiB."
-    );
-    describe_gauge!(
-        "host_allocated_disk_gb",
-        "Disk allocated to VMs on the host, GB."
-    );
-    describe_gauge!("host_vms", "VMs recorded on the host.");
     describe_counter!(
         "operations_total",
         "Finished operations, by kind and outcome."
@@ -223,7 +202,8 @@ pub fn metrics_router(state: AppState) -> Router {
 /// `GET /metrics` on `METRICS_ADDR`, and `GET /api/metrics`.
 pub async fn scrape(State(app): State<AppState>) -> Result<Response, ApiError> {
     refresh_gauges(&app).await?;
-    let body = app.metrics.render();
+    let mut body = app.metrics.render();
+    render_host_gauges(&mut body, &crate::hosts::store::list(&app.db).await?);
     Ok((
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         body,
@@ -241,22 +221,80 @@ async fn refresh_gauges(app: &AppState) -> Result<(), sqlx::Error> {
     gauge!("agents_connected").set(app.registry.connected_count() as f64);
     gauge!("rate_limit_tracked_keys").set(app.rate_limits.tracked_keys() as f64);
 
-    for host in crate::hosts::store::list(&app.db).await? {
-        let id = host.id.to_string();
-        let connected = host.status == crate::hosts::store::HostStatus::Connected;
-        gauge!("host_connected", "host" => id.clone()).set(f64::from(u8::from(connected)));
-        gauge!("libvirt_connection_status", "host" => id.clone())
-            .set(f64::from(u8::from(connected && host.libvirt_connected)));
-        gauge!("host_cpus", "host" => id.clone()).set(host.cpus as f64);
-        gauge!("host_memory_mib", "host" => id.clone()).set(host.memory_mib as f64);
-        gauge!("host_disk_gb", "host" => id.clone()).set(host.disk_gb as f64);
-        gauge!("host_allocated_cpu", "host" => id.clone()).set(host.allocated.cpu as f64);
-        gauge!("host_allocated_memory_mib", "host" => id.clone())
-            .set(host.allocated.memory_mib as f64);
-        gauge!("host_allocated_disk_gb", "host" => id.clone()).set(host.allocated.disk_gb as f64);
-        gauge!("host_vms", "host" => id).set(host.vms as f64);
-    }
     Ok(())
+}
+
+/// The per-host gauges: name, help, and the value for one host.
+type HostGauge = (&'static str, &'static str, fn(&HostView) -> f64);
+
+const HOST_GAUGES: &[HostGauge] = &[
+    (
+        "host_connected",
+        "1 while the host's agent is connected, else 0.",
+        |host| f64::from(u8::from(is_connected(host))),
+    ),
+    (
+        "libvirt_connection_status",
+        "1 while the host's agent reports a working libvirt connection, else 0.",
+        |host| f64::from(u8::from(is_connected(host) && host.libvirt_connected)),
+    ),
+    (
+        "host_drained",
+        "1 while an admin has drained the host (no new VMs are placed on it), else 0.",
+        |host| f64::from(u8::from(host.drained)),
+    ),
+    ("host_cpus", "Physical CPUs of the host.", |host| {
+        host.cpus as f64
+    }),
+    ("host_memory_mib", "Memory of the host, MiB.", |host| {
+        host.memory_mib as f64
+    }),
+    (
+        "host_disk_gb",
+        "Capacity of the host's VM storage pool, GB.",
+        |host| host.disk_gb as f64,
+    ),
+    (
+        "host_allocated_cpu",
+        "vCPUs allocated to VMs on the host.",
+        |host| host.allocated.cpu as f64,
+    ),
+    (
+        "host_allocated_memory_mib",
+        "Memory allocated to VMs on the host, MiB.",
+        |host| host.allocated.memory_mib as f64,
+    ),
+    (
+        "host_allocated_disk_gb",
+        "Disk allocated to VMs on the host, GB.",
+        |host| host.allocated.disk_gb as f64,
+    ),
+    ("host_vms", "VMs recorded on the host.", |host| {
+        host.vms as f64
+    }),
+];
+
+fn is_connected(host: &HostView) -> bool {
+    host.status != HostStatus::Unreachable
+}
+
+/// Appends the per-host gauges of `hosts` to an exposition, one family after another. Host
+/// IDs are letters, digits, `-`, `_` and `.`: nothing in them needs escaping in a label.
+pub fn render_host_gauges(out: &mut String, hosts: &[HostView]) {
+    use std::fmt::Write as _;
+    if hosts.is_empty() {
+        return;
+    }
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    for (name, help, value) in HOST_GAUGES {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for host in hosts {
+            let _ = writeln!(out, "{name}{{host=\"{}\"}} {}", host.id, value(host));
+        }
+        out.push('\n');
+    }
 }
 
 async fn refresh_image_gauges(db: &Db) -> Result<(), sqlx::Error> {

@@ -91,6 +91,7 @@ async fn start(idle_timeout: Duration) -> Coordinator {
         http_listener,
         router(state),
         admission,
+        None,
         std::future::pending(),
     ));
     Coordinator {

@@ -1,4 +1,4 @@
-//! Durations in settings: a number with a unit (`500ms`, `10s`, `2m`, `1h`, `1m30s`), or a
+//! Durations in settings: a number with a unit (`500ms`, `10s`, `2m`, `1h`, `90d`, `1m30s`), or a
 //! bare number in the setting's own unit, which is what its name ends with (`*_SECS`: seconds,
 //! `*_MS`: milliseconds), so that every value written before units were accepted still means
 //! what it meant.
@@ -24,13 +24,14 @@ const UNITS: &[(&str, Duration)] = &[
     ("s", Duration::from_secs(1)),
     ("m", Duration::from_secs(60)),
     ("h", Duration::from_secs(3600)),
+    ("d", Duration::from_secs(86400)),
 ];
 
 fn parse(text: &str, bare_unit: Duration) -> Result<Duration, String> {
     let trimmed = text.trim();
     let invalid = || {
         format!(
-            "{text:?} is not a duration: write a whole number with a unit (ms, s, m, h), \
+            "{text:?} is not a duration: write a whole number with a unit (ms, s, m, h, d), \
              e.g. \"500ms\", \"10s\", \"2m\", \"1m30s\"; a bare number means {}",
             if bare_unit == Duration::from_secs(1) {
                 "seconds"
@@ -98,6 +99,7 @@ mod tests {
         assert_eq!(seconds("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(seconds("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(seconds("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(seconds("90d"), Ok(Duration::from_secs(90 * 86400)));
         assert_eq!(seconds("0"), Ok(Duration::ZERO));
         assert_eq!(milliseconds("2000"), Ok(Duration::from_secs(2)));
         assert_eq!(milliseconds("2s"), Ok(Duration::from_secs(2)));
@@ -125,7 +127,16 @@ mod tests {
 
     #[test]
     fn display_reads_back() {
-        for text in ["500ms", "10s", "2m", "1m30s", "1h", "1h1m1s1ms"] {
+        for text in [
+            "500ms",
+            "10s",
+            "2m",
+            "1m30s",
+            "1h",
+            "1h1m1s1ms",
+            "90d",
+            "1d12h",
+        ] {
             let duration = seconds(text).unwrap();
             assert_eq!(display(duration), text);
             assert_eq!(seconds(&display(duration)), Ok(duration));

@@ -74,8 +74,13 @@ uuid_id!(
 );
 
 /// A hypervisor host, named by its agent (by default the machine's hostname).
+///
+/// Host IDs are case-insensitive, like the host names they usually are: every spelling is
+/// normalised to lower case when parsed, so `KVM-1` and `kvm-1` are one host everywhere (the
+/// registry of connected agents, the database, certificates, logs). There is no other way
+/// to make one than parsing, deserialising included.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
+#[serde(try_from = "String", into = "String")]
 pub struct HostId(String);
 
 /// Why a string is not a valid host ID.
@@ -98,10 +103,24 @@ impl FromStr for HostId {
             && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
         if valid {
-            Ok(Self(s.to_owned()))
+            Ok(Self(s.to_ascii_lowercase()))
         } else {
             Err(InvalidHostId)
         }
+    }
+}
+
+impl TryFrom<String> for HostId {
+    type Error = InvalidHostId;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
+}
+
+impl From<HostId> for String {
+    fn from(host: HostId) -> Self {
+        host.0
     }
 }
 
@@ -128,5 +147,15 @@ mod tests {
         assert!("".parse::<HostId>().is_err());
         assert!("a<b>".parse::<HostId>().is_err());
         assert!("a b".parse::<HostId>().is_err());
+    }
+
+    #[test]
+    fn host_ids_ignore_case_also_when_deserialised() {
+        let upper: HostId = "KVM-01.Rack4".parse().unwrap();
+        assert_eq!(upper, "kvm-01.rack4".parse().unwrap());
+        assert_eq!(upper.as_str(), "kvm-01.rack4");
+        let from_json: HostId = serde_json::from_str("\"Host-A\"").unwrap();
+        assert_eq!(from_json.as_str(), "host-a");
+        assert!(serde_json::from_str::<HostId>("\"a<b>\"").is_err());
     }
 }

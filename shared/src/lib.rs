@@ -1,5 +1,6 @@
 //! Types the agent and the coordinator both use that are not wire types: typed IDs, the VM
-//! status the coordinator shows, and the rules for what a VM may be called and how big it
+//! status the coordinator shows, how hosts are named in certificates and join tokens
+//! ([`identity`]), and the rules for what a VM may be called and how big it
 //! may be; and the process plumbing both binaries need at start: reading settings from
 //! flags, environment and a TOML file ([`settings`], with [`duration`]s), setting up logs
 //! ([`logging`]) and telling systemd how the service is doing ([`systemd`]). Only those do
@@ -7,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod duration;
+pub mod identity;
 pub mod ids;
 pub mod limits;
 pub mod logging;

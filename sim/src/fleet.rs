@@ -15,9 +15,10 @@ use std::time::Duration;
 use anyhow::Result;
 use vmm_agent::commands::CommandExecutor;
 use vmm_agent::config::AgentToken;
+use vmm_agent::enrol::Credentials;
 use vmm_agent::hypervisor::memory::MemoryHost;
 use vmm_agent::hypervisor::{HostFacts, Hypervisor, PowerState, hints};
-use vmm_agent::images::{GrpcImageSource, ImageCache};
+use vmm_agent::images::{ImageCache, NoImageSource};
 use vmm_agent::journal::Journal;
 use vmm_agent::poller::StatePoller;
 use vmm_agent::state::StateTracker;
@@ -88,7 +89,7 @@ impl Fleet {
             poller.poll_once().await?;
             let images = Arc::new(ImageCache::new(
                 hypervisor.clone(),
-                Arc::new(GrpcImageSource::new(&link.url(), id.parse()?, &token)?),
+                Arc::new(NoImageSource),
                 image_caches.path().join(&id),
             ));
             let executor = Arc::new(CommandExecutor::new(
@@ -103,7 +104,7 @@ impl Fleet {
                     coordinator_url: link.url(),
                     other_coordinator_urls: Vec::new(),
                     host_id: id.parse()?,
-                    agent_token: token.clone(),
+                    credentials: Credentials::SharedToken(token.clone()),
                     heartbeat_interval: Duration::from_secs(5),
                 },
                 hypervisor,

@@ -421,22 +421,16 @@ async fn examples() -> Result<()> {
         .prefix("vmm-e2e-config-")
         .tempdir()?;
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config");
-    let token_file = write(
-        &dir.path().join("agent-token"),
-        &format!("{}\n", random_secret()),
-    )?;
-    let token_path = token_file.display().to_string();
+    // As deployed: no shared agent token; the agent has the join token an admin made (only
+    // read when it enrols, so any file will do here).
+    let join_token_path = dir.path().join("join-token").display().to_string();
     for (binary, file, env) in [
-        (
-            "coordinator",
-            "coordinator.toml",
-            vec![("AGENT_TOKEN_FILE", token_path.as_str())],
-        ),
+        ("coordinator", "coordinator.toml", vec![]),
         (
             "agent",
             "agent.toml",
             vec![
-                ("AGENT_TOKEN_FILE", token_path.as_str()),
+                ("JOIN_TOKEN_FILE", join_token_path.as_str()),
                 ("HOST_ID", "kvm-1"),
             ],
         ),

@@ -310,7 +310,7 @@ async fn timeouts(cluster: &TestCluster) -> Result<()> {
     );
 
     // The agents' listener: a connection that never starts talking is closed too.
-    let grpc: SocketAddr = cluster.grpc_url().trim_start_matches("http://").parse()?;
+    let grpc: SocketAddr = cluster.grpc_addr();
     let mut silent_agent = TcpStream::connect(grpc).await?;
     let (closed_after, _) = wait_for_close(&mut silent_agent, limit)
         .await

@@ -18,6 +18,7 @@ mod console;
 mod faults;
 mod fleet;
 mod hardening;
+mod host_identity;
 mod images;
 mod late_results;
 mod lifecycle;

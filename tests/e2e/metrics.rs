@@ -658,7 +658,11 @@ async fn deploy_files() -> Result<()> {
 /// of room is counted apart from other 503s.
 #[tokio::test(flavor = "multi_thread")]
 async fn every_counter_exists_at_zero_from_the_first_scrape() {
-    let options = ClusterOptions::default().coordinator_env("DEFAULT_QUOTA_MEMORY_MIB", "2000000");
+    // The shared-token mode: enrolling agents with join tokens makes the harness log in as
+    // the admin, which counts in `user_login_total` before the first scrape.
+    let options = ClusterOptions::default()
+        .shared_token()
+        .coordinator_env("DEFAULT_QUOTA_MEMORY_MIB", "2000000");
     let cluster = TestCluster::start(options).await.unwrap();
     zero_counters(&cluster).await.unwrap();
 }

@@ -29,12 +29,12 @@ async fn two_coordinators(options: ClusterOptions) -> Result<(TestCluster, PeerC
     let peer = cluster.start_peer_coordinator("b").await?;
     let a = cluster.grpc_url().to_owned();
     let b = peer.grpc_url().to_owned();
-    cluster.add_agent(
-        AgentOptions::test_driver("host-a").env("COORDINATOR_URL", &format!("{a},{b}")),
-    )?;
-    cluster.add_agent(
-        AgentOptions::test_driver("host-b").env("COORDINATOR_URL", &format!("{b},{a}")),
-    )?;
+    cluster
+        .add_agent(AgentOptions::test_driver("host-a").env("COORDINATOR_URL", &format!("{a},{b}")))
+        .await?;
+    cluster
+        .add_agent(AgentOptions::test_driver("host-b").env("COORDINATOR_URL", &format!("{b},{a}")))
+        .await?;
     let api = cluster.admin().await?;
     wait_until("both hosts connected", Duration::from_secs(60), || {
         let api = api.clone();

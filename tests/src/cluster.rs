@@ -1,6 +1,13 @@
 //! A test cluster: one coordinator and N agents, each a real process of the built binaries,
 //! on ephemeral loopback ports, with every file under one temporary directory.
 //!
+//! Agents prove who they are the way they do in production ([`AgentAuthMode::Certificates`],
+//! the default): the coordinator runs without `AGENT_TOKEN`, the harness asks it (as the
+//! admin, over the REST API) for a join token per host, and each agent enrols with its token
+//! (`JOIN_TOKEN_FILE`) on its first start and connects over mutual TLS from then on.
+//! [`AgentAuthMode::SharedToken`] starts the development mode instead (`AGENT_TOKEN`, plain
+//! HTTP/2).
+//!
 //! Dropping the cluster kills every process; when the drop happens during a panic (a failed
 //! assertion), the end of each process's log is printed first, so the failure explains
 //! itself. Set `VMM_E2E_KEEP=1` to keep the temporary directory (logs, databases, disks).
@@ -31,10 +38,29 @@ pub const TEST_DRIVER_URI: &str = "test:///default";
 /// The system QEMU driver under libvirtd.
 pub const QEMU_SYSTEM_URI: &str = "qemu:///system";
 
+/// How the cluster's agents prove who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentAuthMode {
+    /// Join tokens, then client certificates over mutual TLS (production's way).
+    Certificates,
+    /// The development mode: one `AGENT_TOKEN` shared by all, over plain HTTP/2.
+    SharedToken,
+}
+
+/// Where the harness's own requests to the REST API come from (enrolling agents): not the
+/// tests' 127.0.0.1, whose rate-limit budgets they would use up.
+pub const HARNESS_ADDRESS: std::net::IpAddr =
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 254));
+
+/// How long the join tokens the harness makes last.
+const JOIN_TOKEN_TTL_SECS: u64 = 600;
+
 /// What to start.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
     pub agents: Vec<AgentOptions>,
+    /// Certificates by default.
+    pub agent_auth: AgentAuthMode,
     /// `spread` or `pack`; `None` leaves the coordinator's default.
     pub placement: Option<String>,
     pub jwt_ttl_secs: Option<u64>,
@@ -58,6 +84,7 @@ impl ClusterOptions {
     pub fn with_agents(agents: Vec<AgentOptions>) -> Self {
         Self {
             agents,
+            agent_auth: AgentAuthMode::Certificates,
             placement: None,
             jwt_ttl_secs: None,
             host_dead_after_secs: None,
@@ -65,6 +92,12 @@ impl ClusterOptions {
             rate_limit: false,
             coordinator_env: Vec::new(),
         }
+    }
+
+    /// The development mode: a shared `AGENT_TOKEN` instead of certificates.
+    pub fn shared_token(mut self) -> Self {
+        self.agent_auth = AgentAuthMode::SharedToken;
+        self
     }
 
     pub fn placement(mut self, placement: &str) -> Self {
@@ -178,6 +211,11 @@ impl AgentHandle {
         self.process.log_tail(lines)
     }
 
+    /// Where the running process of this agent logs.
+    pub fn log_path(&self) -> PathBuf {
+        self.process.log_path().to_path_buf()
+    }
+
     /// The whole log of the current process.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.process.log_path()).unwrap_or_default()
@@ -220,7 +258,8 @@ pub struct TestCluster {
     admin_user: String,
     admin_password: String,
     jwt_secret: String,
-    agent_token: String,
+    /// `Some` in the shared-token mode only.
+    agent_token: Option<String>,
     dir: Option<TempDir>,
 }
 
@@ -237,11 +276,13 @@ impl TestCluster {
 
         let (http_addr, grpc_addr) = free_port_pair()?;
         let http_url = format!("http://{http_addr}");
-        let grpc_url = format!("http://{grpc_addr}");
         let admin_user = "admin".to_owned();
         let admin_password = random_secret();
         let jwt_secret = random_secret();
-        let agent_token = random_secret();
+        let (grpc_url, agent_token) = match options.agent_auth {
+            AgentAuthMode::Certificates => (format!("https://{grpc_addr}"), None),
+            AgentAuthMode::SharedToken => (format!("http://{grpc_addr}"), Some(random_secret())),
+        };
 
         let data_dir = dir.path().join("coordinator");
         std::fs::create_dir(&data_dir)?;
@@ -252,9 +293,11 @@ impl TestCluster {
             ("JWT_SECRET".into(), jwt_secret.clone().into()),
             ("ADMIN_USER".into(), admin_user.clone().into()),
             ("ADMIN_PASSWORD".into(), admin_password.clone().into()),
-            ("AGENT_TOKEN".into(), agent_token.clone().into()),
             ("BCRYPT_COST".into(), BCRYPT_COST.into()),
         ];
+        if let Some(token) = &agent_token {
+            env.push(("AGENT_TOKEN".into(), token.into()));
+        }
         let optional = [
             ("PLACEMENT", options.placement.clone()),
             ("JWT_TTL_SECS", options.jwt_ttl_secs.map(|v| v.to_string())),
@@ -306,7 +349,7 @@ impl TestCluster {
             dir: Some(dir),
         };
         for agent in options.agents {
-            cluster.start_agent_process(&agent_bin, agent)?;
+            cluster.start_agent_process(&agent_bin, agent).await?;
         }
         cluster
             .wait_for_connected_agents(cluster.agents.len())
@@ -314,15 +357,27 @@ impl TestCluster {
         Ok(cluster)
     }
 
-    fn start_agent_process(&mut self, agent_bin: &Path, options: AgentOptions) -> Result<()> {
+    /// Starts one more agent (enrolled with a join token of its own in the certificate
+    /// mode) and returns at once; see [`TestCluster::wait_for_connected_agents`].
+    pub async fn add_agent(&mut self, options: AgentOptions) -> Result<()> {
+        let agent_bin = binary_path("agent")?;
+        self.start_agent_process(&agent_bin, options).await
+    }
+
+    async fn start_agent_process(&mut self, agent_bin: &Path, options: AgentOptions) -> Result<()> {
         let root = self
             .dir
             .as_ref()
             .context("cluster directory already gone")?
-            .path();
+            .path()
+            .to_path_buf();
         let data_dir = root.join(format!("agent-{}", options.host_id));
         std::fs::create_dir(&data_dir)?;
         make_traversable(&data_dir)?;
+        if self.agent_token.is_none() {
+            let token = self.join_token(&options.host_id).await?;
+            write_private(&self.join_token_path(&options.host_id)?, &token)?;
+        }
         let metrics_addr = free_port()?;
         let process = self.spawn_agent(
             agent_bin,
@@ -350,13 +405,21 @@ impl TestCluster {
         metrics_addr: SocketAddr,
         log_path: PathBuf,
     ) -> Result<ChildProcess> {
+        let credential = match &self.agent_token {
+            Some(token) => ("AGENT_TOKEN".into(), token.into()),
+            // Read only until the agent has its certificate: restarts use the certificate.
+            None => (
+                "JOIN_TOKEN_FILE".into(),
+                self.join_token_path(&options.host_id)?.into(),
+            ),
+        };
         let mut env: Vec<(String, OsString)> = vec![
             ("METRICS_ADDR".into(), metrics_addr.to_string().into()),
             ("COORDINATOR_URL".into(), self.grpc_url.clone().into()),
             ("LIBVIRT_URI".into(), options.libvirt_uri.clone().into()),
             ("HOST_ID".into(), options.host_id.clone().into()),
             ("AGENT_DATA_DIR".into(), data_dir.to_path_buf().into()),
-            ("AGENT_TOKEN".into(), self.agent_token.clone().into()),
+            credential,
             ("STORAGE_POOL".into(), options.storage_pool.clone().into()),
             (
                 "SHUTDOWN_TIMEOUT_SECS".into(),
@@ -375,6 +438,47 @@ impl TestCluster {
             &env,
             log_path,
         )
+    }
+
+    /// Where the join token of `host_id` is kept for its agent (`JOIN_TOKEN_FILE`).
+    pub fn join_token_path(&self, host_id: &str) -> Result<PathBuf> {
+        Ok(self
+            .dir
+            .as_ref()
+            .context("cluster directory already gone")?
+            .path()
+            .join(format!("join-token-{host_id}")))
+    }
+
+    /// A new join token for `host_id`, made by the admin through the REST API. The harness
+    /// logs in from a loopback address of its own ([`HARNESS_ADDRESS`]), so that it takes
+    /// nothing from the rate-limit budgets of the tests' clients (127.0.0.1).
+    pub async fn join_token(&self, host_id: &str) -> Result<String> {
+        let answer: serde_json::Value = Api::from_address(&self.http_url, HARNESS_ADDRESS)
+            .login(&self.admin_user, &self.admin_password)
+            .await
+            .context("logging in as the admin to make a join token")?
+            .post(
+                "/api/hosts/join-tokens",
+                &serde_json::json!({"host_id": host_id, "ttl": JOIN_TOKEN_TTL_SECS}),
+            )
+            .await?
+            .expect_status(201)
+            .with_context(|| format!("making a join token for {host_id}"))?
+            .json()?;
+        answer["token"]
+            .as_str()
+            .map(str::to_owned)
+            .context("the join token answer has no token")
+    }
+
+    /// How agents prove who they are in this cluster.
+    pub fn agent_auth(&self) -> AgentAuthMode {
+        if self.agent_token.is_some() {
+            AgentAuthMode::SharedToken
+        } else {
+            AgentAuthMode::Certificates
+        }
     }
 
     /// Kills the agent of `host_id` with SIGKILL (nothing is flushed, nothing said goodbye
@@ -446,9 +550,19 @@ impl TestCluster {
         std::fs::read_to_string(self.coordinator.log_path()).unwrap_or_default()
     }
 
-    /// The address agents connect to (`GRPC_ADDR`).
+    /// The URL agents connect to: `https://<GRPC_ADDR>` (or `http://` with the shared
+    /// token).
     pub fn grpc_url(&self) -> &str {
         &self.grpc_url
+    }
+
+    /// The agents' listening address (`GRPC_ADDR`).
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_url
+            .rsplit("://")
+            .next()
+            .and_then(|addr| addr.parse().ok())
+            .expect("the cluster made the gRPC URL from an address")
     }
 
     /// The admin account's name and password.
@@ -641,6 +755,19 @@ impl TestCluster {
             .collect();
         env.push(("HTTP_ADDR".into(), http_addr.to_string().into()));
         env.push(("GRPC_ADDR".into(), grpc_addr.to_string().into()));
+        // Every coordinator of the cluster shows agents certificates of one CA, and checks
+        // theirs against it: the peer gets the first coordinator's (as an operator copies
+        // DATA_DIR/pki to each coordinator).
+        let ca_dir = root.join("coordinator").join("pki");
+        if ca_dir.is_dir() {
+            let peer_ca_dir = data_dir.join("pki");
+            std::fs::create_dir(&peer_ca_dir)?;
+            std::fs::set_permissions(&peer_ca_dir, std::fs::Permissions::from_mode(0o700))?;
+            for entry in std::fs::read_dir(&ca_dir)? {
+                let entry = entry?;
+                std::fs::copy(entry.path(), peer_ca_dir.join(entry.file_name()))?;
+            }
+        }
         env.push(("DATA_DIR".into(), data_dir.into()));
         let mut process = ChildProcess::spawn(
             &format!("coordinator {name}"),
@@ -651,18 +778,16 @@ impl TestCluster {
         )?;
         let http_url = format!("http://{http_addr}");
         wait_for_health(&mut process, &Api::new(&http_url)).await?;
+        let scheme = if self.grpc_url.starts_with("https://") {
+            "https"
+        } else {
+            "http"
+        };
         Ok(PeerCoordinator {
             process,
             http_url,
-            grpc_url: format!("http://{grpc_addr}"),
+            grpc_url: format!("{scheme}://{grpc_addr}"),
         })
-    }
-
-    /// Starts one more agent (e.g. with its own `COORDINATOR_URL` list in `options.env`);
-    /// does not wait for it to connect.
-    pub fn add_agent(&mut self, options: AgentOptions) -> Result<()> {
-        let agent_bin = binary_path("agent")?;
-        self.start_agent_process(&agent_bin, options)
     }
 
     /// Kills the coordinator with SIGKILL, and leaves it dead.
@@ -730,6 +855,21 @@ pub fn random_secret() -> String {
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
     )
+}
+
+/// Writes a secret to a new file only its owner can read.
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
 }
 
 fn make_traversable(path: &Path) -> Result<()> {

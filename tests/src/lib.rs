@@ -36,5 +36,5 @@ pub mod virsh;
 pub mod wait;
 
 pub use api::{Api, Host, Image, Response, SshKey, Vm};
-pub use cluster::{AgentOptions, ClusterOptions, PeerCoordinator, TestCluster};
+pub use cluster::{AgentAuthMode, AgentOptions, ClusterOptions, PeerCoordinator, TestCluster};
 pub use wait::wait_until;

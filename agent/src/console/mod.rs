@@ -31,15 +31,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::{oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::{Request, Streaming};
-use vmm_proto::agent_control_client::AgentControlClient;
 use vmm_proto::console_frame::Body as FrameBody;
 use vmm_proto::{CommandError, ConsoleAttach, ConsoleClosed, ConsoleFrame, ErrorKind, OpenConsole};
 use vmm_shared::{HostId, VmId};
 
-use crate::config::AgentToken;
+use crate::enrol::{CoordinatorDialer, Credentials};
 use crate::hypervisor::{
     ConsoleAccess, ConsoleKind, FailureKind, HypervisorError, HypervisorHandle,
 };
@@ -77,9 +75,10 @@ enum End {
 /// The console sessions of this host.
 pub struct ConsoleRelays {
     hypervisor: HypervisorHandle,
-    client: AgentControlClient<Channel>,
+    /// Each console session has a connection of its own (its HTTP/2 windows are the
+    /// console's alone).
+    dialer: CoordinatorDialer,
     host_id: HostId,
-    authorization: MetadataValue<Ascii>,
     open: Mutex<HashMap<(VmId, ConsoleKind), OpenRelay>>,
     next_relay: AtomicU64,
 }
@@ -106,25 +105,34 @@ impl ConsoleRelays {
     pub fn new(
         coordinator_url: &str,
         host_id: HostId,
-        token: &AgentToken,
+        credentials: Credentials,
         hypervisor: HypervisorHandle,
     ) -> Result<Self, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(coordinator_url.to_owned())?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true)
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .connect_lazy();
+        let settings = |endpoint: Endpoint| {
+            endpoint
+                .connect_timeout(CONNECT_TIMEOUT)
+                .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                .keep_alive_while_idle(true)
+                .initial_stream_window_size(STREAM_WINDOW)
+                .initial_connection_window_size(CONNECTION_WINDOW)
+        };
         Ok(Self {
             hypervisor,
-            client: AgentControlClient::new(channel),
+            dialer: CoordinatorDialer::new(coordinator_url, settings, credentials)?,
             host_id,
-            authorization: token.bearer_header(),
             open: Mutex::new(HashMap::new()),
             next_relay: AtomicU64::new(0),
         })
+    }
+
+    /// Dials the coordinator of the agent's current session (see [`CurrentCoordinator`])
+    /// rather than the URL given to [`ConsoleRelays::new`].
+    ///
+    /// [`CurrentCoordinator`]: crate::enrol::CurrentCoordinator
+    pub fn following(mut self, current: crate::enrol::CurrentCoordinator) -> Self {
+        self.dialer = self.dialer.following(current);
+        self
     }
 
     /// Carries out the coordinator's `OpenConsole` in a task of its own; its outcome goes to
@@ -224,10 +232,16 @@ impl ConsoleRelays {
         // The queue is empty: this cannot wait.
         let _ = frames.send(attach).await;
         let mut request = Request::new(ReceiverStream::new(queued));
-        request
-            .metadata_mut()
-            .insert("authorization", self.authorization.clone());
-        let mut inbound = match self.client.clone().console(request).await {
+        self.dialer.authorize(&mut request);
+        let mut client = match self.dialer.client().await {
+            Ok(client) => client,
+            Err(error) => {
+                tracing::warn!(%console_id, %vm_id, error = %vmm_shared::error_chain(&error),
+                    "cannot reach the coordinator for the console");
+                return Ok(());
+            }
+        };
+        let mut inbound = match client.console(request).await {
             Ok(response) => response.into_inner(),
             Err(status) => {
                 // Nothing more can be said to the coordinator: it is the one refusing.
@@ -339,10 +353,16 @@ impl ConsoleRelays {
     async fn attach_failed(&self, console_id: &str, error: &HypervisorError) {
         let frame = self.attach_frame(console_id, Some(error));
         let mut request = Request::new(futures::stream::iter([frame]));
-        request
-            .metadata_mut()
-            .insert("authorization", self.authorization.clone());
-        match self.client.clone().console(request).await {
+        self.dialer.authorize(&mut request);
+        let mut client = match self.dialer.client().await {
+            Ok(client) => client,
+            Err(error) => {
+                tracing::warn!(%console_id, error = %vmm_shared::error_chain(&error),
+                    "cannot tell the coordinator a console failed to open");
+                return;
+            }
+        };
+        match client.console(request).await {
             Ok(response) => drain(response.into_inner(), Duration::from_secs(5)).await,
             Err(status) => {
                 tracing::warn!(%console_id, code = ?status.code(), message = status.message(),

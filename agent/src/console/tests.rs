@@ -105,7 +105,7 @@ async fn setup() -> Setup {
         ConsoleRelays::new(
             &url,
             "host-1".parse().unwrap(),
-            &AgentToken::new(TOKEN).unwrap(),
+            crate::enrol::Credentials::SharedToken(crate::config::AgentToken::new(TOKEN).unwrap()),
             hypervisor.clone(),
         )
         .unwrap(),

@@ -9,14 +9,12 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, StreamExt};
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::{Code, Request, Status};
 use vmm_proto::FetchImageRequest;
-use vmm_proto::agent_control_client::AgentControlClient;
-use vmm_shared::HostId;
+use vmm_shared::{HostId, error_chain};
 
-use crate::config::AgentToken;
+use crate::enrol::{CoordinatorDialer, Credentials};
 use crate::hypervisor::ImageId;
 
 /// The bytes of an image, chunk after chunk.
@@ -68,13 +66,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Fetches images from the coordinator with `FetchImage`, over a channel of its own to the
-/// session's URL, with the session's credential.
+/// Fetches images from the coordinator with `FetchImage`, over a connection of its own to
+/// the session's URL (one per fetch: fetches are rare and long), with the session's
+/// credential.
 #[derive(Clone)]
 pub struct GrpcImageSource {
-    client: AgentControlClient<Channel>,
+    dialer: CoordinatorDialer,
     host_id: HostId,
-    authorization: MetadataValue<Ascii>,
 }
 
 impl std::fmt::Debug for GrpcImageSource {
@@ -86,23 +84,32 @@ impl std::fmt::Debug for GrpcImageSource {
 }
 
 impl GrpcImageSource {
-    /// A source for the coordinator at `coordinator_url`. Connects on first use.
+    /// A source for the coordinator at `coordinator_url`. Connects on each fetch.
     pub fn new(
         coordinator_url: &str,
         host_id: HostId,
-        token: &AgentToken,
+        credentials: Credentials,
     ) -> Result<Self, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(coordinator_url.to_owned())?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true)
-            .connect_lazy();
+        let settings = |endpoint: Endpoint| {
+            endpoint
+                .connect_timeout(CONNECT_TIMEOUT)
+                .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                .keep_alive_while_idle(true)
+        };
         Ok(Self {
-            client: AgentControlClient::new(channel),
+            dialer: CoordinatorDialer::new(coordinator_url, settings, credentials)?,
             host_id,
-            authorization: token.bearer_header(),
         })
+    }
+
+    /// Fetches from the coordinator of the agent's current session (see
+    /// [`CurrentCoordinator`]) rather than the URL given to [`GrpcImageSource::new`].
+    ///
+    /// [`CurrentCoordinator`]: crate::enrol::CurrentCoordinator
+    pub fn following(mut self, current: crate::enrol::CurrentCoordinator) -> Self {
+        self.dialer = self.dialer.following(current);
+        self
     }
 }
 
@@ -112,16 +119,23 @@ impl ImageSource for GrpcImageSource {
         image_id: ImageId,
         offset: u64,
     ) -> BoxFuture<'static, Result<ChunkStream, FetchError>> {
-        let mut client = self.client.clone();
+        let dialer = self.dialer.clone();
         let mut request = Request::new(FetchImageRequest {
             host_id: self.host_id.to_string(),
             image_id: image_id.to_string(),
             offset,
         });
-        request
-            .metadata_mut()
-            .insert("authorization", self.authorization.clone());
+        dialer.authorize(&mut request);
         Box::pin(async move {
+            let mut client = dialer.client().await.map_err(|error| {
+                FetchError::new(
+                    FetchErrorKind::Unavailable,
+                    format!(
+                        "fetching image {image_id}: cannot reach the coordinator: {}",
+                        error_chain(&error)
+                    ),
+                )
+            })?;
             let chunks = client
                 .fetch_image(request)
                 .await

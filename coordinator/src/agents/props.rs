@@ -51,7 +51,8 @@ fn check(register: &Register) -> Result<(), TestCaseError> {
     match validate_registration(register) {
         Ok(accepted) => {
             prop_assert!(register.host_id.parse::<vmm_shared::HostId>().is_ok());
-            prop_assert_eq!(accepted.id.as_str(), register.host_id.as_str());
+            // Host IDs ignore case: the registration's spelling, in lower case.
+            prop_assert_eq!(accepted.id.as_str(), register.host_id.to_ascii_lowercase());
             prop_assert!((1..=MAX_HOST_CPUS).contains(&accepted.cpus));
             prop_assert!(accepted.memory_mib <= MAX_HOST_MEMORY_MIB);
             prop_assert!(accepted.disk_gb <= MAX_HOST_DISK_GB);

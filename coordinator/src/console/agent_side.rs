@@ -33,6 +33,7 @@ pub type DownStream = Pin<Box<dyn Stream<Item = Result<ConsoleFrame, Status>> + 
 /// Reads the `attach` frame and hands the console to the request waiting for it.
 pub async fn attach(
     app: &AppState,
+    caller: &crate::agents::identity::Caller,
     mut inbound: Streaming<ConsoleFrame>,
     peer: Option<SocketAddr>,
 ) -> Result<DownStream, Status> {
@@ -47,10 +48,8 @@ pub async fn attach(
             "the first frame of a console must be attach",
         ));
     };
-    let host: HostId = attach
-        .host_id
-        .parse()
-        .map_err(|err| Status::invalid_argument(format!("host_id {:?}: {err}", attach.host_id)))?;
+    // A host attaches consoles only for itself: its certificate must name the host it says.
+    let host: HostId = caller.speaks_for(&attach.host_id)?;
     let console_id = attach.console_id.parse().map_err(|_| {
         Status::invalid_argument(format!("console_id {:?} is not a UUID", attach.console_id))
     })?;

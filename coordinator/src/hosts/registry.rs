@@ -227,6 +227,14 @@ impl AgentRegistry {
         tokio::time::timeout(bound, idle).await.is_ok()
     }
 
+    /// Ends whatever session `host` has (its certificate was revoked) and returns it with
+    /// the operations it left unanswered; `None` when it had none. Dropping the session's
+    /// channel ends the stream to the agent; its session loop then finds itself replaced.
+    pub fn disconnect(&self, host: &HostId) -> Option<(SessionId, Vec<OperationId>)> {
+        let ended = lock(&self.agents).remove(host)?;
+        Some((ended.session, self.fail_pending_for(host)))
+    }
+
     pub fn is_connected(&self, host: &HostId) -> bool {
         lock(&self.agents).contains_key(host)
     }

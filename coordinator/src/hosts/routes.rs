@@ -1,14 +1,26 @@
-//! `GET /api/hosts`: every host with its capacity, allocation, connection state and the
-//! images it caches, by ID, a page at a time (see `http::page`), filtered by `status`.
-//! Administrators only.
+//! The admin's view and handling of hosts, administrators only:
+//! - `GET /api/hosts`: every host with its capacity, allocation, connection state (and
+//!   whether it is drained) and the images it caches, by ID, a page at a time (see
+//!   `http::page`), filtered by `status`;
+//! - `POST /api/hosts/{id}/drain`, `POST /api/hosts/{id}/undrain`: keep new VMs off a host
+//!   (status `draining` while connected), or take it back; answer the host;
+//! - `DELETE /api/hosts/{id}`: only with no VM on it; revokes its certificates, ends its
+//!   session, forgets its record (`hosts::admin`).
+//!
+//! Host IDs in paths are case-insensitive, like everywhere.
 
+use axum::Json;
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
+use vmm_shared::HostId;
 
-use super::store::{self, HostStatus};
+use super::admin::{self, DeleteRefused};
+use super::store::{self, HostStatus, HostView};
 use crate::auth::CurrentUser;
 use crate::error::ApiError;
+use crate::http::ApiPath;
 use crate::http::page::{self, ApiQuery, DEFAULT_CAP, Page};
 use crate::state::AppState;
 
@@ -31,7 +43,7 @@ pub async fn list_hosts(
     let status = page::filter::<HostStatus>(
         "status",
         query.status.as_deref(),
-        "a host status (connected, unreachable)",
+        "a host status (connected, draining, unreachable)",
         &mut echo,
     )?;
     if let Some(limit) = query.limit {
@@ -40,4 +52,68 @@ pub async fn list_hosts(
     let page = Page::new(query.limit, query.cursor.as_deref(), Some(DEFAULT_CAP))?;
     let hosts = store::list_page(&app.db, status, &page).await?;
     Ok(hosts.into_response("/api/hosts", &echo))
+}
+
+fn host_in_path(id: &str) -> Result<HostId, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::NotFound(format!("no host with ID {id:?}")))
+}
+
+async fn set_drained(
+    app: &AppState,
+    user: &CurrentUser,
+    id: &str,
+    drained: bool,
+) -> Result<Json<HostView>, ApiError> {
+    user.require_admin()?;
+    let host = host_in_path(id)?;
+    if !admin::set_drained(&app.db, &host, drained).await? {
+        return Err(ApiError::NotFound(format!("no host with ID {host}")));
+    }
+    tracing::info!(host = %host, by = %user.username, drained, "host drain changed");
+    let view = store::list(&app.db)
+        .await?
+        .into_iter()
+        .find(|view| view.id == host)
+        .ok_or_else(|| ApiError::NotFound(format!("no host with ID {host}")))?;
+    Ok(Json(view))
+}
+
+pub async fn drain_host(
+    State(app): State<AppState>,
+    user: CurrentUser,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<HostView>, ApiError> {
+    set_drained(&app, &user, &id, true).await
+}
+
+pub async fn undrain_host(
+    State(app): State<AppState>,
+    user: CurrentUser,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<HostView>, ApiError> {
+    set_drained(&app, &user, &id, false).await
+}
+
+pub async fn delete_host(
+    State(app): State<AppState>,
+    user: CurrentUser,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    user.require_admin()?;
+    let host = host_in_path(&id)?;
+    let deleted = match admin::delete(&app.db, &host).await? {
+        Ok(deleted) => deleted,
+        Err(refused @ DeleteRefused::NotFound(_)) => {
+            return Err(ApiError::NotFound(refused.to_string()));
+        }
+        Err(refused @ DeleteRefused::HasVms { .. }) => {
+            return Err(ApiError::Conflict(refused.to_string()));
+        }
+    };
+    crate::agents::end_session(&app, &host, "the host was deleted").await;
+    tracing::warn!(host = %host, by = %user.username,
+        certificates_revoked = deleted.certificates_revoked,
+        join_tokens_withdrawn = deleted.join_tokens_withdrawn, "host deleted");
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -9,16 +9,19 @@ use super::scheduler::HostLoad;
 use crate::db::{self, Db};
 use crate::http::page::{Cursor, Page, Paged, push_keyset};
 
-/// Whether a host's agent has its stream open.
+/// Whether a host's agent has its stream open. `Draining` is how a connected host that an
+/// admin drained is shown; the column stores only the other two (the drain is `drained_at`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HostStatus {
     Connected,
+    Draining,
     Unreachable,
 }
 
 crate::db::stored_enum!(HostStatus {
     Connected => "connected",
+    Draining => "draining",
     Unreachable => "unreachable",
 });
 
@@ -150,8 +153,8 @@ pub async fn mark_held_unreachable(db: &Db, coordinator: &str) -> Result<(), sql
     Ok(())
 }
 
-/// Capacity and allocation of every connected host, and whether it caches `image`, read
-/// inside the caller's transaction.
+/// Capacity and allocation of every connected host that is not drained, and whether it
+/// caches `image`, read inside the caller's transaction.
 pub async fn connected_loads<'e>(
     executor: impl AnyExecutor<'e>,
     image: Option<ImageId>,
@@ -166,7 +169,7 @@ pub async fn connected_loads<'e>(
                                   WHERE hi.host_id = h.id AND hi.image_id = $1)
                      THEN 1 ELSE 0 END AS caches_image
          FROM hosts h LEFT JOIN host_allocations a ON a.host_id = h.id
-         WHERE h.status = 'connected'
+         WHERE h.status = 'connected' AND h.drained_at IS NULL
          ORDER BY h.id",
     )
     .bind(image)
@@ -178,6 +181,9 @@ pub async fn connected_loads<'e>(
 pub struct HostView {
     pub id: HostId,
     pub status: HostStatus,
+    /// Whether an admin drained the host (also while it is unreachable).
+    #[sqlx(try_from = "crate::db::Flag")]
+    pub drained: bool,
     #[sqlx(try_from = "i64")]
     pub cpus: u64,
     #[sqlx(try_from = "i64")]
@@ -222,7 +228,10 @@ pub async fn list_page(
     page: &Page,
 ) -> Result<Paged<HostView>, sqlx::Error> {
     let mut query = crate::db::SqlBuilder::new(
-        "SELECT h.id, h.cpus, h.memory_mib, h.disk_gb, h.status, h.kvm_usable, h.hypervisor,
+        "SELECT h.id, h.cpus, h.memory_mib, h.disk_gb,
+                CASE WHEN h.status = 'connected' AND h.drained_at IS NOT NULL THEN 'draining'
+                     ELSE h.status END AS status,
+                CASE WHEN h.drained_at IS NOT NULL THEN 1 ELSE 0 END AS drained, h.kvm_usable, h.hypervisor,
                 h.libvirt_version, h.agent_version, h.libvirt_connected, h.last_seen_at,
                 h.session_epoch,
                 COALESCE(a.cpu, 0) AS allocated_cpu,
@@ -231,8 +240,17 @@ pub async fn list_page(
                 COALESCE(a.vms, 0) AS vm_count
          FROM hosts h LEFT JOIN host_allocations a ON a.host_id = h.id WHERE 1 = 1",
     );
-    if let Some(status) = status {
-        query.push(" AND h.status = ").push_bind(status);
+    match status {
+        None => {}
+        Some(HostStatus::Draining) => {
+            query.push(" AND h.status = 'connected' AND h.drained_at IS NOT NULL");
+        }
+        Some(HostStatus::Connected) => {
+            query.push(" AND h.status = 'connected' AND h.drained_at IS NULL");
+        }
+        Some(status) => {
+            query.push(" AND h.status = ").push_bind(status);
+        }
     }
     push_keyset(&mut query, page, "h.", false);
     let mut hosts: Vec<HostView> = query.build_query_as()?.fetch_all(db).await?;

@@ -9,6 +9,10 @@
 //! request tells the connection it is busy until its answer's body is written out, and a
 //! `101 Switching Protocols` answer takes the connection out of every deadline (WebSockets).
 //!
+//! With TLS (`TLS_CERT`/`TLS_KEY`), each admitted connection's handshake runs in its own
+//! task within the header timeout, then the connection is served the same way; a refused one
+//! is closed without an answer (a plain-text 503 would be garbage inside TLS).
+//!
 //! Shutdown: the loop stops accepting, every connection is asked to finish its request in
 //! flight and close, and [`serve`] returns once all have.
 //!
@@ -35,7 +39,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tower::ServiceExt;
 
-use crate::connections::{Admission, Refusal, RequestGuard, TrackedIo};
+use crate::connections::{Admission, Connection, Refusal, RequestGuard, TrackedIo};
 
 /// The most bytes a request's line and headers may take (hyper's read buffer). Larger
 /// header blocks are answered `431` by hyper.
@@ -47,8 +51,11 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     admission: Arc<Admission>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send,
 ) {
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
+    let handshake_timeout = admission.limits().header_timeout;
     let (close_tx, close_rx) = watch::channel(false);
     let mut shutdown = pin!(shutdown);
     let mut last_accept_error: Option<Instant> = None;
@@ -65,6 +72,10 @@ pub async fn serve(
         };
         let ticket = match admission.admit(peer.ip()) {
             Ok(ticket) => ticket,
+            Err(refusal) if tls.is_some() => {
+                tracing::debug!(peer = %peer, reason = refusal.as_str(), "connection refused");
+                continue;
+            }
             Err(refusal) => {
                 refuse(&stream, refusal);
                 continue;
@@ -77,12 +88,29 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let close_rx = close_rx.clone();
-        tokio::spawn(serve_connection(
-            TrackedIo::new(stream, ticket),
-            peer,
-            router,
-            close_rx,
-        ));
+        let io = TrackedIo::new(stream, ticket);
+        let connection = Arc::clone(io.connection());
+        match &tls {
+            None => {
+                tokio::spawn(serve_connection(io, connection, peer, router, close_rx));
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(io)).await {
+                        Ok(Ok(tls)) => {
+                            serve_connection(tls, connection, peer, router, close_rx).await;
+                        }
+                        Ok(Err(error)) => {
+                            tracing::debug!(peer = %peer, error = %error, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            tracing::debug!(peer = %peer, "no TLS handshake in time");
+                        }
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     drop(close_rx);
@@ -118,13 +146,15 @@ fn refuse(stream: &TcpStream, refusal: Refusal) {
     tracing::debug!(peer = ?stream.peer_addr().ok(), reason = refusal.as_str(), "connection refused");
 }
 
-async fn serve_connection(
-    io: TrackedIo<TcpStream>,
+async fn serve_connection<Io>(
+    io: Io,
+    connection: Arc<Connection>,
     peer: SocketAddr,
     router: Router,
     mut close_rx: watch::Receiver<bool>,
-) {
-    let connection = Arc::clone(io.connection());
+) where
+    Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let router = router.clone();
         let guard = connection.request_started();

@@ -8,12 +8,20 @@
 //! `error`; `creating` and `deleting` belong to the operation in flight) are the
 //! lifecycle's.
 //!
+//! Generations cannot be poisoned: an agent's generation is its clock in microseconds, so a
+//! report whose generation lies further ahead of the coordinator's clock than
+//! [`GENERATION_ALLOWANCE`] did not come from a working clock. It is refused and logged,
+//! never stored: one such report (2^63-1, say) would otherwise make every later report and
+//! command result of that VM look stale for good. An agent whose clock runs ahead by more
+//! than the allowance has its reports refused until its clock is fixed (keep hosts on NTP).
+//!
 //! Where the guest can be reached (its addresses and the host's SSH forward) travels in the
 //! same reports and is replaced by exactly the reports whose status applies: a stale report
 //! changes neither. Only valid IP addresses and ports are kept from what a host says.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::AnyConnection;
 use vmm_proto::{DomainReport, PowerState};
@@ -76,6 +84,19 @@ pub fn reachability(report: &DomainReport) -> (Addresses, Option<(String, u16)>)
     (Addresses(addresses), ssh)
 }
 
+/// How far ahead of the coordinator's clock a report's generation may be: clocks of hosts
+/// on NTP differ by milliseconds; this leaves room for a host whose clock is a little off.
+pub const GENERATION_ALLOWANCE: Duration = Duration::from_secs(300);
+
+/// The highest generation a report may carry now: the coordinator's clock in microseconds
+/// plus [`GENERATION_ALLOWANCE`].
+pub fn generation_limit() -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from((now + GENERATION_ALLOWANCE).as_micros()).unwrap_or(u64::MAX)
+}
+
 /// Applies one report about `vm` on `host`, inside the caller's transaction or on a pooled
 /// connection: its status, and where the guest can be reached (replaced by every report
 /// that applies). Returns whether the record changed.
@@ -90,6 +111,13 @@ pub async fn apply(
         tracing::warn!(host = %host, vm_id = %vm, state = report.state, "report without a valid state ignored");
         return Ok(false);
     };
+    let limit = generation_limit();
+    if report.generation > limit {
+        tracing::warn!(host = %host, vm_id = %vm, generation = report.generation, limit, ?source,
+            "report refused: its generation is further ahead of this coordinator's clock than \
+             allowed (is the host's clock wrong?)");
+        return Ok(false);
+    }
     let generation = i64::try_from(report.generation).unwrap_or(i64::MAX);
     let (addresses, ssh) = reachability(report);
     let query = format!(
@@ -224,6 +252,37 @@ mod tests {
         assert_eq!(t.status(vm).await, VmStatus::Stopped);
         // Applying the same report again changes nothing and is not an error.
         assert!(!apply_report(&t, &host, vm, &newer, ReportSource::Change).await);
+    }
+
+    /// The wedge: a report of generation 2^63-1 (or u64::MAX) is refused and stores
+    /// nothing, so the host's next honest report (its clock in microseconds) still applies.
+    #[tokio::test]
+    async fn a_generation_from_the_far_future_is_refused_and_cannot_wedge_a_vm() {
+        let t = TestDb::new().await;
+        let vm = t.vm_with_status(VmStatus::Running, 10).await;
+        for wedge in [i64::MAX as u64, u64::MAX, generation_limit() + 1_000_000] {
+            let poisoned = sample_report(vm, PowerState::Paused, wedge);
+            for source in [
+                ReportSource::Change,
+                ReportSource::Inventory,
+                ReportSource::OperationResult,
+            ] {
+                assert!(!apply_report(&t, &t.host, vm, &poisoned, source).await);
+            }
+        }
+        let recorded = store::find(&t.db, vm).await.unwrap().unwrap();
+        assert_eq!(
+            (recorded.status, recorded.generation),
+            (VmStatus::Running, 10)
+        );
+
+        let now_micros = generation_limit() - GENERATION_ALLOWANCE.as_micros() as u64;
+        let honest = sample_report(vm, PowerState::Stopped, now_micros);
+        assert!(apply_report(&t, &t.host, vm, &honest, ReportSource::Change).await);
+        assert_eq!(t.status(vm).await, VmStatus::Stopped);
+        // A clock a little ahead (within the allowance) is fine.
+        let ahead = sample_report(vm, PowerState::Running, now_micros + 60_000_000);
+        assert!(apply_report(&t, &t.host, vm, &ahead, ReportSource::Change).await);
     }
 
     #[tokio::test]

@@ -12,6 +12,7 @@ use vmm_coordinator::console::{ConsoleSettings, Consoles};
 use vmm_coordinator::hosts::AgentRegistry;
 use vmm_coordinator::http::forwarded::ForwardedHeader;
 use vmm_coordinator::images::{ImageFiles, Images};
+use vmm_coordinator::pki::AgentAuth;
 use vmm_coordinator::quotas::QuotaLimits;
 use vmm_coordinator::ratelimit::{RateLimitSettings, RateLimits};
 use vmm_coordinator::state::{AppState, Settings};
@@ -36,8 +37,33 @@ impl TestSettings {
     }
 }
 
-/// The state of a coordinator whose database lives in `dir`.
+/// The state of a coordinator whose database lives in `dir`, taking the shared agent token.
 pub async fn app_state(dir: &std::path::Path, settings: TestSettings) -> AppState {
+    let auth = AgentAuth::SharedToken(settings.agent_token.into());
+    app_state_with_auth(dir, settings, auth).await
+}
+
+/// The state of a coordinator whose database and agents' CA live in `dir`, taking
+/// certificates that last `lifetime`.
+pub async fn app_state_with_certificates(
+    dir: &std::path::Path,
+    settings: TestSettings,
+    lifetime: Duration,
+) -> AppState {
+    let ca = vmm_coordinator::pki::CertificateAuthority::create(&dir.join("pki")).unwrap();
+    let auth = AgentAuth::Certificates(Arc::new(vmm_coordinator::pki::Pki {
+        ca,
+        host_certificate_lifetime: lifetime,
+    }));
+    app_state_with_auth(dir, settings, auth).await
+}
+
+/// The state of a coordinator whose database lives in `dir`, with agents known by `auth`.
+pub async fn app_state_with_auth(
+    dir: &std::path::Path,
+    settings: TestSettings,
+    auth: AgentAuth,
+) -> AppState {
     let db = vmm_coordinator::db::connect(&vmm_coordinator::db::test_database_url(dir).await)
         .await
         .unwrap();
@@ -65,7 +91,7 @@ pub async fn app_state(dir: &std::path::Path, settings: TestSettings) -> AppStat
             .build_recorder()
             .handle(),
         settings: Arc::new(Settings {
-            agent_token: settings.agent_token.into(),
+            agent_auth: auth,
             operation_timeout: settings.operation_timeout,
             host_dead_after: settings.host_dead_after,
             placement: Placement::Spread,

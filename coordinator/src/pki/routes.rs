@@ -1,0 +1,86 @@
+//! `POST /api/hosts/join-tokens` `{"host_id", "ttl"}`: a single-use join token for one host
+//! ID, shown in this answer only. Administrators only. `ttl` is seconds or a duration such as
+//! `"30m"` (default 1 hour, at most 7 days).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use vmm_shared::HostId;
+
+use super::join_tokens::{self, DEFAULT_TTL, MAX_TTL, MIN_TTL};
+use crate::auth::CurrentUser;
+use crate::error::ApiError;
+use crate::http::ApiJson;
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinTokenRequest {
+    host_id: String,
+    #[serde(default)]
+    ttl: Option<Ttl>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Ttl {
+    Seconds(u64),
+    Text(String),
+}
+
+#[derive(Debug, Serialize)]
+pub struct JoinTokenView {
+    host_id: HostId,
+    /// Give it to the agent (`JOIN_TOKEN_FILE` or `--join-token`); it is not shown again.
+    token: String,
+    /// The SHA-256 of the coordinator's CA certificate, which the token also carries.
+    ca_sha256: String,
+    expires_at: String,
+}
+
+pub async fn create_join_token(
+    State(app): State<AppState>,
+    user: CurrentUser,
+    ApiJson(body): ApiJson<JoinTokenRequest>,
+) -> Result<(StatusCode, Json<JoinTokenView>), ApiError> {
+    user.require_admin()?;
+    let Some(pki) = app.settings.agent_auth.pki() else {
+        return Err(ApiError::Conflict(
+            "this coordinator authenticates agents with the shared AGENT_TOKEN (development \
+             mode), so it has no certificates to enrol hosts with: start it without \
+             AGENT_TOKEN to use join tokens"
+                .into(),
+        ));
+    };
+    let host: HostId = body
+        .host_id
+        .parse()
+        .map_err(|err| ApiError::Unprocessable(format!("host_id {:?}: {err}", body.host_id)))?;
+    let ttl = match body.ttl {
+        None => DEFAULT_TTL,
+        Some(Ttl::Seconds(seconds)) => std::time::Duration::from_secs(seconds),
+        Some(Ttl::Text(text)) => vmm_shared::duration::seconds(&text)
+            .map_err(|err| ApiError::Unprocessable(format!("ttl: {err}")))?,
+    };
+    if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
+        return Err(ApiError::Unprocessable(format!(
+            "ttl must be between {} and {}",
+            vmm_shared::duration::display(MIN_TTL),
+            vmm_shared::duration::display(MAX_TTL)
+        )));
+    }
+    let made =
+        join_tokens::create(&app.db, &host, ttl, &pki.ca.fingerprint_bytes(), user.id).await?;
+    tracing::info!(host = %host, by = %user.username, expires_at = %made.expires_at,
+        "join token made");
+    Ok((
+        StatusCode::CREATED,
+        Json(JoinTokenView {
+            host_id: made.host,
+            token: made.token.expose(),
+            ca_sha256: made.token.ca_sha256().to_owned(),
+            expires_at: made.expires_at,
+        }),
+    ))
+}

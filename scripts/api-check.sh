@@ -137,6 +137,7 @@ fuzz() {
         --checks all \
         --max-examples "$max_examples" \
         --seed "$seed" \
+        --generation-database none \
         --workers 1 \
         --request-timeout 30 \
         --no-color \

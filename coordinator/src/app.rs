@@ -34,7 +34,8 @@ use crate::pki::{self, AgentAuth, CertificateAuthority, Pki};
 use crate::ratelimit::{self, RateLimits};
 use crate::state::{AppState, Settings};
 use crate::{
-    admin, console, health, http, keys, operations, quotas, snapshots, telemetry, users, vms,
+    admin, console, health, http, keys, openapi, operations, quotas, snapshots, telemetry, users,
+    vms,
 };
 
 /// Largest request body the REST API reads (but for the routes below and image uploads).
@@ -51,6 +52,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/health", get(health::health))
         .route("/api/metrics", get(telemetry::scrape_on_api))
+        .route("/api/openapi.json", get(openapi::openapi_json))
         .route("/api/auth/register", post(users::routes::register))
         .route("/api/auth/login", post(users::routes::login))
         .route(

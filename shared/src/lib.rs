@@ -7,6 +7,7 @@
 //! I/O.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod duration;
 pub mod identity;
 pub mod ids;

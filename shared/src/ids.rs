@@ -72,6 +72,10 @@ uuid_id!(
     /// A user's stored SSH public key.
     SshKeyId
 );
+uuid_id!(
+    /// A user's API token (the record, never the secret itself).
+    ApiTokenId
+);
 
 /// A hypervisor host, named by its agent (by default the machine's hostname).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -30,4 +30,5 @@ mod scheduling;
 mod snapshots;
 mod systemd;
 mod test_image;
+mod tokens;
 mod vms_from_images;

@@ -31,8 +31,8 @@ use crate::images::{self, ImageFiles, Images};
 use crate::ratelimit::{self, RateLimits};
 use crate::state::{AppState, Settings};
 use crate::{
-    admin, api_tokens, console, health, http, keys, operations, quotas, snapshots, telemetry,
-    users, vms,
+    admin, api_tokens, console, health, http, keys, openapi, operations, quotas, snapshots,
+    telemetry, users, vms,
 };
 
 /// Largest request body the REST API reads (but for the routes below and image uploads).
@@ -49,6 +49,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/health", get(health::health))
         .route("/api/metrics", get(telemetry::scrape_on_api))
+        .route("/api/openapi.json", get(openapi::openapi_json))
         .route("/api/auth/register", post(users::routes::register))
         .route("/api/auth/login", post(users::routes::login))
         .route(

@@ -28,6 +28,7 @@
 //! - [`quotas`]: per-user limits and usage
 //! - [`ledger`]: running totals of what VMs and snapshots take, per host and per user
 //! - [`admin`]: user administration
+//! - [`openapi`]: the OpenAPI document of the REST API, generated from the handlers
 //! - [`telemetry`]: Prometheus metrics
 //! - [`ratelimit`]: request budgets per client, user and login
 #![forbid(unsafe_code)]
@@ -50,6 +51,7 @@ pub mod images;
 pub mod keys;
 pub mod ledger;
 pub mod lifecycle;
+pub mod openapi;
 pub mod operations;
 pub mod quotas;
 pub mod ratelimit;

@@ -6,6 +6,7 @@
 //! I/O.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod duration;
 pub mod ids;
 pub mod limits;

@@ -23,7 +23,6 @@ pub mod store;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use vmm_shared::{ApiTokenId, UserId};
 
@@ -41,20 +40,8 @@ pub const MAX_TOKENS_PER_USER: i64 = 100;
 /// Longest lifetime a token may be given: about five years.
 pub const MAX_EXPIRES_IN_SECS: u64 = 5 * 366 * 24 * 3600;
 
-/// What a token may do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Scope {
-    /// GET requests only.
-    Read,
-    /// Everything its owner may do but create tokens.
-    Write,
-}
-
-crate::db::stored_enum!(Scope {
-    Read => "read",
-    Write => "write",
-});
+/// What a token may do (`read`: GET only; `write`: all but creating tokens).
+pub use vmm_shared::api::tokens::TokenScope as Scope;
 
 /// A token that authenticated a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -6,42 +6,19 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use serde::{Deserialize, Serialize};
+use vmm_shared::api::tokens::{
+    ApiTokenView, CreateTokenRequest, CreatedTokenView, ListTokensQuery,
+};
 use vmm_shared::{ApiTokenId, UserId, validate_resource_name};
 
+use super::MAX_EXPIRES_IN_SECS;
 use super::store::{self, ApiToken, Owners};
-use super::{MAX_EXPIRES_IN_SECS, Scope};
 use crate::auth::CurrentUser;
 use crate::error::ApiError;
 use crate::http::page::{ApiQuery, Cursor, DEFAULT_CAP, Page, Paged};
 use crate::http::{ApiJson, ApiPath};
 use crate::state::AppState;
 use crate::users;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateTokenRequest {
-    name: String,
-    /// Seconds until the token expires; without it, the token lasts until revoked.
-    #[serde(default)]
-    expires_in: Option<u64>,
-    scope: Scope,
-}
-
-/// A token as lists show it: never the token itself.
-#[derive(Debug, Serialize)]
-pub struct ApiTokenView {
-    id: ApiTokenId,
-    name: String,
-    scope: Scope,
-    /// The token's first characters, to recognise it by.
-    prefix: String,
-    owner_id: UserId,
-    owner: String,
-    created_at: String,
-    expires_at: Option<String>,
-    last_used_at: Option<String>,
-}
 
 impl From<ApiToken> for ApiTokenView {
     fn from(token: ApiToken) -> Self {
@@ -59,14 +36,16 @@ impl From<ApiToken> for ApiTokenView {
     }
 }
 
-/// The answer to a create: the record and, this once, the token.
-#[derive(Debug, Serialize)]
-pub struct CreatedTokenView {
-    #[serde(flatten)]
-    record: ApiTokenView,
-    token: String,
-}
-
+#[utoipa::path(
+    post, path = "/api/tokens", tag = "tokens",
+    request_body = vmm_shared::api::tokens::CreateTokenRequest,
+    responses(
+        (status = 201, description = "The token, shown this once", body = vmm_shared::api::tokens::CreatedTokenView),
+        (status = 403, description = "Sent with an API token: tokens are created with a password login", body = vmm_shared::api::ErrorBody),
+        (status = 409, description = "The caller has a token of this name", body = vmm_shared::api::ErrorBody),
+        (status = 422, description = "A bad name, scope or expires_in, or too many tokens", body = vmm_shared::api::ErrorBody),
+    )
+)]
 pub async fn create_token(
     State(app): State<AppState>,
     user: CurrentUser,
@@ -105,19 +84,19 @@ pub async fn create_token(
     ))
 }
 
-/// `GET /api/tokens`'s parameters.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListTokensQuery {
-    /// Another user's tokens (ID or username): administrators only.
-    user: Option<String>,
-    /// Every user's tokens: administrators only.
-    #[serde(default)]
-    all: bool,
-    limit: Option<u32>,
-    cursor: Option<String>,
-}
-
+#[utoipa::path(
+    get, path = "/api/tokens", tag = "tokens",
+    params(vmm_shared::api::tokens::ListTokensQuery),
+    responses(
+        (status = 200, description = "A page of tokens (never the tokens themselves), oldest first", body = Vec<vmm_shared::api::tokens::ApiTokenView>, headers(
+            ("X-Next-Cursor" = String, description = "The next page's cursor, when more follow"),
+            ("Link" = String, description = "`<…>; rel=\"next\"`, when more follow"),
+        )),
+        (status = 403, description = "`user` (another's) or `all` without being an administrator", body = vmm_shared::api::ErrorBody),
+        (status = 404, description = "No such user", body = vmm_shared::api::ErrorBody),
+        (status = 422, description = "A parameter is not valid", body = vmm_shared::api::ErrorBody),
+    )
+)]
 pub async fn list_tokens(
     State(app): State<AppState>,
     user: CurrentUser,
@@ -178,6 +157,14 @@ async fn find_user(app: &AppState, named: &str) -> Result<Option<UserId>, ApiErr
     Ok(found.map(|user| user.id))
 }
 
+#[utoipa::path(
+    delete, path = "/api/tokens/{id}", tag = "tokens",
+    params(("id" = String, Path, description = "The token's ID")),
+    responses(
+        (status = 204, description = "The token is revoked: refused from the next request on"),
+        (status = 404, description = "No such token (or another user's)", body = vmm_shared::api::ErrorBody),
+    )
+)]
 pub async fn delete_token(
     State(app): State<AppState>,
     user: CurrentUser,

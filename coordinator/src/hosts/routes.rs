@@ -4,7 +4,7 @@
 
 use axum::extract::State;
 use axum::response::Response;
-use serde::Deserialize;
+use vmm_shared::api::hosts::ListHostsQuery;
 
 use super::store::{self, HostStatus};
 use crate::auth::CurrentUser;
@@ -12,15 +12,18 @@ use crate::error::ApiError;
 use crate::http::page::{self, ApiQuery, DEFAULT_CAP, Page};
 use crate::state::AppState;
 
-/// `GET /api/hosts`'s parameters.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListHostsQuery {
-    limit: Option<u32>,
-    cursor: Option<String>,
-    status: Option<String>,
-}
-
+#[utoipa::path(
+    get, path = "/api/hosts", tag = "hosts",
+    params(vmm_shared::api::hosts::ListHostsQuery),
+    responses(
+        (status = 200, description = "A page of the hosts, by ID", body = Vec<vmm_shared::api::hosts::HostView>, headers(
+            ("X-Next-Cursor" = String, description = "The next page's cursor, when more follow"),
+            ("Link" = String, description = "`<…>; rel=\"next\"`, when more follow"),
+        )),
+        (status = 403, description = "Administrators only", body = vmm_shared::api::ErrorBody),
+        (status = 422, description = "A parameter is not valid", body = vmm_shared::api::ErrorBody),
+    )
+)]
 pub async fn list_hosts(
     State(app): State<AppState>,
     user: CurrentUser,

@@ -13,6 +13,7 @@
 mod admin;
 mod auth;
 mod bad_input;
+mod cli;
 mod config;
 mod console;
 mod faults;

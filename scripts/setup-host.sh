@@ -80,6 +80,13 @@ if [[ $need_image_tools -eq 1 ]]; then
         python3 python3-yaml python3-jsonpatch python3-jinja2 python3-requests
 fi
 
+# The API check (scripts/api-check.sh) installs its pinned Python tools into a virtualenv.
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends python3-venv
+fi
+
 # Without these owner/mode bits libvirt re-probes QEMU on every define (about 52 s each).
 if [[ -e /dev/kvm ]]; then
     getent group kvm >/dev/null || groupadd --system kvm

@@ -7,6 +7,8 @@
 #   4. cargo clippy -D warnings over every target
 #   5. cargo test: every crate's unit tests, then the end-to-end suite (tests/), including
 #      the real-QEMU test under libvirtd
+#   6. scripts/api-check.sh: the OpenAPI document validated, and schemathesis run against a
+#      live coordinator and agent (test:///default)
 # Cheap checks come first so that a failure shows up early. Run as root (the real-QEMU test
 # drives qemu:///system); when not root, only the setup step goes through sudo.
 set -euo pipefail
@@ -53,3 +55,6 @@ cargo test --workspace --exclude vmm-e2e "${locked[@]}"
 step "end-to-end tests (real coordinator and agent processes; real QEMU)"
 # --show-output prints the timings the tests report (e.g. how long the real-QEMU test took).
 cargo test -p vmm-e2e "${locked[@]}" -- --show-output
+
+step "API check (OpenAPI document, schemathesis against a live coordinator)"
+scripts/api-check.sh

@@ -360,3 +360,63 @@ async fn the_document_is_public_openapi_3_1_with_the_bearer_scheme_and_error_bod
         );
     }
 }
+
+/// The document spells every enum as the JSON does (serde's names, not the Rust variants).
+#[tokio::test]
+async fn enums_in_the_document_are_spelled_as_the_json() {
+    use vmm_shared::api::{console, hosts, images, operations, snapshots, users, vms};
+    let dir = tempfile::tempdir().unwrap();
+    let document = served_document(&test_router(dir.path()).await).await;
+    let schemas = &document["components"]["schemas"];
+    let expected: Vec<(&str, Vec<&str>)> = vec![
+        ("Role", users::Role::ALL.map(|v| v.as_str()).to_vec()),
+        ("VmAction", vms::VmAction::ALL.map(|v| v.as_str()).to_vec()),
+        (
+            "VmStatus",
+            vmm_shared::VmStatus::ALL.map(|v| v.as_str()).to_vec(),
+        ),
+        (
+            "OperationKind",
+            vmm_shared::OperationKind::ALL.map(|v| v.as_str()).to_vec(),
+        ),
+        (
+            "SnapshotStatus",
+            snapshots::SnapshotStatus::ALL.map(|v| v.as_str()).to_vec(),
+        ),
+        (
+            "CapturedState",
+            snapshots::CapturedState::ALL.map(|v| v.as_str()).to_vec(),
+        ),
+        (
+            "ImageStatus",
+            images::ImageStatus::ALL.map(|v| v.as_str()).to_vec(),
+        ),
+        (
+            "DiskFormat",
+            images::DiskFormat::ALL.map(|v| v.as_str()).to_vec(),
+        ),
+        (
+            "HostStatus",
+            hosts::HostStatus::ALL.map(|v| v.as_str()).to_vec(),
+        ),
+        (
+            "OperationStatus",
+            operations::OperationStatus::ALL
+                .map(|v| v.as_str())
+                .to_vec(),
+        ),
+        (
+            "ConsoleKind",
+            console::ConsoleKind::ALL.map(|v| v.as_str()).to_vec(),
+        ),
+    ];
+    for (name, values) in expected {
+        let documented: Vec<&str> = schemas[name]["enum"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name}: no enum in {}", schemas[name]))
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(documented, values, "{name}");
+    }
+}

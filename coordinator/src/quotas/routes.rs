@@ -87,6 +87,23 @@ pub async fn set_user_quota(
             "give at least one of max_vms, max_cpu, max_memory, max_disk_gb, max_snapshots".into(),
         ));
     }
+    let given = [
+        ("max_vms", changes.max_vms),
+        ("max_cpu", changes.max_cpu),
+        ("max_memory", changes.max_memory),
+        ("max_disk_gb", changes.max_disk_gb),
+        ("max_snapshots", changes.max_snapshots),
+    ];
+    for (name, value) in given {
+        if let Some(value) = value
+            && i64::try_from(value).is_err()
+        {
+            return Err(ApiError::Unprocessable(format!(
+                "{name} must be at most {} (got {value})",
+                i64::MAX
+            )));
+        }
+    }
     let mut conn = app.db.acquire().await?;
     store::update(&mut conn, target, &changes).await?;
     let limits = store::limits(&mut *conn, target, &app.settings.default_quota).await?;

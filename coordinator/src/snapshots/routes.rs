@@ -44,7 +44,7 @@ async fn load_visible_snapshot(
 
 #[utoipa::path(
     post, path = "/api/vms/{id}/snapshots", tag = "snapshots",
-    params(("id" = String, Path, description = "The VM's ID"), ("Idempotency-Key" = Option<String>, Header, description = "Makes a retry of the same request answer the first one's outcome")),
+    params(("id" = String, Path, description = "The VM's ID"), ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "Makes a retry of the same request answer the first one's outcome: 1-255 visible ASCII characters")),
     request_body = vmm_shared::api::snapshots::CreateSnapshotRequest,
     responses(
         (status = 201, description = "The snapshot was taken", body = vmm_shared::api::snapshots::SnapshotView, headers(("Operation-Id" = String, description = "The operation's ID"))),

@@ -49,7 +49,7 @@ pub(crate) fn repeat_patience(app: &AppState) -> std::time::Duration {
 #[utoipa::path(
     post, path = "/api/vms", tag = "vms",
     request_body = vmm_shared::api::vms::CreateVmRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retry of the same request answer the first one's outcome")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "Makes a retry of the same request answer the first one's outcome: 1-255 visible ASCII characters")),
     responses(
         (status = 201, description = "The VM was created and runs", body = vmm_shared::api::vms::VmView, headers(("Operation-Id" = String, description = "The operation's ID"))),
         (status = 400, description = "A quota limit would be exceeded", body = vmm_shared::api::ErrorBody),

@@ -30,8 +30,9 @@ pub use error::ErrorBody;
 #[error("{0:?} is not a known value")]
 pub struct UnknownValue(pub String);
 
-/// An enum of the API whose JSON form is a fixed string per variant: the type with serde
-/// derives (each variant renamed to its string), `ALL`, `as_str`, `Display` and `FromStr`
+/// An enum of the API whose JSON form is a fixed string per variant, the variant's name in
+/// snake case (as `ToSchema` reads it from `rename_all`; a test checks that each listed
+/// string is that name): the type with serde derives, `ALL`, `as_str`, `Display` and `FromStr`
 /// from the same list, `ToSchema` with the `openapi` feature and the sqlx column traits
 /// (stored as that string) with the `sqlx` feature.
 macro_rules! api_enum {
@@ -44,8 +45,9 @@ macro_rules! api_enum {
         $(#[$meta])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
         #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+        #[serde(rename_all = "snake_case")]
         pub enum $name {
-            $($(#[$vmeta])* #[serde(rename = $text)] $variant),+
+            $($(#[$vmeta])* $variant),+
         }
 
         impl $name {
@@ -85,13 +87,37 @@ pub(crate) use api_enum;
 mod tests {
     use super::*;
 
+    /// JSON, `as_str`, `Display` and `FromStr` agree for every value.
+    fn same_string_everywhere<T>(all: &[T])
+    where
+        T: serde::Serialize
+            + serde::de::DeserializeOwned
+            + std::fmt::Display
+            + std::str::FromStr
+            + Copy
+            + PartialEq
+            + std::fmt::Debug,
+        T::Err: std::fmt::Debug,
+    {
+        for &value in all {
+            let json = serde_json::to_string(&value).unwrap();
+            assert_eq!(json, format!("\"{value}\""));
+            assert_eq!(serde_json::from_str::<T>(&json).unwrap(), value);
+            assert_eq!(value.to_string().parse::<T>().unwrap(), value);
+        }
+    }
+
     #[test]
     fn enums_read_and_write_the_same_string_in_json_and_text() {
-        for action in vms::VmAction::ALL {
-            let json = serde_json::to_string(&action).unwrap();
-            assert_eq!(json, format!("\"{action}\""));
-            assert_eq!(action.as_str().parse::<vms::VmAction>().unwrap(), action);
-        }
+        same_string_everywhere(&vms::VmAction::ALL);
+        same_string_everywhere(&users::Role::ALL);
+        same_string_everywhere(&snapshots::SnapshotStatus::ALL);
+        same_string_everywhere(&snapshots::CapturedState::ALL);
+        same_string_everywhere(&images::ImageStatus::ALL);
+        same_string_everywhere(&images::DiskFormat::ALL);
+        same_string_everywhere(&hosts::HostStatus::ALL);
+        same_string_everywhere(&operations::OperationStatus::ALL);
+        same_string_everywhere(&console::ConsoleKind::ALL);
         assert_eq!(vms::VmAction::ForceStop.as_str(), "force_stop");
         assert!("fly".parse::<vms::VmAction>().is_err());
         let kind: console::ConsoleKind = serde_json::from_str("\"vnc\"").unwrap();

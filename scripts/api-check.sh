@@ -18,6 +18,7 @@
 # temporary directory (logs, the document, the report).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+root=$PWD
 
 SCHEMATHESIS_VERSION=4.32.5
 SPEC_VALIDATOR_VERSION=0.9.0
@@ -132,7 +133,9 @@ fuzz() {
     say "schemathesis as $name: $max_examples examples per operation, seed $seed"
     started=$(date +%s)
     set +e
-    "$venv/bin/schemathesis" --config-file scripts/api-check.toml run "$base/api/openapi.json" \
+    # From the temporary directory: schemathesis keeps a cache in the current one.
+    (cd "$work" && "$root/$venv/bin/schemathesis" --config-file "$root/scripts/api-check.toml" \
+        run "$base/api/openapi.json" \
         --header "Authorization: Bearer $token" \
         --checks all \
         --max-examples "$max_examples" \
@@ -141,7 +144,7 @@ fuzz() {
         --workers 1 \
         --request-timeout 30 \
         --no-color \
-        --report junit --report-dir "$work/report-$name" \
+        --report junit --report-dir "$work/report-$name") \
         2>&1 | tee "$work/schemathesis-$name.log"
     status=${PIPESTATUS[0]}
     set -e

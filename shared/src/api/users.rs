@@ -108,7 +108,7 @@ pub struct AdminUserView {
     pub username: String,
     pub role: Role,
     pub created_at: String,
-    /// Nested as `"usage": {…}`, as the list has always shown it.
+    /// What the user's resources take now.
     pub usage: QuotaUsage,
 }
 

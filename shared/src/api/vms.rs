@@ -24,7 +24,9 @@ pub struct CreateVmRequest {
     #[cfg_attr(feature = "openapi", schema(minimum = 64, maximum = 1048576))]
     pub memory: u64,
     /// GB; absent: the image's minimum (or the default for a blank disk).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    // Written even when absent (`null`): a stored `Idempotency-Key` compares requests by
+    // their JSON, as the coordinator has always written it.
+    #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 4096))]
     pub disk_gb: Option<u64>,
     /// ID or name of a ready image; absent: a blank disk.

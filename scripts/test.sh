@@ -2,7 +2,8 @@
 # The one command that runs the whole test suite on a fresh Debian 12 machine:
 #   1. scripts/setup-host.sh: installs libvirt, QEMU, protoc, pkg-config; starts libvirtd
 #   2. cargo fmt --check
-#   3. cargo build of both binaries (the end-to-end tests start them as processes)
+#   3. cargo build of the binaries: coordinator, agent and vmmctl (the end-to-end tests start
+#      them as processes)
 #   4. cargo clippy -D warnings over every target
 #   5. cargo test: every crate's unit tests, then the end-to-end suite (tests/), including
 #      the real-QEMU test under libvirtd

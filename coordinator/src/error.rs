@@ -279,6 +279,17 @@ impl From<crate::keys::store::Error> for ApiError {
     }
 }
 
+impl From<crate::api_tokens::store::Error> for ApiError {
+    fn from(err: crate::api_tokens::store::Error) -> Self {
+        use crate::api_tokens::store::Error;
+        match err {
+            Error::NameTaken(_) => ApiError::Conflict(err.to_string()),
+            Error::TooMany => ApiError::Unprocessable(err.to_string()),
+            Error::Database(err) => err.into(),
+        }
+    }
+}
+
 impl From<crate::users::store::Error> for ApiError {
     fn from(err: crate::users::store::Error) -> Self {
         use crate::users::store::Error;

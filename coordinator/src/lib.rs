@@ -13,6 +13,7 @@
 //! - [`http`]: extractors, fallbacks, the server loop, the request deadline, forwarded
 //!   headers
 //! - [`auth`]: passwords, tokens, the `CurrentUser` extractor
+//! - [`api_tokens`]: personal API tokens for automation (`vmm_pat_…`), stored hashed
 //! - [`users`]: register and login
 //! - [`lifecycle`]: the state machine of VMs and snapshots: preconditions, the effect of
 //!   every outcome, the SQL predicates derived from them
@@ -35,6 +36,7 @@
 
 pub mod admin;
 pub mod agents;
+pub mod api_tokens;
 pub mod app;
 pub mod auth;
 pub mod config;

@@ -23,8 +23,8 @@ use utoipa::{Modify, OpenApi};
 use vmm_shared::api::ErrorBody;
 
 use crate::{
-    admin, console, health, hosts, images, keys, operations, pki, quotas, snapshots, telemetry,
-    users, vms,
+    admin, api_tokens, console, health, hosts, images, keys, operations, pki, quotas, snapshots,
+    telemetry, users, vms,
 };
 
 /// The name of the bearer token scheme in the document.
@@ -35,8 +35,9 @@ pub const BEARER: &str = "bearer";
     info(
         title = "vmm",
         description = "The REST API of the vmm coordinator: users, VMs, snapshots, images, \
-            SSH keys, quotas, hosts and operations. Send the token from `POST /api/auth/login` \
-            as `Authorization: Bearer <token>`. Errors answer `{\"code\", \"message\"}`. Lists \
+            SSH keys, quotas, hosts, operations and API tokens. Send the token from \
+            `POST /api/auth/login`, or an API token (`vmm_pat_…`), as \
+            `Authorization: Bearer <token>`. Errors answer `{\"code\", \"message\"}`. Lists \
             take `?limit=&cursor=` and name the next page's cursor in `X-Next-Cursor`.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
@@ -79,6 +80,9 @@ pub const BEARER: &str = "bearer";
         admin::create_user,
         admin::delete_user,
         admin::set_role,
+        api_tokens::routes::create_token,
+        api_tokens::routes::list_tokens,
+        api_tokens::routes::delete_token,
     ),
     components(schemas(ErrorBody)),
     modifiers(&BearerScheme, &CommonAnswers),
@@ -95,6 +99,7 @@ pub const BEARER: &str = "bearer";
         (name = "quotas", description = "Per-user limits and usage"),
         (name = "hosts", description = "Hypervisor hosts (administrators)"),
         (name = "users", description = "User administration (administrators)"),
+        (name = "tokens", description = "API tokens for scripts and automation"),
     ),
 )]
 pub struct ApiDoc;
@@ -110,9 +115,11 @@ impl Modify for BearerScheme {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("JWT")
                     .description(Some(
-                        "The token from `POST /api/auth/login`, as `Authorization: Bearer <token>`",
+                        "The token from `POST /api/auth/login` (a JWT), or an API token \
+                         (`vmm_pat_…`, from `POST /api/tokens`), as \
+                         `Authorization: Bearer <token>`. An API token of `read` scope is \
+                         refused (403) on anything but GET",
                     ))
                     .build(),
             ),

@@ -82,6 +82,10 @@ uuid_id!(
     /// A user's stored SSH public key.
     SshKeyId
 );
+uuid_id!(
+    /// A user's API token (the record, never the secret itself).
+    ApiTokenId
+);
 
 /// The schemas of the IDs in the OpenAPI document: a UUID string, or a host name.
 #[cfg(feature = "openapi")]

@@ -20,7 +20,7 @@ pub mod sql;
 pub mod status;
 pub mod systemd;
 
-pub use ids::{HostId, ImageId, OperationId, SnapshotId, SshKeyId, UserId, VmId};
+pub use ids::{ApiTokenId, HostId, ImageId, OperationId, SnapshotId, SshKeyId, UserId, VmId};
 pub use limits::{VmSize, VmSizeError, validate_resource_name};
 pub use operation::OperationKind;
 pub use settings::error_chain;

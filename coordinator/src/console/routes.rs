@@ -198,6 +198,7 @@ pub async fn open_console(
         id: user.id,
         username: user.username,
         role: user.role,
+        api_token: None,
     };
     let vm = load_visible(&app, &user, &ticket.vm.to_string()).await?;
     require_running(&vm)?;

@@ -19,6 +19,7 @@ pub mod operations;
 pub mod page;
 pub mod quotas;
 pub mod snapshots;
+pub mod tokens;
 pub mod users;
 pub mod vms;
 
@@ -117,6 +118,7 @@ mod tests {
         same_string_everywhere(&hosts::HostStatus::ALL);
         same_string_everywhere(&operations::OperationStatus::ALL);
         same_string_everywhere(&console::ConsoleKind::ALL);
+        same_string_everywhere(&tokens::TokenScope::ALL);
         assert_eq!(vms::VmAction::ForceStop.as_str(), "force_stop");
         assert!("fly".parse::<vms::VmAction>().is_err());
         let kind: console::ConsoleKind = serde_json::from_str("\"vnc\"").unwrap();

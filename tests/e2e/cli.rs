@@ -572,6 +572,22 @@ async fn administration(cluster: &TestCluster) -> Result<()> {
     ensure!(hosts[0]["id"] == "host-a", "{hosts}");
     let table = admin.run(&["host", "list"]).await?.ok()?;
     ensure!(table.stdout.contains("host-a"), "{}", table.stdout);
+    let drained = admin
+        .run(&["host", "drain", "host-a", "-o", "json"])
+        .await?
+        .ok()?
+        .json()?;
+    ensure!(drained["status"] == "draining", "{drained}");
+    let undrained = admin
+        .run(&["host", "undrain", "HOST-A", "-o", "json"])
+        .await?
+        .ok()?
+        .json()?;
+    ensure!(undrained["status"] == "connected", "{undrained}");
+    admin
+        .run(&["host", "drain", "no-such-host"])
+        .await?
+        .failed_with(3)?;
 
     admin.run(&["image", "delete", "tiny"]).await?.ok()?;
     admin

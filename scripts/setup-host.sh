@@ -82,12 +82,18 @@ fi
 
 # PostgreSQL: the coordinator's tests run a second time on it, and the two-coordinator tests
 # share one (scripts/start-postgres.sh starts a throw-away server on loopback; the package's
-# own cluster is not used). The package may start a default cluster on port 5432: stop it,
-# nothing here uses it.
+# own default cluster, if it started one, is not used).
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q
     apt-get install -y -q --no-install-recommends postgresql
+fi
+
+# The API check (scripts/api-check.sh) installs its pinned Python tools into a virtualenv.
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends python3-venv
 fi
 
 # Without these owner/mode bits libvirt re-probes QEMU on every define (about 52 s each).

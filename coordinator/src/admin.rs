@@ -10,38 +10,54 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use serde::{Deserialize, Serialize};
 use vmm_shared::UserId;
+use vmm_shared::api::users::{AdminUserView, ListUsersQuery, NewUser, RoleChange, UserView};
 
 use crate::auth::AdminUser;
 use crate::db;
 use crate::error::ApiError;
 use crate::http::page::{self, ApiQuery, Cursor, DEFAULT_CAP, Page, Paged, push_keyset};
 use crate::http::{ApiJson, ApiPath};
-use crate::quotas::QuotaUsage;
+use crate::quotas::UsageRow;
 use crate::state::AppState;
 use crate::users::{self, Role};
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
-pub struct AdminUserView {
+/// A user and their usage, as read.
+#[derive(Debug, sqlx::FromRow)]
+struct UserRow {
     id: UserId,
     username: String,
     role: Role,
     created_at: String,
     #[sqlx(flatten)]
-    usage: QuotaUsage,
+    usage: UsageRow,
 }
 
-/// `GET /api/admin/users`'s parameters (see `http::page`).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListUsersQuery {
-    limit: Option<u32>,
-    cursor: Option<String>,
-    role: Option<String>,
+impl From<UserRow> for AdminUserView {
+    fn from(row: UserRow) -> Self {
+        AdminUserView {
+            id: row.id,
+            username: row.username,
+            role: row.role,
+            created_at: row.created_at,
+            usage: row.usage.into(),
+        }
+    }
 }
 
 /// Every user (of `role`, if given) with their usage, oldest first, a page at a time.
+#[utoipa::path(
+    get, path = "/api/admin/users", tag = "users",
+    params(vmm_shared::api::users::ListUsersQuery),
+    responses(
+        (status = 200, description = "A page of the users with their usage, oldest first", body = Vec<vmm_shared::api::users::AdminUserView>, headers(
+            ("X-Next-Cursor" = String, description = "The next page's cursor, when more follow"),
+            ("Link" = String, description = "`<…>; rel=\"next\"`, when more follow"),
+        )),
+        (status = 403, description = "Administrators only", body = vmm_shared::api::ErrorBody),
+        (status = 422, description = "A parameter is not valid", body = vmm_shared::api::ErrorBody),
+    )
+)]
 pub async fn list_users(
     State(app): State<AppState>,
     AdminUser(_admin): AdminUser,
@@ -70,66 +86,43 @@ pub async fn list_users(
         sql.push(" AND u.role = ").push_bind(role);
     }
     push_keyset(&mut sql, &page, "u.", true);
-    let rows: Vec<AdminUserView> = sql.build_query_as()?.fetch_all(&app.db).await?;
+    let rows: Vec<UserRow> = sql.build_query_as()?.fetch_all(&app.db).await?;
     let users = Paged::from_rows(rows, &page, |user| Cursor {
         created_at: user.created_at.clone(),
         id: user.id.to_string(),
     });
-    Ok(users.into_response("/api/admin/users", &echo))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewUser {
-    username: String,
-    password: String,
-    #[serde(default = "user_role")]
-    role: Role,
-}
-
-fn user_role() -> Role {
-    Role::User
-}
-
-impl std::fmt::Debug for NewUser {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NewUser")
-            .field("username", &self.username)
-            .field("role", &self.role)
-            .finish_non_exhaustive()
-    }
+    Ok(users
+        .map(AdminUserView::from)
+        .into_response("/api/admin/users", &echo))
 }
 
 /// `POST /api/admin/users` `{"username", "password", "role"?}`: 201 `{"id", "username",
 /// "role"}`; the same rules as registration (422, 409 for a taken name).
+#[utoipa::path(
+    post, path = "/api/admin/users", tag = "users",
+    request_body = vmm_shared::api::users::NewUser,
+    responses(
+        (status = 201, description = "The account was created", body = vmm_shared::api::users::UserView),
+        (status = 403, description = "Administrators only", body = vmm_shared::api::ErrorBody),
+        (status = 409, description = "The username is taken (in any case)", body = vmm_shared::api::ErrorBody),
+        (status = 422, description = "The username or password breaks a rule", body = vmm_shared::api::ErrorBody),
+    )
+)]
 pub async fn create_user(
     State(app): State<AppState>,
     AdminUser(admin): AdminUser,
     ApiJson(new): ApiJson<NewUser>,
-) -> Result<(StatusCode, Json<RoleView>), ApiError> {
+) -> Result<(StatusCode, Json<UserView>), ApiError> {
     let user = users::routes::create_account(&app, &new.username, &new.password, new.role).await?;
     tracing::info!(admin = %admin.id, user_id = %user.id, username = %user.username, role = user.role.as_str(), "user created");
     Ok((
         StatusCode::CREATED,
-        Json(RoleView {
+        Json(UserView {
             id: user.id,
             username: user.username,
             role: user.role,
         }),
     ))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RoleChange {
-    role: Role,
-}
-
-#[derive(Debug, Serialize)]
-pub struct RoleView {
-    id: UserId,
-    username: String,
-    role: Role,
 }
 
 async fn target_user(app: &AppState, id: &str) -> Result<users::User, ApiError> {
@@ -147,12 +140,23 @@ async fn admin_count(tx: &mut db::DbTransaction) -> Result<i64, sqlx::Error> {
         .await
 }
 
+#[utoipa::path(
+    put, path = "/api/admin/users/{id}/role", tag = "users",
+    params(("id" = String, Path, description = "The user's ID")),
+    request_body = vmm_shared::api::users::RoleChange,
+    responses(
+        (status = 200, description = "The user with their new role", body = vmm_shared::api::users::UserView),
+        (status = 403, description = "Administrators only", body = vmm_shared::api::ErrorBody),
+        (status = 404, description = "No such user", body = vmm_shared::api::ErrorBody),
+        (status = 409, description = "The last administrator cannot be demoted", body = vmm_shared::api::ErrorBody),
+    )
+)]
 pub async fn set_role(
     State(app): State<AppState>,
     AdminUser(user): AdminUser,
     ApiPath(id): ApiPath<String>,
     ApiJson(change): ApiJson<RoleChange>,
-) -> Result<Json<RoleView>, ApiError> {
+) -> Result<Json<UserView>, ApiError> {
     let target = target_user(&app, &id).await?;
     let mut tx = db::begin_write(&app.db).await?;
     if target.role == Role::Admin && change.role != Role::Admin && admin_count(&mut tx).await? <= 1
@@ -168,13 +172,23 @@ pub async fn set_role(
         .await?;
     tx.commit().await?;
     tracing::info!(admin = %user.id, user_id = %target.id, role = change.role.as_str(), "role changed");
-    Ok(Json(RoleView {
+    Ok(Json(UserView {
         id: target.id,
         username: target.username,
         role: change.role,
     }))
 }
 
+#[utoipa::path(
+    delete, path = "/api/admin/users/{id}", tag = "users",
+    params(("id" = String, Path, description = "The user's ID")),
+    responses(
+        (status = 204, description = "The user is gone"),
+        (status = 403, description = "Administrators only", body = vmm_shared::api::ErrorBody),
+        (status = 404, description = "No such user", body = vmm_shared::api::ErrorBody),
+        (status = 409, description = "The user still owns VMs, or is the last administrator", body = vmm_shared::api::ErrorBody),
+    )
+)]
 pub async fn delete_user(
     State(app): State<AppState>,
     AdminUser(user): AdminUser,

@@ -35,7 +35,8 @@ use crate::pki::{self, AgentAuth, CertificateAuthority, Pki};
 use crate::ratelimit::{self, RateLimits};
 use crate::state::{AppState, Settings};
 use crate::{
-    admin, console, health, http, keys, operations, quotas, snapshots, telemetry, users, vms,
+    admin, api_tokens, console, health, http, keys, openapi, operations, quotas, snapshots,
+    telemetry, users, vms,
 };
 
 /// Largest request body the REST API reads (but for the routes below and image uploads).
@@ -52,6 +53,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/health", get(health::health))
         .route("/api/metrics", get(telemetry::scrape_on_api))
+        .route("/api/openapi.json", get(openapi::openapi_json))
         .route("/api/auth/register", post(users::routes::register))
         .route("/api/auth/login", post(users::routes::login))
         .route(
@@ -112,6 +114,11 @@ pub fn router(state: AppState) -> Router {
             get(keys::routes::list_keys).post(keys::routes::add_key),
         )
         .route("/api/keys/{id}", delete(keys::routes::delete_key))
+        .route(
+            "/api/tokens",
+            get(api_tokens::routes::list_tokens).post(api_tokens::routes::create_token),
+        )
+        .route("/api/tokens/{id}", delete(api_tokens::routes::delete_token))
         .route("/api/hosts", get(hosts::routes::list_hosts))
         .route(
             "/api/hosts/join-tokens",

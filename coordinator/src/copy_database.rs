@@ -15,12 +15,13 @@ use crate::db::{self, Backend, Db};
 
 /// Every table, parents before children (foreign keys). A table the schema has that is
 /// not listed here makes the copy refuse to run rather than leave it behind.
-pub const TABLES: [&str; 14] = [
+pub const TABLES: [&str; 15] = [
     "users",
     "quotas",
     "hosts",
     "images",
     "ssh_keys",
+    "api_tokens",
     "host_images",
     "vms",
     "snapshots",

@@ -287,46 +287,9 @@ pub fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-/// A stored status or role that names none of its enum's values.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not a known value")]
-pub struct UnknownValue(pub String);
-
-/// For an enum stored as text: `ALL`, `as_str`, `Display`, `FromStr` and the sqlx column
-/// traits, from one list of variants and their stored names.
-macro_rules! stored_enum {
-    ($type:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
-        impl $type {
-            pub const ALL: [$type; [$($text),+].len()] = [$($type::$variant),+];
-
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $($type::$variant => $text),+
-                }
-            }
-        }
-
-        impl std::fmt::Display for $type {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl std::str::FromStr for $type {
-            type Err = $crate::db::UnknownValue;
-
-            fn from_str(s: &str) -> Result<Self, Self::Err> {
-                Self::ALL
-                    .into_iter()
-                    .find(|value| value.as_str() == s)
-                    .ok_or_else(|| $crate::db::UnknownValue(s.to_owned()))
-            }
-        }
-
-        vmm_shared::text_column!($type);
-    };
-}
-pub(crate) use stored_enum;
+/// A stored status or role that names none of its enum's values (the enums are the API's,
+/// stored as their text: see `vmm_shared::api`).
+pub use vmm_shared::api::UnknownValue;
 
 #[cfg(test)]
 mod tests {

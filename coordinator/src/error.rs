@@ -9,7 +9,7 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use vmm_shared::api::ErrorBody;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -88,15 +88,22 @@ impl ApiError {
 
     /// The JSON body clients get: `{"code", "message"}`, plus the quota fields for a
     /// quota refusal.
-    pub fn body(&self) -> serde_json::Value {
-        let mut body = json!({ "code": self.status().as_u16(), "message": self.to_string() });
+    pub fn body(&self) -> ErrorBody {
+        let mut body = ErrorBody::new(self.status().as_u16(), self.to_string());
         if let ApiError::QuotaExceeded(exceeded) = self {
-            body["resource"] = json!(exceeded.resource);
-            body["current"] = json!(exceeded.current);
-            body["limit"] = json!(exceeded.limit);
-            body["requested"] = json!(exceeded.requested);
+            body.resource = Some(exceeded.resource.to_owned());
+            body.current = Some(exceeded.current);
+            body.limit = Some(exceeded.limit);
+            body.requested = Some(exceeded.requested);
         }
         body
+    }
+
+    /// [`Self::body`] as a JSON value (for records that keep an answer).
+    pub fn body_value(&self) -> serde_json::Value {
+        let body = self.body();
+        serde_json::to_value(&body)
+            .unwrap_or_else(|_| serde_json::json!({ "code": body.code, "message": body.message }))
     }
 
     pub fn internal(err: impl Into<anyhow::Error>) -> Self {
@@ -266,6 +273,17 @@ impl From<crate::keys::store::Error> for ApiError {
         use crate::keys::store::Error;
         match err {
             Error::NameTaken(_) | Error::AlreadyStored(_) => ApiError::Conflict(err.to_string()),
+            Error::TooMany => ApiError::Unprocessable(err.to_string()),
+            Error::Database(err) => err.into(),
+        }
+    }
+}
+
+impl From<crate::api_tokens::store::Error> for ApiError {
+    fn from(err: crate::api_tokens::store::Error) -> Self {
+        use crate::api_tokens::store::Error;
+        match err {
+            Error::NameTaken(_) => ApiError::Conflict(err.to_string()),
             Error::TooMany => ApiError::Unprocessable(err.to_string()),
             Error::Database(err) => err.into(),
         }

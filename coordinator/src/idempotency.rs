@@ -152,7 +152,7 @@ pub async fn remember(
                 .await?;
             return Ok(());
         }
-        Err(err) => (err.status(), err.body()),
+        Err(err) => (err.status(), err.body_value()),
     };
     record_response(db, request, status, &body).await
 }

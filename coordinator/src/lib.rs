@@ -15,6 +15,7 @@
 //! - [`http`]: extractors, fallbacks, the server loop, the request deadline, forwarded
 //!   headers
 //! - [`auth`]: passwords, tokens, the `CurrentUser` extractor
+//! - [`api_tokens`]: personal API tokens for automation (`vmm_pat_…`), stored hashed
 //! - [`users`]: register and login
 //! - [`lifecycle`]: the state machine of VMs and snapshots: preconditions, the effect of
 //!   every outcome, the SQL predicates derived from them
@@ -30,12 +31,14 @@
 //! - [`quotas`]: per-user limits and usage
 //! - [`ledger`]: running totals of what VMs and snapshots take, per host and per user
 //! - [`admin`]: user administration
+//! - [`openapi`]: the OpenAPI document of the REST API, generated from the handlers
 //! - [`telemetry`]: Prometheus metrics
 //! - [`ratelimit`]: request budgets per client, user and login
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod agents;
+pub mod api_tokens;
 pub mod app;
 pub mod auth;
 pub mod cluster;
@@ -53,6 +56,7 @@ pub mod images;
 pub mod keys;
 pub mod ledger;
 pub mod lifecycle;
+pub mod openapi;
 pub mod operations;
 pub mod pki;
 pub mod quotas;

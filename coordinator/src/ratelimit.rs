@@ -1,8 +1,8 @@
 //! Rate limiting with governor (GCRA), so that no client and no user can take the service
 //! for themselves, and passwords cannot be guessed at speed.
 //!
-//! - Every request is limited per client; a request with a valid token is also limited per
-//!   user, so one user cannot spend the budget of a whole office behind one NAT address,
+//! - Every request is limited per client; a request with a valid token (a login token or
+//!   an API token, counted as its owner) is also limited per user, so one user cannot spend the budget of a whole office behind one NAT address,
 //!   nor escape their own by changing address.
 //! - Login and register have a separate, stricter budget per client; when it is spent even
 //!   the right password gets 429.
@@ -34,6 +34,8 @@ use governor::{DefaultKeyedRateLimiter, Quota};
 use ipnet::IpNet;
 use vmm_shared::UserId;
 
+use crate::api_tokens::{self, store::Lookup};
+use crate::auth::ApiTokenLookup;
 use crate::connections::canonical;
 use crate::error::ApiError;
 use crate::http::forwarded::{ClientAddress, ForwardedHeader};
@@ -289,8 +291,9 @@ pub async fn limit_requests(
         if let Err(err) = app.rate_limits.check_client(client) {
             return err.into_response();
         }
-        if let Some(Err(err)) =
-            token_user(&app, request.headers()).map(|user| app.rate_limits.check_user(user))
+        if let Some(Err(err)) = token_user(&app, &mut request)
+            .await
+            .map(|user| app.rate_limits.check_user(user))
         {
             return err.into_response();
         }
@@ -298,16 +301,30 @@ pub async fn limit_requests(
     next.run(request).await
 }
 
-fn token_user(app: &AppState, headers: &HeaderMap) -> Option<UserId> {
-    let token = headers
+/// The user a request's bearer token belongs to, if it is valid: a login token's subject,
+/// or an API token's owner (whose lookup is kept in the request for `CurrentUser`).
+async fn token_user(app: &AppState, request: &mut Request) -> Option<UserId> {
+    if !app.rate_limits.settings.enabled {
+        return None;
+    }
+    let token = request
+        .headers()
         .get(AUTHORIZATION)?
         .to_str()
         .ok()?
-        .strip_prefix("Bearer ")?;
-    app.tokens
-        .verify(token.trim())
-        .ok()
-        .map(|claims| claims.sub)
+        .strip_prefix("Bearer ")?
+        .trim()
+        .to_owned();
+    if api_tokens::is_api_token(&token) {
+        let lookup = api_tokens::authenticate(&app.db, &token).await.ok()?;
+        let owner = match &lookup {
+            Lookup::Valid { grant, .. } => Some(grant.owner),
+            Lookup::Expired(_) | Lookup::Unknown => None,
+        };
+        request.extensions_mut().insert(ApiTokenLookup(lookup));
+        return owner;
+    }
+    app.tokens.verify(&token).ok().map(|claims| claims.sub)
 }
 
 #[cfg(test)]

@@ -183,6 +183,14 @@ fn describe() {
 
 /// `GET /api/metrics`: the metrics, unless `API_METRICS=false` (then 404 like any unknown
 /// endpoint).
+#[utoipa::path(
+    get, path = "/api/metrics", tag = "system",
+    security(()),
+    responses(
+        (status = 200, description = "Prometheus metrics in the text exposition format", content_type = "text/plain", body = String),
+        (status = 404, description = "`API_METRICS=false`: not served here", body = vmm_shared::api::ErrorBody),
+    )
+)]
 pub async fn scrape_on_api(state: State<AppState>, uri: Uri) -> Result<Response, ApiError> {
     if !state.settings.api_metrics {
         return Err(crate::http::route_not_found(uri).await);

@@ -26,6 +26,16 @@ macro_rules! uuid_id {
             }
         }
 
+        #[cfg(feature = "openapi")]
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                $crate::ids::openapi::uuid_schema()
+            }
+        }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::ToSchema for $name {}
+
         impl From<Uuid> for $name {
             fn from(uuid: Uuid) -> Self {
                 Self(uuid)
@@ -72,6 +82,37 @@ uuid_id!(
     /// A user's stored SSH public key.
     SshKeyId
 );
+uuid_id!(
+    /// A user's API token (the record, never the secret itself).
+    ApiTokenId
+);
+
+/// The schemas of the IDs in the OpenAPI document: a UUID string, or a host name.
+#[cfg(feature = "openapi")]
+mod openapi {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaFormat, Type};
+
+    pub fn uuid_schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::Custom("uuid".into())))
+            .into()
+    }
+
+    impl utoipa::PartialSchema for super::HostId {
+        fn schema() -> RefOr<Schema> {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(253))
+                .pattern(Some("^[A-Za-z0-9._-]+$"))
+                .into()
+        }
+    }
+
+    impl utoipa::ToSchema for super::HostId {}
+}
 
 /// A hypervisor host, named by its agent (by default the machine's hostname).
 ///

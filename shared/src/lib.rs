@@ -7,6 +7,7 @@
 //! I/O.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod duration;
 pub mod identity;
 pub mod ids;
@@ -19,7 +20,7 @@ pub mod sql;
 pub mod status;
 pub mod systemd;
 
-pub use ids::{HostId, ImageId, OperationId, SnapshotId, SshKeyId, UserId, VmId};
+pub use ids::{ApiTokenId, HostId, ImageId, OperationId, SnapshotId, SshKeyId, UserId, VmId};
 pub use limits::{VmSize, VmSizeError, validate_resource_name};
 pub use operation::OperationKind;
 pub use settings::error_chain;

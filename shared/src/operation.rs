@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// What an operation does. The string form (`as_str`, serde) is the one vocabulary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum OperationKind {
     Create,

@@ -67,6 +67,7 @@ text_column!(
     crate::OperationId,
     crate::ImageId,
     crate::SshKeyId,
+    crate::ApiTokenId,
     crate::HostId,
     crate::VmStatus,
     crate::OperationKind,

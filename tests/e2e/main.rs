@@ -13,6 +13,7 @@
 mod admin;
 mod auth;
 mod bad_input;
+mod cli;
 mod config;
 mod console;
 mod faults;
@@ -32,4 +33,5 @@ mod scheduling;
 mod snapshots;
 mod systemd;
 mod test_image;
+mod tokens;
 mod vms_from_images;

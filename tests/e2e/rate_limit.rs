@@ -19,13 +19,13 @@ use vmm_e2e::prometheus::Exposition;
 use vmm_e2e::{Api, ClusterOptions, Response, TestCluster};
 
 const RPS: u32 = 1;
-const BURST: usize = 5;
+pub(crate) const BURST: usize = 5;
 const LOGIN_BURST: usize = 3;
 /// A loop that sends until it is refused stops after this many requests.
 const MAX_REQUESTS: usize = 40;
 
 /// Rate limiting on, with a general budget of [`BURST`] at [`RPS`] per second.
-fn limited() -> ClusterOptions {
+pub(crate) fn limited() -> ClusterOptions {
     let mut options = ClusterOptions::default()
         .coordinator_env("RATE_LIMIT_RPS", &RPS.to_string())
         .coordinator_env("RATE_LIMIT_BURST", &BURST.to_string());
@@ -46,19 +46,19 @@ fn login_limited() -> ClusterOptions {
 }
 
 /// The most requests a full bucket lets through in `elapsed`.
-fn allowance(burst: usize, elapsed: Duration) -> usize {
+pub(crate) fn allowance(burst: usize, elapsed: Duration) -> usize {
     burst + (elapsed.as_secs_f64() * f64::from(RPS)).floor() as usize
 }
 
 /// What a run of requests got until the first 429.
-struct Spent {
-    passed: usize,
-    refused: Response,
-    elapsed: Duration,
+pub(crate) struct Spent {
+    pub(crate) passed: usize,
+    pub(crate) refused: Response,
+    pub(crate) elapsed: Duration,
 }
 
 /// Calls `send(i)` for i = 0, 1, … until an answer is 429 (at most [`MAX_REQUESTS`]).
-async fn send_until_refused<F, Fut>(mut send: F) -> Result<Spent>
+pub(crate) async fn send_until_refused<F, Fut>(mut send: F) -> Result<Spent>
 where
     F: FnMut(usize) -> Fut,
     Fut: Future<Output = Result<Response>>,

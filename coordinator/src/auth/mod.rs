@@ -1,5 +1,6 @@
 //! Authentication: bcrypt password hashes, signed login tokens (JWT, HS256), the signing
-//! secret, and the `CurrentUser` extractor every protected route takes.
+//! secret, and the `CurrentUser` extractor every protected route takes (which also accepts
+//! the API tokens of `crate::api_tokens`).
 //!
 //! Never logged or returned: passwords, password hashes, the signing secret.
 
@@ -8,7 +9,7 @@ mod password;
 mod secret;
 mod tokens;
 
-pub use current_user::{AdminUser, CurrentUser};
+pub use current_user::{AdminUser, ApiTokenLookup, CurrentUser};
 pub use password::PasswordHasher;
 pub use secret::load_or_create_jwt_secret;
 pub use tokens::{IssuedToken, TokenIssuer};

@@ -37,40 +37,17 @@ pub mod tickets;
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use sessions::Sessions;
 use tickets::Tickets;
 
 /// Which console of a VM.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ConsoleKind {
-    /// The first serial port: raw bytes, as a terminal sees them.
-    Serial,
-    /// The screen: RFB (VNC) with security type None, as noVNC speaks it.
-    Vnc,
-}
+pub use vmm_shared::api::console::ConsoleKind;
 
-impl ConsoleKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConsoleKind::Serial => "serial",
-            ConsoleKind::Vnc => "vnc",
-        }
-    }
-
-    pub fn to_proto(self) -> vmm_proto::ConsoleKind {
-        match self {
-            ConsoleKind::Serial => vmm_proto::ConsoleKind::Serial,
-            ConsoleKind::Vnc => vmm_proto::ConsoleKind::Vnc,
-        }
-    }
-}
-
-impl std::fmt::Display for ConsoleKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+/// The agent's name for a console kind.
+pub fn kind_to_proto(kind: ConsoleKind) -> vmm_proto::ConsoleKind {
+    match kind {
+        ConsoleKind::Serial => vmm_proto::ConsoleKind::Serial,
+        ConsoleKind::Vnc => vmm_proto::ConsoleKind::Vnc,
     }
 }
 

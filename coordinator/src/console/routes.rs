@@ -20,14 +20,14 @@ use axum::extract::{ConnectInfo, Query, State};
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use vmm_proto::{OpenConsole, coordinator_message};
-use vmm_shared::{VmId, VmStatus};
+use vmm_shared::VmStatus;
+use vmm_shared::api::console::{ConsoleQuery, TicketRequest, TicketView};
 
+use super::Consoles;
 use super::relay::{MAX_CLIENT_MESSAGE, Relay};
 use super::sessions::{AttachOutcome, ConsoleId, Refusal};
-use super::{ConsoleKind, Consoles};
 use crate::auth::CurrentUser;
 use crate::error::ApiError;
 use crate::hosts::DispatchError;
@@ -39,37 +39,6 @@ use crate::vms::routes::load_visible;
 
 /// The WebSocket subprotocol noVNC may ask for; chosen when offered.
 pub const BINARY_SUBPROTOCOL: &str = "binary";
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TicketRequest {
-    #[serde(rename = "type")]
-    kind: ConsoleKind,
-    /// Take the console over from the session that holds it.
-    #[serde(default)]
-    force: bool,
-}
-
-#[derive(Debug, Serialize)]
-pub struct TicketView {
-    pub ticket: String,
-    /// Where to connect the WebSocket (path and query; prepend `ws://` or `wss://` and the
-    /// API's host).
-    pub url: String,
-    /// RFC 3339.
-    pub expires_at: String,
-    #[serde(rename = "type")]
-    pub kind: ConsoleKind,
-    pub vm_id: VmId,
-}
-
-/// `?vm=` and `?type=` of the WebSocket URL: optional, checked against the ticket.
-#[derive(Debug, Deserialize)]
-pub struct ConsoleQuery {
-    vm: Option<String>,
-    #[serde(rename = "type")]
-    kind: Option<String>,
-}
 
 fn require_running(vm: &Vm) -> Result<(), ApiError> {
     if vm.status == VmStatus::Running {
@@ -90,6 +59,17 @@ fn refused(refusal: Refusal) -> ApiError {
 }
 
 /// `POST /api/vms/{id}/console`: a ticket for the VM's console.
+#[utoipa::path(
+    post, path = "/api/vms/{id}/console", tag = "console",
+    params(("id" = String, Path, description = "The VM's ID")),
+    request_body = vmm_shared::api::console::TicketRequest,
+    responses(
+        (status = 200, description = "A one-use ticket and the WebSocket URL to use it on", body = vmm_shared::api::console::TicketView),
+        (status = 404, description = "No such VM (or another user's)", body = vmm_shared::api::ErrorBody),
+        (status = 409, description = "The VM is not running, or another session holds the console (`force` takes it over)", body = vmm_shared::api::ErrorBody),
+        (status = 503, description = "The host has no room for another console", body = vmm_shared::api::ErrorBody),
+    )
+)]
 pub async fn create_ticket(
     State(app): State<AppState>,
     user: CurrentUser,
@@ -146,6 +126,19 @@ fn unauthorized(message: &str) -> ApiError {
 
 /// `GET /api/console/{ticket}`: redeems the ticket, has the host open the console, and
 /// answers `101 Switching Protocols` once it is attached.
+#[utoipa::path(
+    get, path = "/api/console/{ticket}", tag = "console",
+    description = "A WebSocket (RFC 6455), not a JSON endpoint: connect with a WebSocket client (`Upgrade: websocket`). The ticket is the only credential (browsers cannot send a bearer token on a WebSocket). Serial consoles carry the raw bytes of the VM's first serial port as binary messages; VNC consoles carry RFB with security type None (noVNC's `binary` subprotocol is chosen when offered).",
+    security(()),
+    params(("ticket" = String, Path, description = "A ticket from `POST /api/vms/{id}/console`"), vmm_shared::api::console::ConsoleQuery),
+    responses(
+        (status = 101, description = "Switching Protocols: the WebSocket is open and attached to the console"),
+        (status = 400, description = "Not a WebSocket request", body = vmm_shared::api::ErrorBody),
+        (status = 401, description = "The ticket is unknown, used, expired, or for another user, VM or console type", body = vmm_shared::api::ErrorBody),
+        (status = 409, description = "The VM stopped, or another session holds the console", body = vmm_shared::api::ErrorBody),
+        (status = 503, description = "The VM's host is not connected or did not attach the console", body = vmm_shared::api::ErrorBody),
+    )
+)]
 pub async fn open_console(
     State(app): State<AppState>,
     ApiPath(ticket): ApiPath<String>,
@@ -205,6 +198,7 @@ pub async fn open_console(
         id: user.id,
         username: user.username,
         role: user.role,
+        api_token: None,
     };
     let vm = load_visible(&app, &user, &ticket.vm.to_string()).await?;
     require_running(&vm)?;
@@ -232,7 +226,7 @@ pub async fn open_console(
     let open = coordinator_message::Body::OpenConsole(OpenConsole {
         console_id: console_id.to_string(),
         vm_id: vm.id.to_string(),
-        kind: ticket.kind.to_proto() as i32,
+        kind: super::kind_to_proto(ticket.kind) as i32,
     });
     if !app.registry.notify(&vm.host_id, open).await {
         return Err(DispatchError::NotConnected(vm.host_id.clone()).into());

@@ -13,8 +13,8 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use serde::Deserialize;
 use vmm_shared::HostId;
+use vmm_shared::api::hosts::ListHostsQuery;
 
 use super::admin::{self, DeleteRefused};
 use super::store::{self, HostStatus, HostView};
@@ -24,15 +24,18 @@ use crate::http::ApiPath;
 use crate::http::page::{self, ApiQuery, DEFAULT_CAP, Page};
 use crate::state::AppState;
 
-/// `GET /api/hosts`'s parameters.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListHostsQuery {
-    limit: Option<u32>,
-    cursor: Option<String>,
-    status: Option<String>,
-}
-
+#[utoipa::path(
+    get, path = "/api/hosts", tag = "hosts",
+    params(vmm_shared::api::hosts::ListHostsQuery),
+    responses(
+        (status = 200, description = "A page of the hosts, by ID", body = Vec<vmm_shared::api::hosts::HostView>, headers(
+            ("X-Next-Cursor" = String, description = "The next page's cursor, when more follow"),
+            ("Link" = String, description = "`<…>; rel=\"next\"`, when more follow"),
+        )),
+        (status = 403, description = "Administrators only", body = vmm_shared::api::ErrorBody),
+        (status = 422, description = "A parameter is not valid", body = vmm_shared::api::ErrorBody),
+    )
+)]
 pub async fn list_hosts(
     State(app): State<AppState>,
     user: CurrentUser,
@@ -79,6 +82,15 @@ async fn set_drained(
     Ok(Json(view))
 }
 
+#[utoipa::path(
+    post, path = "/api/hosts/{id}/drain", tag = "hosts",
+    params(("id" = String, Path, description = "The host's ID (any case)")),
+    responses(
+        (status = 200, description = "The host, now drained: no new VM goes there", body = HostView),
+        (status = 403, description = "Administrators only", body = vmm_shared::api::ErrorBody),
+        (status = 404, description = "No such host", body = vmm_shared::api::ErrorBody),
+    )
+)]
 pub async fn drain_host(
     State(app): State<AppState>,
     user: CurrentUser,
@@ -87,6 +99,15 @@ pub async fn drain_host(
     set_drained(&app, &user, &id, true).await
 }
 
+#[utoipa::path(
+    post, path = "/api/hosts/{id}/undrain", tag = "hosts",
+    params(("id" = String, Path, description = "The host's ID (any case)")),
+    responses(
+        (status = 200, description = "The host, back in service", body = HostView),
+        (status = 403, description = "Administrators only", body = vmm_shared::api::ErrorBody),
+        (status = 404, description = "No such host", body = vmm_shared::api::ErrorBody),
+    )
+)]
 pub async fn undrain_host(
     State(app): State<AppState>,
     user: CurrentUser,
@@ -95,6 +116,16 @@ pub async fn undrain_host(
     set_drained(&app, &user, &id, false).await
 }
 
+#[utoipa::path(
+    delete, path = "/api/hosts/{id}", tag = "hosts",
+    params(("id" = String, Path, description = "The host's ID (any case)")),
+    responses(
+        (status = 204, description = "The host is gone: its certificates revoked, its session ended"),
+        (status = 403, description = "Administrators only", body = vmm_shared::api::ErrorBody),
+        (status = 404, description = "No such host", body = vmm_shared::api::ErrorBody),
+        (status = 409, description = "VMs are still on the host", body = vmm_shared::api::ErrorBody),
+    )
+)]
 pub async fn delete_host(
     State(app): State<AppState>,
     user: CurrentUser,

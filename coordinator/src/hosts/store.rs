@@ -1,7 +1,6 @@
 //! Hosts in the database: what each agent registered, whether it is connected, and how
 //! much of it the VMs recorded on it take.
 
-use serde::Serialize;
 use sqlx::AnyExecutor;
 use vmm_shared::{HostId, ImageId};
 
@@ -9,21 +8,8 @@ use super::scheduler::HostLoad;
 use crate::db::{self, Db};
 use crate::http::page::{Cursor, Page, Paged, push_keyset};
 
-/// Whether a host's agent has its stream open. `Draining` is how a connected host that an
-/// admin drained is shown; the column stores only the other two (the drain is `drained_at`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HostStatus {
-    Connected,
-    Draining,
-    Unreachable,
-}
-
-crate::db::stored_enum!(HostStatus {
-    Connected => "connected",
-    Draining => "draining",
-    Unreachable => "unreachable",
-});
+/// Whether a host's agent has its stream open.
+pub use vmm_shared::api::hosts::{Allocation, CachedImage, HostStatus, HostView};
 
 /// What an agent tells about its host when it registers.
 #[derive(Clone, Debug)]
@@ -177,8 +163,9 @@ pub async fn connected_loads<'e>(
     .await
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
-pub struct HostView {
+/// A host as `GET /api/hosts` reads it, before its cached images are added.
+#[derive(Debug, sqlx::FromRow)]
+struct HostRow {
     pub id: HostId,
     pub status: HostStatus,
     /// Whether an admin drained the host (also while it is unreachable).
@@ -202,16 +189,13 @@ pub struct HostView {
     #[sqlx(try_from = "i64", rename = "session_epoch")]
     pub session: u64,
     #[sqlx(flatten)]
-    pub allocated: Allocation,
+    pub allocated: AllocationRow,
     #[sqlx(try_from = "i64", rename = "vm_count")]
     pub vms: u64,
-    /// The images the host keeps as verified base volumes.
-    #[sqlx(skip)]
-    pub cached_images: Vec<crate::images::store::CachedImageView>,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
-pub struct Allocation {
+#[derive(Debug, sqlx::FromRow)]
+struct AllocationRow {
     #[sqlx(try_from = "i64", rename = "allocated_cpu")]
     pub cpu: u64,
     #[sqlx(try_from = "i64", rename = "allocated_memory_mib")]
@@ -253,11 +237,36 @@ pub async fn list_page(
         }
     }
     push_keyset(&mut query, page, "h.", false);
-    let mut hosts: Vec<HostView> = query.build_query_as()?.fetch_all(db).await?;
+    let rows: Vec<HostRow> = query.build_query_as()?.fetch_all(db).await?;
     let mut copies = crate::images::store::copies_by_host(db).await?;
-    for host in &mut hosts {
-        host.cached_images = copies.remove(&host.id).unwrap_or_default();
-    }
+    let hosts = rows
+        .into_iter()
+        .map(|row| {
+            let cached_images = copies.remove(&row.id).unwrap_or_default();
+            HostView {
+                id: row.id,
+                status: row.status,
+                drained: row.drained,
+                cpus: row.cpus,
+                memory_mib: row.memory_mib,
+                disk_gb: row.disk_gb,
+                kvm_usable: row.kvm_usable,
+                hypervisor: row.hypervisor,
+                libvirt_version: row.libvirt_version,
+                agent_version: row.agent_version,
+                libvirt_connected: row.libvirt_connected,
+                last_seen_at: row.last_seen_at,
+                session: row.session,
+                allocated: Allocation {
+                    cpu: row.allocated.cpu,
+                    memory_mib: row.allocated.memory_mib,
+                    disk_gb: row.allocated.disk_gb,
+                },
+                vms: row.vms,
+                cached_images,
+            }
+        })
+        .collect();
     Ok(Paged::from_rows(hosts, page, |host| Cursor {
         created_at: String::new(),
         id: host.id.to_string(),

@@ -1,5 +1,5 @@
 //! Pagination and filters of the list routes (`GET /api/vms`, snapshots, operations, users,
-//! hosts): `?limit=&cursor=` plus each route's filters, read by [`ApiQuery`] (an unknown or
+//! hosts, images, keys): `?limit=&cursor=` plus each route's filters, read by [`ApiQuery`] (an unknown or
 //! malformed parameter answers 422 saying which).
 //!
 //! Lists are in keyset order: by (`created_at`, `id`), or by `id` alone for hosts. A page
@@ -7,8 +7,8 @@
 //! next page's cursor in `X-Next-Cursor` and a `Link: <…>; rel="next"` header naming the same
 //! request with that cursor. A cursor is opaque to clients (the last item's key, encoded);
 //! a page read with it starts right after that item, so items created or deleted meanwhile
-//! never shift a page. Without `limit`, a route decides: a user's own VMs and a VM's
-//! snapshots come whole (as before pagination existed), every other list (and an admin's
+//! never shift a page. Without `limit`, a route decides: a user's own VMs, their SSH keys
+//! and a VM's snapshots come whole (as before pagination existed), every other list (and an admin's
 //! VMs) is capped at [`DEFAULT_CAP`] items with a next cursor.
 //!
 //! It never reads the database: the stores take a [`Page`] and return one item more than

@@ -14,7 +14,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Serialize;
 use serde_json::Value;
 use tokio::io::AsyncReadExt;
 use vmm_shared::VmSize;
@@ -27,17 +26,7 @@ const QEMU_IMG_TIMEOUT: Duration = Duration::from_secs(60);
 pub const MAX_VIRTUAL_SIZE_BYTES: u64 = VmSize::DISK_GB_RANGE.1 * super::BYTES_PER_GIB;
 
 /// The on-disk formats accepted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DiskFormat {
-    Qcow2,
-    Raw,
-}
-
-crate::db::stored_enum!(DiskFormat {
-    Qcow2 => "qcow2",
-    Raw => "raw",
-});
+pub use vmm_shared::api::images::DiskFormat;
 
 /// What the check found in an acceptable file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -32,7 +32,6 @@ pub mod store;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use serde::Serialize;
 use tokio::sync::watch;
 use vmm_shared::ImageId;
 
@@ -40,32 +39,7 @@ pub use check::DiskFormat;
 pub use files::ImageFiles;
 
 /// Where an image is in its life (see the module doc).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ImageStatus {
-    /// Waiting for its file to be uploaded.
-    Pending,
-    /// The coordinator is fetching its file from its `source_url`.
-    Downloading,
-    /// Its file is checked and in place: VMs can be made from it.
-    Ready,
-    /// Its transfer failed (the record says why); a file can still be uploaded.
-    Error,
-}
-
-crate::db::stored_enum!(ImageStatus {
-    Pending => "pending",
-    Downloading => "downloading",
-    Ready => "ready",
-    Error => "error",
-});
-
-impl ImageStatus {
-    /// Whether `PUT /api/images/{id}/file` is accepted in this status.
-    pub fn awaits_file(self) -> bool {
-        matches!(self, ImageStatus::Pending | ImageStatus::Error)
-    }
-}
+pub use vmm_shared::api::images::{ImageStatus, ImageView};
 
 /// An image as recorded.
 #[derive(Clone, Debug)]
@@ -100,24 +74,6 @@ impl Image {
             virtual_size_bytes: self.virtual_size_bytes?,
         })
     }
-}
-
-/// The JSON shape of an image. The source URL is not shown: it may carry credentials.
-#[derive(Debug, Serialize)]
-pub struct ImageView {
-    pub id: ImageId,
-    pub name: String,
-    pub os: Option<String>,
-    pub status: ImageStatus,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    pub size_bytes: Option<u64>,
-    pub virtual_size_bytes: Option<u64>,
-    pub format: Option<DiskFormat>,
-    pub sha256: Option<String>,
-    pub min_disk_gb: Option<u64>,
-    pub default_user: String,
-    pub created_at: String,
 }
 
 impl From<Image> for ImageView {

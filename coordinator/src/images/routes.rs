@@ -6,16 +6,18 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
-use serde::Deserialize;
+use axum::response::Response;
 use vmm_proto::{EvictImage, coordinator_message};
+use vmm_shared::api::images::{CreateImageRequest, ListImagesQuery};
 use vmm_shared::{ImageId, VmSize, validate_resource_name};
 
 use super::download::{self, Job};
 use super::files::ReceiveError;
 use super::store::{self, NewImage};
-use super::{AcceptError, Image, ImageView};
+use super::{AcceptError, Image, ImageStatus, ImageView};
 use crate::auth::{AdminUser, CurrentUser};
 use crate::error::ApiError;
+use crate::http::page::{self, ApiQuery, DEFAULT_CAP, Page};
 use crate::http::{ApiJson, ApiPath};
 use crate::state::AppState;
 
@@ -24,17 +26,6 @@ const MAX_OS_LEN: usize = 64;
 /// Longest login user name (as Linux allows).
 const MAX_USER_LEN: usize = 32;
 const DEFAULT_USER: &str = "root";
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateImageRequest {
-    name: String,
-    os: Option<String>,
-    min_disk_gb: Option<u64>,
-    source_url: Option<String>,
-    sha256: Option<String>,
-    default_user: Option<String>,
-}
 
 /// The request checked and normalised, or a message naming the field that is wrong.
 fn validate(body: CreateImageRequest) -> Result<NewImage, String> {
@@ -106,6 +97,16 @@ async fn load(app: &AppState, id: &str) -> Result<Image, ApiError> {
     store::find(&app.db, id).await?.ok_or_else(not_found)
 }
 
+#[utoipa::path(
+    post, path = "/api/images", tag = "images",
+    request_body = vmm_shared::api::images::CreateImageRequest,
+    responses(
+        (status = 201, description = "The image is recorded: `pending` (upload its file) or `downloading`", body = vmm_shared::api::images::ImageView),
+        (status = 403, description = "Administrators only", body = vmm_shared::api::ErrorBody),
+        (status = 409, description = "The name is taken", body = vmm_shared::api::ErrorBody),
+        (status = 422, description = "A value breaks a rule", body = vmm_shared::api::ErrorBody),
+    )
+)]
 pub async fn create_image(
     State(app): State<AppState>,
     AdminUser(admin): AdminUser,
@@ -138,14 +139,47 @@ pub async fn create_image(
     Ok((StatusCode::CREATED, Json(image.into())))
 }
 
+#[utoipa::path(
+    get, path = "/api/images", tag = "images",
+    params(vmm_shared::api::images::ListImagesQuery),
+    responses(
+        (status = 200, description = "A page of the catalogue, oldest first", body = Vec<vmm_shared::api::images::ImageView>, headers(
+            ("X-Next-Cursor" = String, description = "The next page's cursor, when more follow"),
+            ("Link" = String, description = "`<…>; rel=\"next\"`, when more follow"),
+        )),
+        (status = 422, description = "A parameter is not valid", body = vmm_shared::api::ErrorBody),
+    )
+)]
 pub async fn list_images(
     State(app): State<AppState>,
     _user: CurrentUser,
-) -> Result<Json<Vec<ImageView>>, ApiError> {
-    let images = store::list(&app.db).await?;
-    Ok(Json(images.into_iter().map(ImageView::from).collect()))
+    ApiQuery(query): ApiQuery<ListImagesQuery>,
+) -> Result<Response, ApiError> {
+    let mut echo = Vec::new();
+    let status = page::filter::<ImageStatus>(
+        "status",
+        query.status.as_deref(),
+        "an image status (pending, downloading, ready, error)",
+        &mut echo,
+    )?;
+    if let Some(limit) = query.limit {
+        echo.push(("limit", limit.to_string()));
+    }
+    let page = Page::new(query.limit, query.cursor.as_deref(), Some(DEFAULT_CAP))?;
+    let images = store::list_page(&app.db, status, &page).await?;
+    Ok(images
+        .map(ImageView::from)
+        .into_response("/api/images", &echo))
 }
 
+#[utoipa::path(
+    get, path = "/api/images/{id}", tag = "images",
+    params(("id" = String, Path, description = "The image's ID")),
+    responses(
+        (status = 200, description = "The image", body = vmm_shared::api::images::ImageView),
+        (status = 404, description = "No such image", body = vmm_shared::api::ErrorBody),
+    )
+)]
 pub async fn get_image(
     State(app): State<AppState>,
     _user: CurrentUser,
@@ -155,6 +189,20 @@ pub async fn get_image(
 }
 
 /// `PUT /api/images/{id}/file`: the body is the image file, streamed to disk.
+#[utoipa::path(
+    put, path = "/api/images/{id}/file", tag = "images",
+    params(("id" = String, Path, description = "The image's ID")),
+    request_body(content = String, content_type = "application/octet-stream", description = "The image file (qcow2 without backing or data files, or raw with a partition table), streamed"),
+    responses(
+        (status = 200, description = "The file was checked and the image is ready", body = vmm_shared::api::images::ImageView),
+        (status = 400, description = "The upload broke off", body = vmm_shared::api::ErrorBody),
+        (status = 403, description = "Administrators only", body = vmm_shared::api::ErrorBody),
+        (status = 404, description = "No such image, or it was deleted during the upload", body = vmm_shared::api::ErrorBody),
+        (status = 409, description = "The image is not waiting for a file, or a transfer is in progress", body = vmm_shared::api::ErrorBody),
+        (status = 413, description = "The file is larger than `IMAGE_MAX_BYTES`", body = vmm_shared::api::ErrorBody),
+        (status = 422, description = "The file is not an acceptable image, or its SHA-256 differs from the expected one", body = vmm_shared::api::ErrorBody),
+    )
+)]
 pub async fn upload_file(
     State(app): State<AppState>,
     AdminUser(admin): AdminUser,
@@ -261,6 +309,16 @@ fn too_large(length: u64, limit: u64) -> ApiError {
     ))
 }
 
+#[utoipa::path(
+    delete, path = "/api/images/{id}", tag = "images",
+    params(("id" = String, Path, description = "The image's ID")),
+    responses(
+        (status = 204, description = "The image and its file are gone; hosts were told to evict their copies"),
+        (status = 403, description = "Administrators only", body = vmm_shared::api::ErrorBody),
+        (status = 404, description = "No such image", body = vmm_shared::api::ErrorBody),
+        (status = 409, description = "A VM uses the image", body = vmm_shared::api::ErrorBody),
+    )
+)]
 pub async fn delete_image(
     State(app): State<AppState>,
     AdminUser(admin): AdminUser,

@@ -10,13 +10,14 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
 use sqlx::AnyExecutor;
 use vmm_proto::CachedImage;
+use vmm_shared::api::hosts::CachedImage as CachedImageView;
 use vmm_shared::{HostId, ImageId};
 
 use super::{Checked, DiskFormat, Image, ImageStatus};
 use crate::db::{self, Db};
+use crate::http::page::{Cursor, Page, Paged, push_keyset};
 
 /// The columns of [`ImageRow`], in a `SELECT`.
 macro_rules! image_columns {
@@ -183,6 +184,29 @@ pub async fn list(db: &Db) -> Result<Vec<Image>, sqlx::Error> {
     Ok(rows.into_iter().map(Image::from).collect())
 }
 
+/// One page of the catalogue (of `status`, if given), oldest first.
+pub async fn list_page(
+    db: &Db,
+    status: Option<ImageStatus>,
+    page: &Page,
+) -> Result<Paged<Image>, sqlx::Error> {
+    let mut query = crate::db::SqlBuilder::new(concat!(
+        "SELECT ",
+        image_columns!(),
+        " FROM images WHERE 1 = 1"
+    ));
+    if let Some(status) = status {
+        query.push(" AND status = ").push_bind(status);
+    }
+    push_keyset(&mut query, page, "", true);
+    let rows: Vec<ImageRow> = query.build_query_as()?.fetch_all(db).await?;
+    let images = rows.into_iter().map(Image::from).collect();
+    Ok(Paged::from_rows(images, page, |image: &Image| Cursor {
+        created_at: image.created_at.clone(),
+        id: image.id.to_string(),
+    }))
+}
+
 pub async fn with_status(db: &Db, status: ImageStatus) -> Result<Vec<Image>, sqlx::Error> {
     let rows: Vec<ImageRow> = sqlx::query_as(concat!(
         "SELECT ",
@@ -343,21 +367,19 @@ async fn upsert_copy<'e>(
     Ok(())
 }
 
-/// One cached copy, as `GET /api/hosts` shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow)]
-pub struct CachedImageView {
-    #[serde(rename = "id")]
-    pub image_id: ImageId,
-    pub name: String,
+/// One cached copy, as read.
+#[derive(Clone, Debug, sqlx::FromRow)]
+struct CachedCopy {
+    image_id: ImageId,
+    name: String,
     #[sqlx(try_from = "i64")]
-    pub size_bytes: u64,
-    #[serde(skip)]
-    pub host_id: HostId,
+    size_bytes: u64,
+    host_id: HostId,
 }
 
-/// Every host's cached copies, by host.
+/// Every host's cached copies, by host, as `GET /api/hosts` shows them.
 pub async fn copies_by_host(db: &Db) -> Result<HashMap<HostId, Vec<CachedImageView>>, sqlx::Error> {
-    let copies: Vec<CachedImageView> = sqlx::query_as(
+    let copies: Vec<CachedCopy> = sqlx::query_as(
         "SELECT hi.host_id, hi.image_id, i.name, hi.size_bytes
          FROM host_images hi JOIN images i ON i.id = hi.image_id
          ORDER BY hi.host_id, i.name",
@@ -366,7 +388,14 @@ pub async fn copies_by_host(db: &Db) -> Result<HashMap<HostId, Vec<CachedImageVi
     .await?;
     let mut by_host: HashMap<HostId, Vec<CachedImageView>> = HashMap::new();
     for copy in copies {
-        by_host.entry(copy.host_id.clone()).or_default().push(copy);
+        by_host
+            .entry(copy.host_id)
+            .or_default()
+            .push(CachedImageView {
+                id: copy.image_id,
+                name: copy.name,
+                size_bytes: copy.size_bytes,
+            });
     }
     Ok(by_host)
 }

@@ -13,7 +13,6 @@
 pub mod routes;
 pub mod store;
 
-use serde::Serialize;
 use ssh_key::public::KeyData;
 use ssh_key::{HashAlg, PublicKey};
 use vmm_shared::SshKeyId;
@@ -134,16 +133,7 @@ pub struct SshKey {
 }
 
 /// The JSON shape of a stored key.
-#[derive(Debug, Serialize)]
-pub struct SshKeyView {
-    pub id: SshKeyId,
-    pub name: String,
-    #[serde(rename = "type")]
-    pub key_type: String,
-    pub fingerprint: String,
-    pub public_key: String,
-    pub created_at: String,
-}
+pub use vmm_shared::api::keys::SshKeyView;
 
 impl From<SshKey> for SshKeyView {
     fn from(key: SshKey) -> Self {

@@ -4,22 +4,26 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::Deserialize;
+use axum::response::Response;
+use vmm_shared::api::keys::{AddKeyRequest, ListKeysQuery};
 use vmm_shared::{SshKeyId, validate_resource_name};
 
 use super::{SshKeyView, parse_public_key, store};
 use crate::auth::CurrentUser;
 use crate::error::ApiError;
+use crate::http::page::{ApiQuery, Page};
 use crate::http::{ApiJson, ApiPath};
 use crate::state::AppState;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AddKeyRequest {
-    name: String,
-    public_key: String,
-}
-
+#[utoipa::path(
+    post, path = "/api/keys", tag = "keys",
+    request_body = vmm_shared::api::keys::AddKeyRequest,
+    responses(
+        (status = 201, description = "The key is stored", body = vmm_shared::api::keys::SshKeyView),
+        (status = 409, description = "The name is taken, or the key is stored already", body = vmm_shared::api::ErrorBody),
+        (status = 422, description = "Not an acceptable public key, a bad name, or too many keys", body = vmm_shared::api::ErrorBody),
+    )
+)]
 pub async fn add_key(
     State(app): State<AppState>,
     user: CurrentUser,
@@ -34,14 +38,39 @@ pub async fn add_key(
     Ok((StatusCode::CREATED, Json(stored.into())))
 }
 
+#[utoipa::path(
+    get, path = "/api/keys", tag = "keys",
+    params(vmm_shared::api::keys::ListKeysQuery),
+    responses(
+        (status = 200, description = "A page of the caller's keys, oldest first", body = Vec<vmm_shared::api::keys::SshKeyView>, headers(
+            ("X-Next-Cursor" = String, description = "The next page's cursor, when more follow"),
+            ("Link" = String, description = "`<…>; rel=\"next\"`, when more follow"),
+        )),
+        (status = 422, description = "A parameter is not valid", body = vmm_shared::api::ErrorBody),
+    )
+)]
 pub async fn list_keys(
     State(app): State<AppState>,
     user: CurrentUser,
-) -> Result<Json<Vec<SshKeyView>>, ApiError> {
-    let keys = store::list(&app.db, user.id).await?;
-    Ok(Json(keys.into_iter().map(SshKeyView::from).collect()))
+    ApiQuery(query): ApiQuery<ListKeysQuery>,
+) -> Result<Response, ApiError> {
+    let mut echo = Vec::new();
+    if let Some(limit) = query.limit {
+        echo.push(("limit", limit.to_string()));
+    }
+    let page = Page::new(query.limit, query.cursor.as_deref(), None)?;
+    let keys = store::list_page(&app.db, user.id, &page).await?;
+    Ok(keys.map(SshKeyView::from).into_response("/api/keys", &echo))
 }
 
+#[utoipa::path(
+    delete, path = "/api/keys/{id}", tag = "keys",
+    params(("id" = String, Path, description = "The key's ID")),
+    responses(
+        (status = 204, description = "The key is gone"),
+        (status = 404, description = "No such key (or another user's)", body = vmm_shared::api::ErrorBody),
+    )
+)]
 pub async fn delete_key(
     State(app): State<AppState>,
     user: CurrentUser,

@@ -6,6 +6,7 @@ use vmm_shared::{SshKeyId, UserId};
 
 use super::{MAX_KEYS_PER_USER, SshKey, ValidKey};
 use crate::db::{self, Db};
+use crate::http::page::{Cursor, Page, Paged, push_keyset};
 
 /// The columns of [`SshKey`], in a `SELECT`.
 macro_rules! key_columns {
@@ -91,6 +92,22 @@ pub async fn list<'e>(
     .bind(owner)
     .fetch_all(executor)
     .await
+}
+
+/// One page of `owner`'s keys, oldest first.
+pub async fn list_page(db: &Db, owner: UserId, page: &Page) -> Result<Paged<SshKey>, sqlx::Error> {
+    let mut query = crate::db::SqlBuilder::new(concat!(
+        "SELECT ",
+        key_columns!(),
+        " FROM ssh_keys WHERE owner_id = "
+    ));
+    query.push_bind(owner);
+    push_keyset(&mut query, page, "", true);
+    let keys: Vec<SshKey> = query.build_query_as()?.fetch_all(db).await?;
+    Ok(Paged::from_rows(keys, page, |key| Cursor {
+        created_at: key.created_at.clone(),
+        id: key.id.to_string(),
+    }))
 }
 
 /// `owner`'s key with this ID; `None` also when it is someone else's.

@@ -97,7 +97,6 @@ pub mod sql;
 #[cfg(test)]
 mod tests;
 
-use serde::Deserialize;
 use vmm_shared::{OperationKind, VmStatus};
 
 use crate::snapshots::SnapshotStatus;
@@ -108,29 +107,7 @@ pub const VM_CREATED_AS: VmStatus = VmStatus::Creating;
 pub const SNAPSHOT_CREATED_AS: SnapshotStatus = SnapshotStatus::Creating;
 
 /// A power action a user can ask for with `POST /api/vms/{id}/action`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum VmAction {
-    Start,
-    Stop,
-    ForceStop,
-    Reboot,
-}
-
-impl VmAction {
-    pub fn kind(self) -> OperationKind {
-        match self {
-            VmAction::Start => OperationKind::Start,
-            VmAction::Stop => OperationKind::Stop,
-            VmAction::ForceStop => OperationKind::ForceStop,
-            VmAction::Reboot => OperationKind::Reboot,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        self.kind().as_str()
-    }
-}
+pub use vmm_shared::api::vms::VmAction;
 
 /// An operation refused because of the status of its VM or snapshot (HTTP 409).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

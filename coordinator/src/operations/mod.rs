@@ -18,26 +18,12 @@ pub mod store;
 use std::time::{Duration, Instant};
 
 use axum::http::HeaderName;
-use serde::Serialize;
 use vmm_shared::{HostId, OperationId, OperationKind, SnapshotId, UserId, VmId};
 
 /// The response header that carries a request's operation ID.
 pub const OPERATION_ID_HEADER: HeaderName = HeaderName::from_static("operation-id");
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OperationStatus {
-    /// Its outcome is not known yet.
-    Pending,
-    Succeeded,
-    Failed,
-}
-
-crate::db::stored_enum!(OperationStatus {
-    Pending => "pending",
-    Succeeded => "succeeded",
-    Failed => "failed",
-});
+pub use vmm_shared::api::operations::OperationStatus;
 
 /// An operation as recorded.
 #[derive(Clone, Debug, sqlx::FromRow)]

@@ -6,8 +6,8 @@
 use axum::Json;
 use axum::extract::State;
 use axum::response::Response;
-use serde::{Deserialize, Serialize};
-use vmm_shared::{OperationId, OperationKind, SnapshotId, VmId};
+use vmm_shared::api::operations::{ListOperationsQuery, OperationView};
+use vmm_shared::{OperationId, OperationKind, VmId};
 
 use super::{OperationRecord, OperationStatus, store};
 use crate::auth::CurrentUser;
@@ -15,21 +15,6 @@ use crate::error::ApiError;
 use crate::http::ApiPath;
 use crate::http::page::{self, ApiQuery, DEFAULT_CAP, Page};
 use crate::state::AppState;
-
-#[derive(Debug, Serialize)]
-pub struct OperationView {
-    id: OperationId,
-    kind: OperationKind,
-    vm_id: VmId,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    snapshot_id: Option<SnapshotId>,
-    status: OperationStatus,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-    created_at: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    finished_at: Option<String>,
-}
 
 impl From<OperationRecord> for OperationView {
     fn from(record: OperationRecord) -> Self {
@@ -46,17 +31,17 @@ impl From<OperationRecord> for OperationView {
     }
 }
 
-/// `GET /api/operations`'s parameters.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListOperationsQuery {
-    limit: Option<u32>,
-    cursor: Option<String>,
-    status: Option<String>,
-    kind: Option<String>,
-    vm: Option<String>,
-}
-
+#[utoipa::path(
+    get, path = "/api/operations", tag = "operations",
+    params(vmm_shared::api::operations::ListOperationsQuery),
+    responses(
+        (status = 200, description = "A page of the caller's operations (an admin's: everyone's), oldest first", body = Vec<vmm_shared::api::operations::OperationView>, headers(
+            ("X-Next-Cursor" = String, description = "The next page's cursor, when more follow"),
+            ("Link" = String, description = "`<…>; rel=\"next\"`, when more follow"),
+        )),
+        (status = 422, description = "A parameter is not valid", body = vmm_shared::api::ErrorBody),
+    )
+)]
 pub async fn list_operations(
     State(app): State<AppState>,
     user: CurrentUser,
@@ -93,6 +78,14 @@ pub async fn list_operations(
         .into_response("/api/operations", &echo))
 }
 
+#[utoipa::path(
+    get, path = "/api/operations/{id}", tag = "operations",
+    params(("id" = String, Path, description = "The operation's ID (the `Operation-Id` header of its request)")),
+    responses(
+        (status = 200, description = "The operation and its outcome", body = vmm_shared::api::operations::OperationView),
+        (status = 404, description = "No such operation (or another user's)", body = vmm_shared::api::ErrorBody),
+    )
+)]
 pub async fn get_operation(
     State(app): State<AppState>,
     user: CurrentUser,

@@ -608,7 +608,8 @@ pub async fn settle_after_restart(db: &Db) -> Result<(), sqlx::Error> {
          see GET /api/vms for what it created"
             .into(),
     );
-    idempotency::answer_all_unanswered(&mut tx, interrupted.status(), &interrupted.body()).await?;
+    idempotency::answer_all_unanswered(&mut tx, interrupted.status(), &interrupted.body_value())
+        .await?;
     tx.commit().await?;
     if !pending.is_empty() {
         tracing::warn!(

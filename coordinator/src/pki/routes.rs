@@ -5,8 +5,8 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
 use vmm_shared::HostId;
+use vmm_shared::api::hosts::{JoinTokenRequest, JoinTokenTtl as Ttl, JoinTokenView};
 
 use super::join_tokens::{self, DEFAULT_TTL, MAX_TTL, MIN_TTL};
 use crate::auth::CurrentUser;
@@ -14,31 +14,16 @@ use crate::error::ApiError;
 use crate::http::ApiJson;
 use crate::state::AppState;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JoinTokenRequest {
-    host_id: String,
-    #[serde(default)]
-    ttl: Option<Ttl>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Ttl {
-    Seconds(u64),
-    Text(String),
-}
-
-#[derive(Debug, Serialize)]
-pub struct JoinTokenView {
-    host_id: HostId,
-    /// Give it to the agent (`JOIN_TOKEN_FILE` or `--join-token`); it is not shown again.
-    token: String,
-    /// The SHA-256 of the coordinator's CA certificate, which the token also carries.
-    ca_sha256: String,
-    expires_at: String,
-}
-
+#[utoipa::path(
+    post, path = "/api/hosts/join-tokens", tag = "hosts",
+    request_body = JoinTokenRequest,
+    responses(
+        (status = 201, description = "The join token, shown only here", body = JoinTokenView),
+        (status = 403, description = "Administrators only", body = vmm_shared::api::ErrorBody),
+        (status = 409, description = "The coordinator runs with the development AGENT_TOKEN", body = vmm_shared::api::ErrorBody),
+        (status = 422, description = "A bad host ID or ttl", body = vmm_shared::api::ErrorBody),
+    )
+)]
 pub async fn create_join_token(
     State(app): State<AppState>,
     user: CurrentUser,

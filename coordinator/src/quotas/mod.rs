@@ -12,33 +12,33 @@
 pub mod routes;
 pub mod store;
 
-use serde::{Deserialize, Serialize};
+pub use vmm_shared::api::quotas::{QuotaLimits, QuotaUsage};
 
-/// A user's limits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QuotaLimits {
-    pub max_vms: u64,
-    pub max_cpu: u64,
-    /// MiB.
-    pub max_memory: u64,
-    pub max_disk_gb: u64,
-    pub max_snapshots: u64,
-}
-
-/// What a user's resources take now.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, sqlx::FromRow)]
-pub struct QuotaUsage {
+/// A user's usage as read from their running totals.
+#[derive(Clone, Copy, Debug, Default, sqlx::FromRow)]
+pub(crate) struct UsageRow {
     #[sqlx(try_from = "i64")]
     pub vms: u64,
     #[sqlx(try_from = "i64")]
     pub cpu: u64,
-    /// MiB.
     #[sqlx(try_from = "i64")]
     pub memory: u64,
     #[sqlx(try_from = "i64")]
     pub disk_gb: u64,
     #[sqlx(try_from = "i64")]
     pub snapshots: u64,
+}
+
+impl From<UsageRow> for QuotaUsage {
+    fn from(row: UsageRow) -> Self {
+        QuotaUsage {
+            vms: row.vms,
+            cpu: row.cpu,
+            memory: row.memory,
+            disk_gb: row.disk_gb,
+            snapshots: row.snapshots,
+        }
+    }
 }
 
 /// A claim that would take a user past one of their limits.

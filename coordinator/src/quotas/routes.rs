@@ -4,22 +4,17 @@
 
 use axum::Json;
 use axum::extract::State;
-use serde::Serialize;
 use vmm_shared::UserId;
 
 use super::store::{self, LimitOverrides};
-use super::{QuotaLimits, QuotaUsage};
+pub use vmm_shared::api::quotas::QuotaView;
+
+use super::QuotaLimits;
 use crate::auth::{AdminUser, CurrentUser};
 use crate::error::ApiError;
 use crate::http::{ApiJson, ApiPath};
 use crate::state::AppState;
 use crate::users;
-
-#[derive(Debug, Serialize)]
-pub struct QuotaView {
-    pub quota: QuotaLimits,
-    pub usage: QuotaUsage,
-}
 
 pub async fn quota_of(app: &AppState, user: UserId) -> Result<QuotaView, ApiError> {
     let mut conn = app.db.acquire().await?;
@@ -37,6 +32,12 @@ async fn existing_user(app: &AppState, id: &str) -> Result<UserId, ApiError> {
         .ok_or_else(not_found)
 }
 
+#[utoipa::path(
+    get, path = "/api/quota", tag = "quotas",
+    responses(
+        (status = 200, description = "The caller's limits and usage", body = vmm_shared::api::quotas::QuotaView),
+    )
+)]
 pub async fn my_quota(
     State(app): State<AppState>,
     user: CurrentUser,
@@ -44,6 +45,15 @@ pub async fn my_quota(
     Ok(Json(quota_of(&app, user.id).await?))
 }
 
+#[utoipa::path(
+    get, path = "/api/quota/{user_id}", tag = "quotas",
+    params(("user_id" = String, Path, description = "The user's ID")),
+    responses(
+        (status = 200, description = "The user's limits and usage", body = vmm_shared::api::quotas::QuotaView),
+        (status = 403, description = "Administrators only", body = vmm_shared::api::ErrorBody),
+        (status = 404, description = "No such user", body = vmm_shared::api::ErrorBody),
+    )
+)]
 pub async fn user_quota(
     State(app): State<AppState>,
     user: CurrentUser,
@@ -54,6 +64,17 @@ pub async fn user_quota(
     Ok(Json(quota_of(&app, target).await?))
 }
 
+#[utoipa::path(
+    put, path = "/api/quota/{user_id}", tag = "quotas",
+    params(("user_id" = String, Path, description = "The user's ID")),
+    request_body = vmm_shared::api::quotas::LimitOverrides,
+    responses(
+        (status = 200, description = "The user's limits now", body = vmm_shared::api::quotas::QuotaLimits),
+        (status = 403, description = "Administrators only", body = vmm_shared::api::ErrorBody),
+        (status = 404, description = "No such user", body = vmm_shared::api::ErrorBody),
+        (status = 422, description = "No limit given, or a value is not valid", body = vmm_shared::api::ErrorBody),
+    )
+)]
 pub async fn set_user_quota(
     State(app): State<AppState>,
     AdminUser(user): AdminUser,
@@ -65,6 +86,23 @@ pub async fn set_user_quota(
         return Err(ApiError::Unprocessable(
             "give at least one of max_vms, max_cpu, max_memory, max_disk_gb, max_snapshots".into(),
         ));
+    }
+    let given = [
+        ("max_vms", changes.max_vms),
+        ("max_cpu", changes.max_cpu),
+        ("max_memory", changes.max_memory),
+        ("max_disk_gb", changes.max_disk_gb),
+        ("max_snapshots", changes.max_snapshots),
+    ];
+    for (name, value) in given {
+        if let Some(value) = value
+            && i64::try_from(value).is_err()
+        {
+            return Err(ApiError::Unprocessable(format!(
+                "{name} must be at most {} (got {value})",
+                i64::MAX
+            )));
+        }
     }
     let mut conn = app.db.acquire().await?;
     store::update(&mut conn, target, &changes).await?;

@@ -3,18 +3,9 @@
 use sqlx::{AnyConnection, AnyExecutor};
 use vmm_shared::UserId;
 
-use super::{QuotaLimits, QuotaUsage};
+pub use vmm_shared::api::quotas::LimitOverrides;
 
-/// Limits a user has changed from the defaults; `None` fields follow the configuration.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitOverrides {
-    pub max_vms: Option<u64>,
-    pub max_cpu: Option<u64>,
-    pub max_memory: Option<u64>,
-    pub max_disk_gb: Option<u64>,
-    pub max_snapshots: Option<u64>,
-}
+use super::{QuotaLimits, QuotaUsage, UsageRow};
 
 /// A user's stored overrides, as read.
 #[derive(sqlx::FromRow)]
@@ -56,13 +47,13 @@ pub async fn usage<'e>(
     executor: impl AnyExecutor<'e>,
     user: UserId,
 ) -> Result<QuotaUsage, sqlx::Error> {
-    let usage: Option<QuotaUsage> = sqlx::query_as(
+    let usage: Option<UsageRow> = sqlx::query_as(
         "SELECT vms, cpu, memory_mib AS memory, disk_gb, snapshots FROM user_usage WHERE user_id = $1",
     )
     .bind(user)
     .fetch_optional(executor)
     .await?;
-    Ok(usage.unwrap_or_default())
+    Ok(usage.map(QuotaUsage::from).unwrap_or_default())
 }
 
 /// Merges `changes` into the user's stored overrides.

@@ -19,39 +19,11 @@
 pub mod routes;
 pub mod store;
 
-use serde::Serialize;
 use vmm_shared::{SnapshotId, UserId, VmId};
 
-/// Status of a snapshot record. Which operation each allows, and what each outcome does to
-/// it, is decided in `lifecycle`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SnapshotStatus {
-    Creating,
-    Ready,
-    Deleting,
-    Error,
-}
-
-crate::db::stored_enum!(SnapshotStatus {
-    Creating => "creating",
-    Ready => "ready",
-    Deleting => "deleting",
-    Error => "error",
-});
-
-/// The state a snapshot captured: a restore brings the VM back to it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CapturedState {
-    Running,
-    Stopped,
-}
-
-crate::db::stored_enum!(CapturedState {
-    Running => "running",
-    Stopped => "stopped",
-});
+/// Status of a snapshot record (which operation each allows, and what each outcome does to
+/// it, is decided in `lifecycle`), and the state a snapshot captured.
+pub use vmm_shared::api::snapshots::{CapturedState, SnapshotStatus, SnapshotView};
 
 /// A snapshot as recorded.
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -62,18 +34,6 @@ pub struct Snapshot {
     pub name: String,
     pub description: String,
     /// The VM's state when the snapshot was taken.
-    pub vm_status: CapturedState,
-    pub status: SnapshotStatus,
-    pub created_at: String,
-}
-
-/// The JSON shape of a snapshot.
-#[derive(Debug, Serialize)]
-pub struct SnapshotView {
-    pub id: SnapshotId,
-    pub vm_id: VmId,
-    pub name: String,
-    pub description: String,
     pub vm_status: CapturedState,
     pub status: SnapshotStatus,
     pub created_at: String,

@@ -4,7 +4,7 @@
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
-use serde::{Deserialize, Serialize};
+use vmm_shared::api::snapshots::{CreateSnapshotRequest, ListSnapshotsQuery};
 use vmm_shared::{OperationKind, SnapshotId, validate_resource_name};
 
 use super::store::{self, NewSnapshot};
@@ -24,14 +24,6 @@ use crate::vms::{Vm, store as vm_store};
 /// Longest snapshot description, in characters.
 const MAX_DESCRIPTION_LEN: usize = 1024;
 
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateSnapshotRequest {
-    name: String,
-    #[serde(default)]
-    description: String,
-}
-
 /// The snapshot with this ID and its VM, when the user may see them; otherwise 404.
 async fn load_visible_snapshot(
     app: &AppState,
@@ -50,6 +42,20 @@ async fn load_visible_snapshot(
     Ok((snapshot, vm))
 }
 
+#[utoipa::path(
+    post, path = "/api/vms/{id}/snapshots", tag = "snapshots",
+    params(("id" = String, Path, description = "The VM's ID"), ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "Makes a retry of the same request answer the first one's outcome: 1-255 visible ASCII characters")),
+    request_body = vmm_shared::api::snapshots::CreateSnapshotRequest,
+    responses(
+        (status = 201, description = "The snapshot was taken", body = vmm_shared::api::snapshots::SnapshotView, headers(("Operation-Id" = String, description = "The operation's ID"))),
+        (status = 400, description = "The snapshot quota would be exceeded", body = vmm_shared::api::ErrorBody),
+        (status = 404, description = "No such VM (or another user's)", body = vmm_shared::api::ErrorBody),
+        (status = 409, description = "The name is taken, the VM's status does not allow it, or another operation is in flight", body = vmm_shared::api::ErrorBody),
+        (status = 422, description = "A value breaks a rule", body = vmm_shared::api::ErrorBody),
+        (status = 503, description = "The VM's host is not connected", body = vmm_shared::api::ErrorBody),
+        (status = 504, description = "The host has not answered yet; the operation goes on", body = vmm_shared::api::ErrorBody),
+    )
+)]
 pub async fn create_snapshot(
     State(app): State<AppState>,
     user: CurrentUser,
@@ -103,16 +109,19 @@ pub async fn create_snapshot(
     Ok(runner::run_operation(&app, began).await)
 }
 
-/// `GET /api/vms/{id}/snapshots`'s parameters (see `http::page`).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListSnapshotsQuery {
-    limit: Option<u32>,
-    cursor: Option<String>,
-    status: Option<String>,
-}
-
 /// The VM's snapshots, oldest first; all of them without `limit`.
+#[utoipa::path(
+    get, path = "/api/vms/{id}/snapshots", tag = "snapshots",
+    params(("id" = String, Path, description = "The VM's ID"), vmm_shared::api::snapshots::ListSnapshotsQuery),
+    responses(
+        (status = 200, description = "A page of the VM's snapshots, oldest first", body = Vec<vmm_shared::api::snapshots::SnapshotView>, headers(
+            ("X-Next-Cursor" = String, description = "The next page's cursor, when more follow"),
+            ("Link" = String, description = "`<…>; rel=\"next\"`, when more follow"),
+        )),
+        (status = 404, description = "No such VM (or another user's)", body = vmm_shared::api::ErrorBody),
+        (status = 422, description = "A parameter is not valid", body = vmm_shared::api::ErrorBody),
+    )
+)]
 pub async fn list_snapshots(
     State(app): State<AppState>,
     user: CurrentUser,
@@ -138,6 +147,17 @@ pub async fn list_snapshots(
         .into_response(&path, &echo))
 }
 
+#[utoipa::path(
+    post, path = "/api/snapshots/{id}/restore", tag = "snapshots",
+    params(("id" = String, Path, description = "The snapshot's ID")),
+    responses(
+        (status = 200, description = "The VM is back to the snapshot", body = vmm_shared::api::vms::VmView, headers(("Operation-Id" = String, description = "The operation's ID"))),
+        (status = 404, description = "No such snapshot (or another user's)", body = vmm_shared::api::ErrorBody),
+        (status = 409, description = "The snapshot's or VM's status does not allow it, or another operation is in flight", body = vmm_shared::api::ErrorBody),
+        (status = 503, description = "The VM's host is not connected", body = vmm_shared::api::ErrorBody),
+        (status = 504, description = "The host has not answered yet; the operation goes on", body = vmm_shared::api::ErrorBody),
+    )
+)]
 pub async fn restore_snapshot(
     State(app): State<AppState>,
     user: CurrentUser,
@@ -150,6 +170,17 @@ pub async fn restore_snapshot(
     Ok(runner::run_operation(&app, began).await)
 }
 
+#[utoipa::path(
+    delete, path = "/api/snapshots/{id}", tag = "snapshots",
+    params(("id" = String, Path, description = "The snapshot's ID")),
+    responses(
+        (status = 204, description = "The snapshot is gone", headers(("Operation-Id" = String, description = "The operation's ID"))),
+        (status = 404, description = "No such snapshot (or another user's)", body = vmm_shared::api::ErrorBody),
+        (status = 409, description = "The snapshot's status does not allow it, or another operation is in flight", body = vmm_shared::api::ErrorBody),
+        (status = 503, description = "The VM's host is not connected", body = vmm_shared::api::ErrorBody),
+        (status = 504, description = "The host has not answered yet; the operation goes on", body = vmm_shared::api::ErrorBody),
+    )
+)]
 pub async fn delete_snapshot(
     State(app): State<AppState>,
     user: CurrentUser,

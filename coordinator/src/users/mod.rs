@@ -4,20 +4,8 @@
 pub mod routes;
 pub mod store;
 
-use serde::{Deserialize, Serialize};
 use vmm_shared::UserId;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    Admin,
-    User,
-}
-
-crate::db::stored_enum!(Role {
-    Admin => "admin",
-    User => "user",
-});
+pub use vmm_shared::api::users::Role;
 
 /// A user as stored. `password_hash` never leaves the coordinator.
 #[derive(Clone, sqlx::FromRow)]

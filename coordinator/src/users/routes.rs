@@ -10,8 +10,7 @@ use axum::Extension;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
-use vmm_shared::UserId;
+use vmm_shared::api::users::{Credentials, LoginResponse, RegisteredUser, UserView};
 
 use super::{PASSWORD_BYTES, Role, User, store, validate_password, validate_username};
 use crate::config::Registration;
@@ -20,27 +19,17 @@ use crate::http::ApiJson;
 use crate::ratelimit::ClientIp;
 use crate::state::AppState;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Credentials {
-    username: String,
-    password: String,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials")
-            .field("username", &self.username)
-            .finish_non_exhaustive()
-    }
-}
-
-#[derive(Serialize)]
-pub struct RegisteredUser {
-    id: UserId,
-    username: String,
-}
-
+#[utoipa::path(
+    post, path = "/api/auth/register", tag = "auth", security(()),
+    request_body = vmm_shared::api::users::Credentials,
+    responses(
+        (status = 201, description = "The account was created", body = vmm_shared::api::users::RegisteredUser),
+        (status = 403, description = "Registration is closed (`REGISTRATION=closed`)", body = vmm_shared::api::ErrorBody),
+        (status = 409, description = "The username is taken (in any case)", body = vmm_shared::api::ErrorBody),
+        (status = 422, description = "The username or password breaks a rule", body = vmm_shared::api::ErrorBody),
+        (status = 429, description = "Too many attempts from this client", body = vmm_shared::api::ErrorBody),
+    )
+)]
 pub async fn register(
     State(app): State<AppState>,
     Extension(ClientIp(client)): Extension<ClientIp>,
@@ -81,20 +70,15 @@ pub async fn create_account(
     Ok(store::insert(&app.db, username, &hash, role).await?)
 }
 
-#[derive(Serialize)]
-pub struct LoginResponse {
-    token: String,
-    expires_at: String,
-    user: UserView,
-}
-
-#[derive(Serialize)]
-pub struct UserView {
-    id: UserId,
-    username: String,
-    role: Role,
-}
-
+#[utoipa::path(
+    post, path = "/api/auth/login", tag = "auth", security(()),
+    request_body = vmm_shared::api::users::Credentials,
+    responses(
+        (status = 200, description = "A bearer token", body = vmm_shared::api::users::LoginResponse),
+        (status = 401, description = "Unknown user or wrong password", body = vmm_shared::api::ErrorBody),
+        (status = 429, description = "Too many failed attempts", body = vmm_shared::api::ErrorBody),
+    )
+)]
 pub async fn login(
     State(app): State<AppState>,
     Extension(ClientIp(client)): Extension<ClientIp>,

@@ -62,37 +62,7 @@ impl std::str::FromStr for Addresses {
 
 vmm_shared::text_column!(Addresses);
 
-/// Where SSH reaches a VM through its host, in a VM's JSON.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct SshView {
-    pub host: String,
-    pub port: u16,
-    /// The login user of the VM's image; `None` for a VM without an image.
-    pub user: Option<String>,
-}
-
-/// The JSON shape of a VM in every response.
-#[derive(Debug, Serialize)]
-pub struct VmView {
-    pub id: VmId,
-    pub name: String,
-    pub status: VmStatus,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub status_reason: Option<String>,
-    pub cpu: u32,
-    /// MiB.
-    pub memory: u64,
-    pub disk_gb: u64,
-    pub host: HostId,
-    pub owner_id: UserId,
-    pub created_at: String,
-    /// The image the VM was made from.
-    pub image: Option<ImageId>,
-    /// The guest's IP addresses, as its host knows them (empty while unknown).
-    pub addresses: Vec<String>,
-    /// Set when the host forwards a port to the guest's SSH server.
-    pub ssh: Option<SshView>,
-}
+pub use vmm_shared::api::vms::{SshView, VmView};
 
 impl From<Vm> for VmView {
     fn from(vm: Vm) -> Self {

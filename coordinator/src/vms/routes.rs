@@ -10,7 +10,6 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
-use serde::{Deserialize, Serialize};
 use vmm_shared::{HostId, OperationKind, UserId, VmId, VmSize, VmStatus, validate_resource_name};
 
 use super::boot::{self, BootRequest};
@@ -21,38 +20,10 @@ use crate::error::ApiError;
 use crate::http::page::{ApiQuery, DEFAULT_CAP, Page, Paged};
 use crate::http::{ApiJson, ApiPath};
 use crate::idempotency::{self, IdempotentRequest};
-use crate::lifecycle::VmAction;
 use crate::operations::Operation;
 use crate::operations::runner::{self, Began, CreateInputs};
 use crate::state::AppState;
-
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateVmRequest {
-    name: String,
-    cpu: u32,
-    /// MiB.
-    memory: u64,
-    disk_gb: Option<u64>,
-    /// ID or name of a ready image; absent: a blank disk.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    image: Option<String>,
-    /// IDs of the caller's stored keys; absent: all of them.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    ssh_keys: Option<Vec<String>>,
-    /// Public keys given inline.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    ssh_authorized_keys: Option<Vec<String>>,
-    /// cloud-config or a script, at most 64 KiB.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    user_data: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ActionRequest {
-    action: VmAction,
-}
+use vmm_shared::api::vms::{ActionRequest, CreateVmRequest, ListVmsQuery};
 
 /// The VM with this ID when the user may see it; otherwise 404.
 pub(crate) async fn load_visible(
@@ -75,6 +46,19 @@ pub(crate) fn repeat_patience(app: &AppState) -> std::time::Duration {
     app.settings.operation_timeout + std::time::Duration::from_secs(5)
 }
 
+#[utoipa::path(
+    post, path = "/api/vms", tag = "vms",
+    request_body = vmm_shared::api::vms::CreateVmRequest,
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "Makes a retry of the same request answer the first one's outcome: 1-255 visible ASCII characters")),
+    responses(
+        (status = 201, description = "The VM was created and runs", body = vmm_shared::api::vms::VmView, headers(("Operation-Id" = String, description = "The operation's ID"))),
+        (status = 400, description = "A quota limit would be exceeded", body = vmm_shared::api::ErrorBody),
+        (status = 409, description = "The name is taken, or the image is not ready", body = vmm_shared::api::ErrorBody),
+        (status = 422, description = "A value breaks a rule", body = vmm_shared::api::ErrorBody),
+        (status = 503, description = "No connected host has room", body = vmm_shared::api::ErrorBody),
+        (status = 504, description = "The host has not answered yet; the operation goes on", body = vmm_shared::api::ErrorBody),
+    )
+)]
 pub async fn create_vm(
     State(app): State<AppState>,
     user: CurrentUser,
@@ -143,20 +127,20 @@ pub async fn create_vm(
     Ok(runner::run_operation(&app, began).await)
 }
 
-/// `GET /api/vms`'s parameters (see `http::page`).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListVmsQuery {
-    limit: Option<u32>,
-    cursor: Option<String>,
-    status: Option<String>,
-    host: Option<String>,
-    owner: Option<String>,
-}
-
 /// The caller's VMs (an admin's: everyone's, or `owner`'s), filtered by `status` and `host`,
 /// a page at a time. Without `limit` a user gets all of their VMs; an admin's list is
 /// capped with a next cursor. Another user's `owner` gives a user an empty list.
+#[utoipa::path(
+    get, path = "/api/vms", tag = "vms",
+    params(vmm_shared::api::vms::ListVmsQuery),
+    responses(
+        (status = 200, description = "A page of the caller's VMs (an admin's: everyone's)", body = Vec<vmm_shared::api::vms::VmView>, headers(
+            ("X-Next-Cursor" = String, description = "The next page's cursor, when more follow"),
+            ("Link" = String, description = "`<…>; rel=\"next\"`, when more follow"),
+        )),
+        (status = 422, description = "A parameter is not valid", body = vmm_shared::api::ErrorBody),
+    )
+)]
 pub async fn list_vms(
     State(app): State<AppState>,
     user: CurrentUser,
@@ -221,6 +205,14 @@ pub async fn list_vms(
     Ok(vms.map(VmView::from).into_response("/api/vms", &echo))
 }
 
+#[utoipa::path(
+    get, path = "/api/vms/{id}", tag = "vms",
+    params(("id" = String, Path, description = "The VM's ID")),
+    responses(
+        (status = 200, description = "The VM", body = vmm_shared::api::vms::VmView),
+        (status = 404, description = "No such VM (or another user's)", body = vmm_shared::api::ErrorBody),
+    )
+)]
 pub async fn get_vm(
     State(app): State<AppState>,
     user: CurrentUser,
@@ -229,6 +221,19 @@ pub async fn get_vm(
     Ok(Json(load_visible(&app, &user, &id).await?.into()))
 }
 
+#[utoipa::path(
+    post, path = "/api/vms/{id}/action", tag = "vms",
+    params(("id" = String, Path, description = "The VM's ID")),
+    request_body = vmm_shared::api::vms::ActionRequest,
+    responses(
+        (status = 200, description = "The action was carried out", body = vmm_shared::api::vms::VmView, headers(("Operation-Id" = String, description = "The operation's ID"))),
+        (status = 404, description = "No such VM (or another user's)", body = vmm_shared::api::ErrorBody),
+        (status = 409, description = "The VM's status does not allow the action, or another operation is in flight", body = vmm_shared::api::ErrorBody),
+        (status = 502, description = "The host failed to carry it out", body = vmm_shared::api::ErrorBody),
+        (status = 503, description = "The VM's host is not connected", body = vmm_shared::api::ErrorBody),
+        (status = 504, description = "The host has not answered yet; the operation goes on", body = vmm_shared::api::ErrorBody),
+    )
+)]
 pub async fn vm_action(
     State(app): State<AppState>,
     user: CurrentUser,
@@ -241,6 +246,17 @@ pub async fn vm_action(
     Ok(runner::run_operation(&app, began).await)
 }
 
+#[utoipa::path(
+    delete, path = "/api/vms/{id}", tag = "vms",
+    params(("id" = String, Path, description = "The VM's ID")),
+    responses(
+        (status = 204, description = "The VM and its disk are gone", headers(("Operation-Id" = String, description = "The operation's ID"))),
+        (status = 404, description = "No such VM (or another user's)", body = vmm_shared::api::ErrorBody),
+        (status = 409, description = "The VM's status does not allow it, or another operation is in flight", body = vmm_shared::api::ErrorBody),
+        (status = 503, description = "The VM's host is not connected", body = vmm_shared::api::ErrorBody),
+        (status = 504, description = "The host has not answered yet; the operation goes on", body = vmm_shared::api::ErrorBody),
+    )
+)]
 pub async fn delete_vm(
     State(app): State<AppState>,
     user: CurrentUser,

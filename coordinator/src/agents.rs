@@ -125,6 +125,13 @@ impl AgentControl for AgentControlService {
         let registration = validate_registration(&register)?;
         let host = registration.id.clone();
         let (sender, receiver) = mpsc::channel(256);
+        // `Registered` goes first into the new stream, before the session is attached to the
+        // registry: from the attach on, a command for the host (an operation of this
+        // coordinator, or one routed from another) can be queued at any moment, and the
+        // agent must see `Registered` before any command.
+        sender
+            .try_send(Ok(registered(&self.app)))
+            .map_err(|_| Status::internal("a new session's stream is full"))?;
         let _task = self.app.registry.track_task();
         let session = open_session(&self.app, &registration, &register, sender.clone()).await?;
         // A deletion of the host (or its enrolment anew) that committed before this session
@@ -145,8 +152,8 @@ impl AgentControl for AgentControlService {
             disk_gb = registration.disk_gb, hypervisor = %registration.hypervisor, kvm = registration.kvm_usable,
             domains = register.inventory.len(), cached_images = register.cached_images.len(), "agent registered");
 
-        let greeted = greet(&self.app, &host, &sender, session.evict).await;
-        if let Err(status) = greeted {
+        let evicted = send_evictions(&host, &sender, session.evict).await;
+        if let Err(status) = evicted {
             close_session(
                 &self.app,
                 &host,
@@ -216,22 +223,21 @@ pub async fn open_session(
     }
 }
 
-/// Sends `Registered` and the evictions down a new session's stream.
-async fn greet(
-    app: &AppState,
+/// The first message of every session: the registration is accepted.
+fn registered(app: &AppState) -> CoordinatorMessage {
+    CoordinatorMessage {
+        body: Some(coordinator_message::Body::Registered(Registered {
+            heartbeat_interval_ms: heartbeat_interval_ms(app.settings.host_dead_after),
+        })),
+    }
+}
+
+/// Sends a new session the evictions of the cached images this coordinator no longer has.
+async fn send_evictions(
     host: &HostId,
     sender: &mpsc::Sender<Result<CoordinatorMessage, Status>>,
     evict: Vec<String>,
 ) -> Result<(), Status> {
-    let registered = CoordinatorMessage {
-        body: Some(coordinator_message::Body::Registered(Registered {
-            heartbeat_interval_ms: heartbeat_interval_ms(app.settings.host_dead_after),
-        })),
-    };
-    sender
-        .send(Ok(registered))
-        .await
-        .map_err(|_| Status::cancelled("agent went away"))?;
     for image_id in evict {
         tracing::info!(host = %host, %image_id, "host caches an image this coordinator no longer has; evicting it");
         let evict = CoordinatorMessage {

@@ -456,3 +456,78 @@ async fn the_ledger_matches_the_rows_after_every_kind_of_change() {
     assert_eq!(usage, (2, 2));
     drop(session);
 }
+
+/// A message for a host queued the moment its session is attached (by an operation of this
+/// coordinator, or a command routed from another) reaches the agent after `Registered`,
+/// never before it: an agent ends a session whose first message is anything else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_is_the_first_message_even_when_a_command_is_queued_at_attach() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = state(dir.path()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AgentControlServer::new(AgentControlService::new(
+                app.clone(),
+            )))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    for round in 0..10 {
+        let host: HostId = format!("host-{round}").parse().unwrap();
+        // Queues a message as soon as the registry has a session for the host.
+        let eager = tokio::spawn({
+            let app = app.clone();
+            let host = host.clone();
+            async move {
+                let probe =
+                    vmm_proto::coordinator_message::Body::EvictImage(vmm_proto::EvictImage {
+                        image_id: "probe".into(),
+                    });
+                while !app.registry.notify(&host, probe.clone()).await {
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        let mut client = AgentControlClient::connect(format!("http://{grpc}"))
+            .await
+            .unwrap();
+        let (outgoing, queue) = mpsc::channel(16);
+        outgoing
+            .send(AgentMessage {
+                body: Some(agent_message::Body::Register(register_message(
+                    host.as_str(),
+                    Vec::new(),
+                ))),
+            })
+            .await
+            .unwrap();
+        let mut request = tonic::Request::new(ReceiverStream::new(queue));
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {AGENT_TOKEN}").parse().unwrap(),
+        );
+        let mut incoming = client.session(request).await.unwrap().into_inner();
+        let first = incoming.message().await.unwrap().unwrap();
+        assert!(
+            matches!(
+                first.body,
+                Some(vmm_proto::coordinator_message::Body::Registered(_))
+            ),
+            "round {round}: the first message was {first:?}"
+        );
+        tokio::time::timeout(Duration::from_secs(10), eager)
+            .await
+            .expect("the probe was queued once the session was attached")
+            .unwrap();
+        let second = incoming.message().await.unwrap().unwrap();
+        assert!(
+            matches!(
+                second.body,
+                Some(vmm_proto::coordinator_message::Body::EvictImage(_))
+            ),
+            "round {round}: {second:?}"
+        );
+        drop(outgoing);
+    }
+}

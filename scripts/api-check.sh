@@ -125,11 +125,12 @@ say "coordinator on $base, agent on test:///default"
 curl -sf "$base/api/openapi.json" -o "$work/openapi.json" || fail "GET /api/openapi.json failed"
 "$venv/bin/openapi-spec-validator" "$work/openapi.json" || fail "the document is not valid OpenAPI"
 
-# Runs schemathesis with a token; $1 names the run. One worker: hypothesis describing its
-# strategies from several threads at once trips CPython 3.11's "AST constructor recursion
-# depth mismatch".
+# Runs schemathesis with a token; $1 names the run, further arguments select operations.
+# One worker: hypothesis describing its strategies from several threads at once trips
+# CPython 3.11's "AST constructor recursion depth mismatch".
 fuzz() {
     local name=$1 token=$2 started status
+    shift 2
     say "schemathesis as $name: $max_examples examples per operation, seed $seed"
     started=$(date +%s)
     set +e
@@ -144,7 +145,8 @@ fuzz() {
         --workers 1 \
         --request-timeout 30 \
         --no-color \
-        --report junit --report-dir "$work/report-$name") \
+        --report junit --report-dir "$work/report-$name" \
+        "$@") \
         2>&1 | tee "$work/schemathesis-$name.log"
     status=${PIPESTATUS[0]}
     set -e
@@ -154,8 +156,12 @@ fuzz() {
 
 # A user first (the admin routes answer 403, other users' resources 404), then the only
 # administrator (who can be neither demoted nor deleted, so the whole run keeps its rights).
+# Draining or deleting the only host would leave every later create without a place (503,
+# rightly): the admin's host lifecycle runs last, on its own.
 fuzz user "$user_token"
-fuzz admin "$admin_token"
+fuzz admin "$admin_token" --exclude-operation-id drain_host --exclude-operation-id delete_host
+fuzz admin-hosts "$admin_token" \
+    --include-operation-id-regex '^(list_hosts|drain_host|undrain_host|delete_host)$'
 if grep -q 'panicked\|internal error' "$work/coordinator.log"; then
     fail "the coordinator logged a panic or an internal error"
 fi

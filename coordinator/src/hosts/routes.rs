@@ -74,10 +74,8 @@ async fn set_drained(
         return Err(ApiError::NotFound(format!("no host with ID {host}")));
     }
     tracing::info!(host = %host, by = %user.username, drained, "host drain changed");
-    let view = store::list(&app.db)
+    let view = store::get(&app.db, &host)
         .await?
-        .into_iter()
-        .find(|view| view.id == host)
         .ok_or_else(|| ApiError::NotFound(format!("no host with ID {host}")))?;
     Ok(Json(view))
 }

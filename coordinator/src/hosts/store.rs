@@ -211,6 +211,25 @@ pub async fn list_page(
     status: Option<HostStatus>,
     page: &Page,
 ) -> Result<Paged<HostView>, sqlx::Error> {
+    select(db, status, None, page).await
+}
+
+/// The host with this ID, as listed.
+pub async fn get(db: &Db, id: &HostId) -> Result<Option<HostView>, sqlx::Error> {
+    let everything = Page {
+        limit: None,
+        after: None,
+    };
+    Ok(select(db, None, Some(id), &everything).await?.items.pop())
+}
+
+/// Hosts of `status` (all if `None`), or the one host `only`, a page of them.
+async fn select(
+    db: &Db,
+    status: Option<HostStatus>,
+    only: Option<&HostId>,
+    page: &Page,
+) -> Result<Paged<HostView>, sqlx::Error> {
     let mut query = crate::db::SqlBuilder::new(
         "SELECT h.id, h.cpus, h.memory_mib, h.disk_gb,
                 CASE WHEN h.status = 'connected' AND h.drained_at IS NOT NULL THEN 'draining'
@@ -235,6 +254,9 @@ pub async fn list_page(
         Some(status) => {
             query.push(" AND h.status = ").push_bind(status);
         }
+    }
+    if let Some(id) = only {
+        query.push(" AND h.id = ").push_bind(id.clone());
     }
     push_keyset(&mut query, page, "h.", false);
     let rows: Vec<HostRow> = query.build_query_as()?.fetch_all(db).await?;
@@ -280,4 +302,26 @@ pub async fn list(db: &Db) -> Result<Vec<HostView>, sqlx::Error> {
         after: None,
     };
     Ok(list_page(db, None, &everything).await?.items)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::TestDb;
+
+    #[tokio::test]
+    async fn get_finds_one_host_as_listed_and_nothing_else() {
+        let t = TestDb::new().await;
+        let listed = list(&t.db).await.unwrap();
+        let found = get(&t.db, &t.host)
+            .await
+            .unwrap()
+            .expect("the host is there");
+        assert_eq!(listed.len(), 1);
+        assert_eq!(found.id, listed[0].id);
+        assert_eq!(found.status, listed[0].status);
+        assert_eq!(found.cpus, 64);
+        let other: HostId = "host-elsewhere".parse().unwrap();
+        assert!(get(&t.db, &other).await.unwrap().is_none());
+    }
 }

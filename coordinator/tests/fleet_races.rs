@@ -288,6 +288,24 @@ async fn connect_agent(
     mpsc::Sender<AgentMessage>,
     tonic::Streaming<vmm_proto::CoordinatorMessage>,
 ) {
+    let (outgoing, mut incoming) = open_stream(grpc, host, inventory).await;
+    let registered = incoming.message().await.unwrap().unwrap();
+    assert!(matches!(
+        registered.body,
+        Some(vmm_proto::coordinator_message::Body::Registered(_))
+    ));
+    (outgoing, incoming)
+}
+
+/// Opens a session's stream and sends `Register`; reads nothing.
+async fn open_stream(
+    grpc: SocketAddr,
+    host: &str,
+    inventory: Vec<DomainReport>,
+) -> (
+    mpsc::Sender<AgentMessage>,
+    tonic::Streaming<vmm_proto::CoordinatorMessage>,
+) {
     let mut client = AgentControlClient::connect(format!("http://{grpc}"))
         .await
         .unwrap();
@@ -305,12 +323,7 @@ async fn connect_agent(
         "authorization",
         format!("Bearer {AGENT_TOKEN}").parse().unwrap(),
     );
-    let mut incoming = client.session(request).await.unwrap().into_inner();
-    let registered = incoming.message().await.unwrap().unwrap();
-    assert!(matches!(
-        registered.body,
-        Some(vmm_proto::coordinator_message::Body::Registered(_))
-    ));
+    let incoming = client.session(request).await.unwrap().into_inner();
     (outgoing, incoming)
 }
 
@@ -489,25 +502,7 @@ async fn registered_is_the_first_message_even_when_a_command_is_queued_at_attach
                 }
             }
         });
-        let mut client = AgentControlClient::connect(format!("http://{grpc}"))
-            .await
-            .unwrap();
-        let (outgoing, queue) = mpsc::channel(16);
-        outgoing
-            .send(AgentMessage {
-                body: Some(agent_message::Body::Register(register_message(
-                    host.as_str(),
-                    Vec::new(),
-                ))),
-            })
-            .await
-            .unwrap();
-        let mut request = tonic::Request::new(ReceiverStream::new(queue));
-        request.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {AGENT_TOKEN}").parse().unwrap(),
-        );
-        let mut incoming = client.session(request).await.unwrap().into_inner();
+        let (outgoing, mut incoming) = open_stream(grpc, host.as_str(), Vec::new()).await;
         let first = incoming.message().await.unwrap().unwrap();
         assert!(
             matches!(

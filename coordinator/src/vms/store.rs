@@ -328,60 +328,14 @@ mod tests {
         max_snapshots: u64::MAX,
     };
 
-    /// Twenty concurrent creates against a host with room for exactly five: placement and
-    /// record happen in one write transaction, so exactly five are admitted.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_creates_never_overfill_a_host() {
-        let t = TestDb::with_host_memory(5 * SMALL_VM.memory_mib).await;
+    /// `count` creates of small VMs by the test user, all at once, with `quota`.
+    async fn concurrent_creates(
+        t: &TestDb,
+        count: usize,
+        quota: QuotaLimits,
+    ) -> Vec<Result<Recorded<Vm>, Error>> {
         let mut tasks = Vec::new();
-        for i in 0..20 {
-            let db = t.db.clone();
-            let new = NewVm {
-                id: VmId::new_random(),
-                owner_id: t.user,
-                name: format!("vm-{i}"),
-                size: SMALL_VM,
-                image: None,
-                login_user: None,
-            };
-            tasks.push(tokio::spawn(async move {
-                place_and_record(
-                    &db,
-                    &new,
-                    OperationId::new_random(),
-                    Placement::Spread,
-                    4.0,
-                    &UNLIMITED,
-                    None,
-                )
-                .await
-            }));
-        }
-        let mut admitted = 0;
-        for task in tasks {
-            match task.await.unwrap() {
-                Ok(_) => admitted += 1,
-                Err(err @ Error::NoRoom(_)) => {
-                    assert!(err.to_string().contains("room"), "{err}")
-                }
-                Err(other) => panic!("unexpected error: {other:?}"),
-            }
-        }
-        assert_eq!(admitted, 5);
-        assert_eq!(t.count_vms().await, 5);
-    }
-
-    /// Fifty concurrent creates by one user with a limit of ten VMs: exactly ten are
-    /// admitted and every refusal names the resource, usage and limit.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_creates_never_exceed_a_quota() {
-        let t = TestDb::new().await;
-        let quota = QuotaLimits {
-            max_vms: 10,
-            ..UNLIMITED
-        };
-        let mut tasks = Vec::new();
-        for i in 0..50 {
+        for i in 0..count {
             let db = t.db.clone();
             let new = NewVm {
                 id: VmId::new_random(),
@@ -404,9 +358,46 @@ mod tests {
                 .await
             }));
         }
-        let mut admitted = 0;
+        let mut results = Vec::new();
         for task in tasks {
-            match task.await.unwrap() {
+            results.push(task.await.unwrap());
+        }
+        results
+    }
+
+    /// Twenty concurrent creates against a host with room for exactly five: placement and
+    /// record happen in one write transaction, so exactly five are admitted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_creates_never_overfill_a_host() {
+        let t = TestDb::with_host_memory(5 * SMALL_VM.memory_mib).await;
+        let results = concurrent_creates(&t, 20, UNLIMITED).await;
+        let mut admitted = 0;
+        for result in results {
+            match result {
+                Ok(_) => admitted += 1,
+                Err(err @ Error::NoRoom(_)) => {
+                    assert!(err.to_string().contains("room"), "{err}")
+                }
+                Err(other) => panic!("unexpected error: {other:?}"),
+            }
+        }
+        assert_eq!(admitted, 5);
+        assert_eq!(t.count_vms().await, 5);
+    }
+
+    /// Fifty concurrent creates by one user with a limit of ten VMs: exactly ten are
+    /// admitted and every refusal names the resource, usage and limit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_creates_never_exceed_a_quota() {
+        let t = TestDb::new().await;
+        let quota = QuotaLimits {
+            max_vms: 10,
+            ..UNLIMITED
+        };
+        let results = concurrent_creates(&t, 50, quota).await;
+        let mut admitted = 0;
+        for result in results {
+            match result {
                 Ok(_) => admitted += 1,
                 Err(Error::QuotaExceeded(exceeded)) => {
                     assert_eq!(

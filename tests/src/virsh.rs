@@ -86,7 +86,9 @@ pub async fn destroy(domain: &str) -> Result<()> {
 }
 
 /// Removes, on drop, the domains and the storage pool a QEMU test may have left on the host
-/// when it failed half-way. Each step is allowed to fail (usually: the thing is already gone).
+/// when it failed half-way, or that it never deleted: the domains added by name, and every
+/// domain with a disk in the pool's directory. Each step is allowed to fail (usually: the
+/// thing is already gone).
 #[derive(Debug)]
 pub struct QemuLeftovers {
     pool: String,
@@ -115,7 +117,32 @@ impl Drop for QemuLeftovers {
                 .args(args)
                 .output();
         };
-        for domain in &self.domains {
+        let output = |args: &[&str]| {
+            Command::new("virsh")
+                .arg("-c")
+                .arg(QEMU_SYSTEM_URI)
+                .args(args)
+                .output()
+                .ok()
+                .filter(|output| output.status.success())
+                .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+        };
+        let mut domains = self.domains.clone();
+        let pool_dir = output(&["pool-dumpxml", &self.pool]).and_then(|xml| {
+            let target = &xml[xml.find("<target>")?..];
+            let path = &target[target.find("<path>")? + "<path>".len()..];
+            Some(path[..path.find("</path>")?].trim().to_owned() + "/")
+        });
+        if let Some(pool_dir) = pool_dir {
+            let all = output(&["list", "--all", "--name"]).unwrap_or_default();
+            for domain in all.lines().map(str::trim).filter(|name| !name.is_empty()) {
+                let disks = output(&["domblklist", domain, "--details"]).unwrap_or_default();
+                if disks.contains(&pool_dir) && !domains.iter().any(|known| known == domain) {
+                    domains.push(domain.to_owned());
+                }
+            }
+        }
+        for domain in &domains {
             run(&["destroy", domain]);
             run(&[
                 "undefine",

@@ -135,6 +135,24 @@ async fn stop_through_the_other(cluster: &TestCluster, peer: &PeerCoordinator) -
     );
     for vm in [&first, &second] {
         ensure!(vm.status == "running", "{vm:?}");
+        // A console opens only through the coordinator holding the host's session; the
+        // other says so.
+        let tickets = [
+            vmm_e2e::console::try_ticket(&on_a, &vm.id, "serial", false).await?,
+            vmm_e2e::console::try_ticket(&on_b, &vm.id, "serial", false).await?,
+        ];
+        let statuses: Vec<u16> = tickets.iter().map(|t| t.status).collect();
+        ensure!(
+            statuses.contains(&200) && statuses.contains(&503),
+            "one coordinator issues the ticket, the other refuses: {tickets:?}"
+        );
+        let refusal = tickets.iter().find(|t| t.status == 503).map(|t| &t.body);
+        ensure!(
+            refusal.is_some_and(|body| body["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("another coordinator"))),
+            "{refusal:?}"
+        );
         let stopped = on_b.action(&vm.id, "stop").await?;
         ensure!(
             stopped.status == "stopped",

@@ -67,7 +67,7 @@ fn refused(refusal: Refusal) -> ApiError {
         (status = 200, description = "A one-use ticket and the WebSocket URL to use it on", body = vmm_shared::api::console::TicketView),
         (status = 404, description = "No such VM (or another user's)", body = vmm_shared::api::ErrorBody),
         (status = 409, description = "The VM is not running, or another session holds the console (`force` takes it over)", body = vmm_shared::api::ErrorBody),
-        (status = 503, description = "The host has no room for another console", body = vmm_shared::api::ErrorBody),
+        (status = 503, description = "The host has no room for another console, or (several coordinators) its session is held by another coordinator", body = vmm_shared::api::ErrorBody),
     )
 )]
 pub async fn create_ticket(
@@ -78,6 +78,14 @@ pub async fn create_ticket(
 ) -> Result<Json<TicketView>, ApiError> {
     let vm = load_visible(&app, &user, &id).await?;
     require_running(&vm)?;
+    // Tickets and console relays live in the coordinator holding the host's session (the
+    // bytes cannot travel through the database, as commands do).
+    if crate::cluster::held_elsewhere(&app.db, &vm.host_id).await? {
+        return Err(ApiError::Unavailable(format!(
+            "host {} is connected to another coordinator, and a console opens only through              the coordinator holding its host's session: send the console request (and then              the WebSocket) to that coordinator",
+            vm.host_id
+        )));
+    }
     if !body.force
         && let Some((holder, seconds)) = app.consoles.sessions.holder(vm.id, body.kind)
     {

@@ -46,6 +46,10 @@ pub const GRPC_STREAM_WINDOW: u32 = 256 * 1024;
 pub const GRPC_CONNECTION_WINDOW: u32 =
     GRPC_STREAM_WINDOW * (console::MAX_CONSOLES_PER_HOST as u32 + 8);
 
+/// How long a half-transferred image file in a directory shared with other coordinators
+/// must lie untouched before a starting coordinator removes it (no transfer stalls that long).
+const SHARED_LEFTOVER_AGE: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// Largest body of `POST /api/vms`.
 pub const CREATE_VM_MAX_BODY_BYTES: usize = 256 * 1024;
 
@@ -220,8 +224,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         operations::runner::settle_after_restart(&db).await?;
     }
     let image_files = ImageFiles::open(&config.images_dir())?;
+    // Alone with its files, everything half-transferred is this coordinator's own leftover;
+    // beside others (a shared directory), only what no transfer touched for a day.
+    let leftovers_older_than = if cluster::is_shared(&db) {
+        SHARED_LEFTOVER_AGE
+    } else {
+        Duration::ZERO
+    };
     let leftovers = image_files
-        .remove_leftover_parts()
+        .remove_leftover_parts(leftovers_older_than)
         .with_context(|| format!("cannot clean {}", image_files.dir().display()))?;
     if leftovers > 0 {
         tracing::info!(

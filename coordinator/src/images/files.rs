@@ -9,6 +9,7 @@
 
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
@@ -148,12 +149,23 @@ impl ImageFiles {
         remove_if_present(&self.part_path(image)).await;
     }
 
-    /// At start: temporary files are what transfers cut off by the last stop left.
-    pub fn remove_leftover_parts(&self) -> std::io::Result<usize> {
+    /// At start: temporary files are what transfers cut off by the last stop left. Only
+    /// those untouched for at least `min_age` go: where several coordinators share the
+    /// directory, a file written a moment ago is another coordinator's transfer.
+    pub fn remove_leftover_parts(&self, min_age: Duration) -> std::io::Result<usize> {
         let mut removed = 0;
         for entry in std::fs::read_dir(&self.dir)? {
-            let path = entry?.path();
-            if path.extension().is_some_and(|ext| ext == "part") {
+            let entry = entry?;
+            let path = entry.path();
+            if path.extension().is_none_or(|ext| ext != "part") {
+                continue;
+            }
+            let age = entry
+                .metadata()?
+                .modified()?
+                .elapsed()
+                .unwrap_or(Duration::ZERO);
+            if age >= min_age {
                 std::fs::remove_file(&path)?;
                 removed += 1;
             }
@@ -189,6 +201,45 @@ mod tests {
 
     fn chunks(parts: &[&'static [u8]]) -> impl Stream<Item = Result<&'static [u8], String>> {
         futures::stream::iter(parts.iter().map(|part| Ok(*part)).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn leftover_parts_go_once_old_enough_and_images_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = ImageFiles::open(dir.path()).unwrap();
+        let (old, fresh, image) = (
+            ImageId::new_random(),
+            ImageId::new_random(),
+            ImageId::new_random(),
+        );
+        for path in [
+            files.part_path(old),
+            files.part_path(fresh),
+            files.path(image),
+        ] {
+            std::fs::write(path, b"bytes").unwrap();
+        }
+        let two_days_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 24 * 3600);
+        std::fs::File::options()
+            .write(true)
+            .open(files.part_path(old))
+            .unwrap()
+            .set_modified(two_days_ago)
+            .unwrap();
+
+        // Beside other coordinators: only the part untouched for a day goes.
+        assert_eq!(
+            files
+                .remove_leftover_parts(Duration::from_secs(24 * 3600))
+                .unwrap(),
+            1
+        );
+        assert!(!files.part_path(old).exists());
+        assert!(files.part_path(fresh).exists());
+        // Alone: every part goes; image files never do.
+        assert_eq!(files.remove_leftover_parts(Duration::ZERO).unwrap(), 1);
+        assert!(!files.part_path(fresh).exists());
+        assert!(files.path(image).exists());
     }
 
     #[tokio::test]

@@ -208,10 +208,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let database_url = config.database_url();
     let db = db::connect(&database_url).await?;
+    let advertised = cluster::Advertised {
+        grpc_addr: config.grpc_addr.to_string(),
+        public_url: config.public_url.clone(),
+    };
     if cluster::is_shared(&db) {
         // Other coordinators may be running on this database: only what dead ones left
         // (this one's previous run included) is settled, by lease (`cluster`).
-        cluster::renew(&db, &config.grpc_addr.to_string()).await?;
+        cluster::renew(&db, &advertised).await?;
         cluster::sweep(&db, config.host_dead_after()).await?;
     } else {
         // Whatever the last run left (a crash included): no agent is connected yet, so no
@@ -315,7 +319,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let cluster_task = tokio::spawn(cluster::run(
         state.clone(),
         database_url,
-        config.grpc_addr.to_string(),
+        advertised,
         stop_rx.clone(),
     ));
     let http_server = {

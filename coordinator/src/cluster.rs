@@ -69,15 +69,25 @@ fn time_ago(offset: Duration) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// Where this coordinator can be reached, as recorded in its lease row.
+#[derive(Clone, Debug)]
+pub struct Advertised {
+    /// Its agents' address (`GRPC_ADDR`).
+    pub grpc_addr: String,
+    /// The URL clients reach it at directly (`PUBLIC_URL`), if it has one.
+    pub public_url: Option<String>,
+}
+
 /// Records this coordinator as running (or renews its lease).
-pub async fn renew(db: &Db, grpc_addr: &str) -> Result<(), sqlx::Error> {
+pub async fn renew(db: &Db, advertised: &Advertised) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO coordinators (id, grpc_addr, started_at, lease_expires_at)
-         VALUES ($1, $2, $3, $4)
+        "INSERT INTO coordinators (id, grpc_addr, public_url, started_at, lease_expires_at)
+         VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (id) DO UPDATE SET lease_expires_at = excluded.lease_expires_at",
     )
     .bind(this_coordinator())
-    .bind(grpc_addr)
+    .bind(&advertised.grpc_addr)
+    .bind(advertised.public_url.as_deref())
     .bind(db::now())
     .bind(time_in(LEASE))
     .execute(db)
@@ -141,7 +151,12 @@ pub async fn sweep(db: &Db, host_dead_after: Duration) -> Result<(usize, usize),
 
 /// Keeps this coordinator's lease, sweeps every [`RENEW_EVERY`], and (on PostgreSQL)
 /// listens for routed commands and answers, until `stop`.
-pub async fn run(app: AppState, url: String, grpc_addr: String, mut stop: watch::Receiver<bool>) {
+pub async fn run(
+    app: AppState,
+    url: String,
+    advertised: Advertised,
+    mut stop: watch::Receiver<bool>,
+) {
     if !is_shared(&app.db) {
         return;
     }
@@ -153,7 +168,7 @@ pub async fn run(app: AppState, url: String, grpc_addr: String, mut stop: watch:
             _ = every.tick() => {}
             _ = stop.changed() => break,
         }
-        if let Err(err) = renew(&app.db, &grpc_addr).await {
+        if let Err(err) = renew(&app.db, &advertised).await {
             tracing::warn!(error = %err, "cannot renew the coordinator's lease");
             continue;
         }
@@ -274,6 +289,29 @@ pub async fn held_elsewhere(db: &Db, host: &HostId) -> Result<bool, sqlx::Error>
     Ok(holder_of(db, host)
         .await?
         .is_some_and(|holder| holder != this_coordinator()))
+}
+
+/// Where a console of `host` opens when another living coordinator holds its session:
+/// `Some(public URL of that coordinator, if it has one)`; `None` when this coordinator
+/// holds it, or nobody does (never anything else on SQLite).
+pub async fn console_elsewhere(
+    db: &Db,
+    host: &HostId,
+) -> Result<Option<Option<String>>, sqlx::Error> {
+    if !is_shared(db) {
+        return Ok(None);
+    }
+    let holder: Option<(String, Option<String>)> = sqlx::query_as(
+        "SELECT c.id, c.public_url FROM hosts h JOIN coordinators c ON c.id = h.coordinator_id
+         WHERE h.id = $1 AND h.status = 'connected' AND c.lease_expires_at >= $2",
+    )
+    .bind(host)
+    .bind(db::now())
+    .fetch_optional(db)
+    .await?;
+    Ok(holder
+        .filter(|(id, _)| id != this_coordinator())
+        .map(|(_, public_url)| public_url))
 }
 
 /// The living coordinator holding `host`'s session, if the host is connected.

@@ -89,6 +89,13 @@ pub struct Config {
     #[arg(long, env = "GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
 
+    /// With several coordinators: the URL clients reach this coordinator at directly
+    /// (`http(s)://host[:port]`, not the load balancer's). A console asked for at another
+    /// coordinator is pointed here when this one holds its host's session [default: none:
+    /// consoles open only through this coordinator].
+    #[arg(long, env = "PUBLIC_URL", value_parser = public_url)]
+    pub public_url: Option<String>,
+
     /// Directory for the database and the generated JWT secret.
     #[arg(long, env = "DATA_DIR", default_value = "./coordinator-data")]
     pub data_dir: PathBuf,
@@ -297,6 +304,21 @@ pub struct Config {
 pub struct ConfigError {
     pub setting: &'static str,
     pub reason: String,
+}
+
+/// `PUBLIC_URL`: an http(s) URL of a host and optional port, without a trailing slash.
+fn public_url(value: &str) -> Result<String, String> {
+    let trimmed = value.trim_end_matches('/');
+    let rest = trimmed
+        .strip_prefix("https://")
+        .or_else(|| trimmed.strip_prefix("http://"))
+        .ok_or("must start with http:// or https://")?;
+    if rest.is_empty() || rest.contains(['/', '?', '#', ' ', '@']) {
+        return Err("must be a scheme, a host and an optional port (e.g. \
+                    https://coordinator-1.example.net:8443), with no path"
+            .to_owned());
+    }
+    Ok(trimmed.to_owned())
 }
 
 fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {

@@ -34,8 +34,8 @@ pub const TABLES: [&str; 15] = [
 ];
 
 /// Tables whose rows only mean something while the coordinators that wrote them run
-/// (their leases, commands in flight between them): never copied.
-pub const TRANSIENT: [&str; 2] = ["coordinators", "routed_commands"];
+/// (their leases, commands in flight between them, console tickets): never copied.
+pub const TRANSIENT: [&str; 3] = ["coordinators", "routed_commands", "console_tickets"];
 
 /// How many rows of each table were copied.
 #[derive(Debug, Default, PartialEq, Eq)]

@@ -288,6 +288,7 @@ impl TestCluster {
         std::fs::create_dir(&data_dir)?;
         let mut env: Vec<(String, OsString)> = vec![
             ("HTTP_ADDR".into(), http_addr.to_string().into()),
+            ("PUBLIC_URL".into(), format!("http://{http_addr}").into()),
             ("GRPC_ADDR".into(), grpc_addr.to_string().into()),
             ("DATA_DIR".into(), data_dir.clone().into()),
             ("JWT_SECRET".into(), jwt_secret.clone().into()),
@@ -750,10 +751,16 @@ impl TestCluster {
         let mut env: Vec<(String, OsString)> = self
             .coordinator_env
             .iter()
-            .filter(|(key, _)| !matches!(key.as_str(), "HTTP_ADDR" | "GRPC_ADDR" | "DATA_DIR"))
+            .filter(|(key, _)| {
+                !matches!(
+                    key.as_str(),
+                    "HTTP_ADDR" | "PUBLIC_URL" | "GRPC_ADDR" | "DATA_DIR"
+                )
+            })
             .cloned()
             .collect();
         env.push(("HTTP_ADDR".into(), http_addr.to_string().into()));
+        env.push(("PUBLIC_URL".into(), format!("http://{http_addr}").into()));
         env.push(("GRPC_ADDR".into(), grpc_addr.to_string().into()));
         // Every coordinator of the cluster shows agents certificates of one CA, and checks
         // theirs against it: the peer gets the first coordinator's (as an operator copies

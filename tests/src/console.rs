@@ -88,10 +88,18 @@ pub async fn connect(
     bearer: Option<&str>,
     subprotocol: Option<&str>,
 ) -> Result<std::result::Result<ConsoleClient, Refused>> {
-    let base = http_base
-        .strip_prefix("http://")
-        .context("the API is reached over http:// on loopback")?;
-    let url = format!("ws://{base}{path}");
+    // A path on `http_base`, or the absolute URL of another coordinator.
+    let absolute = if path.starts_with('/') {
+        format!("{http_base}{path}")
+    } else {
+        path.to_owned()
+    };
+    let url = format!(
+        "ws://{}",
+        absolute
+            .strip_prefix("http://")
+            .context("the API is reached over http:// on loopback")?
+    );
     let mut request = url.as_str().into_client_request()?;
     if let Some(token) = bearer {
         request.headers_mut().insert(

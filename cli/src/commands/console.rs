@@ -19,6 +19,22 @@ use crate::exit::{Failure, Result};
 /// Ctrl-]: leaves the console, as in telnet.
 const ESCAPE: u8 = 0x1d;
 
+/// The WebSocket URL of a ticket's `url`: a path on the API's own address, or (several
+/// coordinators) an absolute URL of the coordinator holding the VM's host.
+fn websocket_url(api_base: &str, ticket_url: &str) -> Result<String> {
+    let absolute = if ticket_url.starts_with('/') {
+        format!("{api_base}{ticket_url}")
+    } else {
+        ticket_url.to_owned()
+    };
+    match absolute.strip_prefix("http://") {
+        Some(rest) => Ok(format!("ws://{rest}")),
+        None => Err(Failure::usage(format!(
+            "the console needs a plain http:// URL (wss:// is not supported), not {absolute}"
+        ))),
+    }
+}
+
 pub async fn run(context: &Context, args: ConsoleArgs) -> Result<()> {
     let client = &context.client;
     let vm = client.vm(&args.vm).await?;
@@ -31,15 +47,7 @@ pub async fn run(context: &Context, args: ConsoleArgs) -> Result<()> {
             },
         )
         .await?;
-    let base = client.base();
-    let ws_base = if let Some(rest) = base.strip_prefix("http://") {
-        format!("ws://{rest}")
-    } else {
-        return Err(Failure::usage(format!(
-            "the console needs a plain http:// API URL (wss:// is not supported), not {base}"
-        )));
-    };
-    let (socket, _) = tokio_tungstenite::connect_async(format!("{ws_base}{}", ticket.url))
+    let (socket, _) = tokio_tungstenite::connect_async(websocket_url(client.base(), &ticket.url)?)
         .await
         .map_err(|err| match err {
             tokio_tungstenite::tungstenite::Error::Http(response) => Failure::new(
@@ -156,5 +164,24 @@ impl Drop for RawTerminal {
                 saved,
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn websocket_urls_come_from_paths_and_from_other_coordinators() {
+        assert_eq!(
+            websocket_url("http://127.0.0.1:8080", "/api/console/t?vm=v&type=serial").unwrap(),
+            "ws://127.0.0.1:8080/api/console/t?vm=v&type=serial"
+        );
+        assert_eq!(
+            websocket_url("http://lb:80", "http://coordinator-2:8080/api/console/t").unwrap(),
+            "ws://coordinator-2:8080/api/console/t"
+        );
+        assert!(websocket_url("https://lb", "/api/console/t").is_err());
+        assert!(websocket_url("http://lb", "https://coordinator-2/api/console/t").is_err());
     }
 }

@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
 use vmm_proto::{OpenConsole, coordinator_message};
 use vmm_shared::VmStatus;
-use vmm_shared::api::console::{ConsoleQuery, TicketRequest, TicketView};
+use vmm_shared::api::console::{ConsoleKind, ConsoleQuery, TicketRequest, TicketView};
 
 use super::Consoles;
 use super::relay::{MAX_CLIENT_MESSAGE, Relay};
@@ -67,7 +67,7 @@ fn refused(refusal: Refusal) -> ApiError {
         (status = 200, description = "A one-use ticket and the WebSocket URL to use it on", body = vmm_shared::api::console::TicketView),
         (status = 404, description = "No such VM (or another user's)", body = vmm_shared::api::ErrorBody),
         (status = 409, description = "The VM is not running, or another session holds the console (`force` takes it over)", body = vmm_shared::api::ErrorBody),
-        (status = 503, description = "The host has no room for another console, or (several coordinators) its session is held by another coordinator", body = vmm_shared::api::ErrorBody),
+        (status = 503, description = "The host has no room for another console, or (several coordinators) its session is held by a coordinator without a public URL", body = vmm_shared::api::ErrorBody),
     )
 )]
 pub async fn create_ticket(
@@ -78,13 +78,30 @@ pub async fn create_ticket(
 ) -> Result<Json<TicketView>, ApiError> {
     let vm = load_visible(&app, &user, &id).await?;
     require_running(&vm)?;
-    // Tickets and console relays live in the coordinator holding the host's session (the
-    // bytes cannot travel through the database, as commands do).
-    if crate::cluster::held_elsewhere(&app.db, &vm.host_id).await? {
-        return Err(ApiError::Unavailable(format!(
-            "host {} is connected to another coordinator, and a console opens only through              the coordinator holding its host's session: send the console request (and then              the WebSocket) to that coordinator",
-            vm.host_id
-        )));
+    // A console relays through the coordinator holding the host's session (the bytes cannot
+    // travel through the database, as commands do): when that is another coordinator, the
+    // ticket is recorded for it and the URL points at it.
+    if let Some(holder_url) = crate::cluster::console_elsewhere(&app.db, &vm.host_id).await? {
+        let Some(holder_url) = holder_url else {
+            return Err(ApiError::Unavailable(format!(
+                "host {} is connected to another coordinator, which has no PUBLIC_URL: its \
+                 consoles open only through that coordinator",
+                vm.host_id
+            )));
+        };
+        let issued = super::tickets::issue_routed(
+            &app.db,
+            app.consoles.tickets.ttl(),
+            user.id,
+            vm.id,
+            body.kind,
+            body.force,
+        )
+        .await?;
+        tracing::info!(user = %user.username, vm_id = %vm.id, r#type = body.kind.as_str(),
+            force = body.force, coordinator = %holder_url,
+            "console ticket issued for the coordinator holding the host");
+        return Ok(Json(ticket_view(&holder_url, issued, &vm, body.kind)));
     }
     if !body.force
         && let Some((holder, seconds)) = app.consoles.sessions.holder(vm.id, body.kind)
@@ -102,18 +119,28 @@ pub async fn create_ticket(
         .map_err(|error| ApiError::Unavailable(error.to_string()))?;
     tracing::info!(user = %user.username, vm_id = %vm.id, r#type = body.kind.as_str(),
         force = body.force, "console ticket issued");
-    Ok(Json(TicketView {
+    Ok(Json(ticket_view("", issued, &vm, body.kind)))
+}
+
+/// The answer for a ticket whose WebSocket is at `base` (empty: this coordinator).
+fn ticket_view(
+    base: &str,
+    issued: super::tickets::Issued,
+    vm: &Vm,
+    kind: ConsoleKind,
+) -> TicketView {
+    TicketView {
         url: format!(
-            "/api/console/{}?vm={}&type={}",
-            issued.ticket, vm.id, body.kind
+            "{base}/api/console/{}?vm={}&type={}",
+            issued.ticket, vm.id, kind
         ),
         ticket: issued.ticket,
         expires_at: issued
             .expires_at
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        kind: body.kind,
+        kind,
         vm_id: vm.id,
-    }))
+    }
 }
 
 /// Stops awaiting a host's attach when dropped.
@@ -163,7 +190,14 @@ pub async fn open_console(
         ))
     })?;
     let Query(query) = query.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
-    let ticket = app.consoles.tickets.redeem(&ticket).ok_or_else(|| {
+    let ticket = match app.consoles.tickets.redeem(&ticket) {
+        Some(ticket) => Some(ticket),
+        None if crate::cluster::is_shared(&app.db) => {
+            super::tickets::redeem_routed(&app.db, &ticket).await?
+        }
+        None => None,
+    };
+    let ticket = ticket.ok_or_else(|| {
         unauthorized(
             "this console ticket is unknown, used already or expired; ask for a new one \
              with POST /api/vms/{id}/console",

@@ -1,8 +1,11 @@
 //! Console tickets: the credential of a console's WebSocket, since a browser cannot put a
 //! bearer token on one. A ticket is 256 random bits (hex), issued to one user for one VM
 //! and one console type, redeemed at most once, and only before it expires. Tickets live in
-//! this process's memory only: a restart forgets them (a client asks again), and they are
-//! redeemed at the coordinator that issued them.
+//! this process's memory: a restart forgets them (a client asks again), and they are
+//! redeemed at the coordinator that issued them. With several coordinators, a ticket for a
+//! console whose host another coordinator holds is written to the database instead (only
+//! its SHA-256, [`issue_routed`]) and redeemed there by deleting its row
+//! ([`redeem_routed`]), so it is used once whichever coordinator it reaches.
 //!
 //! What this module must never do: hand out a ticket twice, accept an expired one, or let
 //! tickets pile up without bound (expired ones are dropped on every issue; past
@@ -16,6 +19,7 @@ use chrono::{DateTime, Utc};
 use vmm_shared::{UserId, VmId};
 
 use super::ConsoleKind;
+use crate::db::{self, Db};
 
 /// Most tickets waiting to be redeemed at once.
 pub const MAX_TICKETS: usize = 10_000;
@@ -70,10 +74,7 @@ impl Tickets {
         force: bool,
     ) -> Result<Issued, TooManyTickets> {
         let now = Instant::now();
-        let ticket: String = rand::random::<[u8; 32]>()
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect();
+        let ticket = new_ticket();
         let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
         waiting.retain(|_, ticket| ticket.expires > now);
         if waiting.len() >= MAX_TICKETS {
@@ -116,6 +117,77 @@ impl Tickets {
     }
 }
 
+/// 256 random bits, in hex.
+fn new_ticket() -> String {
+    rand::random::<[u8; 32]>()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// A ticket for a console whose host's session another coordinator holds: recorded (its
+/// SHA-256) in the database, for that coordinator to redeem. Expired rows of any
+/// coordinator go in the same transaction.
+pub async fn issue_routed(
+    db: &Db,
+    ttl: Duration,
+    user: UserId,
+    vm: VmId,
+    kind: ConsoleKind,
+    force: bool,
+) -> Result<Issued, sqlx::Error> {
+    let ticket = new_ticket();
+    let expires_at = Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default();
+    let mut tx = db.begin().await?;
+    sqlx::query("DELETE FROM console_tickets WHERE expires_at < $1")
+        .bind(db::now())
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO console_tickets (ticket_sha256, user_id, vm_id, kind, take_over, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(crate::api_tokens::digest(&ticket))
+    .bind(user)
+    .bind(vm)
+    .bind(kind)
+    .bind(i64::from(force))
+    .bind(db::timestamp(expires_at.into()))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Issued { ticket, expires_at })
+}
+
+#[derive(sqlx::FromRow)]
+struct RoutedTicket {
+    user_id: UserId,
+    vm_id: VmId,
+    kind: ConsoleKind,
+    #[sqlx(try_from = "crate::db::Flag")]
+    take_over: bool,
+}
+
+/// Takes a ticket [`issue_routed`] recorded: its row is deleted, so it can never be
+/// presented again anywhere. `None` when there is no such ticket, or it has expired.
+pub async fn redeem_routed(db: &Db, ticket: &str) -> Result<Option<Ticket>, sqlx::Error> {
+    let taken: Option<RoutedTicket> = sqlx::query_as(
+        "DELETE FROM console_tickets WHERE ticket_sha256 = $1 AND expires_at >= $2
+         RETURNING user_id, vm_id, kind, take_over",
+    )
+    .bind(crate::api_tokens::digest(ticket))
+    .bind(db::now())
+    .fetch_optional(db)
+    .await?;
+    Ok(taken.map(|row| Ticket {
+        user: row.user_id,
+        vm: row.vm_id,
+        kind: row.kind,
+        force: row.take_over,
+        expires: Instant::now(),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +222,50 @@ mod tests {
         std::thread::sleep(Duration::from_millis(40));
         tickets.issue(user, vm, ConsoleKind::Serial, false).unwrap();
         assert_eq!(tickets.waiting(), 1, "expired tickets are dropped on issue");
+    }
+
+    #[tokio::test]
+    async fn a_routed_ticket_is_redeemed_once_before_it_expires() {
+        let t = crate::test_support::TestDb::new().await;
+        let vm = VmId::new_random();
+        let issued = issue_routed(
+            &t.db,
+            Duration::from_secs(30),
+            t.user,
+            vm,
+            ConsoleKind::Serial,
+            true,
+        )
+        .await
+        .unwrap();
+        assert_eq!(issued.ticket.len(), 64);
+        let stored: Vec<String> = sqlx::query_scalar("SELECT ticket_sha256 FROM console_tickets")
+            .fetch_all(&t.db)
+            .await
+            .unwrap();
+        assert_eq!(
+            stored,
+            [crate::api_tokens::digest(&issued.ticket)],
+            "only the hash"
+        );
+        let ticket = redeem_routed(&t.db, &issued.ticket).await.unwrap().unwrap();
+        assert_eq!(
+            (ticket.user, ticket.vm, ticket.kind, ticket.force),
+            (t.user, vm, ConsoleKind::Serial, true)
+        );
+        assert!(
+            redeem_routed(&t.db, &issued.ticket)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(redeem_routed(&t.db, "").await.unwrap().is_none());
+
+        let short = issue_routed(&t.db, Duration::ZERO, t.user, vm, ConsoleKind::Vnc, false)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(redeem_routed(&t.db, &short.ticket).await.unwrap().is_none());
     }
 
     #[test]

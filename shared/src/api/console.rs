@@ -33,8 +33,9 @@ pub struct TicketRequest {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TicketView {
     pub ticket: String,
-    /// Where to connect the WebSocket (path and query; prepend `ws://` or `wss://` and the
-    /// API's host).
+    /// Where to connect the WebSocket: a path and query (prepend `ws://` or `wss://` and the
+    /// API's host), or, with several coordinators, the absolute `http(s)://` URL of the
+    /// coordinator holding the VM's host (connect with `ws(s)://` instead).
     pub url: String,
     /// RFC 3339.
     pub expires_at: String,

@@ -41,6 +41,12 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(30);
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(500);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+/// After a session that registered ends, the coordinator is most likely back within
+/// seconds (a restart, a network blip): this many retries about every
+/// [`QUICK_RETRY_DELAY`] come before the delay grows, so that an agent does not sleep
+/// through most of the time after the coordinator is back.
+const QUICK_RETRIES: u32 = 20;
+const QUICK_RETRY_DELAY: Duration = Duration::from_secs(1);
 const OUTGOING_QUEUE: usize = 256;
 /// How long a registration waits for creates and deletes still running from the last
 /// session before it takes the inventory anyway.
@@ -172,7 +178,8 @@ impl CoordinatorLink {
     /// certificate and cannot get one (the reason: no join token, a spent one, the wrong
     /// coordinator), which retrying would not change.
     pub async fn run(&self) -> EnrolError {
-        let mut backoff = Backoff::new(FIRST_RETRY_DELAY, MAX_RETRY_DELAY);
+        let mut backoff = Backoff::new(FIRST_RETRY_DELAY, MAX_RETRY_DELAY)
+            .with_quick_retries(QUICK_RETRY_DELAY, QUICK_RETRIES);
         let urls: Vec<&str> = std::iter::once(self.settings.coordinator_url.as_str())
             .chain(
                 self.settings

@@ -133,7 +133,7 @@ async fn target_user(app: &AppState, id: &str) -> Result<users::User, ApiError> 
         .ok_or_else(not_found)
 }
 
-async fn admin_count(tx: &mut db::DbTransaction) -> Result<i64, sqlx::Error> {
+async fn admin_count(tx: &mut db::WriteTransaction) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = $1")
         .bind(Role::Admin)
         .fetch_one(&mut **tx)

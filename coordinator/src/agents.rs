@@ -193,9 +193,14 @@ pub async fn open_session(
     sender: mpsc::Sender<Result<CoordinatorMessage, Status>>,
 ) -> Result<OpenedSession, Status> {
     let host = &registration.id;
-    let epoch = host_store::register_session(&app.db, registration)
-        .await
-        .map_err(internal)?;
+    let epoch = async {
+        let mut tx = crate::db::begin_write(&app.db).await?;
+        let epoch = host_store::register_session(&mut *tx, registration).await?;
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>(epoch)
+    }
+    .await
+    .map_err(internal)?;
     let abandoned = match app.registry.attach(host.clone(), epoch, sender) {
         Ok(abandoned) => abandoned,
         Err(refused) => {
@@ -210,8 +215,14 @@ pub async fn open_session(
         // below finds it settled.
         runner::settle_abandoned(&app.db, &abandoned, "the host reconnected before answering")
             .await?;
-        reports::reconcile_inventory(&app.db, host, &register.inventory).await?;
-        image_store::record_host_copies(&app.db, host, &register.cached_images).await
+        // The inventory and the cached images in one write transaction: one turn at the
+        // write lock per registration for both.
+        let mut tx = crate::db::begin_write(&app.db).await?;
+        reports::reconcile_inventory_in(&mut tx, host, &register.inventory).await?;
+        let evict =
+            image_store::record_host_copies_in(&mut tx, host, &register.cached_images).await?;
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>(evict)
     }
     .await;
     match recorded {
@@ -396,9 +407,11 @@ async fn handle_message(
             match report.vm_id.parse::<VmId>() {
                 Ok(vm) => {
                     // Applies only to a VM recorded on this very host (the query checks it).
+                    let turn = crate::db::write_turn(&app.db).await;
                     let mut conn = app.db.acquire().await?;
                     let applied =
                         reports::apply(&mut conn, host, vm, &report, ReportSource::Change).await?;
+                    drop(turn);
                     if !applied {
                         let recorded_here = crate::vms::store::find(&mut *conn, vm)
                             .await?

@@ -11,10 +11,20 @@
 //! transaction's first statement, the same guarantee among every coordinator on the
 //! database: two of them can never interleave between the read and the write.
 //!
+//! Before either, a writer of this process waits for its turn at the database's write gate
+//! (first come, first served, without holding a pooled connection), so the writers of one
+//! process never contend for the database's lock among themselves: SQLite's busy handler
+//! would otherwise poll for it with growing sleeps (up to 100 ms), leaving the lock idle
+//! between writers and pooled connections held by sleepers, and PostgreSQL would hold one
+//! pooled connection per waiting writer.
+//!
 //! This module must never hold a database-specific query outside [`Backend`] branches.
 
+use std::collections::HashMap;
+use std::ops::{Deref, DerefMut};
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -49,6 +59,15 @@ impl Backend {
                  the data directory) or a postgres:// URL",
                 redact_url(url)
             )
+        }
+    }
+
+    /// The collation that orders text by its bytes, as Rust orders strings (`ORDER BY x
+    /// COLLATE <this>`): PostgreSQL's default follows the database's locale.
+    pub fn bytewise_collation(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "BINARY",
+            Backend::Postgres => "\"C\"",
         }
     }
 
@@ -101,6 +120,9 @@ pub async fn open(url: &str) -> anyhow::Result<Db> {
     let pool = match backend {
         Backend::Sqlite => AnyPoolOptions::new()
             .max_connections(8)
+            // A connection to a local file does not go stale the way a network connection
+            // can: no ping (a round trip to the connection's thread) before every use.
+            .test_before_acquire(false)
             .after_connect(|conn, _| {
                 Box::pin(async move {
                     conn.execute(
@@ -133,19 +155,78 @@ pub async fn migrate(db: &Db) -> anyhow::Result<()> {
         .context("cannot apply the database migrations")
 }
 
-/// Opens a transaction that holds the database's write lock from its first statement.
-pub async fn begin_write(db: &Db) -> Result<DbTransaction, sqlx::Error> {
-    match Backend::of(db) {
-        Backend::Sqlite => db.begin_with("BEGIN IMMEDIATE").await,
+/// A transaction that holds the database's write lock from its first statement (see
+/// [`begin_write`]), and this process's turn at the write gate until it ends. Used as the
+/// connection it runs on (`&mut *tx`); ends with [`WriteTransaction::commit`], or rolls back
+/// when dropped.
+pub struct WriteTransaction {
+    // Declared first, so that a dropped transaction starts its rollback before the next
+    // writer of this process gets its turn.
+    tx: DbTransaction,
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl WriteTransaction {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.tx.rollback().await
+    }
+}
+
+impl Deref for WriteTransaction {
+    type Target = DbConnection;
+
+    fn deref(&self) -> &DbConnection {
+        &self.tx
+    }
+}
+
+impl DerefMut for WriteTransaction {
+    fn deref_mut(&mut self) -> &mut DbConnection {
+        &mut self.tx
+    }
+}
+
+/// The write gate of the database `db` opens, shared by every pool of this process on the
+/// same database (the same URL).
+fn write_gate(db: &Db) -> Arc<tokio::sync::Mutex<()>> {
+    static GATES: OnceLock<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>> = OnceLock::new();
+    let url = db.connect_options().database_url.to_string();
+    let mut gates = GATES
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    Arc::clone(gates.entry(url).or_default())
+}
+
+/// This process's turn to write to `db`, for a single statement written outside a
+/// [`begin_write`] transaction (a heartbeat, say): held while the statement runs, it keeps
+/// the statement from contending with this process's other writers for the database's
+/// lock. Never held while opening a [`begin_write`] transaction (that waits for the turn
+/// itself).
+pub async fn write_turn(db: &Db) -> tokio::sync::OwnedMutexGuard<()> {
+    write_gate(db).lock_owned().await
+}
+
+/// Opens a transaction that holds the database's write lock from its first statement,
+/// after this process's earlier writers (the write gate, see the module docs).
+pub async fn begin_write(db: &Db) -> Result<WriteTransaction, sqlx::Error> {
+    let turn = write_gate(db).lock_owned().await;
+    let tx = match Backend::of(db) {
+        Backend::Sqlite => db.begin_with("BEGIN IMMEDIATE").await?,
         Backend::Postgres => {
             let mut tx = db.begin().await?;
             sqlx::query("SELECT 1 FROM pg_advisory_xact_lock($1)")
                 .bind(WRITE_LOCK)
                 .execute(&mut *tx)
                 .await?;
-            Ok(tx)
+            tx
         }
-    }
+    };
+    Ok(WriteTransaction { tx, _turn: turn })
 }
 
 /// A query assembled from pieces, whose values are bound as `$1`, `$2`, … in order (sqlx's
@@ -182,6 +263,19 @@ impl SqlBuilder {
         }
         let index = self.arguments.len();
         self.push(format_args!("${index}"))
+    }
+
+    /// The statement, or the error of a value that could not be bound.
+    pub fn build_query(
+        self,
+    ) -> Result<sqlx::query::Query<'static, sqlx::Any, AnyArguments>, sqlx::Error> {
+        match self.error {
+            Some(err) => Err(sqlx::Error::Encode(err)),
+            None => Ok(sqlx::query_with(
+                sqlx::AssertSqlSafe(self.sql),
+                self.arguments,
+            )),
+        }
     }
 
     /// The query, or the error of a value that could not be bound.

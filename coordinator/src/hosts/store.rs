@@ -1,10 +1,11 @@
 //! Hosts in the database: what each agent registered, whether it is connected, and how
 //! much of it the VMs recorded on it take.
 
-use sqlx::AnyExecutor;
-use vmm_shared::{HostId, ImageId};
+use sqlx::{AnyConnection, AnyExecutor};
+use vmm_shared::{HostId, ImageId, VmSize};
 
 use super::scheduler::HostLoad;
+use crate::config::Placement;
 use crate::db::{self, Db};
 use crate::http::page::{Cursor, Page, Paged, push_keyset};
 
@@ -71,6 +72,7 @@ pub async fn record_heartbeat(
     epoch: SessionEpoch,
     libvirt_connected: bool,
 ) -> Result<bool, sqlx::Error> {
+    let _turn = db::write_turn(db).await;
     let done = sqlx::query(
         "UPDATE hosts SET last_seen_at = $1, libvirt_connected = $2 WHERE id = $3 AND session_epoch = $4",
     )
@@ -103,6 +105,8 @@ pub async fn mark_unreachable(
     .execute(&mut *tx)
     .await?;
     if done.rows_affected() == 0 {
+        // Ended now rather than when dropped, so the next writer finds the lock free.
+        tx.rollback().await?;
         return Ok(false);
     }
     crate::vms::store::mark_host_lost(&mut tx, host).await?;
@@ -137,6 +141,77 @@ pub async fn mark_held_unreachable(db: &Db, coordinator: &str) -> Result<(), sql
         mark_unreachable(db, &host, u64::try_from(epoch).unwrap_or(0)).await?;
     }
     Ok(())
+}
+
+/// How many hosts a claim reads at most (see [`placement_candidates`]).
+pub const PLACEMENT_CANDIDATES: i64 = 8;
+
+/// What a claim asks of the hosts: room for `size`, under `placement`'s order.
+#[derive(Clone, Copy, Debug)]
+pub struct PlacementQuery<'a> {
+    pub size: &'a VmSize,
+    pub placement: Placement,
+    pub cpu_allocation_ratio: f64,
+    /// The image the VM is made from (a host caching it wins ties).
+    pub image: Option<ImageId>,
+}
+
+/// The connected hosts that are not drained and have room for the VM (as
+/// [`HostLoad::fits`] says), best first in the order [`super::scheduler::choose_host`] prefers
+/// them, at most `limit`, read inside the caller's transaction; `choose_host` takes the
+/// first. A claim thus reads a few rows however many hosts there are: the filter and the
+/// order are `fits` and `choose_host`'s preference written in SQL (text ordered by its bytes,
+/// as Rust orders it), which a test checks against them on random fleets.
+pub async fn placement_candidates(
+    conn: &mut AnyConnection,
+    backend: db::Backend,
+    query: &PlacementQuery<'_>,
+    limit: i64,
+) -> Result<Vec<HostLoad>, sqlx::Error> {
+    // Free memory first (most under spread, least under pack), then a cached image, fewer
+    // VMs, the smaller ID.
+    let free_memory = match query.placement {
+        Placement::Spread => "DESC",
+        Placement::Pack => "ASC",
+    };
+    let sql = format!(
+        "SELECT h.id, h.cpus, h.memory_mib, h.disk_gb,
+                COALESCE(a.cpu, 0) AS allocated_cpu,
+                COALESCE(a.memory_mib, 0) AS allocated_memory_mib,
+                COALESCE(a.disk_gb, 0) AS allocated_disk_gb,
+                COALESCE(a.vms, 0) AS vm_count,
+                CASE WHEN EXISTS (SELECT 1 FROM host_images hi
+                                  WHERE hi.host_id = h.id AND hi.image_id = $1)
+                     THEN 1 ELSE 0 END AS caches_image
+         FROM hosts h LEFT JOIN host_allocations a ON a.host_id = h.id
+         WHERE h.status = 'connected' AND h.drained_at IS NULL
+           AND COALESCE(a.cpu, 0) + $2 <= h.cpus * $3
+           AND COALESCE(a.memory_mib, 0) + $4 <= h.memory_mib
+           AND COALESCE(a.disk_gb, 0) + $5 <= h.disk_gb
+         ORDER BY h.memory_mib - COALESCE(a.memory_mib, 0) {free_memory}, caches_image DESC,
+                  vm_count ASC, h.id COLLATE {} ASC
+         LIMIT $6",
+        backend.bytewise_collation()
+    );
+    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(query.image)
+        .bind(i64::from(query.size.cpu))
+        .bind(query.cpu_allocation_ratio)
+        .bind(db::to_i64(query.size.memory_mib))
+        .bind(db::to_i64(query.size.disk_gb))
+        .bind(limit)
+        .fetch_all(conn)
+        .await
+}
+
+/// Whether any host is connected and not drained (placement found no room, or no host).
+pub async fn any_placeable<'e>(executor: impl AnyExecutor<'e>) -> Result<bool, sqlx::Error> {
+    let found: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM hosts WHERE status = 'connected' AND drained_at IS NULL LIMIT 1",
+    )
+    .fetch_optional(executor)
+    .await?;
+    Ok(found.is_some())
 }
 
 /// Capacity and allocation of every connected host that is not drained, and whether it
@@ -307,6 +382,7 @@ pub async fn list(db: &Db) -> Result<Vec<HostView>, sqlx::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hosts::scheduler::choose_host;
     use crate::test_support::TestDb;
 
     #[tokio::test]
@@ -323,5 +399,174 @@ mod tests {
         assert_eq!(found.cpus, 64);
         let other: HostId = "host-elsewhere".parse().unwrap();
         assert!(get(&t.db, &other).await.unwrap().is_none());
+    }
+
+    /// A small deterministic generator, so that a failing fleet can be replayed.
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn below(&mut self, bound: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (self.0 >> 33) % bound
+        }
+
+        fn pick<T: Copy>(&mut self, from: &[T]) -> T {
+            from[self.below(from.len() as u64) as usize]
+        }
+    }
+
+    /// On random fleets (ties in free memory, cached images and VM counts, hosts without
+    /// room, drained and unreachable hosts, IDs that a locale would sort otherwise than
+    /// their bytes), the host chosen among the few candidates a claim reads is the one
+    /// chosen among every host, and it comes first.
+    #[tokio::test]
+    async fn the_few_candidates_hold_the_host_chosen_among_all() {
+        let t = TestDb::new().await;
+        let backend = db::Backend::of(&t.db);
+        let image = ImageId::new_random();
+        sqlx::query(
+            "INSERT INTO images (id, name, status, default_user, created_at)
+             VALUES ($1, 'img', 'ready', 'debian', $2)",
+        )
+        .bind(image)
+        .bind(db::now())
+        .execute(&t.db)
+        .await
+        .unwrap();
+        let names = [
+            "a", "a-b", "ab", "a.c", "a_b", "ac", "b", "b-1", "b1", "b.1", "b_1", "c", "x-y", "xy",
+            "x_y", "x.y", "y", "z-z", "zz", "z9",
+        ];
+        // The test database's own host is out of the way.
+        sqlx::query("UPDATE hosts SET status = 'unreachable' WHERE id = $1")
+            .bind(&t.host)
+            .execute(&t.db)
+            .await
+            .unwrap();
+        let hosts: Vec<HostId> = names.iter().map(|name| name.parse().unwrap()).collect();
+        for host in &hosts {
+            register_session(
+                &t.db,
+                &HostRegistration {
+                    id: host.clone(),
+                    cpus: 4,
+                    memory_mib: 4096,
+                    disk_gb: 100,
+                    libvirt_version: "11".into(),
+                    hypervisor: "Test".into(),
+                    kvm_usable: false,
+                    agent_version: "test".into(),
+                },
+            )
+            .await
+            .unwrap();
+        }
+        let mut random = Lcg(16);
+        for round in 0..40 {
+            for host in &hosts {
+                sqlx::query(
+                    "UPDATE hosts SET cpus = $1, memory_mib = $2, disk_gb = $3, status = $4,
+                                      drained_at = $5 WHERE id = $6",
+                )
+                .bind(random.pick(&[2_i64, 4]))
+                .bind(random.pick(&[4096_i64, 8192]))
+                .bind(random.pick(&[20_i64, 100]))
+                .bind(random.pick(&[
+                    HostStatus::Connected,
+                    HostStatus::Connected,
+                    HostStatus::Connected,
+                    HostStatus::Unreachable,
+                ]))
+                .bind(random.pick(&[None, None, None, Some("2026-01-01T00:00:00.000Z")]))
+                .bind(host)
+                .execute(&t.db)
+                .await
+                .unwrap();
+                sqlx::query("DELETE FROM host_allocations WHERE host_id = $1")
+                    .bind(host)
+                    .execute(&t.db)
+                    .await
+                    .unwrap();
+                if random.below(5) > 0 {
+                    sqlx::query(
+                        "INSERT INTO host_allocations (host_id, vms, cpu, memory_mib, disk_gb)
+                         VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind(host)
+                    .bind(random.pick(&[0_i64, 1, 2]))
+                    .bind(random.pick(&[0_i64, 2, 4, 7, 8]))
+                    .bind(random.pick(&[0_i64, 1024, 2048, 4096, 7680]))
+                    .bind(random.pick(&[0_i64, 10, 19, 90]))
+                    .execute(&t.db)
+                    .await
+                    .unwrap();
+                }
+                sqlx::query("DELETE FROM host_images WHERE host_id = $1")
+                    .bind(host)
+                    .execute(&t.db)
+                    .await
+                    .unwrap();
+                if random.below(3) == 0 {
+                    sqlx::query(
+                        "INSERT INTO host_images (host_id, image_id, sha256, size_bytes, updated_at)
+                         VALUES ($1, $2, 'ff', 1, $3)",
+                    )
+                    .bind(host)
+                    .bind(image)
+                    .bind(db::now())
+                    .execute(&t.db)
+                    .await
+                    .unwrap();
+                }
+            }
+            for _ in 0..6 {
+                let size = VmSize {
+                    cpu: random.pick(&[1, 2]),
+                    memory_mib: random.pick(&[512, 1024, 2048]),
+                    disk_gb: random.pick(&[1, 10]),
+                };
+                let wanted = PlacementQuery {
+                    size: &size,
+                    placement: random.pick(&[Placement::Spread, Placement::Pack]),
+                    cpu_allocation_ratio: random.pick(&[1.0, 1.5, 4.0]),
+                    image: random.pick(&[None, Some(image)]),
+                };
+                let mut conn = t.conn().await;
+                let all = connected_loads(&mut *conn, wanted.image).await.unwrap();
+                let expected = choose_host(
+                    &all,
+                    wanted.size,
+                    wanted.placement,
+                    wanted.cpu_allocation_ratio,
+                )
+                .map(|host| host.id.clone());
+                let candidates =
+                    placement_candidates(&mut conn, backend, &wanted, PLACEMENT_CANDIDATES)
+                        .await
+                        .unwrap();
+                assert!(candidates.len() <= PLACEMENT_CANDIDATES as usize);
+                let chosen = choose_host(
+                    &candidates,
+                    wanted.size,
+                    wanted.placement,
+                    wanted.cpu_allocation_ratio,
+                )
+                .map(|host| host.id.clone());
+                assert_eq!(chosen, expected, "round {round}: {wanted:?}");
+                assert_eq!(
+                    candidates.first().map(|host| host.id.clone()),
+                    expected,
+                    "round {round}: the best candidate comes first"
+                );
+                assert_eq!(
+                    any_placeable(&mut *conn).await.unwrap(),
+                    !all.is_empty(),
+                    "round {round}"
+                );
+            }
+        }
     }
 }

@@ -310,15 +310,26 @@ pub async fn record_host_copies(
     host: &HostId,
     reported: &[CachedImage],
 ) -> Result<Vec<String>, sqlx::Error> {
-    let mut evict = Vec::new();
     let mut tx = db::begin_write(db).await?;
+    let evict = record_host_copies_in(&mut tx, host, reported).await?;
+    tx.commit().await?;
+    Ok(evict)
+}
+
+/// [`record_host_copies`] inside the caller's write transaction.
+pub async fn record_host_copies_in(
+    conn: &mut sqlx::AnyConnection,
+    host: &HostId,
+    reported: &[CachedImage],
+) -> Result<Vec<String>, sqlx::Error> {
+    let mut evict = Vec::new();
     sqlx::query("DELETE FROM host_images WHERE host_id = $1")
         .bind(host)
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?;
     for copy in reported {
         let known = match copy.image_id.parse::<ImageId>() {
-            Ok(id) => find(&mut *tx, id).await?.filter(|image| {
+            Ok(id) => find(&mut *conn, id).await?.filter(|image| {
                 image.status == ImageStatus::Ready
                     && image.sha256.as_deref() == Some(copy.sha256.as_str())
             }),
@@ -326,12 +337,11 @@ pub async fn record_host_copies(
         };
         match known {
             Some(image) => {
-                upsert_copy(&mut *tx, host, &image).await?;
+                upsert_copy(&mut *conn, host, &image).await?;
             }
             None => evict.push(copy.image_id.chars().take(64).collect()),
         }
     }
-    tx.commit().await?;
     Ok(evict)
 }
 

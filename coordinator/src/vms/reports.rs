@@ -157,6 +157,20 @@ pub async fn reconcile_inventory(
     host: &HostId,
     inventory: &[DomainReport],
 ) -> Result<(), sqlx::Error> {
+    // One write transaction per host: the records read are the records changed.
+    let mut tx = db::begin_write(db).await?;
+    reconcile_inventory_in(&mut tx, host, inventory).await?;
+    tx.commit().await
+}
+
+/// [`reconcile_inventory`] inside the caller's write transaction. A report that would
+/// change nothing (the host was never lost) costs no statement; the reports that apply are
+/// written together, [`INVENTORY_BATCH`] VMs per statement.
+pub async fn reconcile_inventory_in(
+    conn: &mut AnyConnection,
+    host: &HostId,
+    inventory: &[DomainReport],
+) -> Result<(), sqlx::Error> {
     let mut reported: HashMap<VmId, &DomainReport> = HashMap::new();
     for report in inventory {
         if report.vm_id.is_empty() {
@@ -172,16 +186,13 @@ pub async fn reconcile_inventory(
             }
         }
     }
-    // One write transaction per host: the records read are the records changed, and a
-    // report that would change nothing (the host was never lost) costs no statement.
-    let mut tx = db::begin_write(db).await?;
-    let conn: &mut AnyConnection = &mut tx;
     let mut snapshots = snapshot_store::list_on_host(&mut *conn, host).await?;
+    let mut settled = Vec::new();
     for vm in store::list_on_host(&mut *conn, host).await? {
         if let Some(report) = reported.remove(&vm.id) {
             let newer = report.generation > vm.generation;
             if lifecycle::report_applies(ReportSource::Inventory, vm.status, newer) {
-                apply(conn, host, vm.id, report, ReportSource::Inventory).await?;
+                settled.push((vm.id, report));
             }
             let present: Vec<SnapshotId> = report
                 .snapshots
@@ -210,12 +221,96 @@ pub async fn reconcile_inventory(
             MissingFromInventory::Leave => {}
         }
     }
-    tx.commit().await?;
+    let mut changed = 0;
+    for batch in settled.chunks(INVENTORY_BATCH) {
+        changed += apply_inventory_batch(conn, host, batch).await?;
+    }
+    if changed > 0 {
+        tracing::info!(host = %host, vms = changed, "VM statuses updated from the host's inventory");
+    }
     for (vm_id, report) in reported {
         tracing::warn!(host = %host, %vm_id, domain = %report.domain_name,
             "host reports a product domain the coordinator has no record of on this host; left untouched");
     }
     Ok(())
+}
+
+/// Most VMs of an inventory written by one statement (7 values each: well inside the
+/// parameter limits of SQLite, 32,766, and PostgreSQL, 65,535).
+pub const INVENTORY_BATCH: usize = 200;
+
+/// Applies inventory reports to their VMs on `host` in one statement, by the same rules
+/// and with the same effect as [`apply`] with [`ReportSource::Inventory`] for each.
+/// Returns how many VMs changed.
+async fn apply_inventory_batch(
+    conn: &mut AnyConnection,
+    host: &HostId,
+    reports: &[(VmId, &DomainReport)],
+) -> Result<u64, sqlx::Error> {
+    let limit = generation_limit();
+    let mut query = db::SqlBuilder::new(
+        "WITH r (vm_id, new_status, new_reason, new_addresses, new_ssh_host, new_ssh_port, \
+         new_generation) AS (VALUES ",
+    );
+    let mut rows = 0;
+    for (vm, report) in reports {
+        let Some((status, reason)) = status_from_report(report) else {
+            tracing::warn!(host = %host, vm_id = %vm, state = report.state, "report without a valid state ignored");
+            continue;
+        };
+        if report.generation > limit {
+            tracing::warn!(host = %host, vm_id = %vm, generation = report.generation, limit,
+                source = ?ReportSource::Inventory,
+                "report refused: its generation is further ahead of this coordinator's clock \
+                 than allowed (is the host's clock wrong?)");
+            continue;
+        }
+        let generation = i64::try_from(report.generation).unwrap_or(i64::MAX);
+        let (addresses, ssh) = reachability(report);
+        let (ssh_host, ssh_port) = ssh.map_or((None, None), |(host, port)| {
+            (Some(host), Some(i64::from(port)))
+        });
+        if rows > 0 {
+            query.push(", ");
+        }
+        query
+            .push("(")
+            .push_bind(*vm)
+            .push(", ")
+            .push_bind(status)
+            .push(", ")
+            .push_bind(reason)
+            .push(", ")
+            .push_bind(addresses)
+            .push(", ")
+            .push_bind(ssh_host)
+            .push(", ")
+            .push_bind(ssh_port)
+            .push(", ")
+            .push_bind(generation)
+            .push(")");
+        tracing::debug!(host = %host, vm_id = %vm, status = %status, generation, "VM status from the host's inventory");
+        rows += 1;
+    }
+    if rows == 0 {
+        return Ok(0);
+    }
+    query
+        .push(
+            ") UPDATE vms SET status = r.new_status, status_reason = r.new_reason, \
+             addresses = r.new_addresses, ssh_host = r.new_ssh_host, ssh_port = r.new_ssh_port, \
+             generation = CASE WHEN generation < r.new_generation THEN r.new_generation \
+             ELSE generation END \
+             FROM r WHERE vms.id = r.vm_id AND vms.host_id = ",
+        )
+        .push_bind(host)
+        .push(" AND ")
+        .push(sql::report_applies(
+            ReportSource::Inventory,
+            "r.new_generation",
+        ));
+    let done = query.build_query()?.execute(conn).await?;
+    Ok(done.rows_affected())
 }
 
 #[cfg(test)]
@@ -328,6 +423,82 @@ mod tests {
             2,
             "hand-made domains are never adopted"
         );
+    }
+
+    /// An inventory is written several VMs per statement, by the rules of one report at a
+    /// time: `unknown` and `error` settle whatever the generation, an older generation of
+    /// another status changes nothing, a status an operation owns is left to it, addresses
+    /// and the SSH forward follow what applies, and a generation from the far future is
+    /// refused; more VMs than one statement takes are all written.
+    #[tokio::test]
+    async fn an_inventory_settles_many_vms_at_once_by_the_rules_of_single_reports() {
+        let t = TestDb::new().await;
+        let unknown = t.vm_with_status(VmStatus::Unknown, 7).await;
+        let errored = t.vm_with_status(VmStatus::Error, 7).await;
+        let stale = t.vm_with_status(VmStatus::Running, 9).await;
+        let newer = t.vm_with_status(VmStatus::Running, 3).await;
+        let creating = t.vm_with_status(VmStatus::Creating, 0).await;
+        let wedge = t.vm_with_status(VmStatus::Unknown, 2).await;
+        let mut reachable = sample_report(unknown, PowerState::Running, 7);
+        reachable.addresses = vec!["192.0.2.7".into(), "nonsense".into()];
+        reachable.ssh = Some(vmm_proto::SshEndpoint {
+            host: "127.0.0.1".into(),
+            port: 2207,
+        });
+        let inventory = vec![
+            reachable,
+            sample_report(errored, PowerState::Stopped, 6),
+            sample_report(stale, PowerState::Stopped, 8),
+            sample_report(newer, PowerState::Paused, 4),
+            sample_report(creating, PowerState::Running, 5),
+            sample_report(wedge, PowerState::Running, u64::MAX),
+        ];
+        reconcile_inventory(&t.db, &t.host, &inventory)
+            .await
+            .unwrap();
+        let recorded = |vm| {
+            let db = t.db.clone();
+            async move { store::find(&db, vm).await.unwrap().unwrap() }
+        };
+        let settled = recorded(unknown).await;
+        assert_eq!((settled.status, settled.generation), (VmStatus::Running, 7));
+        assert_eq!(settled.addresses.0, ["192.0.2.7"]);
+        assert_eq!(
+            (settled.ssh_host.as_deref(), settled.ssh_port),
+            (Some("127.0.0.1"), Some(2207))
+        );
+        let settled = recorded(errored).await;
+        assert_eq!((settled.status, settled.generation), (VmStatus::Stopped, 7));
+        assert_eq!(settled.status_reason, None);
+        let unchanged = recorded(stale).await;
+        assert_eq!(
+            (unchanged.status, unchanged.generation),
+            (VmStatus::Running, 9)
+        );
+        let changed = recorded(newer).await;
+        assert_eq!((changed.status, changed.generation), (VmStatus::Paused, 4));
+        assert_eq!(t.status(creating).await, VmStatus::Creating);
+        let refused = recorded(wedge).await;
+        assert_eq!((refused.status, refused.generation), (VmStatus::Unknown, 2));
+
+        let many: Vec<VmId> = {
+            let mut many = Vec::new();
+            for _ in 0..2 * INVENTORY_BATCH + 1 {
+                many.push(t.vm_with_status(VmStatus::Unknown, 1).await);
+            }
+            many
+        };
+        let inventory: Vec<DomainReport> = many
+            .iter()
+            .map(|vm| sample_report(*vm, PowerState::Stopped, 2))
+            .collect();
+        reconcile_inventory(&t.db, &t.host, &inventory)
+            .await
+            .unwrap();
+        for vm in &many {
+            let settled = recorded(*vm).await;
+            assert_eq!((settled.status, settled.generation), (VmStatus::Stopped, 2));
+        }
     }
 
     #[tokio::test]

@@ -167,12 +167,28 @@ pub async fn place_and_record(
             }
         }
     }
-    let loads = host_store::connected_loads(&mut *tx, new.image).await?;
-    if loads.is_empty() {
-        return Err(Error::NoHostConnected);
-    }
-    let host = scheduler::choose_host(&loads, &new.size, placement, cpu_allocation_ratio)
-        .ok_or(Error::NoRoom(new.size))?;
+    let wanted = host_store::PlacementQuery {
+        size: &new.size,
+        placement,
+        cpu_allocation_ratio,
+        image: new.image,
+    };
+    let candidates = host_store::placement_candidates(
+        &mut tx,
+        db::Backend::of(db),
+        &wanted,
+        host_store::PLACEMENT_CANDIDATES,
+    )
+    .await?;
+    let Some(host) =
+        scheduler::choose_host(&candidates, &new.size, placement, cpu_allocation_ratio)
+    else {
+        return Err(if host_store::any_placeable(&mut *tx).await? {
+            Error::NoRoom(new.size)
+        } else {
+            Error::NoHostConnected
+        });
+    };
     let vm = Vm {
         id: new.id,
         owner_id: new.owner_id,

@@ -156,6 +156,23 @@ pub struct PlacementQuery<'a> {
     pub image: Option<ImageId>,
 }
 
+/// The load of every connected, undrained host, and whether it caches the image bound as `$1`
+/// (`HostLoad` rows; a statement appends its own conditions and order).
+macro_rules! placeable_host_loads {
+    () => {
+        "SELECT h.id, h.cpus, h.memory_mib, h.disk_gb,
+                COALESCE(a.cpu, 0) AS allocated_cpu,
+                COALESCE(a.memory_mib, 0) AS allocated_memory_mib,
+                COALESCE(a.disk_gb, 0) AS allocated_disk_gb,
+                COALESCE(a.vms, 0) AS vm_count,
+                CASE WHEN EXISTS (SELECT 1 FROM host_images hi
+                                  WHERE hi.host_id = h.id AND hi.image_id = $1)
+                     THEN 1 ELSE 0 END AS caches_image
+         FROM hosts h LEFT JOIN host_allocations a ON a.host_id = h.id
+         WHERE h.status = 'connected' AND h.drained_at IS NULL"
+    };
+}
+
 /// The connected hosts that are not drained and have room for the VM (as
 /// [`HostLoad::fits`] says), best first in the order [`super::scheduler::choose_host`] prefers
 /// them, at most `limit`, read inside the caller's transaction; `choose_host` takes the
@@ -175,23 +192,18 @@ pub async fn placement_candidates(
         Placement::Pack => "ASC",
     };
     let sql = format!(
-        "SELECT h.id, h.cpus, h.memory_mib, h.disk_gb,
-                COALESCE(a.cpu, 0) AS allocated_cpu,
-                COALESCE(a.memory_mib, 0) AS allocated_memory_mib,
-                COALESCE(a.disk_gb, 0) AS allocated_disk_gb,
-                COALESCE(a.vms, 0) AS vm_count,
-                CASE WHEN EXISTS (SELECT 1 FROM host_images hi
-                                  WHERE hi.host_id = h.id AND hi.image_id = $1)
-                     THEN 1 ELSE 0 END AS caches_image
-         FROM hosts h LEFT JOIN host_allocations a ON a.host_id = h.id
-         WHERE h.status = 'connected' AND h.drained_at IS NULL
+        concat!(
+            placeable_host_loads!(),
+            "
            AND COALESCE(a.cpu, 0) + $2 <= h.cpus * $3
            AND COALESCE(a.memory_mib, 0) + $4 <= h.memory_mib
            AND COALESCE(a.disk_gb, 0) + $5 <= h.disk_gb
          ORDER BY h.memory_mib - COALESCE(a.memory_mib, 0) {free_memory}, caches_image DESC,
                   vm_count ASC, h.id COLLATE {} ASC
-         LIMIT $6",
-        backend.bytewise_collation()
+         LIMIT $6"
+        ),
+        backend.bytewise_collation(),
+        free_memory = free_memory,
     );
     sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(query.image)
@@ -212,30 +224,6 @@ pub async fn any_placeable<'e>(executor: impl AnyExecutor<'e>) -> Result<bool, s
     .fetch_optional(executor)
     .await?;
     Ok(found.is_some())
-}
-
-/// Capacity and allocation of every connected host that is not drained, and whether it
-/// caches `image`, read inside the caller's transaction.
-pub async fn connected_loads<'e>(
-    executor: impl AnyExecutor<'e>,
-    image: Option<ImageId>,
-) -> Result<Vec<HostLoad>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT h.id, h.cpus, h.memory_mib, h.disk_gb,
-                COALESCE(a.cpu, 0) AS allocated_cpu,
-                COALESCE(a.memory_mib, 0) AS allocated_memory_mib,
-                COALESCE(a.disk_gb, 0) AS allocated_disk_gb,
-                COALESCE(a.vms, 0) AS vm_count,
-                CASE WHEN EXISTS (SELECT 1 FROM host_images hi
-                                  WHERE hi.host_id = h.id AND hi.image_id = $1)
-                     THEN 1 ELSE 0 END AS caches_image
-         FROM hosts h LEFT JOIN host_allocations a ON a.host_id = h.id
-         WHERE h.status = 'connected' AND h.drained_at IS NULL
-         ORDER BY h.id",
-    )
-    .bind(image)
-    .fetch_all(executor)
-    .await
 }
 
 /// A host as `GET /api/hosts` reads it, before its cached images are added.
@@ -384,6 +372,21 @@ mod tests {
     use super::*;
     use crate::hosts::scheduler::choose_host;
     use crate::test_support::TestDb;
+
+    /// Every placeable host's load, as the scheduler would see them all.
+    async fn connected_loads<'e>(
+        executor: impl AnyExecutor<'e>,
+        image: Option<ImageId>,
+    ) -> Result<Vec<HostLoad>, sqlx::Error> {
+        sqlx::query_as(concat!(
+            placeable_host_loads!(),
+            "
+             ORDER BY h.id"
+        ))
+        .bind(image)
+        .fetch_all(executor)
+        .await
+    }
 
     #[tokio::test]
     async fn get_finds_one_host_as_listed_and_nothing_else() {

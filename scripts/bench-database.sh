@@ -13,7 +13,8 @@ cd "$(dirname "$0")/.."
 profile=${PROFILE:-debug}
 flags=()
 [[ $profile == release ]] && flags=(--release)
-cargo build "${flags[@]}" --bins -p vmm-coordinator -p vmm-sim
+# The whole workspace, as scripts/test.sh builds it: the same features, so nothing is built twice.
+cargo build "${flags[@]}" --workspace --bins
 sim=target/$profile/vmm-sim
 args=(bench --hosts 20 --vms-per-host 50 --storms 0 --no-wrk "$@")
 

@@ -301,23 +301,25 @@ pub async fn console_elsewhere(
     if !is_shared(db) {
         return Ok(None);
     }
-    let holder: Option<(String, Option<String>)> = sqlx::query_as(
-        "SELECT c.id, c.public_url FROM hosts h JOIN coordinators c ON c.id = h.coordinator_id
-         WHERE h.id = $1 AND h.status = 'connected' AND c.lease_expires_at >= $2",
-    )
-    .bind(host)
-    .bind(db::now())
-    .fetch_optional(db)
-    .await?;
-    Ok(holder
+    Ok(holder_with_url(db, host)
+        .await?
         .filter(|(id, _)| id != this_coordinator())
         .map(|(_, public_url)| public_url))
 }
 
 /// The living coordinator holding `host`'s session, if the host is connected.
 async fn holder_of(db: &Db, host: &HostId) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT h.coordinator_id FROM hosts h JOIN coordinators c ON c.id = h.coordinator_id
+    Ok(holder_with_url(db, host).await?.map(|(id, _)| id))
+}
+
+/// The living coordinator holding `host`'s session and its `PUBLIC_URL`, if the host is
+/// connected.
+async fn holder_with_url(
+    db: &Db,
+    host: &HostId,
+) -> Result<Option<(String, Option<String>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT c.id, c.public_url FROM hosts h JOIN coordinators c ON c.id = h.coordinator_id
          WHERE h.id = $1 AND h.status = 'connected' AND c.lease_expires_at >= $2",
     )
     .bind(host)

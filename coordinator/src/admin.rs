@@ -171,6 +171,7 @@ pub async fn set_role(
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
+    app.users.forget(target.id);
     tracing::info!(admin = %user.id, user_id = %target.id, role = change.role.as_str(), "role changed");
     Ok(Json(UserView {
         id: target.id,
@@ -216,6 +217,7 @@ pub async fn delete_user(
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
+    app.users.forget(target.id);
     tracing::info!(admin = %user.id, user_id = %target.id, "user deleted");
     Ok(StatusCode::NO_CONTENT)
 }

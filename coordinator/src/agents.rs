@@ -23,7 +23,7 @@
 //! credential, only by the host the console was asked of.
 
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -193,14 +193,14 @@ pub async fn open_session(
     sender: mpsc::Sender<Result<CoordinatorMessage, Status>>,
 ) -> Result<OpenedSession, Status> {
     let host = &registration.id;
-    let epoch = async {
-        let mut tx = crate::db::begin_write(&app.db).await?;
-        let epoch = host_store::register_session(&mut *tx, registration).await?;
-        tx.commit().await?;
-        Ok::<_, sqlx::Error>(epoch)
-    }
-    .await
-    .map_err(internal)?;
+    let epoch = {
+        let registration = registration.clone();
+        crate::db::group_write(&app.db, move |conn| {
+            Box::pin(async move { host_store::register_session(conn, &registration).await })
+        })
+        .await
+        .map_err(internal)?
+    };
     let abandoned = match app.registry.attach(host.clone(), epoch, sender) {
         Ok(abandoned) => abandoned,
         Err(refused) => {
@@ -215,14 +215,19 @@ pub async fn open_session(
         // below finds it settled.
         runner::settle_abandoned(&app.db, &abandoned, "the host reconnected before answering")
             .await?;
-        // The inventory and the cached images in one write transaction: one turn at the
-        // write lock per registration for both.
-        let mut tx = crate::db::begin_write(&app.db).await?;
-        reports::reconcile_inventory_in(&mut tx, host, &register.inventory).await?;
-        let evict =
-            image_store::record_host_copies_in(&mut tx, host, &register.cached_images).await?;
-        tx.commit().await?;
-        Ok::<_, sqlx::Error>(evict)
+        // The inventory and the cached images in one write, grouped with other hosts'.
+        let (host, inventory, cached) = (
+            host.clone(),
+            register.inventory.clone(),
+            register.cached_images.clone(),
+        );
+        crate::db::group_write(&app.db, move |conn| {
+            Box::pin(async move {
+                reports::reconcile_inventory_in(conn, &host, &inventory).await?;
+                image_store::record_host_copies_in(conn, &host, &cached).await
+            })
+        })
+        .await
     }
     .await;
     match recorded {
@@ -357,6 +362,41 @@ pub async fn end_session(app: &AppState, host: &HostId, why: &str) {
     }
 }
 
+/// Which of a session's heartbeats are written to the database. The session's liveness is
+/// watched in memory (the loop in [`run_session`]); the record's `last_seen_at` is what
+/// other coordinators judge the host by once this one is gone, and what `GET /api/hosts`
+/// shows. So a heartbeat is written when its libvirt connection changed, or when the last
+/// one written is two fifths of the liveness bound old: every other heartbeat (agents beat
+/// four times per bound, and a beat that comes a little early still leaves the next one
+/// due), half the writes of a steady fleet.
+struct HeartbeatRecord {
+    every: Duration,
+    last: Option<(Instant, bool)>,
+}
+
+impl HeartbeatRecord {
+    fn new(dead_after: Duration) -> Self {
+        HeartbeatRecord {
+            every: dead_after * 2 / 5,
+            last: None,
+        }
+    }
+
+    /// Whether a heartbeat received `now` is to be written; if so, it counts as written.
+    fn due(&mut self, libvirt_connected: bool, now: Instant) -> bool {
+        let due = match self.last {
+            None => true,
+            Some((written, connected)) => {
+                connected != libvirt_connected || now.duration_since(written) >= self.every
+            }
+        };
+        if due {
+            self.last = Some((now, libvirt_connected));
+        }
+        due
+    }
+}
+
 async fn run_session(
     app: AppState,
     host: HostId,
@@ -365,6 +405,7 @@ async fn run_session(
     _task: TaskGuard,
 ) {
     let dead_after = app.settings.host_dead_after;
+    let mut heartbeats = HeartbeatRecord::new(dead_after);
     let end = loop {
         let message = tokio::select! {
             received = tokio::time::timeout(dead_after, inbound.message()) => match received {
@@ -379,7 +420,7 @@ async fn run_session(
         if !app.registry.is_current(&host, session) {
             return; // A newer session of the same host took over.
         }
-        if let Err(err) = handle_message(&app, &host, session, message).await {
+        if let Err(err) = handle_message(&app, &host, session, &mut heartbeats, message).await {
             tracing::error!(host = %host, error = %err, "cannot apply an agent message");
         }
     };
@@ -390,11 +431,15 @@ async fn handle_message(
     app: &AppState,
     host: &HostId,
     session: SessionEpoch,
+    heartbeats: &mut HeartbeatRecord,
     message: AgentMessage,
 ) -> Result<(), sqlx::Error> {
     match message.body {
         Some(agent_message::Body::Heartbeat(beat)) => {
-            host_store::record_heartbeat(&app.db, host, session, beat.libvirt_connected).await?;
+            if heartbeats.due(beat.libvirt_connected, Instant::now()) {
+                host_store::record_heartbeat(&app.db, host, session, beat.libvirt_connected)
+                    .await?;
+            }
         }
         Some(agent_message::Body::VmStateChanged(change)) => {
             let Some(report) = change.domain else {
@@ -407,13 +452,17 @@ async fn handle_message(
             match report.vm_id.parse::<VmId>() {
                 Ok(vm) => {
                     // Applies only to a VM recorded on this very host (the query checks it).
-                    let turn = crate::db::write_turn(&app.db).await;
-                    let mut conn = app.db.acquire().await?;
-                    let applied =
-                        reports::apply(&mut conn, host, vm, &report, ReportSource::Change).await?;
-                    drop(turn);
+                    let applied = {
+                        let host = host.clone();
+                        crate::db::group_write(&app.db, move |conn| {
+                            Box::pin(async move {
+                                reports::apply(conn, &host, vm, &report, ReportSource::Change).await
+                            })
+                        })
+                        .await?
+                    };
                     if !applied {
-                        let recorded_here = crate::vms::store::find(&mut *conn, vm)
+                        let recorded_here = crate::vms::store::find(&app.db, vm)
                             .await?
                             .is_some_and(|recorded| &recorded.host_id == host);
                         if !recorded_here {
@@ -443,6 +492,28 @@ mod props;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_other_heartbeat_is_written_and_every_libvirt_change() {
+        let dead_after = Duration::from_secs(10);
+        let beat = dead_after / 4;
+        let mut record = HeartbeatRecord::new(dead_after);
+        let start = Instant::now();
+        let written: Vec<bool> = (0..8).map(|n| record.due(true, start + beat * n)).collect();
+        assert_eq!(
+            written,
+            [true, false, true, false, true, false, true, false]
+        );
+        // A beat a little early still leaves the next one due.
+        let mut record = HeartbeatRecord::new(dead_after);
+        assert!(record.due(true, start));
+        assert!(!record.due(true, start + beat));
+        assert!(record.due(true, start + beat * 2 - Duration::from_millis(900)));
+        // A change of the libvirt connection is written at once, both ways.
+        assert!(record.due(false, start + beat * 2));
+        assert!(record.due(true, start + beat * 2 + Duration::from_millis(1)));
+        assert!(!record.due(true, start + beat * 3));
+    }
 
     #[test]
     fn registrations_with_absurd_values_are_refused() {

@@ -284,6 +284,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             api_metrics: config.api_metrics,
         }),
         consoles: Arc::new(Consoles::new(config.console_settings())),
+        users: Arc::default(),
     };
 
     let http_listener = TcpListener::bind(config.http_addr)

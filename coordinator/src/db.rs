@@ -18,6 +18,10 @@
 //! between writers and pooled connections held by sleepers, and PostgreSQL would hold one
 //! pooled connection per waiting writer.
 //!
+//! Small writes that come many at a time (heartbeats, registrations and their clean-ups,
+//! claims, operation answers) share one transaction per turn at the gate instead:
+//! [`group_write`] (see [`group_commit`]).
+//!
 //! This module must never hold a database-specific query outside [`Backend`] branches.
 
 use std::collections::HashMap;
@@ -30,6 +34,9 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::any::{AnyArguments, AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Arguments, ConnectOptions, Executor};
+
+mod group_commit;
+pub use group_commit::group_write;
 
 pub type Db = sqlx::AnyPool;
 pub type DbTransaction = sqlx::Transaction<'static, sqlx::Any>;
@@ -215,7 +222,14 @@ pub async fn write_turn(db: &Db) -> tokio::sync::OwnedMutexGuard<()> {
 /// after this process's earlier writers (the write gate, see the module docs).
 pub async fn begin_write(db: &Db) -> Result<WriteTransaction, sqlx::Error> {
     let turn = write_gate(db).lock_owned().await;
-    let tx = match Backend::of(db) {
+    let tx = begin_transaction(db).await?;
+    Ok(WriteTransaction { tx, _turn: turn })
+}
+
+/// Opens a transaction that holds the database's write lock from its first statement; the
+/// caller holds this process's turn at the write gate.
+async fn begin_transaction(db: &Db) -> Result<DbTransaction, sqlx::Error> {
+    Ok(match Backend::of(db) {
         Backend::Sqlite => db.begin_with("BEGIN IMMEDIATE").await?,
         Backend::Postgres => {
             let mut tx = db.begin().await?;
@@ -225,8 +239,7 @@ pub async fn begin_write(db: &Db) -> Result<WriteTransaction, sqlx::Error> {
                 .await?;
             tx
         }
-    };
-    Ok(WriteTransaction { tx, _turn: turn })
+    })
 }
 
 /// A query assembled from pieces, whose values are bound as `$1`, `$2`, … in order (sqlx's

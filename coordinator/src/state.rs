@@ -1,6 +1,7 @@
 //! What every request handler and the agent stream share: the database, the registry of
 //! connected agents, the image files, the token issuer, the password hasher, the rate limiter, the metrics
-//! handle, the settings fixed at start, and the consoles' tickets and sessions.
+//! handle, the settings fixed at start, the consoles' tickets and sessions, and the accounts
+//! recently seen.
 //!
 //! This module sits below every route and store: it imports none of them (only the types it
 //! holds), so no route or store ever needs `crate::app`, which assembles them all.
@@ -19,6 +20,7 @@ use crate::images::Images;
 use crate::pki::AgentAuth;
 use crate::quotas::QuotaLimits;
 use crate::ratelimit::RateLimits;
+use crate::users::cache::UserCache;
 
 /// Settings the request handlers and the agent stream need, fixed at start.
 #[derive(Debug)]
@@ -49,4 +51,6 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Console tickets and the console sessions open.
     pub consoles: Arc<Consoles>,
+    /// The accounts requests were recently made as (see [`UserCache`]).
+    pub users: Arc<UserCache>,
 }

@@ -161,6 +161,14 @@ fn describe() {
         "operations_total",
         "Finished operations, by kind and outcome."
     );
+    describe_counter!(
+        "db_group_commits_total",
+        "Write transactions committed for grouped writes (see db_group_commit_writes_total)."
+    );
+    describe_counter!(
+        "db_group_commit_writes_total",
+        "Writes committed in groups; divided by db_group_commits_total, the mean group size."
+    );
     describe_histogram!(
         "operation_duration_seconds",
         Unit::Seconds,
@@ -405,6 +413,12 @@ pub fn record_image_import(how: &'static str, succeeded: bool) {
 /// Records bytes of an image file sent to `host`.
 pub fn record_image_bytes_served(host: &str, bytes: u64) {
     counter!("image_bytes_served_total", "host" => host.to_owned()).increment(bytes);
+}
+
+/// Records one committed group of `writes` grouped writes.
+pub fn record_group_commit(writes: usize) {
+    counter!("db_group_commits_total").increment(1);
+    counter!("db_group_commit_writes_total").increment(writes as u64);
 }
 
 pub fn record_quota_rejection(resource: &'static str) {

@@ -1,10 +1,14 @@
 //! `CurrentUser`: the extractor that protects a route. It reads `Authorization: Bearer
 //! <token>`, verifies the token (a login JWT, or an API token: `vmm_pat_…`, looked up in the
-//! database), and loads the user from the database, so a deleted user's tokens stop working,
-//! a revoked API token stops at once and a changed role takes effect at once.
+//! database), and loads the user's account, so a deleted user's tokens stop working, a
+//! revoked API token stops at once and a changed role takes effect at once (within a second
+//! on another coordinator of a shared database: accounts are kept that long, see
+//! [`crate::users::cache`]).
 //!
 //! An API token of `read` scope authenticates GET and HEAD requests only: any other method
 //! answers 403 here, before the handler runs, so no route can forget the check.
+
+use std::time::Instant;
 
 use axum::extract::FromRequestParts;
 use axum::http::Method;
@@ -15,6 +19,7 @@ use vmm_shared::UserId;
 use crate::api_tokens::{self, Scope, TokenGrant, store::Lookup};
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::users::cache::Account;
 use crate::users::{self, Role};
 
 #[derive(Clone, Debug)]
@@ -69,13 +74,27 @@ impl FromRequestParts<AppState> for CurrentUser {
         let claims = state.tokens.verify(token).map_err(|_| {
             ApiError::Unauthorized("the token is invalid or expired; log in again".into())
         })?;
-        let user = users::store::find_by_id(&state.db, claims.sub)
-            .await?
-            .ok_or_else(|| ApiError::Unauthorized("the token's user no longer exists".into()))?;
+        let account = match state.users.get(claims.sub, Instant::now()) {
+            Some(account) => account,
+            None => {
+                let read_at = Instant::now();
+                let user = users::store::find_by_id(&state.db, claims.sub)
+                    .await?
+                    .ok_or_else(|| {
+                        ApiError::Unauthorized("the token's user no longer exists".into())
+                    })?;
+                let account = Account {
+                    username: user.username,
+                    role: user.role,
+                };
+                state.users.put(claims.sub, account.clone(), read_at);
+                account
+            }
+        };
         Ok(CurrentUser {
-            id: user.id,
-            username: user.username,
-            role: user.role,
+            id: claims.sub,
+            username: account.username,
+            role: account.role,
             api_token: None,
         })
     }

@@ -97,7 +97,7 @@ pub enum AttachError {
 }
 
 /// What a host answered to a command it carried out.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct CommandSuccess {
     /// The domain as it is after the command.
     pub domain: vmm_proto::DomainReport,

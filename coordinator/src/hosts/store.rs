@@ -72,17 +72,23 @@ pub async fn record_heartbeat(
     epoch: SessionEpoch,
     libvirt_connected: bool,
 ) -> Result<bool, sqlx::Error> {
-    let _turn = db::write_turn(db).await;
-    let done = sqlx::query(
-        "UPDATE hosts SET last_seen_at = $1, libvirt_connected = $2 WHERE id = $3 AND session_epoch = $4",
-    )
-    .bind(db::now())
-    .bind(i64::from(libvirt_connected))
-    .bind(host)
-    .bind(db::to_i64(epoch))
-    .execute(db)
-    .await?;
-    Ok(done.rows_affected() == 1)
+    let host = host.clone();
+    db::group_write(db, move |conn| {
+        Box::pin(async move {
+            let done = sqlx::query(
+                "UPDATE hosts SET last_seen_at = $1, libvirt_connected = $2 \
+                 WHERE id = $3 AND session_epoch = $4",
+            )
+            .bind(db::now())
+            .bind(i64::from(libvirt_connected))
+            .bind(&host)
+            .bind(db::to_i64(epoch))
+            .execute(conn)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    })
+    .await
 }
 
 /// Marks the host unreachable and its VMs `unknown` (see `vms::store::mark_host_lost`):
@@ -94,24 +100,26 @@ pub async fn mark_unreachable(
     host: &HostId,
     epoch: SessionEpoch,
 ) -> Result<bool, sqlx::Error> {
-    let mut tx = db::begin_write(db).await?;
-    let done = sqlx::query(
-        "UPDATE hosts SET status = $1 WHERE id = $2 AND session_epoch = $3 AND status = $4",
-    )
-    .bind(HostStatus::Unreachable)
-    .bind(host)
-    .bind(db::to_i64(epoch))
-    .bind(HostStatus::Connected)
-    .execute(&mut *tx)
-    .await?;
-    if done.rows_affected() == 0 {
-        // Ended now rather than when dropped, so the next writer finds the lock free.
-        tx.rollback().await?;
-        return Ok(false);
-    }
-    crate::vms::store::mark_host_lost(&mut tx, host).await?;
-    tx.commit().await?;
-    Ok(true)
+    let host = host.clone();
+    db::group_write(db, move |conn| {
+        Box::pin(async move {
+            let done = sqlx::query(
+                "UPDATE hosts SET status = $1 WHERE id = $2 AND session_epoch = $3 AND status = $4",
+            )
+            .bind(HostStatus::Unreachable)
+            .bind(&host)
+            .bind(db::to_i64(epoch))
+            .bind(HostStatus::Connected)
+            .execute(&mut *conn)
+            .await?;
+            if done.rows_affected() == 0 {
+                return Ok(false);
+            }
+            crate::vms::store::mark_host_lost(conn, &host).await?;
+            Ok(true)
+        })
+    })
+    .await
 }
 
 /// No agent is connected: every host is unreachable and every VM whose state came from its
@@ -137,9 +145,12 @@ pub async fn mark_held_unreachable(db: &Db, coordinator: &str) -> Result<(), sql
     .bind(HostStatus::Connected)
     .fetch_all(db)
     .await?;
-    for (host, epoch) in held {
-        mark_unreachable(db, &host, u64::try_from(epoch).unwrap_or(0)).await?;
-    }
+    // All at once: they are committed in a few groups.
+    futures::future::try_join_all(
+        held.iter()
+            .map(|(host, epoch)| mark_unreachable(db, host, u64::try_from(*epoch).unwrap_or(0))),
+    )
+    .await?;
     Ok(())
 }
 

@@ -147,8 +147,20 @@ pub async fn record_start(
     vm: VmId,
     snapshot: Option<SnapshotId>,
 ) -> Result<(Vm, Option<Snapshot>), Error> {
+    db::group_write(db, move |conn| {
+        Box::pin(async move { record_start_in(conn, operation, user, vm, snapshot).await })
+    })
+    .await
+}
+
+async fn record_start_in(
+    tx: &mut AnyConnection,
+    operation: Operation,
+    user: UserId,
+    vm: VmId,
+    snapshot: Option<SnapshotId>,
+) -> Result<(Vm, Option<Snapshot>), Error> {
     let kind = operation.kind;
-    let mut tx = db::begin_write(db).await?;
     let vm = vm_store::find(&mut *tx, vm)
         .await?
         .ok_or(Error::VmGone(vm))?;
@@ -163,7 +175,7 @@ pub async fn record_start(
     };
     lifecycle::check(kind, vm.status, snapshot.as_ref().map(|s| s.status))?;
     store::insert_pending(
-        &mut tx,
+        &mut *tx,
         &NewOperation {
             id: operation.id,
             kind,
@@ -175,8 +187,7 @@ pub async fn record_start(
     )
     .await?;
     let subject = Subject::of(operation, &vm, snapshot.as_ref());
-    apply_effects(&mut tx, &subject, Phase::Start, None, "").await?;
-    tx.commit().await?;
+    apply_effects(tx, &subject, Phase::Start, None, "").await?;
     Ok((vm, snapshot))
 }
 
@@ -458,30 +469,36 @@ impl Subject {
 /// false, changing nothing, when the operation was already finished.
 pub async fn complete(db: &Db, subject: &Subject, outcome: &Outcome) -> Result<bool, sqlx::Error> {
     let failure = outcome.failure();
-    let mut tx = db::begin_write(db).await?;
-    let finished = store::finish(
-        &mut *tx,
-        subject.operation,
-        failure.as_deref().map_or(Ok(()), Err),
-    )
-    .await?;
-    if !finished {
-        return Ok(false);
-    }
+    let phase = outcome.phase();
     let success = match outcome {
-        Outcome::Succeeded(success) => Some(success),
+        Outcome::Succeeded(success) => Some(success.clone()),
         _ => None,
     };
-    apply_effects(
-        &mut tx,
-        subject,
-        outcome.phase(),
-        success,
-        failure.as_deref().unwrap_or_default(),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(true)
+    let subject = subject.clone();
+    // Among the other writes of its turn (see `db::group_write`).
+    db::group_write(db, move |conn| {
+        Box::pin(async move {
+            let finished = store::finish(
+                &mut *conn,
+                subject.operation,
+                failure.as_deref().map_or(Ok(()), Err),
+            )
+            .await?;
+            if !finished {
+                return Ok(false);
+            }
+            apply_effects(
+                conn,
+                &subject,
+                phase,
+                success.as_ref(),
+                failure.as_deref().unwrap_or_default(),
+            )
+            .await?;
+            Ok(true)
+        })
+    })
+    .await
 }
 
 /// Writes what `phase` of the operation does to its snapshot and its VM.

@@ -1,6 +1,7 @@
 //! User accounts: registration, login, roles, and the admin account ensured at start.
 //! Usernames are unique regardless of case and shown as registered.
 
+pub mod cache;
 pub mod routes;
 pub mod store;
 

@@ -136,8 +136,48 @@ pub async fn place_and_record(
     default_quota: &QuotaLimits,
     idempotency: Option<&IdempotentRequest>,
 ) -> Result<Recorded<Vm>, Error> {
-    let mut tx = db::begin_write(db).await?;
-    if idempotency::is_repeat(&mut tx, idempotency).await? {
+    let backend = db::Backend::of(db);
+    let (new, default_quota, idempotency) = (new.clone(), *default_quota, idempotency.cloned());
+    // A claim among the other writes of its turn (see `db::group_write`): each claim still
+    // reads what the claims before it wrote, under the same lock.
+    db::group_write(db, move |conn| {
+        Box::pin(async move {
+            let terms = ClaimTerms {
+                operation,
+                placement,
+                cpu_allocation_ratio,
+                default_quota: &default_quota,
+                idempotency: idempotency.as_ref(),
+            };
+            place_and_record_in(conn, backend, &new, &terms).await
+        })
+    })
+    .await
+}
+
+/// How [`place_and_record`] claims: everything but the VM asked for.
+struct ClaimTerms<'a> {
+    operation: OperationId,
+    placement: Placement,
+    cpu_allocation_ratio: f64,
+    default_quota: &'a QuotaLimits,
+    idempotency: Option<&'a IdempotentRequest>,
+}
+
+async fn place_and_record_in(
+    tx: &mut AnyConnection,
+    backend: db::Backend,
+    new: &NewVm,
+    terms: &ClaimTerms<'_>,
+) -> Result<Recorded<Vm>, Error> {
+    let ClaimTerms {
+        operation,
+        placement,
+        cpu_allocation_ratio,
+        default_quota,
+        idempotency,
+    } = *terms;
+    if idempotency::is_repeat(&mut *tx, idempotency).await? {
         return Ok(Recorded::Repeat);
     }
     let limits = quota_store::limits(&mut *tx, new.owner_id, default_quota).await?;
@@ -174,8 +214,8 @@ pub async fn place_and_record(
         image: new.image,
     };
     let candidates = host_store::placement_candidates(
-        &mut tx,
-        db::Backend::of(db),
+        &mut *tx,
+        backend,
         &wanted,
         host_store::PLACEMENT_CANDIDATES,
     )
@@ -233,7 +273,7 @@ pub async fn place_and_record(
         });
     }
     ledger::charge_vm(
-        &mut tx,
+        &mut *tx,
         &ledger::VmCharge {
             owner: vm.owner_id,
             host: &vm.host_id,
@@ -244,7 +284,7 @@ pub async fn place_and_record(
     )
     .await?;
     operation_store::insert_pending(
-        &mut tx,
+        &mut *tx,
         &NewOperation {
             id: operation,
             kind: OperationKind::Create,
@@ -255,7 +295,6 @@ pub async fn place_and_record(
         },
     )
     .await?;
-    tx.commit().await?;
     Ok(Recorded::New(vm))
 }
 

@@ -108,5 +108,6 @@ pub async fn app_state_with_auth(
             api_metrics: true,
         }),
         consoles: Arc::new(Consoles::new(ConsoleSettings::default())),
+        users: Arc::default(),
     }
 }

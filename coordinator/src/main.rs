@@ -7,6 +7,14 @@ use clap::Parser;
 use vmm_coordinator::Config;
 use vmm_coordinator::config::{CaAction, Command, LogFormat};
 
+/// mimalloc rather than the C library's allocator: the coordinator's bursts (a reconnect
+/// storm's registrations, thousands of creates) free what they allocated, but glibc kept it
+/// from the system, scattered between live allocations (measured with the fleet simulator:
+/// 653 MiB resident at rest after 100,000 creates; at 20,000, 140 MiB, of which
+/// `malloc_trim` gave back 88). mimalloc gives freed pages back.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Copies every user, VM, snapshot, quota, operation, image record, SSH key and host
 /// record from one database to another, empty one (e.g. SQLite to PostgreSQL). Stop the
 /// coordinator using the source first.

@@ -201,16 +201,29 @@ impl DerefMut for WriteTransaction {
     }
 }
 
-/// The write gate of the database `db` opens, shared by every pool of this process on the
-/// same database (the same URL).
-fn write_gate(db: &Db) -> Arc<tokio::sync::Mutex<()>> {
-    static GATES: OnceLock<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>> = OnceLock::new();
+/// What the writers of this process share per database: the write gate and the writes
+/// queued at it for a group commit.
+#[derive(Default)]
+struct Writers {
+    gate: Arc<tokio::sync::Mutex<()>>,
+    queue: group_commit::Queue,
+}
+
+/// The writers of the database `db` opens, shared by every pool of this process on the same
+/// database (the same URL).
+fn writers(db: &Db) -> Arc<Writers> {
+    static WRITERS: OnceLock<Mutex<HashMap<String, Arc<Writers>>>> = OnceLock::new();
     let url = db.connect_options().database_url.to_string();
-    let mut gates = GATES
+    let mut writers = WRITERS
         .get_or_init(Mutex::default)
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    Arc::clone(gates.entry(url).or_default())
+    Arc::clone(writers.entry(url).or_default())
+}
+
+/// The write gate of the database `db` opens (see [`writers`]).
+fn write_gate(db: &Db) -> Arc<tokio::sync::Mutex<()>> {
+    Arc::clone(&writers(db).gate)
 }
 
 /// This process's turn to write to `db`, for a single statement written outside a

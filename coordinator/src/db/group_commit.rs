@@ -18,9 +18,8 @@
 //! Each job is run by a task of its own at the gate, so a caller that goes away (a client
 //! that hung up) never cancels a group, nor its own write once queued.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 use tokio::sync::oneshot;
@@ -45,7 +44,7 @@ struct Ran {
 
 /// The jobs waiting for a turn at a database's write gate, and how many groups committed.
 #[derive(Default)]
-struct Queue {
+pub(super) struct Queue {
     jobs: Mutex<Vec<Job>>,
     commits: AtomicU64,
 }
@@ -53,18 +52,7 @@ struct Queue {
 /// How many groups of writes committed on `db` so far in this process.
 #[cfg(test)]
 fn group_commits(db: &Db) -> u64 {
-    queue_of(db).commits.load(Ordering::Relaxed)
-}
-
-/// The job queue of the database `db` opens, shared like its write gate.
-fn queue_of(db: &Db) -> Arc<Queue> {
-    static QUEUES: OnceLock<Mutex<HashMap<String, Arc<Queue>>>> = OnceLock::new();
-    let url = db.connect_options().database_url.to_string();
-    let mut queues = QUEUES
-        .get_or_init(Mutex::default)
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    Arc::clone(queues.entry(url).or_default())
+    super::writers(db).queue.commits.load(Ordering::Relaxed)
 }
 
 /// Runs `job` inside a write transaction shared with the other writes queued at the same
@@ -94,8 +82,9 @@ where
             }
         })
     });
-    let queue = queue_of(db);
-    queue
+    let writers = super::writers(db);
+    writers
+        .queue
         .jobs
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -104,7 +93,8 @@ where
     // This job's turn at the gate. By then an earlier turn may have taken it along: the
     // turn then finds nothing to do.
     tokio::spawn(async move {
-        let turn = super::write_gate(&db).lock_owned().await;
+        let turn = Arc::clone(&writers.gate).lock_owned().await;
+        let queue = &writers.queue;
         let jobs = {
             let mut queued = (queue.jobs.lock()).unwrap_or_else(std::sync::PoisonError::into_inner);
             let take = queued.len().min(MAX_JOBS);

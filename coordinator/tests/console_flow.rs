@@ -412,3 +412,33 @@ async fn an_idle_console_is_closed_and_only_its_host_may_attach_it() {
     let again = attach_console(&coordinator, &console_id, HOST).await;
     assert_eq!(again.unwrap_err().code(), tonic::Code::FailedPrecondition);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_closed_by_its_client_opens_again_once_the_close_is_answered() {
+    let coordinator = start(Duration::from_secs(600)).await;
+    let mut session = Session::register(&coordinator).await;
+    let vm = session.running_vm(&coordinator, "reopened").await;
+    for round in 0..20 {
+        let url = coordinator.console_url(&vm).await;
+        let connect = tokio_tungstenite::connect_async(url);
+        let (connected, _attached) = tokio::join!(connect, async {
+            let console_id = session.open_console().await;
+            attach_console(&coordinator, &console_id, HOST)
+                .await
+                .unwrap()
+        });
+        let (mut socket, _) = connected.unwrap();
+        socket.close(None).await.unwrap();
+        // The closing handshake: the coordinator's answer, then the connection ends.
+        while let Some(Ok(_)) = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .unwrap()
+        {}
+        // Straight away, the console is free: not refused as a second session.
+        let (status, answer) = coordinator
+            .post(&format!("/api/vms/{vm}/console"), json!({"type": "serial"}))
+            .await;
+        assert_eq!(status, 200, "round {round}: {answer}");
+        // That ticket is never used; the next round asks for its own.
+    }
+}

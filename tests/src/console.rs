@@ -17,6 +17,9 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::api::Api;
 
+/// How long a close may wait for the coordinator's answer.
+const CLOSE_ANSWER: Duration = Duration::from_secs(10);
+
 /// What `POST /api/vms/{id}/console` answered.
 #[derive(Debug, Clone)]
 pub struct Ticket {
@@ -267,13 +270,17 @@ impl ConsoleClient {
         Ok(bytes)
     }
 
-    /// Closes the session from the client's side.
+    /// Closes the session from the client's side, as a browser does: sends a close message
+    /// and waits for the coordinator's answer to it (what it sends meanwhile is dropped).
     pub async fn close(mut self) -> Result<()> {
         self.socket.close(None).await.or_else(|error| match error {
             WsError::ConnectionClosed | WsError::AlreadyClosed => Ok(()),
             error => Err(error),
         })?;
-        Ok(())
+        let answered = async { while let Some(Ok(_)) = self.socket.next().await {} };
+        tokio::time::timeout(CLOSE_ANSWER, answered)
+            .await
+            .with_context(|| format!("the close was not answered within {CLOSE_ANSWER:?}"))
     }
 
     /// The last `bytes` bytes received, as text.

@@ -236,6 +236,10 @@ impl Relay {
         }
         drop(outbound);
         drop(inbound);
+        // The console is free again before the client hears that the session ended (the
+        // close below; also the answer to a client's own close): a client that reopens it
+        // as soon as its close is answered is never refused as a second session.
+        drop(session);
         if !matches!(end, End::Client(_)) {
             let close = Message::Close(Some(CloseFrame {
                 code: end.code(),
@@ -249,7 +253,6 @@ impl Relay {
         tracing::info!(%console_id, vm_id = %vm, host = %host, user = %username, r#type = type_label,
             end = end.label(), %reason, seconds = started.elapsed().as_secs(), bytes_to_client,
             bytes_to_guest, "console closed");
-        drop(session);
     }
 }
 

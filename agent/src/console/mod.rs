@@ -8,7 +8,9 @@
 //! coordinator takes the frame (a queue of [`FRAME_QUEUE`] frames, then HTTP/2's window), and
 //! writes what the coordinator sends before reading the next frame. A browser that reads
 //! nothing therefore stops the coordinator's reads, then this relay's, and the guest's
-//! serial writes wait in QEMU; nothing here buffers more than a few frames.
+//! serial writes wait in QEMU; nothing here buffers more than a few frames. Output that
+//! keeps coming is gathered for a few milliseconds into one frame ([`GATHER`]), so that what
+//! waits in the windows on the way is a few large frames rather than thousands of tiny ones.
 //!
 //! One session per console: a second `OpenConsole` for the same VM and kind closes the
 //! first (the coordinator decided the take-over; QEMU serves one serial client at a time),
@@ -46,6 +48,12 @@ use crate::hypervisor::{
 pub const FRAME_QUEUE: usize = 4;
 /// The most console bytes read into one frame.
 pub const FRAME_BYTES: usize = 16 * 1024;
+/// Console output read within this of the previous frame is gathered into one frame. A
+/// guest that prints without pause would otherwise be sent in frames of a few bytes each
+/// (one per read of its serial port), and every frame buffered on the way (by HTTP/2, up to
+/// its window, while a browser reads nothing) costs its bookkeeping, many times its bytes.
+/// A keystroke's echo after a pause goes at once.
+pub const GATHER: Duration = Duration::from_millis(5);
 /// How long the serial port's socket may refuse connections (its one client slot taken by
 /// a session closing, or by `virsh console`) before the open fails.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(5);
@@ -258,22 +266,46 @@ impl ConsoleRelays {
         let end = {
             let reading = async {
                 let mut buffer = vec![0_u8; FRAME_BYTES];
+                let mut last_sent: Option<Instant> = None;
                 loop {
-                    match reader.read(&mut buffer).await {
+                    let mut length = match reader.read(&mut buffer).await {
                         Ok(0) => return End::Host("the console closed on the host".into()),
-                        Ok(read) => {
-                            let data = ConsoleFrame {
-                                body: Some(FrameBody::Data(buffer[..read].to_vec())),
-                            };
-                            if frames.send(data).await.is_err() {
-                                return End::Coordinator("the coordinator's stream ended".into());
-                            }
-                            to_coordinator += read as u64;
-                        }
+                        Ok(read) => read,
                         Err(error) => {
                             return End::Host(format!("reading the console failed: {error}"));
                         }
+                    };
+                    // Output that follows the previous frame closely is gathered until
+                    // `GATHER` after it, into one frame.
+                    let gather_until = last_sent
+                        .map(|sent| sent + GATHER)
+                        .filter(|until| *until > Instant::now());
+                    if let Some(until) = gather_until {
+                        while length < FRAME_BYTES {
+                            let more = tokio::time::timeout_at(
+                                until.into(),
+                                reader.read(&mut buffer[length..]),
+                            );
+                            match more.await {
+                                // Time is up, or the console closed (the next read says so).
+                                Err(_) | Ok(Ok(0)) => break,
+                                Ok(Ok(read)) => length += read,
+                                Ok(Err(error)) => {
+                                    return End::Host(format!(
+                                        "reading the console failed: {error}"
+                                    ));
+                                }
+                            }
+                        }
                     }
+                    let data = ConsoleFrame {
+                        body: Some(FrameBody::Data(buffer[..length].to_vec())),
+                    };
+                    if frames.send(data).await.is_err() {
+                        return End::Coordinator("the coordinator's stream ended".into());
+                    }
+                    to_coordinator += length as u64;
+                    last_sent = Some(Instant::now());
                 }
             };
             let writing = async {

@@ -318,3 +318,52 @@ async fn a_coordinator_that_reads_nothing_holds_the_guest_up() {
     }
     assert_eq!(received, written);
 }
+
+/// A guest printing a little at a time without pause reaches the coordinator in frames that
+/// gather many of its writes, and the echo of a keystroke after a pause goes alone.
+#[tokio::test]
+async fn output_that_keeps_coming_is_gathered_into_few_frames() {
+    const WRITES: usize = 1000;
+    const LINE: &[u8] = b"console-flood\r\n";
+    let mut setup = setup().await;
+    let vm_id = running_vm(&setup.hypervisor).await;
+    setup.relays.open(open_request(
+        "gather",
+        vm_id,
+        vmm_proto::ConsoleKind::Serial,
+    ));
+    let mut attached = next_attached(&mut setup.attached).await;
+    let guest = guest_end(&setup.host, vm_id, ConsoleKind::Serial).await;
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut guest = guest;
+        for _ in 0..WRITES {
+            guest.write_all(LINE).unwrap();
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        guest
+    });
+    let (mut received, mut frames) = (0, 0);
+    while received < WRITES * LINE.len() {
+        match next_frame(&mut attached.inbound).await {
+            Some(FrameBody::Data(bytes)) => {
+                received += bytes.len();
+                frames += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let mut guest = writer.await.unwrap();
+    eprintln!(
+        "{WRITES} writes of {} bytes reached the coordinator in {frames} frames",
+        LINE.len()
+    );
+    assert_eq!(received, WRITES * LINE.len());
+    assert!(frames <= WRITES / 4, "{frames} frames for {WRITES} writes");
+
+    tokio::time::sleep(GATHER * 10).await;
+    guest.write_all(b"x").unwrap();
+    assert_eq!(
+        next_frame(&mut attached.inbound).await,
+        Some(FrameBody::Data(b"x".to_vec()))
+    );
+}

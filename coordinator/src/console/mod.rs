@@ -23,7 +23,10 @@
 //! Flow control is end to end: the relay reads the agent's stream only when the WebSocket
 //! took the last message, and HTTP/2's window stops the agent, which stops reading the
 //! console, which stops QEMU. Nothing in the coordinator buffers more than a message per
-//! direction and the HTTP/2 stream window per console.
+//! direction and the HTTP/2 stream window per console. HTTP/2 keeps some bookkeeping per
+//! frame it holds, so the agent gathers output that keeps coming into large frames: a
+//! window full of frames of a few bytes each (one per read of a serial port) took some
+//! 10 MiB of the coordinator's memory per stalled console.
 //!
 //! What this module must never do: relay a console to anyone but the user the ticket was
 //! issued to, accept a console from a host other than the VM's, log a ticket, or hold a

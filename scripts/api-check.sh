@@ -72,9 +72,15 @@ admin_password=$(secret)
 agent_token=$(secret)
 
 mkdir -p "$work/coordinator" "$work/agent"
+# The test driver's host has 16 CPUs, 3,072 MiB and a 100 GB pool: the user's and the
+# administrator's quotas together fit in it, so a create within quota always finds room
+# (beyond its quota, a create is refused with 400). With the default quotas (16 GiB), a VM
+# of 3 GiB or more passed the quota and got 503: no host has room, rightly, but not what
+# this check is about.
 HTTP_ADDR=127.0.0.1:$http_port GRPC_ADDR=127.0.0.1:$grpc_port DATA_DIR=$work/coordinator \
     JWT_SECRET=$(secret) ADMIN_USER=api-admin ADMIN_PASSWORD=$admin_password \
     AGENT_TOKEN=$agent_token BCRYPT_COST=4 RATE_LIMIT_ENABLED=false NO_COLOR=1 \
+    DEFAULT_QUOTA_CPU=8 DEFAULT_QUOTA_MEMORY_MIB=1536 DEFAULT_QUOTA_DISK_GB=50 \
     target/debug/coordinator >"$work/coordinator.log" 2>&1 &
 pids+=($!)
 METRICS_ADDR=127.0.0.1:$agent_metrics_port COORDINATOR_URL=http://127.0.0.1:$grpc_port \

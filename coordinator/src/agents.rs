@@ -382,6 +382,16 @@ impl HeartbeatRecord {
         }
     }
 
+    /// The record of a session whose registration was written at `at`: a registration
+    /// writes `last_seen_at` with libvirt connected, so the first heartbeat is not due
+    /// unless it says otherwise (or comes late).
+    fn registered(dead_after: Duration, at: Instant) -> Self {
+        HeartbeatRecord {
+            last: Some((at, true)),
+            ..HeartbeatRecord::new(dead_after)
+        }
+    }
+
     /// Whether a heartbeat received `now` is to be written; if so, it counts as written.
     fn due(&mut self, libvirt_connected: bool, now: Instant) -> bool {
         let due = match self.last {
@@ -405,7 +415,7 @@ async fn run_session(
     _task: TaskGuard,
 ) {
     let dead_after = app.settings.host_dead_after;
-    let mut heartbeats = HeartbeatRecord::new(dead_after);
+    let mut heartbeats = HeartbeatRecord::registered(dead_after, Instant::now());
     let end = loop {
         let message = tokio::select! {
             received = tokio::time::timeout(dead_after, inbound.message()) => match received {
@@ -513,6 +523,13 @@ mod tests {
         assert!(record.due(false, start + beat * 2));
         assert!(record.due(true, start + beat * 2 + Duration::from_millis(1)));
         assert!(!record.due(true, start + beat * 3));
+        // Right after a registration (which wrote the same), the first beat is not written
+        // unless libvirt's connection is down.
+        let mut record = HeartbeatRecord::registered(dead_after, start);
+        assert!(!record.due(true, start + beat));
+        assert!(record.due(true, start + beat * 2));
+        let mut record = HeartbeatRecord::registered(dead_after, start);
+        assert!(record.due(false, start + beat));
     }
 
     #[test]

@@ -317,6 +317,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(upkeep(state.clone(), stop_rx.clone()));
+    tokio::spawn(db::checkpoints(state.db.clone(), stop_rx.clone()));
     let cluster_task = tokio::spawn(cluster::run(
         state.clone(),
         database_url,

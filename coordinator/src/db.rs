@@ -132,13 +132,15 @@ pub async fn open(url: &str) -> anyhow::Result<Db> {
             .test_before_acquire(false)
             // Savepoints' journals in memory, not temporary files (every grouped write is a
             // savepoint, see `group_commit`); 8 MiB of page cache per connection rather than
-            // 2, for the indexes a reconnect storm's updates walk.
+            // 2, for the indexes a reconnect storm's updates walk; the write-ahead log copied
+            // back by [`checkpoints`], the writer's commits doing it only past 32 MiB.
             .after_connect(|conn, _| {
                 Box::pin(async move {
                     conn.execute(
                         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
                          PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000; \
-                         PRAGMA temp_store = MEMORY; PRAGMA cache_size = -8192;",
+                         PRAGMA temp_store = MEMORY; PRAGMA cache_size = -8192; \
+                         PRAGMA wal_autocheckpoint = 8192;",
                     )
                     .await?;
                     Ok(())
@@ -152,6 +154,34 @@ pub async fn open(url: &str) -> anyhow::Result<Db> {
     .await
     .with_context(|| format!("cannot open the database at {shown}"))?;
     Ok(pool)
+}
+
+/// How often [`checkpoints`] copies SQLite's write-ahead log back into the database.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// SQLite: copies the write-ahead log back into the database file every [`CHECKPOINT_EVERY`]
+/// until `stop` turns true, from a pooled connection (a thread) of its own, in a passive
+/// checkpoint, which never waits for the writer nor holds it up. Otherwise the commit that
+/// takes the log past `wal_autocheckpoint` copies it, and the one writer waits meanwhile.
+/// Nothing to do on PostgreSQL.
+pub async fn checkpoints(db: Db, mut stop: tokio::sync::watch::Receiver<bool>) {
+    if Backend::of(&db) != Backend::Sqlite {
+        return;
+    }
+    let mut every = tokio::time::interval(CHECKPOINT_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if let Err(err) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&db)
+            .await
+        {
+            tracing::warn!(error = %err, "cannot checkpoint the database's write-ahead log");
+        }
+    }
 }
 
 /// Applies the migrations of the database's kind that it has not applied yet.
@@ -664,5 +694,45 @@ mod tests {
             .await
             .unwrap();
         assert!(violations.is_empty(), "no foreign key is left dangling");
+    }
+
+    /// Writes below `wal_autocheckpoint` stay in the write-ahead log until [`checkpoints`]
+    /// copies them into the database file, with no commit doing it.
+    #[tokio::test]
+    async fn the_write_ahead_log_is_copied_back_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&default_url(dir.path())).await.unwrap();
+        let file = dir.path().join("coordinator.db");
+        sqlx::query("CREATE TABLE filler (payload TEXT NOT NULL)")
+            .execute(&db)
+            .await
+            .unwrap();
+        for _ in 0..64 {
+            sqlx::query("INSERT INTO filler (payload) VALUES ($1)")
+                .bind("x".repeat(32 * 1024))
+                .execute(&db)
+                .await
+                .unwrap();
+        }
+        let written = 64 * 32 * 1024;
+        let before = std::fs::metadata(&file).unwrap().len();
+        assert!(before < written / 4, "already in the file: {before} bytes");
+
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(checkpoints(db.clone(), stopped));
+        let mut after = before;
+        for _ in 0..100 {
+            tokio::time::sleep(CHECKPOINT_EVERY).await;
+            after = std::fs::metadata(&file).unwrap().len();
+            if after >= written {
+                break;
+            }
+        }
+        assert!(
+            after >= written,
+            "the database file holds {after} bytes of {written}"
+        );
+        stop.send(true).unwrap();
+        task.await.unwrap();
     }
 }

@@ -144,6 +144,12 @@ async fn pages_filters_and_bad_parameters() {
     // Another user's VMs are not listed, even when asked by owner.
     let (_, _, body) = get(&app, &alice_token, &format!("/api/vms?owner={}", bob.id)).await;
     assert_eq!(body.as_array().unwrap().len(), 0);
+    // That empty list still checks the page asked for.
+    for page in ["limit=3743", "limit=0", "cursor=nonsense"] {
+        let uri = format!("/api/vms?owner={}&{page}", bob.id);
+        let (status, _, body) = get(&app, &alice_token, &uri).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{uri}: {body}");
+    }
 
     // An admin's unbounded list is capped, with a cursor to the rest.
     let (status, next, body) = get(&app, &admin_token, "/api/vms").await;

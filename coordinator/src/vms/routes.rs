@@ -183,8 +183,11 @@ pub async fn list_vms(
     if let Some(limit) = query.limit {
         echo.push(("limit", limit.to_string()));
     }
-    let (owner, default) = if user.is_admin() {
-        (owner, Some(DEFAULT_CAP))
+    let default = user.is_admin().then_some(DEFAULT_CAP);
+    // Checked before anything is answered, also the empty list below.
+    let page = Page::new(query.limit, query.cursor.as_deref(), default)?;
+    let owner = if user.is_admin() {
+        owner
     } else {
         if owner.is_some_and(|owner| owner != user.id) {
             return Ok(Paged::<VmView> {
@@ -193,9 +196,8 @@ pub async fn list_vms(
             }
             .into_response("/api/vms", &echo));
         }
-        (Some(user.id), None)
+        Some(user.id)
     };
-    let page = Page::new(query.limit, query.cursor.as_deref(), default)?;
     let filter = store::VmFilter {
         owner,
         host,

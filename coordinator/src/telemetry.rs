@@ -326,12 +326,16 @@ async fn refresh_image_gauges(db: &Db) -> Result<(), sqlx::Error> {
 }
 
 async fn refresh_vm_gauges(db: &Db) -> Result<(), sqlx::Error> {
-    let rows: Vec<(VmStatus, i64, i64, i64)> = sqlx::query_as(
-        "SELECT status, COUNT(*), COALESCE(SUM(cpu), 0), COALESCE(SUM(memory_mib), 0)
-         FROM vms GROUP BY status",
-    )
-    .fetch_all(db)
-    .await?;
+    // By the status each VM reads as (`unknown` while its host is lost).
+    let query = format!(
+        "SELECT {} AS read_status, COUNT(*), COALESCE(SUM(v.cpu), 0),
+                COALESCE(SUM(v.memory_mib), 0)
+         FROM vms v LEFT JOIN hosts h ON h.id = v.host_id GROUP BY read_status",
+        crate::lifecycle::sql::read_status_sql()
+    );
+    let rows: Vec<(VmStatus, i64, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(query))
+        .fetch_all(db)
+        .await?;
     // Every status is set, so a status that no VM has any more reads 0, not its last value.
     for status in VmStatus::ALL {
         let (vms, cpu, memory) = rows

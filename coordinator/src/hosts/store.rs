@@ -91,7 +91,7 @@ pub async fn record_heartbeat(
     .await
 }
 
-/// Marks the host unreachable and its VMs `unknown` (see `vms::store::mark_host_lost`):
+/// Marks the host unreachable and its VMs as reading `unknown` (see `vms::store::mark_host_lost`):
 /// the coordinator no longer knows their state, so it does not claim one. Only while
 /// `epoch` is still the host's session: the clean-up of a session that a newer registration
 /// replaced (however late it runs) changes nothing. Returns whether it applied.
@@ -123,7 +123,7 @@ pub async fn mark_unreachable(
 }
 
 /// No agent is connected: every host is unreachable and every VM whose state came from its
-/// host is `unknown`. Run at start (whatever the last run left) and as the last write of a
+/// host reads as `unknown`. Run at start (whatever the last run left) and as the last write of a
 /// shutdown, in one transaction.
 pub async fn mark_all_unreachable(db: &Db, why: &str) -> Result<(), sqlx::Error> {
     let mut tx = db::begin_write(db).await?;

@@ -87,8 +87,10 @@
 //! ([`report_applies`]); and `creating` and `deleting` belong to the operation in flight, so
 //! only its own result moves a VM out of them. The full inventory a host sends when it
 //! (re)connects also settles `unknown` and `error` VMs at an equal generation. When a host is
-//! lost, its VMs that were `running`, `paused` or `stopped` become `unknown` — never
-//! `stopped`: the coordinator does not know, so it does not say. A VM the inventory lacks is
+//! lost, its VMs that were `running`, `paused` or `stopped` read as `unknown` — never
+//! `stopped`: the coordinator does not know, so it does not say. The loss is recorded on the
+//! host's row and the VMs keep their stored statuses ([`status_as_read`]); the inventory
+//! that settles them clears it, in the same transaction. A VM the inventory lacks is
 //! removed when its create was never acknowledged (it never came to be) and is otherwise
 //! flagged `error`; snapshots follow the host's list ([`snapshot_after_inventory`]).
 
@@ -333,7 +335,7 @@ pub fn report_applies(source: ReportSource, status: VmStatus, newer: bool) -> bo
     }
 }
 
-/// Whether a VM with this status becomes `unknown` when its host is lost: every status a
+/// Whether a VM with this status reads as `unknown` while its host is lost: every status a
 /// host's report set (`running`, `paused`, `stopped`). Operations in flight keep theirs
 /// (their outcome settles them), and `error` keeps its reason.
 pub fn unknown_when_host_lost(status: VmStatus) -> bool {
@@ -341,6 +343,19 @@ pub fn unknown_when_host_lost(status: VmStatus) -> bool {
         status,
         VmStatus::Running | VmStatus::Paused | VmStatus::Stopped
     )
+}
+
+/// The status a VM stored as `stored` reads as (in the API, the metrics and every rule
+/// here): `unknown` while its host is lost (`host_lost`) and `stored` is one that
+/// [`unknown_when_host_lost`] names, `stored` otherwise. The loss is recorded once on the
+/// host's row, not on each of its VMs, so losing a host and its coming back cost a write
+/// per host rather than per VM; [`sql::read_status_sql`] is the same rule in SQL.
+pub fn status_as_read(stored: VmStatus, host_lost: bool) -> VmStatus {
+    if host_lost && unknown_when_host_lost(stored) {
+        VmStatus::Unknown
+    } else {
+        stored
+    }
 }
 
 /// What to do with a recorded VM that its host's inventory does not list.

@@ -297,6 +297,77 @@ async fn sql_predicates_agree_with_the_rules_for_every_status() {
     }
 }
 
+/// Evaluates `expression` over a VM row `v` of `status` (stored generation 5, reason
+/// `own`) and its host row `h` (lost with reason `lost` when `host_lost`); `$3` is bound to
+/// `generation`.
+async fn database_reads(
+    conn: &mut AnyConnection,
+    expression: &str,
+    status: VmStatus,
+    host_lost: bool,
+    generation: i64,
+) -> Option<String> {
+    let query = format!(
+        "SELECT {expression} FROM (SELECT $1 AS status, 'own' AS status_reason, 5 AS generation) \
+         AS v, (SELECT $2 AS vms_lost_reason) AS h WHERE $3 IS NOT NULL"
+    );
+    sqlx::query_scalar(sqlx::AssertSqlSafe(query))
+        .bind(status)
+        .bind(host_lost.then_some("lost"))
+        .bind(generation)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_status_as_read_agrees_in_sql_for_every_status_and_host() {
+    let t = crate::test_support::TestDb::new().await;
+    let mut conn = t.conn().await;
+    for stored in VmStatus::ALL {
+        for host_lost in [false, true] {
+            let read = status_as_read(stored, host_lost);
+            let case = format!("{stored} VM, host lost: {host_lost}");
+            let sql_status =
+                database_reads(&mut conn, &sql::read_status_sql(), stored, host_lost, 0).await;
+            assert_eq!(sql_status.as_deref(), Some(read.as_str()), "{case}");
+            let reason =
+                database_reads(&mut conn, &sql::read_reason_sql(), stored, host_lost, 0).await;
+            let expected = if read == stored { "own" } else { "lost" };
+            assert_eq!(reason.as_deref(), Some(expected), "{case}");
+            for filter in VmStatus::ALL {
+                let predicate = format!(
+                    "CASE WHEN {} THEN 'y' ELSE 'n' END",
+                    sql::reads_as_sql(filter)
+                );
+                let matched = database_reads(&mut conn, &predicate, stored, host_lost, 0).await;
+                assert_eq!(
+                    matched.as_deref() == Some("y"),
+                    read == filter,
+                    "{case}, filter status={filter}"
+                );
+            }
+            // An inventory applies by the status read (a lost host's only; a connected
+            // host's inventory uses `report_applies`).
+            if host_lost {
+                for (generation, newer) in [(6, true), (5, false), (4, false)] {
+                    let predicate = format!(
+                        "CASE WHEN {} THEN 'y' ELSE 'n' END",
+                        sql::inventory_applies_after_loss("$3")
+                    );
+                    let applies =
+                        database_reads(&mut conn, &predicate, stored, host_lost, generation).await;
+                    assert_eq!(
+                        applies.as_deref() == Some("y"),
+                        report_applies(ReportSource::Inventory, read, newer),
+                        "{case}, inventory at generation {generation}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn inventory_rules() {
     use MissingFromInventory::*;

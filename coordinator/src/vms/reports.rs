@@ -31,7 +31,7 @@ use crate::db::{self, Db};
 use crate::lifecycle::{self, MissingFromInventory, ReportSource, sql};
 use crate::operations::store as operation_store;
 use crate::snapshots::store as snapshot_store;
-use crate::vms::{Addresses, store};
+use crate::vms::{Addresses, Vm, store};
 
 /// What a report means for the VM's status, or `None` for a report without a state.
 pub fn status_from_report(report: &DomainReport) -> Option<(VmStatus, Option<String>)> {
@@ -151,26 +151,29 @@ pub async fn apply(
 
 /// Settles every VM recorded on `host` against the inventory its agent just sent.
 /// Domains that carry no VM ID (made by hand) are never adopted; domains whose VM ID the
-/// coordinator does not know on this host are logged and left alone.
+/// coordinator does not know on this host are logged and left alone. Returns how many VM
+/// records it wrote.
 pub async fn reconcile_inventory(
     db: &Db,
     host: &HostId,
     inventory: &[DomainReport],
-) -> Result<(), sqlx::Error> {
+) -> Result<u64, sqlx::Error> {
     // One write transaction per host: the records read are the records changed.
     let mut tx = db::begin_write(db).await?;
-    reconcile_inventory_in(&mut tx, host, inventory).await?;
-    tx.commit().await
+    let written = reconcile_inventory_in(&mut tx, host, inventory).await?;
+    tx.commit().await?;
+    Ok(written)
 }
 
 /// [`reconcile_inventory`] inside the caller's write transaction. A report that would
-/// change nothing (the host was never lost) costs no statement; the reports that apply are
+/// change nothing costs no statement (also after the host was lost: its VMs read as
+/// `unknown` meanwhile, but their stored records stand); the reports that apply are
 /// written together, [`INVENTORY_BATCH`] VMs per statement.
 pub async fn reconcile_inventory_in(
     conn: &mut AnyConnection,
     host: &HostId,
     inventory: &[DomainReport],
-) -> Result<(), sqlx::Error> {
+) -> Result<u64, sqlx::Error> {
     let mut reported: HashMap<VmId, &DomainReport> = HashMap::new();
     for report in inventory {
         if report.vm_id.is_empty() {
@@ -187,11 +190,22 @@ pub async fn reconcile_inventory_in(
         }
     }
     let mut snapshots = snapshot_store::list_on_host(&mut *conn, host).await?;
+    // While the host was lost its VMs read as `unknown` (their stored statuses kept): the
+    // inventory settles them by the status they read as, writes only those whose record it
+    // changes, and clears the loss below.
+    let host_lost = store::host_vms_lost(&mut *conn, host).await?;
     let mut settled = Vec::new();
-    for vm in store::list_on_host(&mut *conn, host).await? {
+    let mut written = 0;
+    for stored in store::list_on_host_as_stored(&mut *conn, host).await? {
+        let vm = Vm {
+            status: lifecycle::status_as_read(stored.status, host_lost),
+            ..stored.clone()
+        };
         if let Some(report) = reported.remove(&vm.id) {
             let newer = report.generation > vm.generation;
-            if lifecycle::report_applies(ReportSource::Inventory, vm.status, newer) {
+            if lifecycle::report_applies(ReportSource::Inventory, vm.status, newer)
+                && (newer || vm.status == stored.status || report_changes(&stored, report))
+            {
                 settled.push((vm.id, report));
             }
             let present: Vec<SnapshotId> = report
@@ -208,6 +222,7 @@ pub async fn reconcile_inventory_in(
             MissingFromInventory::Remove => {
                 tracing::warn!(host = %host, vm_id = %vm.id, "unacknowledged create left nothing on the host; record removed");
                 store::delete(&mut *conn, vm.id).await?;
+                written += 1;
             }
             MissingFromInventory::MarkError => {
                 let reason = format!("the VM's domain was not found on host {host}");
@@ -216,6 +231,7 @@ pub async fn reconcile_inventory_in(
                 {
                     tracing::warn!(host = %host, vm_id = %vm.id, "recorded VM missing from its host's inventory");
                     store::set_status(&mut *conn, vm.id, VmStatus::Error, Some(&reason)).await?;
+                    written += 1;
                 }
             }
             MissingFromInventory::Leave => {}
@@ -223,7 +239,10 @@ pub async fn reconcile_inventory_in(
     }
     let mut changed = 0;
     for batch in settled.chunks(INVENTORY_BATCH) {
-        changed += apply_inventory_batch(conn, host, batch).await?;
+        changed += apply_inventory_batch(conn, host, batch, host_lost).await?;
+    }
+    if host_lost {
+        store::clear_host_lost(&mut *conn, host).await?;
     }
     if changed > 0 {
         tracing::info!(host = %host, vms = changed, "VM statuses updated from the host's inventory");
@@ -232,20 +251,39 @@ pub async fn reconcile_inventory_in(
         tracing::warn!(host = %host, %vm_id, domain = %report.domain_name,
             "host reports a product domain the coordinator has no record of on this host; left untouched");
     }
-    Ok(())
+    Ok(written + changed)
 }
 
 /// Most VMs of an inventory written by one statement (7 values each: well inside the
 /// parameter limits of SQLite, 32,766, and PostgreSQL, 65,535).
 pub const INVENTORY_BATCH: usize = 200;
 
+/// Whether applying `report` would change the VM's stored record (its status, reason or
+/// where it is reached), its generation aside.
+fn report_changes(stored: &Vm, report: &DomainReport) -> bool {
+    let Some((status, reason)) = status_from_report(report) else {
+        return true;
+    };
+    let (addresses, ssh) = reachability(report);
+    let stored_ssh = stored
+        .ssh_host
+        .clone()
+        .zip(stored.ssh_port.and_then(|port| u16::try_from(port).ok()));
+    status != stored.status
+        || reason != stored.status_reason
+        || addresses != stored.addresses
+        || ssh != stored_ssh
+}
+
 /// Applies inventory reports to their VMs on `host` in one statement, by the same rules
-/// and with the same effect as [`apply`] with [`ReportSource::Inventory`] for each.
-/// Returns how many VMs changed.
+/// and with the same effect as [`apply`] with [`ReportSource::Inventory`] for each (over
+/// the status each VM reads as: `host_lost` says its host is lost). Returns how many VMs
+/// changed.
 async fn apply_inventory_batch(
     conn: &mut AnyConnection,
     host: &HostId,
     reports: &[(VmId, &DomainReport)],
+    host_lost: bool,
 ) -> Result<u64, sqlx::Error> {
     let limit = generation_limit();
     let mut query = db::SqlBuilder::new(
@@ -305,10 +343,11 @@ async fn apply_inventory_batch(
         )
         .push_bind(host)
         .push(" AND ")
-        .push(sql::report_applies(
-            ReportSource::Inventory,
-            "r.new_generation",
-        ));
+        .push(if host_lost {
+            sql::inventory_applies_after_loss("r.new_generation")
+        } else {
+            sql::report_applies(ReportSource::Inventory, "r.new_generation")
+        });
     let done = query.build_query()?.execute(conn).await?;
     Ok(done.rows_affected())
 }
@@ -499,6 +538,75 @@ mod tests {
             let settled = recorded(*vm).await;
             assert_eq!((settled.status, settled.generation), (VmStatus::Stopped, 2));
         }
+    }
+
+    /// A lost host's VMs read as `unknown` without a write to any of them (their stored
+    /// records stand); its inventory writes only the VMs whose record it changes, and the
+    /// others read as stored again once it is applied.
+    #[tokio::test]
+    async fn a_lost_hosts_return_writes_only_the_vms_that_changed() {
+        let t = TestDb::new().await;
+        let same = t.vm_with_status(VmStatus::Running, 5).await;
+        let stopped_meanwhile = t.vm_with_status(VmStatus::Running, 5).await;
+        let creating = t.vm_with_status(VmStatus::Creating, 0).await;
+        let gone = t.vm_with_status(VmStatus::Stopped, 5).await;
+        store::mark_host_lost(&mut *t.conn().await, &t.host)
+            .await
+            .unwrap();
+        for vm in [same, stopped_meanwhile, gone] {
+            let read = store::find(&t.db, vm).await.unwrap().unwrap();
+            assert_eq!(read.status, VmStatus::Unknown);
+            let reason = read.status_reason.unwrap_or_default();
+            assert!(reason.contains("unreachable"), "{reason}");
+        }
+        assert_eq!(t.status(creating).await, VmStatus::Creating);
+        let page = crate::http::page::Page::new(None, None, None).unwrap();
+        let with_status = |status| {
+            let (db, page) = (t.db.clone(), page.clone());
+            async move {
+                let filter = store::VmFilter {
+                    status: Some(status),
+                    ..Default::default()
+                };
+                let mut ids: Vec<VmId> = store::list(&db, &filter, &page)
+                    .await
+                    .unwrap()
+                    .items
+                    .into_iter()
+                    .map(|vm| vm.id)
+                    .collect();
+                ids.sort();
+                ids
+            }
+        };
+        let mut lost = vec![same, stopped_meanwhile, gone];
+        lost.sort();
+        assert_eq!(with_status(VmStatus::Unknown).await, lost);
+        assert!(with_status(VmStatus::Running).await.is_empty());
+
+        let inventory = vec![
+            sample_report(same, PowerState::Running, 5),
+            sample_report(stopped_meanwhile, PowerState::Stopped, 6),
+            sample_report(creating, PowerState::Running, 1),
+        ];
+        let written = reconcile_inventory(&t.db, &t.host, &inventory)
+            .await
+            .unwrap();
+        assert_eq!(
+            written, 2,
+            "the VM stopped meanwhile and the one gone from the host, nothing else"
+        );
+        let read = store::find(&t.db, same).await.unwrap().unwrap();
+        assert_eq!((read.status, read.status_reason), (VmStatus::Running, None));
+        assert_eq!(t.status(stopped_meanwhile).await, VmStatus::Stopped);
+        assert_eq!(t.status(gone).await, VmStatus::Error);
+        assert_eq!(t.status(creating).await, VmStatus::Creating);
+        assert_eq!(with_status(VmStatus::Running).await, vec![same]);
+        assert!(with_status(VmStatus::Unknown).await.is_empty());
+        assert!(
+            !store::host_vms_lost(&t.db, &t.host).await.unwrap(),
+            "the inventory clears the host's loss"
+        );
     }
 
     #[tokio::test]

@@ -1,6 +1,10 @@
 //! VMs in the database. Every status written here comes from `lifecycle`: the status a
 //! create starts with, an operation's effects (through `operations::runner`), a report
-//! (`vms::reports`) or a lost host ([`mark_host_lost`], the one place that sets `unknown`).
+//! (`vms::reports`). A lost host makes its VMs read as `unknown` through its own row
+//! ([`mark_host_lost`]); every read here shows the status as read, except the one the
+//! inventory settles ([`list_on_host_as_stored`]).
+
+use std::sync::LazyLock;
 
 use sqlx::{AnyConnection, AnyExecutor};
 use vmm_shared::{HostId, ImageId, OperationId, OperationKind, UserId, VmId, VmSize, VmStatus};
@@ -17,12 +21,33 @@ use crate::lifecycle::{self, sql};
 use crate::operations::store::{self as operation_store, NewOperation};
 use crate::quotas::{self, Claim, QuotaExceeded, QuotaLimits, store as quota_store};
 
-/// The columns of [`Vm`], in a `SELECT`.
-macro_rules! vm_columns {
-    () => {
-        "id, owner_id, name, host_id, cpu, memory_mib, disk_gb, status, status_reason, generation, \
-         created_at, image_id, login_user, addresses, ssh_host, ssh_port"
-    };
+/// How a query reads a VM's status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StatusRead {
+    /// As everyone sees it: `unknown` while its host is lost ([`lifecycle::status_as_read`]).
+    AsRead,
+    /// As stored, for the inventory that settles it.
+    AsStored,
+}
+
+/// `SELECT` of [`Vm`]'s columns from `vms v` joined with its host `h`, before `WHERE`.
+fn select_vms(read: StatusRead) -> &'static str {
+    static AS_READ: LazyLock<String> =
+        LazyLock::new(|| vm_select(&sql::read_status_sql(), &sql::read_reason_sql()));
+    static AS_STORED: LazyLock<String> = LazyLock::new(|| vm_select("v.status", "v.status_reason"));
+    match read {
+        StatusRead::AsRead => &AS_READ,
+        StatusRead::AsStored => &AS_STORED,
+    }
+}
+
+fn vm_select(status: &str, status_reason: &str) -> String {
+    format!(
+        "SELECT v.id, v.owner_id, v.name, v.host_id, v.cpu, v.memory_mib, v.disk_gb, \
+         {status} AS status, {status_reason} AS status_reason, v.generation, v.created_at, \
+         v.image_id, v.login_user, v.addresses, v.ssh_host, v.ssh_port \
+         FROM vms v LEFT JOIN hosts h ON h.id = v.host_id"
+    )
 }
 
 /// Why a VM could not be recorded.
@@ -48,8 +73,10 @@ pub enum Error {
     Database(#[from] sqlx::Error),
 }
 
+/// The VM, its status as read ([`lifecycle::status_as_read`]).
 pub async fn find<'e>(executor: impl AnyExecutor<'e>, id: VmId) -> Result<Option<Vm>, sqlx::Error> {
-    sqlx::query_as(concat!("SELECT ", vm_columns!(), " FROM vms WHERE id = $1"))
+    let query = format!("{} WHERE v.id = $1", select_vms(StatusRead::AsRead));
+    sqlx::query_as(sqlx::AssertSqlSafe(query))
         .bind(id)
         .fetch_optional(executor)
         .await
@@ -66,17 +93,17 @@ pub struct VmFilter {
 /// One page of the VMs `filter` selects, oldest first (keyset order: `created_at`, `id`).
 pub async fn list(db: &Db, filter: &VmFilter, page: &Page) -> Result<Paged<Vm>, sqlx::Error> {
     let mut query =
-        crate::db::SqlBuilder::new(concat!("SELECT ", vm_columns!(), " FROM vms WHERE 1 = 1"));
+        crate::db::SqlBuilder::new(format!("{} WHERE 1 = 1", select_vms(StatusRead::AsRead)));
     if let Some(owner) = filter.owner {
-        query.push(" AND owner_id = ").push_bind(owner);
+        query.push(" AND v.owner_id = ").push_bind(owner);
     }
     if let Some(host) = &filter.host {
-        query.push(" AND host_id = ").push_bind(host.clone());
+        query.push(" AND v.host_id = ").push_bind(host.clone());
     }
     if let Some(status) = filter.status {
-        query.push(" AND status = ").push_bind(status);
+        query.push(format!(" AND {}", sql::reads_as_sql(status)));
     }
-    push_keyset(&mut query, page, "", true);
+    push_keyset(&mut query, page, "v.", true);
     let rows: Vec<Vm> = query.build_query_as()?.fetch_all(db).await?;
     Ok(Paged::from_rows(rows, page, |vm| Cursor {
         created_at: vm.created_at.clone(),
@@ -84,18 +111,20 @@ pub async fn list(db: &Db, filter: &VmFilter, page: &Page) -> Result<Paged<Vm>, 
     }))
 }
 
-pub async fn list_on_host<'e>(
+/// Every VM recorded on `host`, with its status as stored: what a lost host's return
+/// settles (see [`lifecycle::status_as_read`] for how they read meanwhile).
+pub async fn list_on_host_as_stored<'e>(
     executor: impl AnyExecutor<'e>,
     host: &HostId,
 ) -> Result<Vec<Vm>, sqlx::Error> {
-    sqlx::query_as(concat!(
-        "SELECT ",
-        vm_columns!(),
-        " FROM vms WHERE host_id = $1 ORDER BY created_at, id"
-    ))
-    .bind(host)
-    .fetch_all(executor)
-    .await
+    let query = format!(
+        "{} WHERE v.host_id = $1 ORDER BY v.created_at, v.id",
+        select_vms(StatusRead::AsStored)
+    );
+    sqlx::query_as(sqlx::AssertSqlSafe(query))
+        .bind(host)
+        .fetch_all(executor)
+        .await
 }
 
 /// What recording a create came to.
@@ -320,15 +349,12 @@ pub async fn delete(conn: &mut AnyConnection, id: VmId) -> Result<(), sqlx::Erro
     Ok(())
 }
 
-/// The host is lost: its VMs whose status came from its reports become `unknown`, saying
-/// why. With [`mark_all_hosts_lost`], the only places that set `unknown`.
+/// The host is lost: its VMs whose status came from its reports read as `unknown`, saying
+/// why, until its next inventory ([`lifecycle::status_as_read`]). One write to the host's
+/// row, whatever the number of its VMs. With [`mark_all_hosts_lost`], the only places that
+/// make a VM `unknown`.
 pub async fn mark_host_lost(conn: &mut AnyConnection, host: &HostId) -> Result<(), sqlx::Error> {
-    let query = format!(
-        "UPDATE vms SET status = $1, status_reason = $2 WHERE host_id = $3 AND {}",
-        sql::unknown_when_host_lost_sql()
-    );
-    sqlx::query(sqlx::AssertSqlSafe(query))
-        .bind(VmStatus::Unknown)
+    sqlx::query("UPDATE hosts SET vms_lost_reason = $1 WHERE id = $2")
         .bind(format!("host {host} is unreachable"))
         .bind(host)
         .execute(conn)
@@ -337,15 +363,33 @@ pub async fn mark_host_lost(conn: &mut AnyConnection, host: &HostId) -> Result<(
 }
 
 /// No host is connected (at start, and when the coordinator stops): every VM whose status
-/// came from its host's reports becomes `unknown`, saying `why`.
+/// came from its host's reports reads as `unknown`, saying `why`.
 pub async fn mark_all_hosts_lost(conn: &mut AnyConnection, why: &str) -> Result<(), sqlx::Error> {
-    let query = format!(
-        "UPDATE vms SET status = $1, status_reason = $2 WHERE {}",
-        sql::unknown_when_host_lost_sql()
-    );
-    sqlx::query(sqlx::AssertSqlSafe(query))
-        .bind(VmStatus::Unknown)
+    sqlx::query("UPDATE hosts SET vms_lost_reason = $1")
         .bind(why)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Whether `host` is lost (its VMs read as `unknown`; see [`mark_host_lost`]).
+pub async fn host_vms_lost<'e>(
+    executor: impl AnyExecutor<'e>,
+    host: &HostId,
+) -> Result<bool, sqlx::Error> {
+    let lost: Option<Option<String>> =
+        sqlx::query_scalar("SELECT vms_lost_reason FROM hosts WHERE id = $1")
+            .bind(host)
+            .fetch_optional(executor)
+            .await?;
+    Ok(lost.flatten().is_some())
+}
+
+/// The host's inventory settled its VMs: they read as stored again. Inside the transaction
+/// that applied the inventory, so no one reads a VM between the two.
+pub async fn clear_host_lost(conn: &mut AnyConnection, host: &HostId) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE hosts SET vms_lost_reason = NULL WHERE id = $1")
+        .bind(host)
         .execute(conn)
         .await?;
     Ok(())

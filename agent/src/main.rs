@@ -132,6 +132,34 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
         accel: config.guest_accel,
     };
     let hypervisor = HypervisorHandle::spawn(move || LibvirtHost::open(libvirt_settings)).await?;
+    let served = serve(
+        &config,
+        credentials,
+        host_id,
+        recorder,
+        metrics_listener,
+        hypervisor.clone(),
+    )
+    .await;
+    // Closed on its thread before the process exits (see `HypervisorHandle::close`).
+    hypervisor.close(HYPERVISOR_CLOSE_PATIENCE).await;
+    served
+}
+
+/// How long the agent waits for the libvirt connection to close as it exits.
+const HYPERVISOR_CLOSE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs the agent on the open hypervisor until it stops: recovery, the first poll, then the
+/// coordinator link, the poller, the metrics endpoint and the systemd watchdog together.
+async fn serve(
+    config: &AgentConfig,
+    credentials: Credentials,
+    host_id: vmm_shared::HostId,
+    recorder: metrics_exporter_prometheus::PrometheusHandle,
+    metrics_listener: tokio::net::TcpListener,
+    hypervisor: HypervisorHandle,
+) -> anyhow::Result<()> {
+    let metrics_addr = config.metrics.addr;
     // The coordinator of the current session: image fetches and consoles follow it.
     let current_coordinator = CurrentCoordinator::new(&config.coordinator_url);
     // Images come from the coordinator, over the session's URL with its credential.

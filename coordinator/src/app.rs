@@ -33,7 +33,7 @@ use crate::hosts::{self, AgentRegistry};
 use crate::images::{self, ImageFiles, Images};
 use crate::pki::{self, AgentAuth, CertificateAuthority, Pki};
 use crate::ratelimit::{self, RateLimits};
-use crate::state::{AppState, Settings};
+use crate::state::{AppState, Settings, Shared};
 use crate::{
     admin, api_tokens, console, health, http, keys, openapi, operations, quotas, snapshots,
     telemetry, users, vms,
@@ -264,7 +264,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
 
-    let state = AppState {
+    let state = AppState::new(Shared {
+        reads: db::Reads::of(&db)?,
         db,
         registry: Arc::new(AgentRegistry::default()),
         images: Arc::new(Images::new(image_files, config.image_max_bytes)?),
@@ -285,7 +286,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }),
         consoles: Arc::new(Consoles::new(config.console_settings())),
         users: Arc::default(),
-    };
+    });
 
     let http_listener = TcpListener::bind(config.http_addr)
         .await

@@ -22,6 +22,10 @@
 //! claims, operation answers) share one transaction per turn at the gate instead:
 //! [`group_write`] (see [`group_commit`]).
 //!
+//! The reads that answer the most requests go through [`Reads`]: on a SQLite file they run on
+//! the calling thread with connections of their own, without sqlx's hand-off to a
+//! connection's thread (`db/direct_reads.rs`); the same SQL and row decoding serve both paths.
+//!
 //! This module must never hold a database-specific query outside [`Backend`] branches.
 
 use std::collections::HashMap;
@@ -35,7 +39,9 @@ use anyhow::Context;
 use sqlx::any::{AnyArguments, AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Arguments, ConnectOptions, Executor};
 
+mod direct_reads;
 mod group_commit;
+pub use direct_reads::{Columns, FromColumns, Reads, from_any_row};
 pub use group_commit::group_write;
 
 pub type Db = sqlx::AnyPool;
@@ -291,19 +297,75 @@ async fn begin_transaction(db: &Db) -> Result<DbTransaction, sqlx::Error> {
 
 /// A query assembled from pieces, whose values are bound as `$1`, `$2`, … in order (sqlx's
 /// `QueryBuilder` writes `?` for the `Any` driver, which PostgreSQL does not read).
-#[derive(Default)]
 pub struct SqlBuilder {
     sql: String,
     arguments: AnyArguments,
+    /// The values bound so far, while every one came through [`SqlBuilder::push_value`]
+    /// (what [`Reads`] can bind without sqlx).
+    values: Option<Vec<SqlValue>>,
     error: Option<sqlx::error::BoxDynError>,
+}
+
+/// A value both sqlx and [`Reads`]' direct path can bind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SqlValue {
+    Int(i64),
+    Text(String),
+}
+
+impl From<i64> for SqlValue {
+    fn from(value: i64) -> Self {
+        SqlValue::Int(value)
+    }
+}
+
+impl From<String> for SqlValue {
+    fn from(value: String) -> Self {
+        SqlValue::Text(value)
+    }
+}
+
+impl From<&str> for SqlValue {
+    fn from(value: &str) -> Self {
+        SqlValue::Text(value.to_owned())
+    }
 }
 
 impl SqlBuilder {
     pub fn new(sql: impl Into<String>) -> Self {
         Self {
             sql: sql.into(),
-            ..Self::default()
+            arguments: AnyArguments::default(),
+            values: Some(Vec::new()),
+            error: None,
         }
+    }
+
+    /// The statement's text so far.
+    pub fn sql(&self) -> &str {
+        &self.sql
+    }
+
+    /// The values bound, in order; `None` once one was bound by [`SqlBuilder::push_bind`].
+    pub fn values(&self) -> Option<&[SqlValue]> {
+        self.values.as_deref()
+    }
+
+    /// Appends a placeholder bound to `value`, which any read path can bind.
+    pub fn push_value(&mut self, value: impl Into<SqlValue>) -> &mut Self {
+        let value = value.into();
+        let added = match &value {
+            SqlValue::Int(int) => self.arguments.add(*int),
+            SqlValue::Text(text) => self.arguments.add(text.clone()),
+        };
+        if let Err(err) = added {
+            self.error.get_or_insert(err);
+        }
+        if let Some(values) = &mut self.values {
+            values.push(value);
+        }
+        let index = self.arguments.len();
+        self.push(format_args!("${index}"))
     }
 
     /// Appends SQL text as is; never a value from a request (use [`SqlBuilder::push_bind`]).
@@ -321,6 +383,7 @@ impl SqlBuilder {
         if let Err(err) = self.arguments.add(value) {
             self.error.get_or_insert(err);
         }
+        self.values = None;
         let index = self.arguments.len();
         self.push(format_args!("${index}"))
     }

@@ -14,7 +14,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::auth::{PasswordHasher, TokenIssuer};
 use crate::config::{Placement, Registration};
 use crate::console::Consoles;
-use crate::db::Db;
+use crate::db::{Db, Reads};
 use crate::hosts::AgentRegistry;
 use crate::images::Images;
 use crate::pki::AgentAuth;
@@ -38,9 +38,30 @@ pub struct Settings {
     pub api_metrics: bool,
 }
 
+/// Cloned for every request (by each extractor and middleware that takes it): one reference
+/// count to bump, not one per shared part.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What an [`AppState`] holds.
+pub struct Shared {
     pub db: Db,
+    /// The most frequent reads of `db` (see [`Reads`]).
+    pub reads: Reads,
     pub registry: Arc<AgentRegistry>,
     /// Image files, transfers in progress, and the client that downloads images.
     pub images: Arc<Images>,

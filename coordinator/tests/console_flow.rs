@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::Message;
 use vmm_coordinator::agents::AgentControlService;
 use vmm_coordinator::app::{GRPC_CONNECTION_WINDOW, GRPC_STREAM_WINDOW, router};
 use vmm_coordinator::connections::{Admission, ConnectionLimits, Protocol};
-use vmm_coordinator::console::{ConsoleSettings, Consoles};
+use vmm_coordinator::console::ConsoleSettings;
 use vmm_coordinator::users::{Role, store as user_store};
 use vmm_proto::agent_control_client::AgentControlClient;
 use vmm_proto::agent_control_server::AgentControlServer;
@@ -55,11 +55,14 @@ struct Coordinator {
 
 async fn start(idle_timeout: Duration) -> Coordinator {
     let dir = tempfile::tempdir().unwrap();
-    let mut state = support::app_state(dir.path(), support::TestSettings::new(AGENT_TOKEN)).await;
-    state.consoles = Arc::new(Consoles::new(ConsoleSettings {
-        idle_timeout,
-        ..ConsoleSettings::default()
-    }));
+    let settings = support::TestSettings {
+        console: ConsoleSettings {
+            idle_timeout,
+            ..ConsoleSettings::default()
+        },
+        ..support::TestSettings::new(AGENT_TOKEN)
+    };
+    let state = support::app_state(dir.path(), settings).await;
     let user = user_store::insert(&state.db, "flow-user", "not-a-real-hash", Role::User)
         .await
         .unwrap();

@@ -151,7 +151,7 @@ async fn host_status(app: &AppState, host: &str) -> HostStatus {
 
 async fn vm_statuses(app: &AppState) -> Vec<VmStatus> {
     let page = vmm_coordinator::http::page::Page::new(None, None, None).unwrap();
-    vm_store::list(&app.db, &vm_store::VmFilter::default(), &page)
+    vm_store::list(&app.reads, &vm_store::VmFilter::default(), &page)
         .await
         .unwrap()
         .items
@@ -391,10 +391,14 @@ async fn a_shutdown_records_every_host_once_and_never_races_its_own_clean_up() {
     // As read (the API, the metrics): every VM `unknown`, saying why (alone on its database,
     // the coordinator marks every host lost as it stops; beside others, the hosts it held).
     let page = vmm_coordinator::http::page::Page::new(None, None, None).unwrap();
-    let vms = vm_store::list(&reopened, &vm_store::VmFilter::default(), &page)
-        .await
-        .unwrap()
-        .items;
+    let vms = vm_store::list(
+        &vmm_coordinator::db::Reads::of(&reopened).unwrap(),
+        &vm_store::VmFilter::default(),
+        &page,
+    )
+    .await
+    .unwrap()
+    .items;
     assert_eq!(vms.len(), all_vms);
     for vm in &vms {
         assert_eq!(vm.status, VmStatus::Unknown, "{vm:?}");

@@ -53,10 +53,8 @@ struct Client {
 async fn start_coordinator() -> Coordinator {
     let dir = tempfile::tempdir().unwrap();
     let settings = support::TestSettings {
-        agent_token: AGENT_TOKEN,
         operation_timeout: OPERATION_TIMEOUT,
-        host_dead_after: Duration::from_secs(60),
-        image_max_bytes: 1 << 30,
+        ..support::TestSettings::new(AGENT_TOKEN)
     };
     let state = support::app_state(dir.path(), settings).await;
     let user = user_store::insert(&state.db, "patient", "not-a-real-hash", Role::User)

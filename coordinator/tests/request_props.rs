@@ -41,10 +41,9 @@ fn fixture() -> &'static Fixture {
         let dir = tempfile::tempdir().unwrap();
         let (router, token) = runtime.block_on(async {
             let settings = support::TestSettings {
-                agent_token: "unused",
                 operation_timeout: Duration::from_secs(5),
                 host_dead_after: Duration::from_secs(10),
-                image_max_bytes: 1 << 30,
+                ..support::TestSettings::new("unused")
             };
             let state = support::app_state(dir.path(), settings).await;
             let router = router(state);

@@ -206,13 +206,13 @@ pub fn push_keyset(
     if let Some(after) = &page.after {
         if by_created {
             builder.push(format!(" AND ({prefix}created_at, {prefix}id) > ("));
-            builder.push_bind(after.created_at.as_str());
+            builder.push_value(after.created_at.as_str());
             builder.push(", ");
-            builder.push_bind(after.id.as_str());
+            builder.push_value(after.id.as_str());
             builder.push(")");
         } else {
             builder.push(format!(" AND {prefix}id > "));
-            builder.push_bind(after.id.as_str());
+            builder.push_value(after.id.as_str());
         }
     }
     if by_created {
@@ -222,7 +222,7 @@ pub fn push_keyset(
     }
     if let Some(fetch) = page.fetch() {
         builder.push(" LIMIT ");
-        builder.push_bind(fetch);
+        builder.push_value(fetch);
     }
 }
 

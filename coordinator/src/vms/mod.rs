@@ -8,24 +8,24 @@ pub mod routes;
 pub mod store;
 
 use serde::Serialize;
+use sqlx::any::AnyRow;
+use sqlx::error::BoxDynError;
 use vmm_shared::{HostId, ImageId, UserId, VmId, VmStatus};
 
+use crate::db::{self, Columns, FromColumns};
+
 /// A VM as recorded by the coordinator.
-#[derive(Clone, Debug, sqlx::FromRow)]
+#[derive(Clone, Debug)]
 pub struct Vm {
     pub id: VmId,
     pub owner_id: UserId,
     pub name: String,
     pub host_id: HostId,
-    #[sqlx(try_from = "i64")]
     pub cpu: u32,
-    #[sqlx(try_from = "i64")]
     pub memory_mib: u64,
-    #[sqlx(try_from = "i64")]
     pub disk_gb: u64,
     pub status: VmStatus,
     pub status_reason: Option<String>,
-    #[sqlx(try_from = "i64")]
     pub generation: u64,
     pub created_at: String,
     /// The image its disk was made from; `None`: a blank disk.
@@ -38,6 +38,35 @@ pub struct Vm {
     pub ssh_host: Option<String>,
     /// The forward's port (1-65535), as stored.
     pub ssh_port: Option<i64>,
+}
+
+impl FromColumns for Vm {
+    fn from_columns(row: &impl Columns) -> Result<Self, BoxDynError> {
+        Ok(Vm {
+            id: row.parsed("id")?,
+            owner_id: row.parsed("owner_id")?,
+            name: row.text("name")?,
+            host_id: row.parsed("host_id")?,
+            cpu: row.int_as("cpu")?,
+            memory_mib: row.int_as("memory_mib")?,
+            disk_gb: row.int_as("disk_gb")?,
+            status: row.parsed("status")?,
+            status_reason: row.text_opt("status_reason")?,
+            generation: row.int_as("generation")?,
+            created_at: row.text("created_at")?,
+            image_id: row.parsed_opt("image_id")?,
+            login_user: row.text_opt("login_user")?,
+            addresses: row.parsed("addresses")?,
+            ssh_host: row.text_opt("ssh_host")?,
+            ssh_port: row.int_opt("ssh_port")?,
+        })
+    }
+}
+
+impl sqlx::FromRow<'_, AnyRow> for Vm {
+    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
+        db::from_any_row(row)
+    }
 }
 
 /// A guest's IP addresses as its host reported them, stored as a JSON array of strings.

@@ -568,7 +568,8 @@ mod tests {
                     status: Some(status),
                     ..Default::default()
                 };
-                let mut ids: Vec<VmId> = store::list(&db, &filter, &page)
+                let reads = crate::db::Reads::of(&db).unwrap();
+                let mut ids: Vec<VmId> = store::list(&reads, &filter, &page)
                     .await
                     .unwrap()
                     .items

@@ -203,7 +203,7 @@ pub async fn list_vms(
         host,
         status,
     };
-    let vms = store::list(&app.db, &filter, &page).await?;
+    let vms = store::list(&app.reads, &filter, &page).await?;
     Ok(vms.map(VmView::from).into_response("/api/vms", &echo))
 }
 

@@ -11,7 +11,7 @@ use vmm_shared::{HostId, ImageId, OperationId, OperationKind, UserId, VmId, VmSi
 
 use super::{Addresses, Vm};
 use crate::config::Placement;
-use crate::db::{self, Db};
+use crate::db::{self, Db, Reads};
 use crate::hosts::{scheduler, store as host_store};
 use crate::http::page::{Cursor, Page, Paged, push_keyset};
 use crate::idempotency::{self, IdempotentRequest};
@@ -91,20 +91,23 @@ pub struct VmFilter {
 }
 
 /// One page of the VMs `filter` selects, oldest first (keyset order: `created_at`, `id`).
-pub async fn list(db: &Db, filter: &VmFilter, page: &Page) -> Result<Paged<Vm>, sqlx::Error> {
+/// It answers `GET /api/vms`: on SQLite it reads on the calling thread ([`Reads`]).
+pub async fn list(reads: &Reads, filter: &VmFilter, page: &Page) -> Result<Paged<Vm>, sqlx::Error> {
     let mut query =
         crate::db::SqlBuilder::new(format!("{} WHERE 1 = 1", select_vms(StatusRead::AsRead)));
     if let Some(owner) = filter.owner {
-        query.push(" AND v.owner_id = ").push_bind(owner);
+        query
+            .push(" AND v.owner_id = ")
+            .push_value(owner.to_string());
     }
     if let Some(host) = &filter.host {
-        query.push(" AND v.host_id = ").push_bind(host.clone());
+        query.push(" AND v.host_id = ").push_value(host.to_string());
     }
     if let Some(status) = filter.status {
         query.push(format!(" AND {}", sql::reads_as_sql(status)));
     }
     push_keyset(&mut query, page, "v.", true);
-    let rows: Vec<Vm> = query.build_query_as()?.fetch_all(db).await?;
+    let rows: Vec<Vm> = reads.fetch_all(query).await?;
     Ok(Paged::from_rows(rows, page, |vm| Cursor {
         created_at: vm.created_at.clone(),
         id: vm.id.to_string(),
@@ -666,5 +669,97 @@ mod tests {
                 Err(other) => panic!("unexpected error: {other:?}"),
             }
         }
+    }
+
+    #[tokio::test]
+    async fn reading_on_the_calling_thread_gives_the_pools_pages_for_every_filter() {
+        let t = TestDb::sqlite().await;
+        let direct = Reads::of(&t.db).unwrap();
+        assert!(
+            direct.is_direct(),
+            "a SQLite file is read on the calling thread"
+        );
+        let pooled = Reads::pooled(&t.db);
+        for status in [VmStatus::Running, VmStatus::Stopped, VmStatus::Creating] {
+            for _ in 0..3 {
+                t.vm_with_status(status, 1).await;
+            }
+        }
+        // One VM with every optional column set, the rest with none.
+        let full = t.vm_with_status(VmStatus::Running, 7).await;
+        sqlx::query(
+            "UPDATE vms SET status_reason = 'checked', login_user = 'debian', \
+             addresses = '[\"10.0.0.5\"]', ssh_host = '127.0.0.1', ssh_port = 2201 \
+             WHERE id = $1",
+        )
+        .bind(full)
+        .execute(&t.db)
+        .await
+        .unwrap();
+        let filters = [
+            VmFilter::default(),
+            VmFilter {
+                owner: Some(t.user),
+                ..Default::default()
+            },
+            VmFilter {
+                host: Some(t.host.clone()),
+                ..Default::default()
+            },
+            VmFilter {
+                status: Some(VmStatus::Running),
+                ..Default::default()
+            },
+            VmFilter {
+                status: Some(VmStatus::Unknown),
+                owner: Some(t.user),
+                ..Default::default()
+            },
+        ];
+        // Every page of every filter, page sizes 2 and all, before and after the host is lost.
+        for lost in [false, true] {
+            if lost {
+                mark_host_lost(&mut *t.conn().await, &t.host).await.unwrap();
+            }
+            for filter in &filters {
+                for limit in [Some(2), None] {
+                    let (mut seen, mut cursor) = (0, None);
+                    loop {
+                        let page = Page::new(limit, cursor.as_deref(), None).unwrap();
+                        let from_direct = list(&direct, filter, &page).await.unwrap();
+                        let from_pool = list(&pooled, filter, &page).await.unwrap();
+                        assert_eq!(
+                            format!("{:?}", from_direct.items),
+                            format!("{:?}", from_pool.items),
+                            "{filter:?}, limit {limit:?}, host lost: {lost}"
+                        );
+                        assert_eq!(from_direct.next, from_pool.next);
+                        seen += from_direct.items.len();
+                        match from_direct.next {
+                            Some(next) => cursor = Some(next.encode()),
+                            None => break,
+                        }
+                    }
+                    let expected = match (filter.status, lost) {
+                        (None, _) => 10,
+                        (Some(VmStatus::Running), false) => 4,
+                        (Some(VmStatus::Unknown), true) => 7,
+                        (Some(_), _) => 0,
+                    };
+                    assert_eq!(seen, expected, "{filter:?}, host lost: {lost}");
+                }
+            }
+        }
+        let read = list(
+            &direct,
+            &VmFilter::default(),
+            &Page::new(None, None, None).unwrap(),
+        )
+        .await
+        .unwrap();
+        let full = read.items.iter().find(|vm| vm.id == full).unwrap();
+        assert_eq!(full.addresses.0, ["10.0.0.5"]);
+        assert_eq!(full.ssh_port, Some(2201));
+        assert_eq!(full.status, VmStatus::Unknown);
     }
 }

@@ -15,7 +15,7 @@ use vmm_coordinator::images::{ImageFiles, Images};
 use vmm_coordinator::pki::AgentAuth;
 use vmm_coordinator::quotas::QuotaLimits;
 use vmm_coordinator::ratelimit::{RateLimitSettings, RateLimits};
-use vmm_coordinator::state::{AppState, Settings};
+use vmm_coordinator::state::{AppState, Settings, Shared};
 
 /// The settings a test may choose.
 pub struct TestSettings {
@@ -23,6 +23,7 @@ pub struct TestSettings {
     pub operation_timeout: Duration,
     pub host_dead_after: Duration,
     pub image_max_bytes: u64,
+    pub console: ConsoleSettings,
 }
 
 impl TestSettings {
@@ -33,6 +34,7 @@ impl TestSettings {
             operation_timeout: Duration::from_secs(30),
             host_dead_after: Duration::from_secs(60),
             image_max_bytes: 1 << 30,
+            console: ConsoleSettings::default(),
         }
     }
 }
@@ -69,7 +71,8 @@ pub async fn app_state_with_auth(
         .unwrap();
     let one = NonZeroU32::new(1).unwrap();
     let files = ImageFiles::open(&dir.join("images")).unwrap();
-    AppState {
+    AppState::new(Shared {
+        reads: vmm_coordinator::db::Reads::of(&db).unwrap(),
         db,
         registry: Arc::new(AgentRegistry::default()),
         images: Arc::new(Images::new(files, settings.image_max_bytes).unwrap()),
@@ -107,7 +110,7 @@ pub async fn app_state_with_auth(
             request_timeout: settings.operation_timeout + Duration::from_secs(30),
             api_metrics: true,
         }),
-        consoles: Arc::new(Consoles::new(ConsoleSettings::default())),
+        consoles: Arc::new(Consoles::new(settings.console)),
         users: Arc::default(),
-    }
+    })
 }

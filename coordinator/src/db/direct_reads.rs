@@ -1,0 +1,288 @@
+//! Reads of a SQLite database on the calling thread, for the reads that answer the most
+//! requests ([`Reads`]: `GET /api/vms`).
+//!
+//! sqlx runs each SQLite connection on a thread of its own: every query is handed to that
+//! thread and its rows handed back, a wake-up on each side, and each row is copied value by
+//! value into the `Any` driver's row. For a user's list of ten VMs that costs more than the
+//! query itself (BENCHMARKS.md, "Where the time of GET /api/vms goes"). [`DirectReads`]
+//! keeps a few connections of its own to the same file (rusqlite, `query_only`); a read takes
+//! one, runs its statement where it is called and puts the connection back.
+//!
+//! Only short reads belong here: a statement that walks an index for at most a page of rows
+//! ([`crate::http::page::MAX_LIMIT`]) or for one user's VMs. It holds the async runtime's
+//! thread for as long as it takes (tens of microseconds for ten rows, about a millisecond
+//! for a thousand); the database is in write-ahead-log mode, whose readers never wait for its
+//! writer. Everything else reads through the pool.
+//!
+//! Rows are decoded by [`FromColumns`], once for both paths: a type's `sqlx::FromRow` is its
+//! `from_columns` over sqlx's row ([`from_any_row`]).
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use sqlx::Row as _;
+use sqlx::any::AnyRow;
+use sqlx::error::BoxDynError;
+
+use super::{Backend, Db, SqlBuilder, SqlValue};
+
+/// Idle connections kept for the next reads; a burst beyond them opens more and closes them
+/// afterwards.
+const IDLE_KEPT: usize = 4;
+
+/// Connections of one SQLite file that read on the caller's thread.
+pub struct DirectReads {
+    path: PathBuf,
+    idle: Mutex<Vec<rusqlite::Connection>>,
+}
+
+impl DirectReads {
+    /// Opens the database file at `path` (which must exist) for reading.
+    pub fn open(path: &Path) -> rusqlite::Result<Self> {
+        let reads = Self {
+            path: path.to_owned(),
+            idle: Mutex::default(),
+        };
+        let first = reads.connect()?;
+        reads.put_back(first);
+        Ok(reads)
+    }
+
+    fn connect(&self) -> rusqlite::Result<rusqlite::Connection> {
+        use rusqlite::OpenFlags;
+        // Read-write without create, then `query_only`: a read-only connection could not
+        // set up the write-ahead log's shared memory if it were the first to open the file.
+        let conn = rusqlite::Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.execute_batch("PRAGMA query_only = ON; PRAGMA cache_size = -8192;")?;
+        Ok(conn)
+    }
+
+    fn put_back(&self, conn: rusqlite::Connection) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < IDLE_KEPT {
+            idle.push(conn);
+        }
+    }
+
+    /// Runs `sql` with `values` bound to `$1`, `$2`, … and decodes every row.
+    pub fn fetch_all<T: FromColumns>(
+        &self,
+        sql: &str,
+        values: &[SqlValue],
+    ) -> Result<Vec<T>, sqlx::Error> {
+        let taken = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let conn = match taken {
+            Some(conn) => conn,
+            None => self.connect().map_err(driver_error)?,
+        };
+        let rows = fetch_all_on(&conn, sql, values);
+        self.put_back(conn);
+        rows
+    }
+}
+
+fn fetch_all_on<T: FromColumns>(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    values: &[SqlValue],
+) -> Result<Vec<T>, sqlx::Error> {
+    let mut statement = conn.prepare_cached(sql).map_err(driver_error)?;
+    for (index, value) in values.iter().enumerate() {
+        let name = format!("${}", index + 1);
+        let position = statement
+            .parameter_index(&name)
+            .map_err(driver_error)?
+            .ok_or_else(|| driver_error(format!("the statement has no parameter {name}")))?;
+        statement
+            .raw_bind_parameter(position, value)
+            .map_err(driver_error)?;
+    }
+    let mut rows = statement.raw_query();
+    let mut items = Vec::new();
+    while let Some(row) = rows.next().map_err(driver_error)? {
+        items.push(T::from_columns(row).map_err(sqlx::Error::Decode)?);
+    }
+    Ok(items)
+}
+
+fn driver_error(err: impl Into<BoxDynError>) -> sqlx::Error {
+    sqlx::Error::AnyDriverError(err.into())
+}
+
+impl rusqlite::ToSql for SqlValue {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(match self {
+            SqlValue::Int(value) => (*value).into(),
+            SqlValue::Text(value) => value.as_str().into(),
+        })
+    }
+}
+
+/// Where the most frequent reads go: [`DirectReads`] when the database is a SQLite file,
+/// the pool otherwise (PostgreSQL, or a statement with a value only sqlx can bind).
+#[derive(Clone)]
+pub struct Reads {
+    pool: Db,
+    direct: Option<Arc<DirectReads>>,
+}
+
+impl Reads {
+    /// The reads of `pool`: direct when it is a SQLite file.
+    pub fn of(pool: &Db) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let direct = match sqlite_file(pool) {
+            Some(path) => {
+                Some(Arc::new(DirectReads::open(&path).with_context(|| {
+                    format!("cannot open {} for reading", path.display())
+                })?))
+            }
+            None => None,
+        };
+        Ok(Self {
+            pool: pool.clone(),
+            direct,
+        })
+    }
+
+    /// Reads through the pool only.
+    pub fn pooled(pool: &Db) -> Self {
+        Self {
+            pool: pool.clone(),
+            direct: None,
+        }
+    }
+
+    /// Whether reads run on the calling thread.
+    pub fn is_direct(&self) -> bool {
+        self.direct.is_some()
+    }
+
+    /// Every row of `query`.
+    pub async fn fetch_all<T>(&self, query: SqlBuilder) -> Result<Vec<T>, sqlx::Error>
+    where
+        T: FromColumns + for<'r> sqlx::FromRow<'r, AnyRow> + Send + Unpin,
+    {
+        if let (Some(direct), Some(values)) = (&self.direct, query.values()) {
+            return direct.fetch_all(query.sql(), values);
+        }
+        query.build_query_as()?.fetch_all(&self.pool).await
+    }
+}
+
+/// The file of a SQLite pool; `None` for PostgreSQL or a database in memory.
+fn sqlite_file(pool: &Db) -> Option<PathBuf> {
+    if Backend::of(pool) != Backend::Sqlite {
+        return None;
+    }
+    let url = pool.connect_options().database_url.clone();
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url.as_str()).ok()?;
+    let path = options.get_filename();
+    let in_memory = url.as_str().contains("mode=memory") || path.as_os_str() == ":memory:";
+    (!in_memory && path.is_file()).then(|| path.to_owned())
+}
+
+/// A value decoded from a row's columns by name, the same way from sqlx's row and from a
+/// [`DirectReads`] row.
+pub trait FromColumns: Sized {
+    fn from_columns(row: &impl Columns) -> Result<Self, BoxDynError>;
+}
+
+/// A row's columns, read by name.
+pub trait Columns {
+    fn text_opt(&self, column: &str) -> Result<Option<String>, BoxDynError>;
+    fn int_opt(&self, column: &str) -> Result<Option<i64>, BoxDynError>;
+
+    fn text(&self, column: &str) -> Result<String, BoxDynError> {
+        self.text_opt(column)?
+            .ok_or_else(|| format!("column {column} is NULL").into())
+    }
+
+    fn int(&self, column: &str) -> Result<i64, BoxDynError> {
+        self.int_opt(column)?
+            .ok_or_else(|| format!("column {column} is NULL").into())
+    }
+
+    /// A text column read through `T`'s `FromStr`.
+    fn parsed<T>(&self, column: &str) -> Result<T, BoxDynError>
+    where
+        T: FromStr,
+        T::Err: Into<BoxDynError>,
+    {
+        self.text(column)?.parse().map_err(Into::into)
+    }
+
+    /// A text column that may be NULL, read through `T`'s `FromStr`.
+    fn parsed_opt<T>(&self, column: &str) -> Result<Option<T>, BoxDynError>
+    where
+        T: FromStr,
+        T::Err: Into<BoxDynError>,
+    {
+        self.text_opt(column)?
+            .map(|text| text.parse().map_err(Into::into))
+            .transpose()
+    }
+
+    /// An integer column that must fit `T`.
+    fn int_as<T>(&self, column: &str) -> Result<T, BoxDynError>
+    where
+        T: TryFrom<i64>,
+        T::Error: Into<BoxDynError>,
+    {
+        T::try_from(self.int(column)?).map_err(Into::into)
+    }
+}
+
+impl Columns for AnyRow {
+    fn text_opt(&self, column: &str) -> Result<Option<String>, BoxDynError> {
+        Ok(self.try_get(column)?)
+    }
+
+    fn int_opt(&self, column: &str) -> Result<Option<i64>, BoxDynError> {
+        Ok(self.try_get(column)?)
+    }
+}
+
+impl Columns for rusqlite::Row<'_> {
+    fn text_opt(&self, column: &str) -> Result<Option<String>, BoxDynError> {
+        Ok(self.get(column)?)
+    }
+
+    fn int_opt(&self, column: &str) -> Result<Option<i64>, BoxDynError> {
+        Ok(self.get(column)?)
+    }
+}
+
+/// `T::from_columns` over sqlx's row: the body of `T`'s `sqlx::FromRow`.
+pub fn from_any_row<T: FromColumns>(row: &AnyRow) -> Result<T, sqlx::Error> {
+    T::from_columns(row).map_err(sqlx::Error::Decode)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_bundled_sqlite_keeps_no_memory_statistics() {
+        // `.cargo/config.toml` builds it so: the statistics take a process-wide mutex on
+        // every allocation, which every reading thread contended for.
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        let mut statement = conn.prepare("PRAGMA compile_options").unwrap();
+        let options: Vec<String> = statement
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            options.iter().any(|option| option == "DEFAULT_MEMSTATUS=0"),
+            "{options:?}"
+        );
+    }
+}

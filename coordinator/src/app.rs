@@ -10,14 +10,10 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::Request;
 use axum::routing::{delete, get, post, put};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tower_http::request_id::{
-    MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
-use tower_http::trace::TraceLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use vmm_proto::agent_control_server::AgentControlServer;
 use vmm_proto::host_identity_server::HostIdentityServer;
 
@@ -157,45 +153,8 @@ pub fn router(state: AppState) -> Router {
             ratelimit::limit_requests,
         ))
         .layer(axum::middleware::from_fn(telemetry::track_http))
-        .layer(
-            // One line per request, carrying its request ID and, for a state-changing
-            // request, its operation ID.
-            TraceLayer::new_for_http()
-                .make_span_with(|request: &Request<_>| {
-                    let request_id = request
-                        .extensions()
-                        .get::<RequestId>()
-                        .and_then(|id| id.header_value().to_str().ok())
-                        .unwrap_or("-");
-                    tracing::info_span!(
-                        "request",
-                        method = %request.method(),
-                        path = %request.uri().path(),
-                        request_id,
-                        operation_id = tracing::field::Empty,
-                    )
-                })
-                .on_request(())
-                .on_response(
-                    |response: &axum::http::Response<_>,
-                     latency: Duration,
-                     span: &tracing::Span| {
-                        if let Some(operation) = response
-                            .headers()
-                            .get(operations::OPERATION_ID_HEADER)
-                            .and_then(|value| value.to_str().ok())
-                        {
-                            span.record("operation_id", operation);
-                        }
-                        tracing::info!(
-                            status = response.status().as_u16(),
-                            latency_ms = latency.as_millis() as u64,
-                            "request finished"
-                        );
-                    },
-                )
-                .on_failure(()),
-        )
+        // One line per request (see `http::access_log`), inside the request ID's layers.
+        .layer(axum::middleware::from_fn(http::access_log::log_request))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)

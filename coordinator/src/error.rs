@@ -236,6 +236,7 @@ impl From<crate::vms::store::Error> for ApiError {
             Error::NameTaken(_) => ApiError::Conflict(err.to_string()),
             Error::QuotaExceeded(exceeded) => exceeded.into(),
             Error::NoHostConnected | Error::NoRoom(_) => ApiError::NoCapacity(err.to_string()),
+            Error::LargerThanEveryHost { .. } => ApiError::Unprocessable(err.to_string()),
             Error::ImageUnavailable(_) => ApiError::Conflict(err.to_string()),
             Error::Operation(err) => err.into(),
             Error::Database(err) => err.into(),

@@ -330,8 +330,9 @@ async fn refresh_vm_gauges(db: &Db) -> Result<(), sqlx::Error> {
     let query = format!(
         "SELECT {} AS read_status, COUNT(*), COALESCE(SUM(v.cpu), 0),
                 COALESCE(SUM(v.memory_mib), 0)
-         FROM vms v LEFT JOIN hosts h ON h.id = v.host_id GROUP BY read_status",
-        crate::lifecycle::sql::read_status_sql()
+         FROM {} GROUP BY read_status",
+        crate::lifecycle::sql::read_status_sql(),
+        crate::vms::store::VMS_WITH_HOSTS
     );
     let rows: Vec<(VmStatus, i64, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(query))
         .fetch_all(db)

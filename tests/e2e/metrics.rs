@@ -699,15 +699,35 @@ async fn zero_counters(cluster: &TestCluster) -> Result<()> {
         )?;
     }
 
-    // No host has 1 TiB of memory: 503, counted as a capacity refusal.
+    // No host has 1 TiB of memory: no wait can make room, so 422 saying what fits, which
+    // is not a capacity refusal.
     let alice = cluster.user("alice").await?;
-    alice
+    let message = alice
         .try_create_vm(&json!({"name": "huge", "cpu": 1, "memory": 1_048_576, "disk_gb": 1}))
+        .await?
+        .expect_error(422)?;
+    ensure!(
+        message.contains("largest hosts have") && message.contains("choose a smaller size"),
+        "{message}"
+    );
+    let (_, metrics) = coordinator_metrics(cluster).await?;
+    ensure_value(&metrics, "http_capacity_refusals_total", &[], 0.0)?;
+    // Every host drained: no room now, 503, counted as a capacity refusal.
+    let admin = cluster.admin().await?;
+    for host in admin.hosts().await? {
+        admin
+            .post(&format!("/api/hosts/{}/drain", host.id), &json!({}))
+            .await?
+            .expect_status(200)?;
+    }
+    alice
+        .try_create_vm(&json!({"name": "small", "cpu": 1, "memory": 64, "disk_gb": 1}))
         .await?
         .expect_error(503)?;
     let (_, metrics) = coordinator_metrics(cluster).await?;
     ensure_value(&metrics, "http_capacity_refusals_total", &[], 1.0)?;
-    ensure_value(&metrics, "user_login_total", &[], 1.0)?;
+    // Alice's login and the admin's.
+    ensure_value(&metrics, "user_login_total", &[], 2.0)?;
     ensure!(
         metrics.sum("http_requests_total", &[("status", "503")]) >= 1.0,
         "the refusal is a 503 in http_requests_total too"

@@ -17,6 +17,7 @@
 //! Rows are decoded by [`FromColumns`], once for both paths: a type's `sqlx::FromRow` is its
 //! `from_columns` over sqlx's row ([`from_any_row`]).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -107,12 +108,40 @@ fn fetch_all_on<T: FromColumns>(
             .raw_bind_parameter(position, value)
             .map_err(driver_error)?;
     }
+    // Each column's index by name, once per statement (rusqlite's own lookup by name
+    // compares every column's name, ignoring case, for each value).
+    let indexes: HashMap<String, usize> = statement
+        .column_names()
+        .into_iter()
+        .enumerate()
+        .map(|(index, name)| (name.to_owned(), index))
+        .collect();
     let mut rows = statement.raw_query();
     let mut items = Vec::new();
     while let Some(row) = rows.next().map_err(driver_error)? {
-        items.push(T::from_columns(row).map_err(sqlx::Error::Decode)?);
+        let row = DirectRow {
+            row,
+            indexes: &indexes,
+        };
+        items.push(T::from_columns(&row).map_err(sqlx::Error::Decode)?);
     }
     Ok(items)
+}
+
+/// A row of a [`DirectReads`] statement, its columns found by name.
+struct DirectRow<'a> {
+    row: &'a rusqlite::Row<'a>,
+    indexes: &'a HashMap<String, usize>,
+}
+
+impl DirectRow<'_> {
+    fn get<T: rusqlite::types::FromSql>(&self, column: &str) -> Result<T, BoxDynError> {
+        let index = self
+            .indexes
+            .get(column)
+            .ok_or_else(|| format!("the statement has no column {column}"))?;
+        Ok(self.row.get(*index)?)
+    }
 }
 
 fn driver_error(err: impl Into<BoxDynError>) -> sqlx::Error {
@@ -252,13 +281,13 @@ impl Columns for AnyRow {
     }
 }
 
-impl Columns for rusqlite::Row<'_> {
+impl Columns for DirectRow<'_> {
     fn text_opt(&self, column: &str) -> Result<Option<String>, BoxDynError> {
-        Ok(self.get(column)?)
+        self.get(column)
     }
 
     fn int_opt(&self, column: &str) -> Result<Option<i64>, BoxDynError> {
-        Ok(self.get(column)?)
+        self.get(column)
     }
 }
 

@@ -37,9 +37,14 @@ pub struct HostLoad {
     pub caches_image: bool,
 }
 
+/// The vCPUs a host of `cpus` CPUs may allocate.
+pub fn cpu_capacity(cpus: u64, cpu_allocation_ratio: f64) -> u64 {
+    (cpus as f64 * cpu_allocation_ratio).floor() as u64
+}
+
 impl HostLoad {
     pub fn fits(&self, size: &VmSize, cpu_allocation_ratio: f64) -> bool {
-        let cpu_capacity = (self.cpus as f64 * cpu_allocation_ratio).floor() as u64;
+        let cpu_capacity = cpu_capacity(self.cpus, cpu_allocation_ratio);
         self.allocated_cpu + u64::from(size.cpu) <= cpu_capacity
             && self.allocated_memory_mib + size.memory_mib <= self.memory_mib
             && self.allocated_disk_gb + size.disk_gb <= self.disk_gb
@@ -78,6 +83,48 @@ pub fn choose_host<'a>(
             )
         }),
     }
+}
+
+/// A host's size, whatever runs on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct HostSize {
+    #[sqlx(try_from = "i64")]
+    pub cpus: u64,
+    #[sqlx(try_from = "i64")]
+    pub memory_mib: u64,
+    #[sqlx(try_from = "i64")]
+    pub disk_gb: u64,
+}
+
+impl HostSize {
+    /// Whether a VM of `size` fits the host with nothing else on it.
+    pub fn could_hold(&self, size: &VmSize, cpu_allocation_ratio: f64) -> bool {
+        u64::from(size.cpu) <= cpu_capacity(self.cpus, cpu_allocation_ratio)
+            && size.memory_mib <= self.memory_mib
+            && size.disk_gb <= self.disk_gb
+    }
+}
+
+/// The largest of `hosts` in each dimension apart, when no host could ever hold a VM of
+/// `size` (a create that no wait for room can make succeed); `None` when one could, or when
+/// there is no host at all.
+pub fn larger_than_every_host(
+    hosts: &[HostSize],
+    size: &VmSize,
+    cpu_allocation_ratio: f64,
+) -> Option<HostSize> {
+    if hosts.is_empty()
+        || hosts
+            .iter()
+            .any(|host| host.could_hold(size, cpu_allocation_ratio))
+    {
+        return None;
+    }
+    Some(HostSize {
+        cpus: hosts.iter().map(|host| host.cpus).max().unwrap_or(0),
+        memory_mib: hosts.iter().map(|host| host.memory_mib).max().unwrap_or(0),
+        disk_gb: hosts.iter().map(|host| host.disk_gb).max().unwrap_or(0),
+    })
 }
 
 #[cfg(test)]
@@ -199,5 +246,44 @@ mod tests {
                 .as_str(),
             "d"
         );
+    }
+
+    #[test]
+    fn a_vm_no_host_could_hold_even_empty_is_told_the_largest_of_each() {
+        let hosts = [
+            HostSize {
+                cpus: 8,
+                memory_mib: 32_768,
+                disk_gb: 100,
+            },
+            HostSize {
+                cpus: 32,
+                memory_mib: 8_192,
+                disk_gb: 2_000,
+            },
+        ];
+        let size = |cpu, memory_mib, disk_gb| VmSize {
+            cpu,
+            memory_mib,
+            disk_gb,
+        };
+        // Each fits one host empty (at 4 vCPUs per CPU): room may come, no verdict.
+        for fits in [size(32, 32_768, 100), size(128, 8_192, 2_000)] {
+            assert_eq!(larger_than_every_host(&hosts, &fits, 4.0), None, "{fits:?}");
+        }
+        // Within the largest of each dimension, but no single host has them all.
+        let largest = HostSize {
+            cpus: 32,
+            memory_mib: 32_768,
+            disk_gb: 2_000,
+        };
+        for never in [size(1, 32_769, 1), size(1, 16_384, 1_000), size(129, 1, 1)] {
+            assert_eq!(
+                larger_than_every_host(&hosts, &never, 4.0),
+                Some(largest),
+                "{never:?}"
+            );
+        }
+        assert_eq!(larger_than_every_host(&[], &size(1, 1, 1), 4.0), None);
     }
 }

@@ -4,7 +4,7 @@
 use sqlx::{AnyConnection, AnyExecutor};
 use vmm_shared::{HostId, ImageId, VmSize};
 
-use super::scheduler::HostLoad;
+use super::scheduler::{HostLoad, HostSize};
 use crate::config::Placement;
 use crate::db::{self, Db};
 use crate::http::page::{Cursor, Page, Paged, push_keyset};
@@ -224,6 +224,14 @@ pub async fn placement_candidates(
         .bind(db::to_i64(query.size.disk_gb))
         .bind(limit)
         .fetch_all(conn)
+        .await
+}
+
+/// The size of every recorded host, connected or not (an unreachable or drained host may
+/// come back): what a create no host has room for is measured against.
+pub async fn sizes<'e>(executor: impl AnyExecutor<'e>) -> Result<Vec<HostSize>, sqlx::Error> {
+    sqlx::query_as("SELECT cpus, memory_mib, disk_gb FROM hosts")
+        .fetch_all(executor)
         .await
 }
 

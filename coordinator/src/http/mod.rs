@@ -1,8 +1,10 @@
 //! HTTP plumbing shared by every route: the JSON body and path extractors that turn
 //! request problems into our error type, the fallbacks for unknown routes and methods, the
 //! server loop with its connection caps and timeouts ([`server`]), the whole-request
-//! deadline ([`timeout`]), and who a request came from behind proxies ([`forwarded`]).
+//! deadline ([`timeout`]), who a request came from behind proxies ([`forwarded`]), and the
+//! log line of each request ([`access_log`]).
 
+pub mod access_log;
 pub mod forwarded;
 mod json;
 pub mod page;

@@ -197,40 +197,38 @@ pub async fn reconcile_inventory_in(
     let mut settled = Vec::new();
     let mut written = 0;
     for stored in store::list_on_host_as_stored(&mut *conn, host).await? {
-        let vm = Vm {
-            status: lifecycle::status_as_read(stored.status, host_lost),
-            ..stored.clone()
-        };
-        if let Some(report) = reported.remove(&vm.id) {
-            let newer = report.generation > vm.generation;
-            if lifecycle::report_applies(ReportSource::Inventory, vm.status, newer)
-                && (newer || vm.status == stored.status || report_changes(&stored, report))
+        let read_status = lifecycle::status_as_read(stored.status, host_lost);
+        if let Some(report) = reported.remove(&stored.id) {
+            let newer = report.generation > stored.generation;
+            if lifecycle::report_applies(ReportSource::Inventory, read_status, newer)
+                && (newer || read_status == stored.status || report_changes(&stored, report))
             {
-                settled.push((vm.id, report));
+                settled.push((stored.id, report));
             }
             let present: Vec<SnapshotId> = report
                 .snapshots
                 .iter()
                 .filter_map(|s| s.snapshot_id.parse().ok())
                 .collect();
-            let recorded = snapshots.remove(&vm.id).unwrap_or_default();
-            snapshot_store::reconcile(&mut *conn, vm.id, recorded, &present).await?;
+            let recorded = snapshots.remove(&stored.id).unwrap_or_default();
+            snapshot_store::reconcile(&mut *conn, stored.id, recorded, &present).await?;
             continue;
         }
-        let acknowledged = operation_store::create_acknowledged(&mut *conn, vm.id).await?;
-        match lifecycle::vm_missing_from_inventory(vm.status, acknowledged) {
+        let acknowledged = operation_store::create_acknowledged(&mut *conn, stored.id).await?;
+        match lifecycle::vm_missing_from_inventory(read_status, acknowledged) {
             MissingFromInventory::Remove => {
-                tracing::warn!(host = %host, vm_id = %vm.id, "unacknowledged create left nothing on the host; record removed");
-                store::delete(&mut *conn, vm.id).await?;
+                tracing::warn!(host = %host, vm_id = %stored.id, "unacknowledged create left nothing on the host; record removed");
+                store::delete(&mut *conn, stored.id).await?;
                 written += 1;
             }
             MissingFromInventory::MarkError => {
                 let reason = format!("the VM's domain was not found on host {host}");
-                if vm.status != VmStatus::Error
-                    || vm.status_reason.as_deref() != Some(reason.as_str())
+                if read_status != VmStatus::Error
+                    || stored.status_reason.as_deref() != Some(reason.as_str())
                 {
-                    tracing::warn!(host = %host, vm_id = %vm.id, "recorded VM missing from its host's inventory");
-                    store::set_status(&mut *conn, vm.id, VmStatus::Error, Some(&reason)).await?;
+                    tracing::warn!(host = %host, vm_id = %stored.id, "recorded VM missing from its host's inventory");
+                    store::set_status(&mut *conn, stored.id, VmStatus::Error, Some(&reason))
+                        .await?;
                     written += 1;
                 }
             }

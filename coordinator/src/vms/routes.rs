@@ -54,7 +54,7 @@ pub(crate) fn repeat_patience(app: &AppState) -> std::time::Duration {
         (status = 201, description = "The VM was created and runs", body = vmm_shared::api::vms::VmView, headers(("Operation-Id" = String, description = "The operation's ID"))),
         (status = 400, description = "A quota limit would be exceeded", body = vmm_shared::api::ErrorBody),
         (status = 409, description = "The name is taken, or the image is not ready", body = vmm_shared::api::ErrorBody),
-        (status = 422, description = "A value breaks a rule", body = vmm_shared::api::ErrorBody),
+        (status = 422, description = "A value breaks a rule, or no host could hold the VM even when empty", body = vmm_shared::api::ErrorBody),
         (status = 503, description = "No connected host has room", body = vmm_shared::api::ErrorBody),
         (status = 504, description = "The host has not answered yet; the operation goes on", body = vmm_shared::api::ErrorBody),
     )

@@ -30,7 +30,10 @@ enum StatusRead {
     AsStored,
 }
 
-/// `SELECT` of [`Vm`]'s columns from `vms v` joined with its host `h`, before `WHERE`.
+/// Every VM `v` with its host `h`: what a VM's status as read needs ([`sql::read_status_sql`]).
+pub const VMS_WITH_HOSTS: &str = "vms v LEFT JOIN hosts h ON h.id = v.host_id";
+
+/// `SELECT` of [`Vm`]'s columns from [`VMS_WITH_HOSTS`], before `WHERE`.
 fn select_vms(read: StatusRead) -> &'static str {
     static AS_READ: LazyLock<String> =
         LazyLock::new(|| vm_select(&sql::read_status_sql(), &sql::read_reason_sql()));
@@ -46,7 +49,7 @@ fn vm_select(status: &str, status_reason: &str) -> String {
         "SELECT v.id, v.owner_id, v.name, v.host_id, v.cpu, v.memory_mib, v.disk_gb, \
          {status} AS status, {status_reason} AS status_reason, v.generation, v.created_at, \
          v.image_id, v.login_user, v.addresses, v.ssh_host, v.ssh_port \
-         FROM vms v LEFT JOIN hosts h ON h.id = v.host_id"
+         FROM {VMS_WITH_HOSTS}"
     )
 }
 
@@ -64,6 +67,21 @@ pub enum Error {
         .0.cpu, .0.memory_mib, .0.disk_gb
     )]
     NoRoom(VmSize),
+    /// No recorded host could hold the VM even with nothing else on it: waiting for room
+    /// cannot help, a smaller size can.
+    #[error(
+        "no host can hold {} vCPUs, {} MiB of memory and {} GB of disk even when it runs \
+         nothing else: the largest hosts have {} vCPUs to allocate, {} MiB of memory and {} GB \
+         of disk; choose a smaller size",
+        .size.cpu, .size.memory_mib, .size.disk_gb,
+        .largest_cpu, .largest.memory_mib, .largest.disk_gb
+    )]
+    LargerThanEveryHost {
+        size: VmSize,
+        largest: scheduler::HostSize,
+        /// The vCPUs the largest host may allocate (its CPUs × the allocation ratio).
+        largest_cpu: u64,
+    },
     /// The image was deleted, or is not ready, by the time the VM was to be recorded.
     #[error("{0}")]
     ImageUnavailable(String),
@@ -255,6 +273,16 @@ async fn place_and_record_in(
     let Some(host) =
         scheduler::choose_host(&candidates, &new.size, placement, cpu_allocation_ratio)
     else {
+        let sizes = host_store::sizes(&mut *tx).await?;
+        if let Some(largest) =
+            scheduler::larger_than_every_host(&sizes, &new.size, cpu_allocation_ratio)
+        {
+            return Err(Error::LargerThanEveryHost {
+                size: new.size,
+                largest,
+                largest_cpu: scheduler::cpu_capacity(largest.cpus, cpu_allocation_ratio),
+            });
+        }
         return Err(if host_store::any_placeable(&mut *tx).await? {
             Error::NoRoom(new.size)
         } else {
@@ -485,6 +513,46 @@ mod tests {
         }
         assert_eq!(admitted, 5);
         assert_eq!(t.count_vms().await, 5);
+    }
+
+    /// A VM larger than the only host, even empty, is refused as such (not "no room", which
+    /// invites a retry), naming what the host has, and nothing is recorded or charged.
+    #[tokio::test]
+    async fn a_vm_larger_than_every_host_is_refused_saying_what_fits() {
+        let t = TestDb::new().await;
+        let huge = NewVm {
+            id: VmId::new_random(),
+            owner_id: t.user,
+            name: "huge".into(),
+            size: VmSize {
+                cpu: 1,
+                memory_mib: 65_537,
+                disk_gb: 1,
+            },
+            image: None,
+            login_user: None,
+        };
+        let refused = place_and_record(
+            &t.db,
+            &huge,
+            OperationId::new_random(),
+            Placement::Spread,
+            4.0,
+            &UNLIMITED,
+            None,
+        )
+        .await;
+        let Err(err @ Error::LargerThanEveryHost { .. }) = refused else {
+            panic!("unexpected answer: {refused:?}");
+        };
+        let message = err.to_string();
+        assert!(
+            message.contains("256 vCPUs to allocate, 65536 MiB of memory and 10000 GB"),
+            "{message}"
+        );
+        assert_eq!(t.count_vms().await, 0);
+        let usage = quota_store::usage(&t.db, t.user).await.unwrap();
+        assert_eq!(usage.vms, 0, "{usage:?}");
     }
 
     /// Fifty concurrent creates by one user with a limit of ten VMs: exactly ten are

@@ -10,8 +10,8 @@
 //!
 //! Only short reads belong here: a statement that walks an index for at most a page of rows
 //! ([`crate::http::page::MAX_LIMIT`]) or for one user's VMs. It holds the async runtime's
-//! thread for as long as it takes (tens of microseconds for ten rows, about a millisecond
-//! for a thousand); the database is in write-ahead-log mode, whose readers never wait for its
+//! thread for as long as it takes (well under a millisecond for ten rows, a few for a
+//! thousand); the database is in write-ahead-log mode, whose readers never wait for its
 //! writer. Everything else reads through the pool.
 //!
 //! Rows are decoded by [`FromColumns`], once for both paths: a type's `sqlx::FromRow` is its

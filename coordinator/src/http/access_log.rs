@@ -50,7 +50,7 @@ pub async fn log_request(request: Request, next: Next) -> Response {
         .get(OPERATION_ID_HEADER)
         .and_then(|value| value.to_str().ok());
     if let Some(operation_id) = operation_id {
-        span.record("operation_id", operation_id);
+        span.record("operation_id", tracing::field::display(operation_id));
     }
     match (read, status < 400) {
         (true, true) => tracing::debug!(parent: &span, status, latency_ms, "request finished"),

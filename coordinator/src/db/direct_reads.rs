@@ -17,7 +17,7 @@
 //! Rows are decoded by [`FromColumns`], once for both paths: a type's `sqlx::FromRow` is its
 //! `from_columns` over sqlx's row ([`from_any_row`]).
 
-use std::collections::HashMap;
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -108,20 +108,20 @@ fn fetch_all_on<T: FromColumns>(
             .raw_bind_parameter(position, value)
             .map_err(driver_error)?;
     }
-    // Each column's index by name, once per statement (rusqlite's own lookup by name
-    // compares every column's name, ignoring case, for each value).
-    let indexes: HashMap<String, usize> = statement
+    // The column names, once per statement: rusqlite's own lookup by name compares every
+    // column's name, ignoring case, for each value.
+    let names: Vec<String> = statement
         .column_names()
         .into_iter()
-        .enumerate()
-        .map(|(index, name)| (name.to_owned(), index))
+        .map(str::to_owned)
         .collect();
     let mut rows = statement.raw_query();
     let mut items = Vec::new();
     while let Some(row) = rows.next().map_err(driver_error)? {
         let row = DirectRow {
             row,
-            indexes: &indexes,
+            names: &names,
+            next: Cell::new(0),
         };
         items.push(T::from_columns(&row).map_err(sqlx::Error::Decode)?);
     }
@@ -131,16 +131,29 @@ fn fetch_all_on<T: FromColumns>(
 /// A row of a [`DirectReads`] statement, its columns found by name.
 struct DirectRow<'a> {
     row: &'a rusqlite::Row<'a>,
-    indexes: &'a HashMap<String, usize>,
+    names: &'a [String],
+    /// Where the next column asked for most likely is: decoders read the columns in the
+    /// order their statement selects them, so a lookup usually compares one name.
+    next: Cell<usize>,
 }
 
 impl DirectRow<'_> {
+    fn index_of(&self, column: &str) -> Option<usize> {
+        let hint = self.next.get();
+        let index = if self.names.get(hint).is_some_and(|name| name == column) {
+            hint
+        } else {
+            self.names.iter().position(|name| name == column)?
+        };
+        self.next.set(index + 1);
+        Some(index)
+    }
+
     fn get<T: rusqlite::types::FromSql>(&self, column: &str) -> Result<T, BoxDynError> {
         let index = self
-            .indexes
-            .get(column)
+            .index_of(column)
             .ok_or_else(|| format!("the statement has no column {column}"))?;
-        Ok(self.row.get(*index)?)
+        Ok(self.row.get(index)?)
     }
 }
 
@@ -298,6 +311,66 @@ pub fn from_any_row<T: FromColumns>(row: &AnyRow) -> Result<T, sqlx::Error> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// Asks for its columns out of the statement's order, and one twice.
+    #[derive(Debug, PartialEq)]
+    struct OutOfOrder {
+        c: Option<String>,
+        a: String,
+        b: i64,
+        a_again: String,
+    }
+
+    impl FromColumns for OutOfOrder {
+        fn from_columns(row: &impl Columns) -> Result<Self, BoxDynError> {
+            Ok(OutOfOrder {
+                c: row.text_opt("c")?,
+                a: row.text("a")?,
+                b: row.int("b")?,
+                a_again: row.text("a")?,
+            })
+        }
+    }
+
+    /// Asks for a column the statement does not have.
+    #[derive(Debug)]
+    struct Missing;
+
+    impl FromColumns for Missing {
+        fn from_columns(row: &impl Columns) -> Result<Self, BoxDynError> {
+            row.int("b")?;
+            row.int("d")?;
+            Ok(Missing)
+        }
+    }
+
+    #[test]
+    fn columns_are_found_by_name_in_any_order() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        let sql = "SELECT 'x' AS a, 2 AS b, NULL AS c UNION ALL SELECT 'y', $1, 'z'";
+        let rows: Vec<OutOfOrder> = fetch_all_on(&conn, sql, &[SqlValue::Int(3)]).unwrap();
+        assert_eq!(
+            rows,
+            [
+                OutOfOrder {
+                    c: None,
+                    a: "x".into(),
+                    b: 2,
+                    a_again: "x".into()
+                },
+                OutOfOrder {
+                    c: Some("z".into()),
+                    a: "y".into(),
+                    b: 3,
+                    a_again: "y".into()
+                },
+            ]
+        );
+        let err = fetch_all_on::<Missing>(&conn, sql, &[SqlValue::Int(3)]).unwrap_err();
+        assert!(err.to_string().contains("no column d"), "{err}");
+    }
+
     #[test]
     fn the_bundled_sqlite_keeps_no_memory_statistics() {
         // `.cargo/config.toml` builds it so: the statistics take a process-wide mutex on

@@ -759,6 +759,92 @@ mod tests {
         assert!(violations.is_empty(), "no foreign key is left dangling");
     }
 
+    /// Migration 0014 on a fleet recorded before it: a host that never had a VM (no totals
+    /// row) gets one, every host's free memory is its memory less its VMs', and the ledger
+    /// then holds; a create and a delete keep it holding.
+    #[tokio::test]
+    async fn every_host_gets_its_free_memory_for_the_placement_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, pool) = migrated_before(dir.path(), "0014").await;
+        let user = "00000000-0000-4000-8000-000000000001";
+        sqlx::query(
+            "INSERT INTO users (id, username, username_key, password_hash, role, created_at)
+             VALUES (?, 'u', 'u', 'hash', 'user', '2025-01-01T00:00:00.000Z')",
+        )
+        .bind(user)
+        .execute(&pool)
+        .await
+        .unwrap();
+        for host in ["busy", "idle"] {
+            sqlx::query(
+                "INSERT INTO hosts (id, status, cpus, memory_mib, disk_gb, libvirt_version,
+                                    hypervisor, kvm_usable, agent_version, last_seen_at)
+                 VALUES (?, 'connected', 4, 4096, 100, '11', 'Test', 0, 't', '2025-01-01T00:00:00.000Z')",
+            )
+            .bind(host)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        sqlx::query(
+            "INSERT INTO vms (id, owner_id, name, host_id, cpu, memory_mib, disk_gb, status,
+                              created_at)
+             VALUES ('00000000-0000-4000-8000-00000000000a', ?, 'a', 'busy', 1, 1000, 1,
+                     'running', '2025-01-01T00:00:00.000Z')",
+        )
+        .bind(user)
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO host_allocations (host_id, vms, cpu, memory_mib, disk_gb)
+             VALUES ('busy', 1, 1, 1000, 1)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO user_usage (user_id, vms, cpu, memory_mib, disk_gb) VALUES (?, 1, 1, 1000, 1)",
+        )
+        .bind(user)
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+
+        let db = connect(&url).await.unwrap();
+        let free: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT host_id, free_memory_mib FROM host_allocations ORDER BY host_id",
+        )
+        .fetch_all(&db)
+        .await
+        .unwrap();
+        assert_eq!(free, [("busy".to_owned(), 3096), ("idle".to_owned(), 4096)]);
+        let mut conn = db.acquire().await.unwrap();
+        assert_eq!(
+            crate::ledger::discrepancies(&mut conn).await.unwrap(),
+            Vec::<(String, String)>::new()
+        );
+        let deleted = crate::ledger::delete_vm(
+            &mut conn,
+            "00000000-0000-4000-8000-00000000000a".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+        assert!(deleted);
+        let busy: i64 = sqlx::query_scalar(
+            "SELECT free_memory_mib FROM host_allocations WHERE host_id = 'busy'",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        assert_eq!(busy, 4096, "the delete gave the memory back");
+        assert_eq!(
+            crate::ledger::discrepancies(&mut conn).await.unwrap(),
+            Vec::<(String, String)>::new()
+        );
+    }
+
     /// Writes below `wal_autocheckpoint` stay in the write-ahead log until [`checkpoints`]
     /// copies them into the database file, with no commit doing it.
     #[tokio::test]

@@ -8,8 +8,12 @@
 //! that actually removes it, in the same transaction, so charging or releasing the same
 //! resource twice changes nothing and the totals cannot drift from the rows.
 //!
+//! A host's row also keeps its free memory (the host's memory less its VMs'), the key the
+//! placement read walks its index by (migration 0014): changed here with the memory
+//! total, and by `hosts::store::register_session` when the host's own memory changes.
+//!
 //! Every insert and delete of a VM or snapshot row goes through this module; nothing else
-//! writes these tables. Callers pass a connection inside a write transaction.
+//! writes these totals. Callers pass a connection inside a write transaction.
 
 use sqlx::AnyConnection;
 use vmm_shared::{HostId, SnapshotId, UserId, VmId};
@@ -38,11 +42,12 @@ async fn add_vm(
         sign * db::to_i64(charge.disk_gb),
     );
     sqlx::query(
-        "INSERT INTO host_allocations (host_id, vms, cpu, memory_mib, disk_gb)
-         VALUES ($1, $2, $3, $4, $5)
+        "INSERT INTO host_allocations (host_id, vms, cpu, memory_mib, disk_gb, free_memory_mib)
+         VALUES ($1, $2, $3, $4, $5, (SELECT h.memory_mib FROM hosts h WHERE h.id = $1) - $4)
          ON CONFLICT (host_id) DO UPDATE SET
             vms = host_allocations.vms + $2, cpu = host_allocations.cpu + $3,
-            memory_mib = host_allocations.memory_mib + $4, disk_gb = host_allocations.disk_gb + $5",
+            memory_mib = host_allocations.memory_mib + $4, disk_gb = host_allocations.disk_gb + $5,
+            free_memory_mib = host_allocations.free_memory_mib - $4",
     )
     .bind(charge.host)
     .bind(sign)
@@ -161,12 +166,15 @@ pub async fn delete_snapshot(
     Ok(true)
 }
 
-/// Totals that differ from the sums of the rows they keep: `(table, key)` of each. Empty
+/// Totals that differ from the sums of the rows they keep, and hosts without a totals row
+/// or whose free memory is not their memory less their VMs': `(table, key)` of each. Empty
 /// when the ledger holds. For tests and for an operator's check; it reads every row.
 pub async fn discrepancies(conn: &mut AnyConnection) -> Result<Vec<(String, String)>, sqlx::Error> {
     let hosts: Vec<String> = sqlx::query_scalar(
         "SELECT h.id FROM hosts h LEFT JOIN host_allocations a ON a.host_id = h.id
-         WHERE COALESCE(a.vms, 0) <> (SELECT COUNT(*) FROM vms v WHERE v.host_id = h.id)
+         WHERE a.host_id IS NULL
+            OR a.free_memory_mib <> h.memory_mib - a.memory_mib
+            OR COALESCE(a.vms, 0) <> (SELECT COUNT(*) FROM vms v WHERE v.host_id = h.id)
             OR COALESCE(a.cpu, 0) <> (SELECT COALESCE(SUM(v.cpu), 0) FROM vms v WHERE v.host_id = h.id)
             OR COALESCE(a.memory_mib, 0)
                <> (SELECT COALESCE(SUM(v.memory_mib), 0) FROM vms v WHERE v.host_id = h.id)

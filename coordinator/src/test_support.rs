@@ -38,7 +38,7 @@ impl TestDb {
         let db = db::connect(url).await.unwrap();
         let host: HostId = "host-1".parse().unwrap();
         host_store::register_session(
-            &db,
+            &mut db.acquire().await.unwrap(),
             &HostRegistration {
                 id: host.clone(),
                 cpus: 64,

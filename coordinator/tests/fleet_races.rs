@@ -201,7 +201,7 @@ async fn a_late_clean_up_of_a_replaced_session_changes_nothing() {
     );
 
     // The agent's new registration gets the lock first (its write is the blocker's).
-    let second = host_store::register_session(&mut *blocker, &registration(host))
+    let second = host_store::register_session(&mut blocker, &registration(host))
         .await
         .unwrap();
     assert!(second > first.epoch);
@@ -227,9 +227,10 @@ async fn a_replaced_session_can_neither_beat_nor_take_over() {
     let app = state(dir.path()).await;
     let host = "replaced-host";
     let host_id: HostId = host.parse().unwrap();
-    let old = host_store::register_session(&app.db, &registration(host))
-        .await
-        .unwrap();
+    let old =
+        host_store::register_session(&mut app.db.acquire().await.unwrap(), &registration(host))
+            .await
+            .unwrap();
     let new = open_session(
         &app,
         &registration(host),

@@ -57,7 +57,7 @@ async fn pages_filters_and_bad_parameters() {
     .await;
     for host in ["host-a", "host-b"] {
         host_store::register_session(
-            &state.db,
+            &mut state.db.acquire().await.unwrap(),
             &HostRegistration {
                 id: host.parse().unwrap(),
                 cpus: 1024,

@@ -30,9 +30,11 @@ pub struct HostRegistration {
 pub type SessionEpoch = u64;
 
 /// Records the host as connected under a new session and returns the session's epoch,
-/// which is higher than that of every earlier session of the host.
-pub async fn register_session<'e>(
-    executor: impl AnyExecutor<'e>,
+/// which is higher than that of every earlier session of the host. The host's totals row
+/// (`ledger`) is made at its first registration, and its free memory follows the memory the
+/// host reports now. Run it inside a write transaction: it writes two rows.
+pub async fn register_session(
+    conn: &mut AnyConnection,
     host: &HostRegistration,
 ) -> Result<SessionEpoch, sqlx::Error> {
     let epoch: i64 = sqlx::query_scalar(
@@ -60,7 +62,15 @@ pub async fn register_session<'e>(
     .bind(&host.agent_version)
     .bind(db::now())
     .bind(crate::cluster::this_coordinator())
-    .fetch_one(executor)
+    .fetch_one(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO host_allocations (host_id, free_memory_mib) VALUES ($1, $2)
+         ON CONFLICT (host_id) DO UPDATE SET free_memory_mib = $2 - host_allocations.memory_mib",
+    )
+    .bind(&host.id)
+    .bind(db::to_i64(host.memory_mib))
+    .execute(&mut *conn)
     .await?;
     Ok(u64::try_from(epoch).unwrap_or(0))
 }
@@ -167,64 +177,113 @@ pub struct PlacementQuery<'a> {
     pub image: Option<ImageId>,
 }
 
-/// The load of every connected, undrained host, and whether it caches the image bound as `$1`
+/// The load of every host with a totals row, and whether it caches the image bound as `$1`
 /// (`HostLoad` rows; a statement appends its own conditions and order).
-macro_rules! placeable_host_loads {
+macro_rules! host_loads {
     () => {
         "SELECT h.id, h.cpus, h.memory_mib, h.disk_gb,
-                COALESCE(a.cpu, 0) AS allocated_cpu,
-                COALESCE(a.memory_mib, 0) AS allocated_memory_mib,
-                COALESCE(a.disk_gb, 0) AS allocated_disk_gb,
-                COALESCE(a.vms, 0) AS vm_count,
+                a.cpu AS allocated_cpu, a.memory_mib AS allocated_memory_mib,
+                a.disk_gb AS allocated_disk_gb, a.vms AS vm_count,
                 CASE WHEN EXISTS (SELECT 1 FROM host_images hi
                                   WHERE hi.host_id = h.id AND hi.image_id = $1)
                      THEN 1 ELSE 0 END AS caches_image
-         FROM hosts h LEFT JOIN host_allocations a ON a.host_id = h.id
+         FROM host_allocations a JOIN hosts h ON h.id = a.host_id
          WHERE h.status = 'connected' AND h.drained_at IS NULL"
+    };
+}
+
+/// The conditions of [`HostLoad::fits`] for a VM of `$2` vCPUs (allocation ratio `$3`), `$4`
+/// MiB and `$5` GB, appended to [`host_loads!`].
+macro_rules! fitting {
+    () => {
+        "
+           AND a.free_memory_mib >= $4
+           AND a.cpu + $2 <= h.cpus * $3
+           AND a.memory_mib + $4 <= h.memory_mib
+           AND a.disk_gb + $5 <= h.disk_gb"
     };
 }
 
 /// The connected hosts that are not drained and have room for the VM (as
 /// [`HostLoad::fits`] says), best first in the order [`super::scheduler::choose_host`] prefers
 /// them, at most `limit`, read inside the caller's transaction; `choose_host` takes the
-/// first. A claim thus reads a few rows however many hosts there are: the filter and the
-/// order are `fits` and `choose_host`'s preference written in SQL (text ordered by its bytes,
-/// as Rust orders it), which a test checks against them on random fleets.
+/// first. The filter and the order are `fits` and `choose_host`'s preference written in SQL
+/// (text ordered by its bytes, as Rust orders it), which a test checks against them on
+/// random fleets.
+///
+/// A claim reads a few index entries however many hosts there are (migration 0014): the
+/// first read walks the placement's index of (free memory, VM count, host ID) from its best
+/// end and stops at the `limit`th host that is placeable and fits; hosts it passes over are
+/// those that are unreachable, drained or short of vCPUs or disk while having more room (under
+/// `spread`) than the best one. A cached image only breaks ties of free memory, so when the
+/// best host does not cache it, a second read walks the hosts of that same free memory, in
+/// the same order, to the first that caches it and fits.
 pub async fn placement_candidates(
     conn: &mut AnyConnection,
     backend: db::Backend,
     query: &PlacementQuery<'_>,
     limit: i64,
 ) -> Result<Vec<HostLoad>, sqlx::Error> {
-    // Free memory first (most under spread, least under pack), then a cached image, fewer
-    // VMs, the smaller ID.
     let free_memory = match query.placement {
         Placement::Spread => "DESC",
         Placement::Pack => "ASC",
     };
-    let sql = format!(
+    let best_first = format!(
         concat!(
-            placeable_host_loads!(),
+            host_loads!(),
+            fitting!(),
             "
-           AND COALESCE(a.cpu, 0) + $2 <= h.cpus * $3
-           AND COALESCE(a.memory_mib, 0) + $4 <= h.memory_mib
-           AND COALESCE(a.disk_gb, 0) + $5 <= h.disk_gb
-         ORDER BY h.memory_mib - COALESCE(a.memory_mib, 0) {free_memory}, caches_image DESC,
-                  vm_count ASC, h.id COLLATE {} ASC
+         ORDER BY a.free_memory_mib {free_memory}, a.vms ASC, a.host_id COLLATE {collation} ASC
          LIMIT $6"
         ),
-        backend.bytewise_collation(),
         free_memory = free_memory,
+        collation = backend.bytewise_collation(),
     );
-    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+    let mut candidates: Vec<HostLoad> = sqlx::query_as(sqlx::AssertSqlSafe(best_first))
         .bind(query.image)
         .bind(i64::from(query.size.cpu))
         .bind(query.cpu_allocation_ratio)
         .bind(db::to_i64(query.size.memory_mib))
         .bind(db::to_i64(query.size.disk_gb))
         .bind(limit)
-        .fetch_all(conn)
-        .await
+        .fetch_all(&mut *conn)
+        .await?;
+    let Some(best) = candidates.first() else {
+        return Ok(candidates);
+    };
+    if query.image.is_none() || best.caches_image {
+        return Ok(candidates);
+    }
+    let caching_tie = format!(
+        concat!(
+            host_loads!(),
+            fitting!(),
+            "
+           AND a.free_memory_mib = (SELECT b.free_memory_mib FROM host_allocations b
+                                    WHERE b.host_id = $6)
+           AND EXISTS (SELECT 1 FROM host_images hi
+                       WHERE hi.host_id = h.id AND hi.image_id = $1)
+         ORDER BY a.free_memory_mib {free_memory}, a.vms ASC, a.host_id COLLATE {collation} ASC
+         LIMIT 1"
+        ),
+        free_memory = free_memory,
+        collation = backend.bytewise_collation(),
+    );
+    let tie: Option<HostLoad> = sqlx::query_as(sqlx::AssertSqlSafe(caching_tie))
+        .bind(query.image)
+        .bind(i64::from(query.size.cpu))
+        .bind(query.cpu_allocation_ratio)
+        .bind(db::to_i64(query.size.memory_mib))
+        .bind(db::to_i64(query.size.disk_gb))
+        .bind(&best.id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if let Some(tie) = tie {
+        candidates.retain(|host| host.id != tie.id);
+        candidates.insert(0, tie);
+        candidates.truncate(usize::try_from(limit).unwrap_or(0));
+    }
+    Ok(candidates)
 }
 
 /// The size of every recorded host, connected or not (an unreachable or drained host may
@@ -392,16 +451,25 @@ mod tests {
     use crate::hosts::scheduler::choose_host;
     use crate::test_support::TestDb;
 
-    /// Every placeable host's load, as the scheduler would see them all.
+    /// Every placeable host's load, as the scheduler would see them all (read without the
+    /// free memory column and its indexes, which are what is under test).
     async fn connected_loads<'e>(
         executor: impl AnyExecutor<'e>,
         image: Option<ImageId>,
     ) -> Result<Vec<HostLoad>, sqlx::Error> {
-        sqlx::query_as(concat!(
-            placeable_host_loads!(),
-            "
-             ORDER BY h.id"
-        ))
+        sqlx::query_as(
+            "SELECT h.id, h.cpus, h.memory_mib, h.disk_gb,
+                    COALESCE(a.cpu, 0) AS allocated_cpu,
+                    COALESCE(a.memory_mib, 0) AS allocated_memory_mib,
+                    COALESCE(a.disk_gb, 0) AS allocated_disk_gb,
+                    COALESCE(a.vms, 0) AS vm_count,
+                    CASE WHEN EXISTS (SELECT 1 FROM host_images hi
+                                      WHERE hi.host_id = h.id AND hi.image_id = $1)
+                         THEN 1 ELSE 0 END AS caches_image
+             FROM hosts h LEFT JOIN host_allocations a ON a.host_id = h.id
+             WHERE h.status = 'connected' AND h.drained_at IS NULL
+             ORDER BY h.id",
+        )
         .bind(image)
         .fetch_all(executor)
         .await
@@ -471,7 +539,7 @@ mod tests {
         let hosts: Vec<HostId> = names.iter().map(|name| name.parse().unwrap()).collect();
         for host in &hosts {
             register_session(
-                &t.db,
+                &mut *t.conn().await,
                 &HostRegistration {
                     id: host.clone(),
                     cpus: 4,
@@ -507,25 +575,21 @@ mod tests {
                 .execute(&t.db)
                 .await
                 .unwrap();
-                sqlx::query("DELETE FROM host_allocations WHERE host_id = $1")
-                    .bind(host)
-                    .execute(&t.db)
-                    .await
-                    .unwrap();
-                if random.below(5) > 0 {
-                    sqlx::query(
-                        "INSERT INTO host_allocations (host_id, vms, cpu, memory_mib, disk_gb)
-                         VALUES ($1, $2, $3, $4, $5)",
-                    )
-                    .bind(host)
-                    .bind(random.pick(&[0_i64, 1, 2]))
-                    .bind(random.pick(&[0_i64, 2, 4, 7, 8]))
-                    .bind(random.pick(&[0_i64, 1024, 2048, 4096, 7680]))
-                    .bind(random.pick(&[0_i64, 10, 19, 90]))
-                    .execute(&t.db)
-                    .await
-                    .unwrap();
-                }
+                // Empty one time in five; free memory as the ledger keeps it.
+                let scale = i64::from(random.below(5) > 0);
+                sqlx::query(
+                    "UPDATE host_allocations SET vms = $1, cpu = $2, memory_mib = $3, disk_gb = $4,
+                         free_memory_mib = (SELECT h.memory_mib FROM hosts h WHERE h.id = $5) - $3
+                     WHERE host_id = $5",
+                )
+                .bind(scale * random.pick(&[0_i64, 1, 2]))
+                .bind(scale * random.pick(&[0_i64, 2, 4, 7, 8]))
+                .bind(scale * random.pick(&[0_i64, 1024, 2048, 4096, 7680]))
+                .bind(scale * random.pick(&[0_i64, 10, 19, 90]))
+                .bind(host)
+                .execute(&t.db)
+                .await
+                .unwrap();
                 sqlx::query("DELETE FROM host_images WHERE host_id = $1")
                     .bind(host)
                     .execute(&t.db)

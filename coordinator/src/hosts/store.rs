@@ -202,6 +202,10 @@ macro_rules! placeable_and_fitting {
     };
 }
 
+/// How many hosts the placement read walks in index order before it reads every host (see
+/// [`placement_candidates`]). Smaller under test, so that the random fleets take both ways.
+const PLACEMENT_WALK: i64 = if cfg!(test) { 2 } else { 64 };
+
 /// How many hosts tied with the best one the cached-image read walks in index order before
 /// it looks the other way, from the hosts that cache the image (see [`caching_tie`]).
 /// Smaller under test, so that the random fleets take both ways.
@@ -215,12 +219,15 @@ const TIE_WALK: i64 = if cfg!(test) { 2 } else { 32 };
 /// random fleets.
 ///
 /// A claim reads a few index entries however many hosts there are (migration 0014): the
-/// first read walks the placement's index of (free memory, VM count, host ID) from its best
-/// end and stops at the `limit`th host that is placeable and fits; hosts it passes over are
-/// those that are unreachable, drained or short of vCPUs or disk while having more room (under
-/// `spread`) than the best one. A cached image only breaks ties of free memory: when the best
-/// host does not cache it, [`caching_tie`] looks for the best host of the same free memory
-/// that does.
+/// first read takes the first [`PLACEMENT_WALK`] entries of the placement's index of (free
+/// memory, VM count, host ID), from its best end, and keeps those that are placeable and fit,
+/// a prefix of the full order. Only when none of them is (hosts that are unreachable, drained
+/// or short of vCPUs or disk while having more room, under `spread`, than any that fits) does
+/// it read the whole order, which both databases then take from the index too or by a sort,
+/// as their planners judge; the bounded window keeps PostgreSQL's planner, which expects the
+/// room conditions to keep few hosts, on the index. A cached image only breaks ties of free
+/// memory: when the best host does not cache it, [`caching_tie`] looks for the best host of
+/// the same free memory that does.
 pub async fn placement_candidates(
     conn: &mut AnyConnection,
     backend: db::Backend,
@@ -231,7 +238,26 @@ pub async fn placement_candidates(
         Placement::Spread => "DESC",
         Placement::Pack => "ASC",
     };
-    let best_first = format!(
+    let collation = backend.bytewise_collation();
+    // The first `$7` hosts in index order, then (none of them placeable with room) every host.
+    let walk_best = format!(
+        concat!(
+            host_load_columns!(),
+            "
+         FROM (SELECT * FROM host_allocations WHERE free_memory_mib >= $4
+               ORDER BY free_memory_mib {free_memory}, vms ASC, host_id COLLATE {collation} ASC
+               LIMIT $7) a
+         JOIN hosts h ON h.id = a.host_id
+         WHERE ",
+            placeable_and_fitting!(),
+            "
+         ORDER BY a.free_memory_mib {free_memory}, a.vms ASC, a.host_id COLLATE {collation} ASC
+         LIMIT $6"
+        ),
+        free_memory = free_memory,
+        collation = collation,
+    );
+    let every_host = format!(
         concat!(
             host_load_columns!(),
             "
@@ -243,17 +269,25 @@ pub async fn placement_candidates(
          LIMIT $6"
         ),
         free_memory = free_memory,
-        collation = backend.bytewise_collation(),
+        collation = collation,
     );
-    let mut candidates: Vec<HostLoad> = sqlx::query_as(sqlx::AssertSqlSafe(best_first))
-        .bind(query.image)
-        .bind(i64::from(query.size.cpu))
-        .bind(query.cpu_allocation_ratio)
-        .bind(db::to_i64(query.size.memory_mib))
-        .bind(db::to_i64(query.size.disk_gb))
-        .bind(limit)
-        .fetch_all(&mut *conn)
-        .await?;
+    let mut candidates = Vec::new();
+    for (sql, walk) in [(walk_best, Some(PLACEMENT_WALK)), (every_host, None)] {
+        let mut statement = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(query.image)
+            .bind(i64::from(query.size.cpu))
+            .bind(query.cpu_allocation_ratio)
+            .bind(db::to_i64(query.size.memory_mib))
+            .bind(db::to_i64(query.size.disk_gb))
+            .bind(limit);
+        if let Some(walk) = walk {
+            statement = statement.bind(walk);
+        }
+        candidates = statement.fetch_all(&mut *conn).await?;
+        if !candidates.is_empty() {
+            break;
+        }
+    }
     let Some(best) = candidates.first() else {
         return Ok(candidates);
     };

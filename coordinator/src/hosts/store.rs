@@ -202,8 +202,9 @@ macro_rules! placeable_and_fitting {
     };
 }
 
-/// How many hosts the placement read walks in index order before it reads every host (see
-/// [`placement_candidates`]). Smaller under test, so that the random fleets take both ways.
+/// How many hosts the placement read on PostgreSQL takes in index order before it reads
+/// every host (see [`placement_candidates`]). Smaller under test, so that the random fleets
+/// take both ways.
 const PLACEMENT_WALK: i64 = if cfg!(test) { 2 } else { 64 };
 
 /// How many hosts tied with the best one the cached-image read walks in index order before
@@ -218,16 +219,16 @@ const TIE_WALK: i64 = if cfg!(test) { 2 } else { 32 };
 /// (text ordered by its bytes, as Rust orders it), which a test checks against them on
 /// random fleets.
 ///
-/// A claim reads a few index entries however many hosts there are (migration 0014): the
-/// first read takes the first [`PLACEMENT_WALK`] entries of the placement's index of (free
-/// memory, VM count, host ID), from its best end, and keeps those that are placeable and fit,
-/// a prefix of the full order. Only when none of them is (hosts that are unreachable, drained
-/// or short of vCPUs or disk while having more room, under `spread`, than any that fits) does
-/// it read the whole order, which both databases then take from the index too or by a sort,
-/// as their planners judge; the bounded window keeps PostgreSQL's planner, which expects the
-/// room conditions to keep few hosts, on the index. A cached image only breaks ties of free
-/// memory: when the best host does not cache it, [`caching_tie`] looks for the best host of
-/// the same free memory that does.
+/// A claim reads a few index entries however many hosts there are (migration 0014): SQLite
+/// walks the placement's index of (free memory, VM count, host ID) from its best end and
+/// stops at the `limit`th host that is placeable and fits; hosts it passes over are those
+/// that are unreachable, drained or short of vCPUs or disk while having more room (under
+/// `spread`) than the best one. PostgreSQL's planner expects the room conditions to keep few
+/// hosts and would rather join and sort every host of a fleet of a thousand, so on PostgreSQL
+/// the first read takes only the first [`PLACEMENT_WALK`] index entries and keeps those that
+/// are placeable and fit (a prefix of the full order); only when none of them is does it read
+/// the whole order. A cached image only breaks ties of free memory: when the best host does
+/// not cache it, [`caching_tie`] looks for the best host of the same free memory that does.
 pub async fn placement_candidates(
     conn: &mut AnyConnection,
     backend: db::Backend,
@@ -239,7 +240,7 @@ pub async fn placement_candidates(
         Placement::Pack => "ASC",
     };
     let collation = backend.bytewise_collation();
-    // The first `$7` hosts in index order, then (none of them placeable with room) every host.
+    // The first `$7` hosts in index order; every host when none of them is placeable with room.
     let walk_best = format!(
         concat!(
             host_load_columns!(),
@@ -271,8 +272,14 @@ pub async fn placement_candidates(
         free_memory = free_memory,
         collation = collation,
     );
+    // SQLite's planner walks the index for the whole order by itself, and would pay for the
+    // window by materialising it.
+    let reads = match backend {
+        db::Backend::Postgres => vec![(walk_best, Some(PLACEMENT_WALK)), (every_host, None)],
+        db::Backend::Sqlite => vec![(every_host, None)],
+    };
     let mut candidates = Vec::new();
-    for (sql, walk) in [(walk_best, Some(PLACEMENT_WALK)), (every_host, None)] {
+    for (sql, walk) in reads {
         let mut statement = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(query.image)
             .bind(i64::from(query.size.cpu))

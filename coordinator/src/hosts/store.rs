@@ -202,6 +202,20 @@ macro_rules! placeable_and_fitting {
     };
 }
 
+/// A placement statement with the parameters of [`host_load_columns!`] and
+/// [`placeable_and_fitting!`] bound (`$1` to `$5`): the image, and the room the VM asks for.
+fn with_room<'q>(
+    sql: String,
+    query: &PlacementQuery<'_>,
+) -> sqlx::query::QueryAs<'q, sqlx::Any, HostLoad, sqlx::any::AnyArguments> {
+    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(query.image)
+        .bind(i64::from(query.size.cpu))
+        .bind(query.cpu_allocation_ratio)
+        .bind(db::to_i64(query.size.memory_mib))
+        .bind(db::to_i64(query.size.disk_gb))
+}
+
 /// How many hosts the placement read on PostgreSQL takes in index order before it reads
 /// every host (see [`placement_candidates`]). Smaller under test, so that the random fleets
 /// take both ways.
@@ -280,13 +294,7 @@ pub async fn placement_candidates(
     };
     let mut candidates = Vec::new();
     for (sql, walk) in reads {
-        let mut statement = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(query.image)
-            .bind(i64::from(query.size.cpu))
-            .bind(query.cpu_allocation_ratio)
-            .bind(db::to_i64(query.size.memory_mib))
-            .bind(db::to_i64(query.size.disk_gb))
-            .bind(limit);
+        let mut statement = with_room(sql, query).bind(limit);
         if let Some(walk) = walk {
             statement = statement.bind(walk);
         }
@@ -360,13 +368,7 @@ async fn caching_tie(
         collation = collation,
     );
     for (sql, walk) in [(walk_ties, Some(TIE_WALK)), (from_cached, None)] {
-        let mut statement = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(query.image)
-            .bind(i64::from(query.size.cpu))
-            .bind(query.cpu_allocation_ratio)
-            .bind(db::to_i64(query.size.memory_mib))
-            .bind(db::to_i64(query.size.disk_gb))
-            .bind(best);
+        let mut statement = with_room(sql, query).bind(best);
         if let Some(walk) = walk {
             statement = statement.bind(walk);
         }

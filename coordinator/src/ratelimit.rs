@@ -324,7 +324,7 @@ async fn token_user(app: &AppState, request: &mut Request) -> Option<UserId> {
         request.extensions_mut().insert(ApiTokenLookup(lookup));
         return owner;
     }
-    app.tokens.verify(&token).ok().map(|claims| claims.sub)
+    app.tokens.user_of(&token).ok()
 }
 
 #[cfg(test)]

@@ -71,14 +71,14 @@ impl FromRequestParts<AppState> for CurrentUser {
         if api_tokens::is_api_token(token) {
             return api_token_user(parts, state, token).await;
         }
-        let claims = state.tokens.verify(token).map_err(|_| {
+        let user_id = state.tokens.user_of(token).map_err(|_| {
             ApiError::Unauthorized("the token is invalid or expired; log in again".into())
         })?;
-        let account = match state.users.get(claims.sub, Instant::now()) {
+        let account = match state.users.get(user_id, Instant::now()) {
             Some(account) => account,
             None => {
                 let read_at = Instant::now();
-                let user = users::store::find_by_id(&state.db, claims.sub)
+                let user = users::store::find_by_id(&state.db, user_id)
                     .await?
                     .ok_or_else(|| {
                         ApiError::Unauthorized("the token's user no longer exists".into())
@@ -87,12 +87,12 @@ impl FromRequestParts<AppState> for CurrentUser {
                     username: user.username,
                     role: user.role,
                 };
-                state.users.put(claims.sub, account.clone(), read_at);
+                state.users.put(user_id, account.clone(), read_at);
                 account
             }
         };
         Ok(CurrentUser {
-            id: claims.sub,
+            id: user_id,
             username: account.username,
             role: account.role,
             api_token: None,

@@ -138,22 +138,18 @@ struct DirectRow<'a> {
 }
 
 impl DirectRow<'_> {
-    fn index_of(&self, column: &str) -> Option<usize> {
+    fn index_of(&self, column: &str) -> Result<usize, BoxDynError> {
         let hint = self.next.get();
         let index = if self.names.get(hint).is_some_and(|name| name == column) {
             hint
         } else {
-            self.names.iter().position(|name| name == column)?
+            self.names
+                .iter()
+                .position(|name| name == column)
+                .ok_or_else(|| format!("the statement has no column {column}"))?
         };
         self.next.set(index + 1);
-        Some(index)
-    }
-
-    fn get<T: rusqlite::types::FromSql>(&self, column: &str) -> Result<T, BoxDynError> {
-        let index = self
-            .index_of(column)
-            .ok_or_else(|| format!("the statement has no column {column}"))?;
-        Ok(self.row.get(index)?)
+        Ok(index)
     }
 }
 
@@ -241,8 +237,18 @@ pub trait FromColumns: Sized {
 
 /// A row's columns, read by name.
 pub trait Columns {
-    fn text_opt(&self, column: &str) -> Result<Option<String>, BoxDynError>;
+    /// Calls `read` with a text column's value, borrowed from the row (`None`: NULL): a value
+    /// parsed into something else needs no `String` of its own.
+    fn read_text<R>(
+        &self,
+        column: &str,
+        read: impl FnOnce(Option<&str>) -> R,
+    ) -> Result<R, BoxDynError>;
     fn int_opt(&self, column: &str) -> Result<Option<i64>, BoxDynError>;
+
+    fn text_opt(&self, column: &str) -> Result<Option<String>, BoxDynError> {
+        self.read_text(column, |text| text.map(str::to_owned))
+    }
 
     fn text(&self, column: &str) -> Result<String, BoxDynError> {
         self.text_opt(column)?
@@ -260,7 +266,8 @@ pub trait Columns {
         T: FromStr,
         T::Err: Into<BoxDynError>,
     {
-        self.text(column)?.parse().map_err(Into::into)
+        self.parsed_opt(column)?
+            .ok_or_else(|| format!("column {column} is NULL").into())
     }
 
     /// A text column that may be NULL, read through `T`'s `FromStr`.
@@ -269,9 +276,8 @@ pub trait Columns {
         T: FromStr,
         T::Err: Into<BoxDynError>,
     {
-        self.text_opt(column)?
-            .map(|text| text.parse().map_err(Into::into))
-            .transpose()
+        self.read_text(column, |text| text.map(str::parse::<T>).transpose())?
+            .map_err(Into::into)
     }
 
     /// An integer column that must fit `T`.
@@ -285,8 +291,12 @@ pub trait Columns {
 }
 
 impl Columns for AnyRow {
-    fn text_opt(&self, column: &str) -> Result<Option<String>, BoxDynError> {
-        Ok(self.try_get(column)?)
+    fn read_text<R>(
+        &self,
+        column: &str,
+        read: impl FnOnce(Option<&str>) -> R,
+    ) -> Result<R, BoxDynError> {
+        Ok(read(self.try_get(column)?))
     }
 
     fn int_opt(&self, column: &str) -> Result<Option<i64>, BoxDynError> {
@@ -295,12 +305,17 @@ impl Columns for AnyRow {
 }
 
 impl Columns for DirectRow<'_> {
-    fn text_opt(&self, column: &str) -> Result<Option<String>, BoxDynError> {
-        self.get(column)
+    fn read_text<R>(
+        &self,
+        column: &str,
+        read: impl FnOnce(Option<&str>) -> R,
+    ) -> Result<R, BoxDynError> {
+        let index = self.index_of(column)?;
+        Ok(read(self.row.get_ref(index)?.as_str_or_null()?))
     }
 
     fn int_opt(&self, column: &str) -> Result<Option<i64>, BoxDynError> {
-        self.get(column)
+        Ok(self.row.get(self.index_of(column)?)?)
     }
 }
 
@@ -369,6 +384,39 @@ mod tests {
         );
         let err = fetch_all_on::<Missing>(&conn, sql, &[SqlValue::Int(3)]).unwrap_err();
         assert!(err.to_string().contains("no column d"), "{err}");
+    }
+
+    /// Parses its text columns: `n` as a number, `m` as a number that may be NULL.
+    #[derive(Debug, PartialEq)]
+    struct Parsed {
+        n: u32,
+        m: Option<u32>,
+    }
+
+    impl FromColumns for Parsed {
+        fn from_columns(row: &impl Columns) -> Result<Self, BoxDynError> {
+            Ok(Parsed {
+                n: row.parsed("n")?,
+                m: row.parsed_opt("m")?,
+            })
+        }
+    }
+
+    #[test]
+    fn text_columns_are_parsed_from_the_row_and_bad_values_named() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        let rows = |n: &str, m: &str| {
+            let sql = format!("SELECT {n} AS n, {m} AS m");
+            fetch_all_on::<Parsed>(&conn, &sql, &[]).map_err(|err| err.to_string())
+        };
+        assert_eq!(rows("'7'", "'8'"), Ok(vec![Parsed { n: 7, m: Some(8) }]));
+        assert_eq!(rows("'7'", "NULL"), Ok(vec![Parsed { n: 7, m: None }]));
+        let null = rows("NULL", "'8'").unwrap_err();
+        assert!(null.contains("column n is NULL"), "{null}");
+        let not_a_number = rows("'seven'", "NULL").unwrap_err();
+        assert!(not_a_number.contains("invalid digit"), "{not_a_number}");
+        let not_text = rows("7", "NULL").unwrap_err();
+        assert!(not_text.contains("Invalid type"), "{not_text}");
     }
 
     #[test]

@@ -11,7 +11,7 @@
 use std::time::Instant;
 
 use axum::extract::Request;
-use axum::http::Method;
+use axum::http::{HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 use tower_http::request_id::RequestId;
@@ -23,13 +23,15 @@ use crate::operations::OPERATION_ID_HEADER;
 pub async fn log_request(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let request_id = request
-        .extensions()
-        .get::<RequestId>()
-        .and_then(|id| id.header_value().to_str().ok())
-        .unwrap_or("-")
-        .to_owned();
+    // Clones share the request's bytes: nothing is copied unless a line is written.
+    let uri = request.uri().clone();
+    let path = uri.path();
+    let request_id = RequestIdText(
+        request
+            .extensions()
+            .get::<RequestId>()
+            .map(|id| id.header_value().clone()),
+    );
     let read = method == Method::GET || method == Method::HEAD;
     let span = if read {
         tracing::debug_span!("request", %method, %path, %request_id)
@@ -60,6 +62,16 @@ pub async fn log_request(request: Request, next: Next) -> Response {
         (false, _) => tracing::info!(parent: &span, status, latency_ms, "request finished"),
     }
     response
+}
+
+/// A request's ID as logged: `-` when it has none or it is not text.
+struct RequestIdText(Option<HeaderValue>);
+
+impl std::fmt::Display for RequestIdText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = self.0.as_ref().and_then(|id| id.to_str().ok());
+        f.write_str(text.unwrap_or("-"))
+    }
 }
 
 #[cfg(test)]

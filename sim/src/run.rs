@@ -103,6 +103,11 @@ pub struct Wrk {
     pub connections: usize,
     pub requests_per_second: f64,
     pub p99_ms: f64,
+    /// Requests answered in the run.
+    pub requests: u64,
+    /// The coordinator's CPU time (user + system) per request answered, in µs: what the
+    /// request costs, less swayed than the rate by what else the machine runs meanwhile.
+    pub coordinator_cpu_us: f64,
 }
 
 /// The figures of `bench-qemu`'s report.
@@ -203,12 +208,14 @@ pub async fn run(options: &Options) -> Result<Report> {
     // The API under load.
     if let Some(duration) = options.wrk {
         report.user_list = Some(wrk(
+            &coordinator,
             &format!("{base}/api/vms"),
             &reader.token,
             32,
             duration,
         )?);
         report.admin_page = Some(wrk(
+            &coordinator,
             &format!("{base}/api/vms?limit=100"),
             &admin.token,
             8,
@@ -311,8 +318,16 @@ pub async fn run(options: &Options) -> Result<Report> {
 }
 
 /// Runs `wrk` with `connections` connections (2 threads) against `url` as the token's user
-/// and reads its rate and 99th percentile.
-pub fn wrk(url: &str, token: &str, connections: usize, duration: Duration) -> Result<Wrk> {
+/// and reads its rate and 99th percentile; the coordinator's CPU time over the run gives
+/// the CPU per request.
+pub fn wrk(
+    coordinator: &Coordinator,
+    url: &str,
+    token: &str,
+    connections: usize,
+    duration: Duration,
+) -> Result<Wrk> {
+    let (cpu_before, _) = coordinator.usage()?;
     let output = Command::new("wrk")
         .args([
             "-t2",
@@ -335,10 +350,19 @@ pub fn wrk(url: &str, token: &str, connections: usize, duration: Duration) -> Re
     if text.contains("Non-2xx") {
         bail!("wrk got error answers: {text}");
     }
-    parse_wrk(&text, connections)
+    let (cpu_after, _) = coordinator.usage()?;
+    let mut measured = parse_wrk(&text, connections)?;
+    measured.coordinator_cpu_us = (cpu_after - cpu_before) * 1e6 / measured.requests.max(1) as f64;
+    Ok(measured)
 }
 
+/// wrk's figures; the CPU per request is left at 0 for the caller.
 fn parse_wrk(text: &str, connections: usize) -> Result<Wrk> {
+    let requests = text
+        .lines()
+        .find_map(|line| line.trim().split_once(" requests in "))
+        .and_then(|(count, _)| count.parse().ok())
+        .context("no request count in wrk's output")?;
     let requests_per_second = text
         .lines()
         .find_map(|line| line.trim().strip_prefix("Requests/sec:"))
@@ -362,6 +386,8 @@ fn parse_wrk(text: &str, connections: usize) -> Result<Wrk> {
         connections,
         requests_per_second,
         p99_ms,
+        requests,
+        coordinator_cpu_us: 0.0,
     })
 }
 
@@ -503,6 +529,12 @@ pub fn table(report: &Report) -> String {
                 format!("{:.2} ms", wrk.p99_ms),
                 verdict(wrk.p99_ms <= 10.0),
             ));
+            rows.push((
+                "  … coordinator CPU per request".into(),
+                "-".into(),
+                format!("{:.1} µs", wrk.coordinator_cpu_us),
+                "-",
+            ));
         }
         None => rows.push((
             "GET /api/vms under wrk".into(),
@@ -514,8 +546,9 @@ pub fn table(report: &Report) -> String {
     if let Some(wrk) = &report.admin_page {
         rows.push((
             format!(
-                "admin GET /api/vms?limit=100 at {} VMs, p99 (wrk {} conn., {:.0} req/s)",
-                report.vms, wrk.connections, wrk.requests_per_second
+                "admin GET /api/vms?limit=100 at {} VMs, p99 (wrk {} conn., {:.0} req/s, \
+                 {:.0} µs CPU each)",
+                report.vms, wrk.connections, wrk.requests_per_second, wrk.coordinator_cpu_us
             ),
             "≤ 20 ms".into(),
             format!("{:.2} ms", wrk.p99_ms),
@@ -570,9 +603,11 @@ mod tests {
     #[test]
     fn wrk_and_bench_qemu_outputs_are_read() {
         let wrk = "Running 10s test @ http://127.0.0.1:1/api/vms\n  Latency Distribution\n     \
-                   50%    1.20ms\n     99%  850.00us\nRequests/sec:  12345.67\n";
+                   50%    1.20ms\n     99%  850.00us\n  123457 requests in 10.00s, 1.00MB \
+                   read\nRequests/sec:  12345.67\n";
         let parsed = parse_wrk(wrk, 32).unwrap();
         assert_eq!(parsed.requests_per_second, 12345.67);
+        assert_eq!(parsed.requests, 123_457);
         assert!((parsed.p99_ms - 0.85).abs() < 1e-9);
         assert!(parse_wrk("nothing", 1).is_err());
         let qemu = "all changes                          50       120       240       300   met\n\

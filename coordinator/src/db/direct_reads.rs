@@ -277,7 +277,7 @@ pub trait Columns {
         T::Err: Into<BoxDynError>,
     {
         self.read_text(column, |text| text.map(str::parse::<T>).transpose())?
-            .map_err(Into::into)
+            .map_err(|err| format!("column {column}: {}", err.into()).into())
     }
 
     /// An integer column that must fit `T`.
@@ -414,7 +414,10 @@ mod tests {
         let null = rows("NULL", "'8'").unwrap_err();
         assert!(null.contains("column n is NULL"), "{null}");
         let not_a_number = rows("'seven'", "NULL").unwrap_err();
-        assert!(not_a_number.contains("invalid digit"), "{not_a_number}");
+        assert!(
+            not_a_number.contains("column n: invalid digit"),
+            "{not_a_number}"
+        );
         let not_text = rows("7", "NULL").unwrap_err();
         assert!(not_text.contains("Invalid type"), "{not_text}");
     }

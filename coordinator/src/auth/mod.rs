@@ -4,11 +4,13 @@
 //!
 //! Never logged or returned: passwords, password hashes, the signing secret.
 
+mod bounded_map;
 mod current_user;
 mod password;
 mod secret;
 mod tokens;
 
+pub use bounded_map::BoundedMap;
 pub use current_user::{AdminUser, ApiTokenLookup, CurrentUser};
 pub use password::PasswordHasher;
 pub use secret::load_or_create_jwt_secret;

@@ -10,14 +10,12 @@
 //! ([`MOST_TOKENS`]). Nothing after the signature is skipped: the caller still reads the
 //! account (a deleted user's tokens stop, a changed role applies).
 
-use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
-
 use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use vmm_shared::UserId;
 
+use super::BoundedMap;
 use crate::users::{Role, User};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -29,7 +27,7 @@ pub struct Claims {
     pub exp: i64,
 }
 
-/// Most verified tokens kept; past it, they are dropped all at once.
+/// Most verified tokens kept ([`BoundedMap`]).
 const MOST_TOKENS: usize = 10_000;
 
 pub struct TokenIssuer {
@@ -38,7 +36,7 @@ pub struct TokenIssuer {
     validation: Validation,
     ttl: chrono::Duration,
     /// Tokens that verified, by their exact text: their subject and expiry (`exp`).
-    verified: Mutex<HashMap<Box<str>, (UserId, i64)>>,
+    verified: BoundedMap<Box<str>, (UserId, i64)>,
 }
 
 pub struct IssuedToken {
@@ -56,7 +54,7 @@ impl TokenIssuer {
             decoding: DecodingKey::from_secret(secret),
             validation,
             ttl: chrono::Duration::seconds(i64::try_from(ttl_secs).unwrap_or(i64::MAX / 2)),
-            verified: Mutex::default(),
+            verified: BoundedMap::new(MOST_TOKENS),
         }
     }
 
@@ -88,28 +86,20 @@ impl TokenIssuer {
 
     /// [`Self::user_of`] at `now` (seconds since the epoch, the clock `verify` reads).
     fn user_of_at(&self, token: &str, now: u64) -> Result<UserId, jsonwebtoken::errors::Error> {
-        let kept = self.verified().get(token).copied();
+        let kept = self.verified.get(token);
         if let Some((user, exp)) = kept {
             // `verify`'s own expiry check: expired once `exp` is more than the leeway past.
             let expired = u64::try_from(exp)
                 .map_or(true, |exp| exp.saturating_add(self.validation.leeway) < now);
             if expired {
-                self.verified().remove(token);
+                self.verified.remove(token);
                 return Err(jsonwebtoken::errors::ErrorKind::ExpiredSignature.into());
             }
             return Ok(user);
         }
         let claims = self.verify(token)?;
-        let mut verified = self.verified();
-        if verified.len() >= MOST_TOKENS {
-            verified.clear();
-        }
-        verified.insert(token.into(), (claims.sub, claims.exp));
+        self.verified.insert(token.into(), (claims.sub, claims.exp));
         Ok(claims.sub)
-    }
-
-    fn verified(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, (UserId, i64)>> {
-        self.verified.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -174,7 +164,7 @@ mod tests {
         let alice = user();
         let issued = issuer.issue(&alice).unwrap();
         assert_eq!(issuer.user_of(&issued.token).unwrap(), alice.id);
-        assert_eq!(issuer.verified().len(), 1);
+        assert_eq!(issuer.verified.len(), 1);
         // Kept: the same token again, and again within the leeway past its expiry.
         assert_eq!(issuer.user_of(&issued.token).unwrap(), alice.id);
         let exp = u64::try_from(issued.expires_at.timestamp()).unwrap();
@@ -188,10 +178,10 @@ mod tests {
         let last = forged.pop().unwrap();
         forged.push(if last == 'A' { 'B' } else { 'A' });
         assert!(issuer.user_of(&forged).is_err());
-        assert_eq!(issuer.verified().len(), 1, "a forged token is not kept");
+        assert_eq!(issuer.verified.len(), 1, "a forged token is not kept");
         // Past the leeway the kept token is refused, and forgotten.
         assert!(issuer.user_of_at(&issued.token, exp + leeway + 1).is_err());
-        assert!(issuer.verified().is_empty());
+        assert!(issuer.verified.is_empty());
         // Another issuer's cache knows nothing of it (another key, another coordinator).
         assert!(
             TokenIssuer::new(&[8u8; 32], 60)
@@ -220,9 +210,9 @@ mod tests {
             .collect();
         for token in &tokens {
             assert_eq!(issuer.user_of(token).unwrap(), alice.id);
-            assert!(issuer.verified().len() <= MOST_TOKENS);
+            assert!(issuer.verified.len() <= MOST_TOKENS);
         }
-        assert_eq!(issuer.verified().len(), tokens.len() - MOST_TOKENS);
+        assert_eq!(issuer.verified.len(), tokens.len() - MOST_TOKENS);
     }
 
     fn base64_url(bytes: &[u8]) -> String {

@@ -8,17 +8,16 @@
 //! effect on the next request, and on the other coordinators of a shared database within
 //! [`USER_CACHE_TTL`].
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use vmm_shared::UserId;
 
 use super::Role;
+use crate::auth::BoundedMap;
 
 /// How long a looked-up account is used without reading it again.
 pub const USER_CACHE_TTL: Duration = Duration::from_secs(1);
-/// Most accounts kept; past it, the entries are dropped all at once.
+/// Most accounts kept ([`BoundedMap`]).
 const MOST_USERS: usize = 10_000;
 
 /// What a request needs of its user's account.
@@ -28,37 +27,33 @@ pub struct Account {
     pub role: Role,
 }
 
-#[derive(Default)]
 pub struct UserCache {
-    entries: Mutex<HashMap<UserId, (Instant, Account)>>,
+    entries: BoundedMap<UserId, (Instant, Account)>,
+}
+
+impl Default for UserCache {
+    fn default() -> Self {
+        Self {
+            entries: BoundedMap::new(MOST_USERS),
+        }
+    }
 }
 
 impl UserCache {
     /// The account of `user` if it was read less than [`USER_CACHE_TTL`] before `now`.
     pub fn get(&self, user: UserId, now: Instant) -> Option<Account> {
-        let entries = self.lock();
-        let (read_at, account) = entries.get(&user)?;
-        (now.duration_since(*read_at) < USER_CACHE_TTL).then(|| account.clone())
+        let (read_at, account) = self.entries.get(&user)?;
+        (now.duration_since(read_at) < USER_CACHE_TTL).then_some(account)
     }
 
     /// Keeps `account` as read at `read_at`.
     pub fn put(&self, user: UserId, account: Account, read_at: Instant) {
-        let mut entries = self.lock();
-        if entries.len() >= MOST_USERS {
-            entries.clear();
-        }
-        entries.insert(user, (read_at, account));
+        self.entries.insert(user, (read_at, account));
     }
 
     /// Drops what is kept of `user` (their role changed, or they were deleted).
     pub fn forget(&self, user: UserId) {
-        self.lock().remove(&user);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, (Instant, Account)>> {
-        self.entries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.entries.remove(&user);
     }
 }
 

@@ -1,7 +1,7 @@
 //! The scenarios the simulator runs against the real coordinator, each ending in a
 //! measurement and (where the fleet changed) an audit:
 //! - **populate**: VMs created through `POST /api/vms` by many users at once, the rate
-//!   measured per window of creates (at 1k VMs, at the end);
+//!   measured per window of creates (the first windows, the last windows);
 //! - **steady**: the coordinator's CPU and resident memory while nothing changes;
 //! - **out-of-band changes**: guests stopped or paused behind the agents' backs, timed to
 //!   the API;
@@ -146,22 +146,65 @@ pub async fn converged(
 /// Rates of creates through the API, per window.
 #[derive(Debug, Default)]
 pub struct CreateRates {
-    /// (VMs existing at the end of the window, creates per second in it).
-    pub windows: Vec<(usize, f64)>,
+    pub windows: Vec<Window>,
     pub failed: usize,
 }
 
+/// One window of creates.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Window {
+    /// VMs existing when the window began and when it ended.
+    pub vms_before: usize,
+    pub vms_after: usize,
+    /// Creates per second in it.
+    pub rate: f64,
+}
+
+/// Several consecutive windows summarised: the median rate, so that one stall of a shared
+/// machine cannot decide a figure, with the slowest and fastest beside it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct WindowRates {
+    pub windows: usize,
+    pub vms_before: usize,
+    pub vms_after: usize,
+    pub median: f64,
+    pub slowest: f64,
+    pub fastest: f64,
+}
+
+impl WindowRates {
+    fn of(windows: &[Window]) -> WindowRates {
+        let (Some(first), Some(last)) = (windows.first(), windows.last()) else {
+            return WindowRates::default();
+        };
+        let mut rates: Vec<f64> = windows.iter().map(|window| window.rate).collect();
+        rates.sort_by(f64::total_cmp);
+        let middle = rates.len() / 2;
+        let median = if rates.len() % 2 == 1 {
+            rates[middle]
+        } else {
+            (rates[middle - 1] + rates[middle]) / 2.0
+        };
+        WindowRates {
+            windows: windows.len(),
+            vms_before: first.vms_before,
+            vms_after: last.vms_after,
+            median,
+            slowest: rates[0],
+            fastest: rates[rates.len() - 1],
+        }
+    }
+}
+
 impl CreateRates {
-    /// The rate of the window that ended at or after `vms`.
-    pub fn at(&self, vms: usize) -> Option<f64> {
-        self.windows
-            .iter()
-            .find(|(end, _)| *end >= vms)
-            .map(|(_, rate)| *rate)
+    /// The first `count` windows: the fleet at its smallest.
+    pub fn earliest(&self, count: usize) -> WindowRates {
+        WindowRates::of(&self.windows[..count.min(self.windows.len())])
     }
 
-    pub fn last(&self) -> Option<f64> {
-        self.windows.last().map(|(_, rate)| *rate)
+    /// The last `count` windows: the fleet at its largest.
+    pub fn latest(&self, count: usize) -> WindowRates {
+        WindowRates::of(&self.windows[self.windows.len().saturating_sub(count)..])
     }
 }
 
@@ -206,10 +249,11 @@ pub async fn populate(
         if finished - window_start.1 >= window || finished == count {
             let elapsed = window_start.0.elapsed().as_secs_f64();
             if finished > window_start.1 {
-                rates.windows.push((
-                    existing + finished,
-                    (finished - window_start.1) as f64 / elapsed.max(1e-9),
-                ));
+                rates.windows.push(Window {
+                    vms_before: existing + window_start.1,
+                    vms_after: existing + finished,
+                    rate: (finished - window_start.1) as f64 / elapsed.max(1e-9),
+                });
             }
             window_start = (Instant::now(), finished);
         }
@@ -319,4 +363,55 @@ pub fn percentile_ms(values: &[Duration], p: usize) -> f64 {
     sorted.sort_by(f64::total_cmp);
     let rank = (p * (sorted.len() - 1) + 50) / 100;
     sorted[rank.min(sorted.len() - 1)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rates(per_window: &[f64]) -> CreateRates {
+        CreateRates {
+            windows: per_window
+                .iter()
+                .enumerate()
+                .map(|(n, rate)| Window {
+                    vms_before: n * 1000,
+                    vms_after: (n + 1) * 1000,
+                    rate: *rate,
+                })
+                .collect(),
+            failed: 0,
+        }
+    }
+
+    #[test]
+    fn one_stalled_window_does_not_decide_the_median() {
+        let rates = rates(&[
+            600.0, 650.0, 640.0, 620.0, 630.0, 500.0, 610.0, 200.0, 605.0,
+        ]);
+        let earliest = rates.earliest(5);
+        assert_eq!(
+            earliest,
+            WindowRates {
+                windows: 5,
+                vms_before: 0,
+                vms_after: 5000,
+                median: 630.0,
+                slowest: 600.0,
+                fastest: 650.0,
+            }
+        );
+        let latest = rates.latest(5);
+        assert_eq!((latest.vms_before, latest.vms_after), (4000, 9000));
+        assert_eq!(latest.median, 605.0);
+        assert_eq!((latest.slowest, latest.fastest), (200.0, 630.0));
+    }
+
+    #[test]
+    fn fewer_windows_than_asked_are_all_used() {
+        let rates = rates(&[100.0, 300.0]);
+        assert_eq!(rates.latest(5).median, 200.0);
+        assert_eq!(rates.earliest(5).windows, 2);
+        assert_eq!(CreateRates::default().latest(5), WindowRates::default());
+    }
 }

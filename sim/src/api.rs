@@ -2,6 +2,8 @@
 //! the whole fleet as the API shows it (every page of `GET /api/vms` and `GET /api/hosts`).
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
@@ -31,12 +33,28 @@ pub struct HostRecord {
     pub vms: u64,
 }
 
+/// The connection pool every simulated user shares, as the clients of one process would:
+/// the connections open are about the requests in flight (32 while populating), never a
+/// pool per user that together outgrow the coordinator's `HTTP_MAX_CONNECTIONS` (the
+/// coordinator then closes the longest idle connection, which a pool per user may be
+/// reusing at that moment). A connection idle for 30 s is dropped before the coordinator's
+/// `HTTP_IDLE_TIMEOUT` (60 s) can close it under a request.
+fn shared_http() -> Result<reqwest::Client> {
+    static HTTP: OnceLock<reqwest::Client> = OnceLock::new();
+    if let Some(http) = HTTP.get() {
+        return Ok(http.clone());
+    }
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build()?;
+    Ok(HTTP.get_or_init(|| http).clone())
+}
+
 impl Api {
     /// Logs in as `username`.
     pub async fn login(base: &str, username: &str, password: &str) -> Result<Api> {
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(256)
-            .build()?;
+        let http = shared_http()?;
         let answer = http
             .post(format!("{base}/api/auth/login"))
             .json(&json!({ "username": username, "password": password }))
@@ -59,7 +77,7 @@ impl Api {
 
     /// Registers `username` and logs in as them.
     pub async fn register(base: &str, username: &str, password: &str) -> Result<Api> {
-        let answer = reqwest::Client::new()
+        let answer = shared_http()?
             .post(format!("{base}/api/auth/register"))
             .json(&json!({ "username": username, "password": password }))
             .send()

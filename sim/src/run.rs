@@ -426,12 +426,13 @@ fn verdict(pass: bool) -> &'static str {
     if pass { "met" } else { "MISSED" }
 }
 
-/// A span of VM counts, in thousands where it is that large: `95k-100k`, `40-60`.
+/// A span of VM counts, in thousands where it is that large: `95.7k-100k`, `40-60`.
 fn thousands(from: usize, to: usize) -> String {
     if to >= 1000 {
         let k = |n: usize| match n {
             0 => "0".to_string(),
-            n => format!("{}k", n as f64 / 1000.0),
+            n if n % 1000 == 0 => format!("{}k", n / 1000),
+            n => format!("{:.1}k", n as f64 / 1000.0),
         };
         format!("{}-{}", k(from), k(to))
     } else {
@@ -667,6 +668,7 @@ mod tests {
         assert_eq!(thousands(95_000, 100_000), "95k-100k");
         assert_eq!(thousands(0, 5_000), "0-5k");
         assert_eq!(thousands(2_500, 3_500), "2.5k-3.5k");
+        assert_eq!(thousands(95_673, 100_000), "95.7k-100k");
         assert_eq!(thousands(40, 60), "40-60");
     }
 }

@@ -655,13 +655,14 @@ impl Hypervisor for LibvirtHost {
     }
 }
 
-/// A short, fresh consoles directory for tests (socket paths must stay under 108 bytes).
+/// The consoles directory of every test host: short (socket paths must stay under 108
+/// bytes) and one per user, shared by all tests and runs. Sockets in it are named by fresh
+/// VM IDs, so tests never meet there, and runs leave no directory of their own behind.
 #[cfg(test)]
 pub(crate) fn test_consoles_dir() -> PathBuf {
-    std::env::temp_dir().join(format!(
-        "vmm-c-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    ))
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self").map_or(0, |own| own.uid());
+    std::env::temp_dir().join(format!("vmm-agent-test-consoles-{uid}"))
 }
 
 /// The agent's view of a libvirt domain state. `Shutdown` means "shutting down": the guest

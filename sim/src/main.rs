@@ -1,6 +1,7 @@
-//! `vmm-sim bench|smoke [options]` (`vmm-sim --help` lists them): runs the fleet simulator against the `coordinator` binary built
-//! beside it (or PATH) and prints the table of figures (see `BENCHMARKS.md`). `smoke` is the
-//! seconds-long run CI makes: it fails when any host or VM is wrong, never on a time.
+//! `vmm-sim bench|smoke [options]` (`vmm-sim --help` lists them): runs the fleet simulator
+//! against the `coordinator` binary built beside it (or `--coordinator PATH`) and prints the
+//! table of figures (see `BENCHMARKS.md`). `smoke` is the seconds-long run CI makes: it fails
+//! when any host or VM is wrong, never on a time.
 #![forbid(unsafe_code)]
 
 use std::time::Duration;

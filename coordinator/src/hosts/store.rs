@@ -191,10 +191,12 @@ macro_rules! host_load_columns {
 }
 
 /// The host is connected and not drained, and has room (as [`HostLoad::fits`] says) for a VM
-/// of `$2` vCPUs (allocation ratio `$3`), `$4` MiB and `$5` GB.
+/// of `$2` vCPUs (allocation ratio `$3`), `$4` MiB and `$5` GB. `a.placeable` says the first
+/// half again (migration 0015's triggers keep it so); it leads the placement indexes, so that
+/// their walk never meets a host that cannot take the VM.
 macro_rules! placeable_and_fitting {
     () => {
-        "h.status = 'connected' AND h.drained_at IS NULL
+        "a.placeable = 1 AND h.status = 'connected' AND h.drained_at IS NULL
            AND a.free_memory_mib >= $4
            AND a.cpu + $2 <= h.cpus * $3
            AND a.memory_mib + $4 <= h.memory_mib
@@ -233,11 +235,11 @@ const TIE_WALK: i64 = if cfg!(test) { 2 } else { 32 };
 /// (text ordered by its bytes, as Rust orders it), which a test checks against them on
 /// random fleets.
 ///
-/// A claim reads a few index entries however many hosts there are (migration 0014): SQLite
-/// walks the placement's index of (free memory, VM count, host ID) from its best end and
-/// stops at the `limit`th host that is placeable and fits; hosts it passes over are those
-/// that are unreachable, drained or short of vCPUs or disk while having more room (under
-/// `spread`) than the best one. PostgreSQL's planner expects the room conditions to keep few
+/// A claim reads a few index entries however many hosts there are (migrations 0014, 0015):
+/// SQLite walks the placement's index of (placeable, free memory, VM count, host ID) from
+/// the best end of its placeable hosts and stops at the `limit`th that fits; hosts it passes
+/// over are those short of vCPUs or disk while having more room (under `spread`) than the
+/// best one. Unreachable and drained hosts are not in that part of the index at all. PostgreSQL's planner expects the room conditions to keep few
 /// hosts and would rather join and sort every host of a fleet of a thousand, so on PostgreSQL
 /// the first read takes only the first [`PLACEMENT_WALK`] index entries and keeps those that
 /// are placeable and fit (a prefix of the full order); only when none of them is does it read
@@ -259,7 +261,7 @@ pub async fn placement_candidates(
         concat!(
             host_load_columns!(),
             "
-         FROM (SELECT * FROM host_allocations WHERE free_memory_mib >= $4
+         FROM (SELECT * FROM host_allocations WHERE placeable = 1 AND free_memory_mib >= $4
                ORDER BY free_memory_mib {free_memory}, vms ASC, host_id COLLATE {collation} ASC
                LIMIT $7) a
          JOIN hosts h ON h.id = a.host_id
@@ -336,7 +338,8 @@ async fn caching_tie(
             host_load_columns!(),
             "
          FROM (SELECT * FROM host_allocations
-               WHERE free_memory_mib = (SELECT b.free_memory_mib FROM host_allocations b
+               WHERE placeable = 1
+                 AND free_memory_mib = (SELECT b.free_memory_mib FROM host_allocations b
                                         WHERE b.host_id = $6)
                ORDER BY vms ASC, host_id COLLATE {collation} ASC
                LIMIT $7) a
@@ -583,6 +586,63 @@ mod tests {
         assert_eq!(found.cpus, 64);
         let other: HostId = "host-elsewhere".parse().unwrap();
         assert!(get(&t.db, &other).await.unwrap().is_none());
+    }
+
+    /// Whether the host's placement row says it may take VMs.
+    async fn placeable(db: &Db, host: &HostId) -> i64 {
+        sqlx::query_scalar("SELECT placeable FROM host_allocations WHERE host_id = $1")
+            .bind(host)
+            .fetch_one(db)
+            .await
+            .unwrap()
+    }
+
+    /// The placement rows follow every change of a host's status and drain, whichever
+    /// statement makes it: a registration (new host or returning one), a loss, a drain.
+    #[tokio::test]
+    async fn a_host_is_placeable_exactly_while_connected_and_not_drained() {
+        let t = TestDb::new().await;
+        assert_eq!(placeable(&t.db, &t.host).await, 1);
+        let set = |sql: &'static str| {
+            let (db, host) = (t.db.clone(), t.host.clone());
+            async move {
+                sqlx::query(sql).bind(&host).execute(&db).await.unwrap();
+            }
+        };
+        set("UPDATE hosts SET status = 'unreachable' WHERE id = $1").await;
+        assert_eq!(placeable(&t.db, &t.host).await, 0);
+        let registration = HostRegistration {
+            id: t.host.clone(),
+            cpus: 64,
+            memory_mib: 65_536,
+            disk_gb: 1_000,
+            libvirt_version: "11".into(),
+            hypervisor: "Test".into(),
+            kvm_usable: false,
+            agent_version: "test".into(),
+        };
+        register_session(&mut *t.conn().await, &registration)
+            .await
+            .unwrap();
+        assert_eq!(placeable(&t.db, &t.host).await, 1);
+        set("UPDATE hosts SET drained_at = '2026-01-01T00:00:00.000Z' WHERE id = $1").await;
+        assert_eq!(placeable(&t.db, &t.host).await, 0);
+        // A drained host that registers again stays drained.
+        register_session(&mut *t.conn().await, &registration)
+            .await
+            .unwrap();
+        assert_eq!(placeable(&t.db, &t.host).await, 0);
+        set("UPDATE hosts SET drained_at = NULL WHERE id = $1").await;
+        assert_eq!(placeable(&t.db, &t.host).await, 1);
+        // A host registered for the first time while the others are as they are.
+        let new_host = HostRegistration {
+            id: "host-new".parse().unwrap(),
+            ..registration
+        };
+        register_session(&mut *t.conn().await, &new_host)
+            .await
+            .unwrap();
+        assert_eq!(placeable(&t.db, &new_host.id).await, 1);
     }
 
     /// A small deterministic generator, so that a failing fleet can be replayed.

@@ -17,8 +17,9 @@
 //! - `sort all`: a statement that filters and sorts every connected host, as the claim read
 //!   them before migration 0014, for comparison on the same file;
 //! - `spread, 1 in 10 lost`: spread again after every tenth host became unreachable with
-//!   nothing left allocated on it: the walk passes over each of them, since a host that
-//!   receives no VMs ends up with the most free memory (a drained host is passed the same way).
+//!   nothing left allocated on it, so with the most free memory of all, where hosts that
+//!   receive no VMs end up (drained ones too): the first a walk would meet, had the placement
+//!   indexes not put hosts that cannot be placed apart (migration 0015).
 // A benchmark: a failed `unwrap` ends the run with the reason.
 #![allow(clippy::unwrap_used)]
 

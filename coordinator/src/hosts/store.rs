@@ -239,12 +239,13 @@ const TIE_WALK: i64 = if cfg!(test) { 2 } else { 32 };
 /// SQLite walks the placement's index of (placeable, free memory, VM count, host ID) from
 /// the best end of its placeable hosts and stops at the `limit`th that fits; hosts it passes
 /// over are those short of vCPUs or disk while having more room (under `spread`) than the
-/// best one. Unreachable and drained hosts are not in that part of the index at all. PostgreSQL's planner expects the room conditions to keep few
-/// hosts and would rather join and sort every host of a fleet of a thousand, so on PostgreSQL
-/// the first read takes only the first [`PLACEMENT_WALK`] index entries and keeps those that
-/// are placeable and fit (a prefix of the full order); only when none of them is does it read
-/// the whole order. A cached image only breaks ties of free memory: when the best host does
-/// not cache it, [`caching_tie`] looks for the best host of the same free memory that does.
+/// best one. Unreachable and drained hosts are not in that part of the index at all.
+/// PostgreSQL's planner expects the room conditions to keep few hosts and would rather join
+/// and sort every host of a fleet of a thousand, so on PostgreSQL the first read takes only
+/// the first [`PLACEMENT_WALK`] index entries and keeps those that are placeable and fit (a
+/// prefix of the full order); only when none of them is does it read the whole order. A
+/// cached image only breaks ties of free memory: when the best host does not cache it,
+/// [`caching_tie`] looks for the best host of the same free memory that does.
 pub async fn placement_candidates(
     conn: &mut AnyConnection,
     backend: db::Backend,

@@ -845,6 +845,68 @@ mod tests {
         );
     }
 
+    /// Migration 0015 on hosts already recorded: each allocation row is placeable exactly
+    /// when its host is connected and not drained, and the triggers keep it so afterwards.
+    #[tokio::test]
+    async fn allocations_of_recorded_hosts_become_placeable_as_their_hosts_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, pool) = migrated_before(dir.path(), "0015").await;
+        for (host, status, drained_at) in [
+            ("connected", "connected", None),
+            ("drained", "connected", Some("2025-01-02T00:00:00.000Z")),
+            ("lost", "unreachable", None),
+        ] {
+            sqlx::query(
+                "INSERT INTO hosts (id, status, cpus, memory_mib, disk_gb, libvirt_version,
+                                    hypervisor, kvm_usable, agent_version, last_seen_at,
+                                    drained_at)
+                 VALUES (?, ?, 4, 4096, 100, '11', 'Test', 0, 't', '2025-01-01T00:00:00.000Z', ?)",
+            )
+            .bind(host)
+            .bind(status)
+            .bind(drained_at)
+            .execute(&pool)
+            .await
+            .unwrap();
+            sqlx::query(
+                "INSERT INTO host_allocations (host_id, vms, cpu, memory_mib, disk_gb)
+                 VALUES (?, 0, 0, 0, 0)",
+            )
+            .bind(host)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        pool.close().await;
+
+        let db = connect(&url).await.unwrap();
+        let placeable = || async {
+            sqlx::query_as::<_, (String, i64)>(
+                "SELECT host_id, placeable FROM host_allocations ORDER BY host_id",
+            )
+            .fetch_all(&db)
+            .await
+            .unwrap()
+        };
+        let flags = |connected, drained, lost| {
+            vec![
+                ("connected".to_owned(), connected),
+                ("drained".to_owned(), drained),
+                ("lost".to_owned(), lost),
+            ]
+        };
+        assert_eq!(placeable().await, flags(1, 0, 0));
+        sqlx::query(
+            "UPDATE hosts SET status = CASE id WHEN 'connected' THEN 'unreachable'
+                                               ELSE 'connected' END,
+                              drained_at = NULL",
+        )
+        .execute(&db)
+        .await
+        .unwrap();
+        assert_eq!(placeable().await, flags(0, 1, 1));
+    }
+
     /// Writes below `wal_autocheckpoint` stay in the write-ahead log until [`checkpoints`]
     /// copies them into the database file, with no commit doing it.
     #[tokio::test]

@@ -616,13 +616,14 @@ mod tests {
             .unwrap();
     }
 
-    /// A database migrated up to (not including) the migration whose name starts with
-    /// `first_left_out`, and its URL.
-    async fn migrated_before(dir: &Path, first_left_out: &str) -> (String, sqlx::SqlitePool) {
-        let url = default_url(dir);
+    /// A directory in `dir` holding a copy of the migrations of `backend` (`sqlite` or
+    /// `postgres`) whose names sort before `first_left_out`.
+    fn migrations_before(dir: &Path, backend: &str, first_left_out: &str) -> std::path::PathBuf {
         let before = dir.join(format!("migrations-before-{first_left_out}"));
         std::fs::create_dir(&before).unwrap();
-        let all = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+        let all = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("migrations")
+            .join(backend);
         for entry in std::fs::read_dir(&all).unwrap() {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_str().unwrap().to_owned();
@@ -630,6 +631,14 @@ mod tests {
                 std::fs::copy(&path, before.join(&name)).unwrap();
             }
         }
+        before
+    }
+
+    /// A SQLite database migrated up to (not including) the migration whose name starts
+    /// with `first_left_out`, and its URL.
+    async fn migrated_before(dir: &Path, first_left_out: &str) -> (String, sqlx::SqlitePool) {
+        let url = default_url(dir);
+        let before = migrations_before(dir, "sqlite", first_left_out);
         let options = SqliteConnectOptions::from_str(&url)
             .unwrap()
             .create_if_missing(true)
@@ -645,6 +654,26 @@ mod tests {
             .await
             .unwrap();
         (url, pool)
+    }
+
+    /// The test database ([`test_database_url`]: SQLite in `dir`, or PostgreSQL) migrated
+    /// up to (not including) the migration whose name starts with `first_left_out`, and
+    /// its URL.
+    async fn test_database_migrated_before(dir: &Path, first_left_out: &str) -> (String, Db) {
+        let url = test_database_url(dir).await;
+        let db = open(&url).await.unwrap();
+        let backend = match Backend::of(&db) {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        };
+        let before = migrations_before(dir, backend, first_left_out);
+        sqlx::migrate::Migrator::new(before.as_path())
+            .await
+            .unwrap()
+            .run(&db)
+            .await
+            .unwrap();
+        (url, db)
     }
 
     /// Migration 0008 on hosts recorded in several spellings (an impostor's `HOST-A` beside
@@ -845,12 +874,13 @@ mod tests {
         );
     }
 
-    /// Migration 0015 on hosts already recorded: each allocation row is placeable exactly
-    /// when its host is connected and not drained, and the triggers keep it so afterwards.
+    /// Migration 0015 on hosts already recorded, on either backend: each allocation row is
+    /// placeable exactly when its host is connected and not drained, and the triggers keep
+    /// it so afterwards.
     #[tokio::test]
     async fn allocations_of_recorded_hosts_become_placeable_as_their_hosts_are() {
         let dir = tempfile::tempdir().unwrap();
-        let (url, pool) = migrated_before(dir.path(), "0015").await;
+        let (url, db) = test_database_migrated_before(dir.path(), "0015").await;
         for (host, status, drained_at) in [
             ("connected", "connected", None),
             ("drained", "connected", Some("2025-01-02T00:00:00.000Z")),
@@ -860,29 +890,30 @@ mod tests {
                 "INSERT INTO hosts (id, status, cpus, memory_mib, disk_gb, libvirt_version,
                                     hypervisor, kvm_usable, agent_version, last_seen_at,
                                     drained_at)
-                 VALUES (?, ?, 4, 4096, 100, '11', 'Test', 0, 't', '2025-01-01T00:00:00.000Z', ?)",
+                 VALUES ($1, $2, 4, 4096, 100, '11', 'Test', 0, 't',
+                         '2025-01-01T00:00:00.000Z', $3)",
             )
             .bind(host)
             .bind(status)
             .bind(drained_at)
-            .execute(&pool)
+            .execute(&db)
             .await
             .unwrap();
             sqlx::query(
                 "INSERT INTO host_allocations (host_id, vms, cpu, memory_mib, disk_gb)
-                 VALUES (?, 0, 0, 0, 0)",
+                 VALUES ($1, 0, 0, 0, 0)",
             )
             .bind(host)
-            .execute(&pool)
+            .execute(&db)
             .await
             .unwrap();
         }
-        pool.close().await;
+        db.close().await;
 
         let db = connect(&url).await.unwrap();
         let placeable = || async {
             sqlx::query_as::<_, (String, i64)>(
-                "SELECT host_id, placeable FROM host_allocations ORDER BY host_id",
+                "SELECT host_id, CAST(placeable AS BIGINT) FROM host_allocations ORDER BY host_id",
             )
             .fetch_all(&db)
             .await

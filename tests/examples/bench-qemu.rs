@@ -397,8 +397,12 @@ async fn time_virsh_create(
 }
 
 /// The agent's XML of a VM as a domain of its own: another name and disk, no UUID, MAC
-/// address or product metadata (libvirt makes up the first two).
+/// address or product metadata (libvirt makes up the first two), and its SSH port forward
+/// on a port of its own. The template's port belongs to the first pair's REST VM; once that
+/// VM is gone the agent may give the same port to a later pair's VM, which runs beside the
+/// copy in every other pair, and passt would then fail to bind it.
 fn equivalent_domain(xml: &str, name: &str, template_disk: &str, disk: &str) -> Result<String> {
+    let forwarded_port = free_loopback_port()?;
     let mut out = String::with_capacity(xml.len());
     let mut in_metadata = false;
     for line in xml.lines() {
@@ -418,6 +422,13 @@ fn equivalent_domain(xml: &str, name: &str, template_disk: &str, disk: &str) -> 
             out.push_str(&format!("  <name>{name}</name>\n"));
             continue;
         }
+        if trimmed.starts_with("<range start=") && trimmed.ends_with("to='22'/>") {
+            let indent = &line[..line.len() - line.trim_start().len()];
+            out.push_str(&format!(
+                "{indent}<range start='{forwarded_port}' to='22'/>\n"
+            ));
+            continue;
+        }
         out.push_str(&line.replace(template_disk, disk));
         out.push('\n');
     }
@@ -425,7 +436,19 @@ fn equivalent_domain(xml: &str, name: &str, template_disk: &str, disk: &str) -> 
         out.contains(disk),
         "the template names no disk {template_disk}"
     );
+    ensure!(
+        !xml.contains("<portForward") || out.contains(&format!("start='{forwarded_port}'")),
+        "the template's SSH port forward has a form this copy does not know"
+    );
     Ok(out)
+}
+
+/// A TCP port on 127.0.0.1 that nothing holds now: one the kernel hands out from its
+/// ephemeral range, which the agent's SSH ports are not taken from.
+fn free_loopback_port() -> Result<u16> {
+    let listener =
+        std::net::TcpListener::bind(("127.0.0.1", 0)).context("cannot bind a port on 127.0.0.1")?;
+    Ok(listener.local_addr()?.port())
 }
 
 // ---- the table --------------------------------------------------------------------------

@@ -50,17 +50,31 @@ fi
 if [[ -f $dir/port ]] && "${as_owner[@]}" "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
     port=$(cat "$dir/port")
 else
+    # The first port from 55432 that nothing listens on. Another run on this machine may
+    # probe the same port at the same moment: when the server then cannot bind it, the next
+    # free port is tried.
     port=55432
-    while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+    started=
+    for _ in $(seq 1 20); do
+        while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+            port=$((port + 1))
+        done
+        rm -f "$dir/server.log"
+        # Enough connections for two coordinators per test and tests running in parallel;
+        # fsync off: a test database need not survive a power cut.
+        if "${as_owner[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+            -o "-h 127.0.0.1 -p $port -k $dir -c max_connections=400 -c fsync=off \
+                -c synchronous_commit=off -c full_page_writes=off" start >&2; then
+            started=1
+            break
+        fi
+        grep -q "Address already in use" "$dir/server.log" 2>/dev/null ||
+            { cat "$dir/server.log" >&2; exit 1; }
+        echo "start-postgres.sh: port $port was taken meanwhile; trying the next one" >&2
         port=$((port + 1))
     done
+    [[ -n $started ]] || { cat "$dir/server.log" >&2; exit 1; }
     echo "$port" >"$dir/port"
-    # Enough connections for two coordinators per test and tests running in parallel;
-    # fsync off: a test database need not survive a power cut.
-    "${as_owner[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-        -o "-h 127.0.0.1 -p $port -k $dir -c max_connections=400 -c fsync=off \
-            -c synchronous_commit=off -c full_page_writes=off" start >&2 ||
-        { cat "$dir/server.log" >&2; exit 1; }
 fi
 
 echo "postgres://vmm@127.0.0.1:$port/postgres"

@@ -17,9 +17,19 @@ mkdir -p "$cache"
 exec 9>"$cache/.lock"
 flock 9
 
-version=$(apt-cache policy cloud-init 2>/dev/null | awk '$1 == "Candidate:" { print $2 }')
-if [[ -z $version || $version == "(none)" ]]; then
-    echo "fetch.sh: apt has no candidate for cloud-init (run 'apt-get update' as root)" >&2
+candidate() {
+    apt-cache policy cloud-init 2>/dev/null | awk '$1 == "Candidate:" && $2 != "(none)" { print $2 }'
+}
+version=$(candidate)
+# A machine whose packages are all installed may have had apt's package lists removed
+# (scripts/setup-host.sh then has no reason to update them): fetch them, as root.
+if [[ -z $version && $(id -u) -eq 0 ]]; then
+    echo "fetch.sh: apt knows no candidate for cloud-init: running apt-get update" >&2
+    apt-get update -q >&2
+    version=$(candidate)
+fi
+if [[ -z $version ]]; then
+    echo "fetch.sh: apt has no candidate for cloud-init (run 'apt-get update' as root; check the Debian apt sources)" >&2
     exit 1
 fi
 dir=$cache/${version//[^A-Za-z0-9.+~-]/_}

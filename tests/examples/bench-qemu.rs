@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail, ensure};
-use vmm_e2e::cluster::{QEMU_SYSTEM_URI, domain_name};
+use vmm_e2e::cluster::{QEMU_SYSTEM_URI, domain_name, free_port};
 use vmm_e2e::virsh::{self, QemuLeftovers};
 use vmm_e2e::{AgentOptions, Api, ClusterOptions, TestCluster};
 
@@ -398,11 +398,12 @@ async fn time_virsh_create(
 
 /// The agent's XML of a VM as a domain of its own: another name and disk, no UUID, MAC
 /// address or product metadata (libvirt makes up the first two), and its SSH port forward
-/// on a port of its own. The template's port belongs to the first pair's REST VM; once that
-/// VM is gone the agent may give the same port to a later pair's VM, which runs beside the
+/// on a port of its own (from the kernel's ephemeral range, which the agent's SSH ports are
+/// not taken from). The template's port belongs to the first pair's REST VM; once that VM
+/// is gone the agent may give the same port to a later pair's VM, which runs beside the
 /// copy in every other pair, and passt would then fail to bind it.
 fn equivalent_domain(xml: &str, name: &str, template_disk: &str, disk: &str) -> Result<String> {
-    let forwarded_port = free_loopback_port()?;
+    let forwarded_port = free_port()?.port();
     let mut out = String::with_capacity(xml.len());
     let mut in_metadata = false;
     for line in xml.lines() {
@@ -441,14 +442,6 @@ fn equivalent_domain(xml: &str, name: &str, template_disk: &str, disk: &str) -> 
         "the template's SSH port forward has a form this copy does not know"
     );
     Ok(out)
-}
-
-/// A TCP port on 127.0.0.1 that nothing holds now: one the kernel hands out from its
-/// ephemeral range, which the agent's SSH ports are not taken from.
-fn free_loopback_port() -> Result<u16> {
-    let listener =
-        std::net::TcpListener::bind(("127.0.0.1", 0)).context("cannot bind a port on 127.0.0.1")?;
-    Ok(listener.local_addr()?.port())
 }
 
 // ---- the table --------------------------------------------------------------------------
